@@ -1,0 +1,428 @@
+// The C surface: argument checks, status codes, the thread-local last error, and
+// the log hook.  Everything that can be checked here is checked before llama.cpp
+// sees it, because upstream aborts the process on many failed asserts.
+#include "engine.h"
+
+#include <cstring>
+#include <exception>
+#include <mutex>
+#include <new>
+
+#include "ggml.h"
+
+#ifndef MTPLLAMA_VERSION
+#define MTPLLAMA_VERSION "0.0.0+unknown"
+#endif
+#ifndef MTPLLAMA_UPSTREAM_COMMIT
+#define MTPLLAMA_UPSTREAM_COMMIT "unknown"
+#endif
+#ifndef MTPLLAMA_PATCHES_HASH
+#define MTPLLAMA_PATCHES_HASH "unknown"
+#endif
+
+namespace {
+
+thread_local std::string t_last_error;
+thread_local std::string t_upstream_error;
+thread_local std::string t_log_line;
+thread_local int32_t t_log_level = GGML_LOG_LEVEL_INFO;
+
+std::mutex g_log_mutex;
+mtpl_log_fn g_log_fn = nullptr;
+void * g_log_user = nullptr;
+int32_t g_log_min = MTPL_LOG_WARN;
+
+// llama.cpp logs in pieces; assemble lines per thread, remember the last error
+// line, and hand complete lines to the user's callback.
+void log_hook(ggml_log_level level, const char * text, void * /*user*/) {
+    if (level != GGML_LOG_LEVEL_CONT) {
+        t_log_level = (int32_t) level;
+    }
+    t_log_line += text ? text : "";
+    if (t_log_line.empty() || t_log_line.back() != '\n') {
+        return;
+    }
+    t_log_line.pop_back();
+    if (t_log_level == GGML_LOG_LEVEL_ERROR) {
+        t_upstream_error = t_log_line;
+    }
+    {
+        std::lock_guard<std::mutex> lock(g_log_mutex);
+        if (g_log_fn && t_log_level >= g_log_min) {
+            g_log_fn(t_log_level, t_log_line.c_str(), g_log_user);
+        }
+    }
+    t_log_line.clear();
+}
+
+// Refuses concurrent use of one session from two threads.
+struct session_guard {
+    mtpl_session * s;
+    bool ok;
+    explicit session_guard(mtpl_session * s_) : s(s_) {
+        bool expected = false;
+        ok = s->busy.compare_exchange_strong(expected, true);
+    }
+    ~session_guard() {
+        if (ok) {
+            s->busy.store(false);
+        }
+    }
+};
+
+template <typename F>
+int32_t guarded(F && f) {
+    mtpl::clear_error();
+    try {
+        return f();
+    } catch (const std::bad_alloc &) {
+        return mtpl::fail(MTPL_ERR_INTERNAL, "out of memory");
+    } catch (const std::exception & e) {
+        return mtpl::fail(MTPL_ERR_INTERNAL, std::string("internal error: ") + e.what());
+    } catch (...) {
+        return mtpl::fail(MTPL_ERR_INTERNAL, "internal error (unknown exception)");
+    }
+}
+
+template <typename F>
+int32_t with_session(mtpl_session * s, F && f) {
+    return guarded([&]() -> int32_t {
+        if (!s) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "session is NULL (closed?)");
+        }
+        session_guard g(s);
+        if (!g.ok) {
+            return mtpl::fail(MTPL_ERR_BUSY, "this session is already in use by another thread; "
+                                             "use one session per thread");
+        }
+        return f();
+    });
+}
+
+} // namespace
+
+namespace mtpl {
+
+int32_t fail(int32_t status, const std::string & msg) {
+    t_last_error = msg;
+    return status;
+}
+
+void clear_error() { t_last_error.clear(); }
+std::string upstream_error() { return t_upstream_error; }
+void clear_upstream_error() { t_upstream_error.clear(); }
+
+void ensure_backend() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        llama_log_set(log_hook, nullptr);
+        llama_backend_init();
+    });
+}
+
+} // namespace mtpl
+
+extern "C" {
+
+const char * mtpl_version(void) { return MTPLLAMA_VERSION; }
+const char * mtpl_upstream_commit(void) { return MTPLLAMA_UPSTREAM_COMMIT; }
+const char * mtpl_patches_hash(void) { return MTPLLAMA_PATCHES_HASH; }
+const char * mtpl_last_error(void) { return t_last_error.c_str(); }
+
+int32_t mtpl_set_log(mtpl_log_fn fn, void * user_data, int32_t min_level) {
+    mtpl::ensure_backend();
+    std::lock_guard<std::mutex> lock(g_log_mutex);
+    g_log_fn = fn;
+    g_log_user = user_data;
+    g_log_min = min_level;
+    return MTPL_OK;
+}
+
+int32_t mtpl_model_load(const mtpl_model_params * params, mtpl_model ** out) {
+    return guarded([&]() -> int32_t {
+        if (!params || !out) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "params and out must not be NULL");
+        }
+        *out = nullptr;
+        if (!params->path || !*params->path) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "model path is empty");
+        }
+        mtpl::ensure_backend();
+        return mtpl::model_load(*params, out);
+    });
+}
+
+int32_t mtpl_model_free(mtpl_model * model) {
+    return guarded([&]() -> int32_t {
+        if (!model) {
+            return MTPL_OK;
+        }
+        if (model->n_sessions.load() > 0) {
+            return mtpl::fail(MTPL_ERR_BUSY, "the model still has " + std::to_string(model->n_sessions.load()) +
+                                                 " open session(s); close them first");
+        }
+        mtpl::model_destroy(model);
+        return MTPL_OK;
+    });
+}
+
+int32_t mtpl_model_get_info(const mtpl_model * model, mtpl_model_info * out) {
+    return guarded([&]() -> int32_t {
+        if (!model || !out) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "model and out must not be NULL");
+        }
+        *out = model->info;
+        return MTPL_OK;
+    });
+}
+
+int32_t mtpl_model_meta(const mtpl_model * model, const char * key, char * buf, int32_t cap, int32_t * n_out) {
+    return guarded([&]() -> int32_t {
+        if (!model || !key || !n_out || cap < 0 || (cap > 0 && !buf)) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "bad arguments to mtpl_model_meta");
+        }
+        // llama_model_meta_val_str returns the full length and writes a NUL-terminated prefix
+        char probe[1];
+        const int32_t n = llama_model_meta_val_str(model->model, key, cap > 0 ? buf : probe, cap > 0 ? (size_t) cap : 1);
+        *n_out = n;
+        if (n >= 0 && n + 1 > cap) {
+            return mtpl::fail(MTPL_ERR_BUFFER_TOO_SMALL, "buffer too small");
+        }
+        return MTPL_OK;
+    });
+}
+
+int32_t mtpl_tokenize(const mtpl_model * model, const char * text, int32_t text_len, int32_t add_special,
+                      int32_t parse_special, int32_t * out, int32_t cap, int32_t * n_out) {
+    return guarded([&]() -> int32_t {
+        if (!model || !n_out || text_len < 0 || (text_len > 0 && !text) || cap < 0 || (cap > 0 && !out)) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "bad arguments to mtpl_tokenize");
+        }
+        const int32_t n = llama_tokenize(model->vocab, text ? text : "", text_len, out, cap, add_special != 0,
+                                         parse_special != 0);
+        if (n < 0) {
+            if (n == INT32_MIN) {
+                return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "text too long to tokenize");
+            }
+            *n_out = -n;
+            return mtpl::fail(MTPL_ERR_BUFFER_TOO_SMALL, "token buffer too small");
+        }
+        *n_out = n;
+        return MTPL_OK;
+    });
+}
+
+int32_t mtpl_detokenize(const mtpl_model * model, const int32_t * tokens, int32_t n_tokens, char * buf,
+                        int32_t cap, int32_t * n_out) {
+    return guarded([&]() -> int32_t {
+        if (!model || !n_out || n_tokens < 0 || (n_tokens > 0 && !tokens) || cap < 0 || (cap > 0 && !buf)) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "bad arguments to mtpl_detokenize");
+        }
+        for (int32_t i = 0; i < n_tokens; ++i) {
+            if (tokens[i] < 0 || tokens[i] >= model->info.n_vocab) {
+                return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "token id " + std::to_string(tokens[i]) +
+                                                                 " is outside the vocabulary [0, " +
+                                                                 std::to_string(model->info.n_vocab) + ")");
+            }
+        }
+        const int32_t n = llama_detokenize(model->vocab, tokens, n_tokens, buf, cap, false, false);
+        if (n < 0) {
+            *n_out = -n;
+            return mtpl::fail(MTPL_ERR_BUFFER_TOO_SMALL, "text buffer too small");
+        }
+        *n_out = n;
+        return MTPL_OK;
+    });
+}
+
+int32_t mtpl_vocab_pieces(const mtpl_model * model, char * buf, int64_t cap, int64_t * offsets, int64_t * n_out) {
+    return guarded([&]() -> int32_t {
+        if (!model || !n_out || cap < 0 || (cap > 0 && (!buf || !offsets))) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "bad arguments to mtpl_vocab_pieces");
+        }
+        char tmp[256];
+        int64_t total = 0;
+        const int32_t n_vocab = model->info.n_vocab;
+        for (int32_t t = 0; t < n_vocab; ++t) {
+            int32_t n = llama_token_to_piece(model->vocab, t, tmp, sizeof(tmp), 0, false);
+            std::string big;
+            const char * src = tmp;
+            if (n < 0) {
+                big.resize((size_t) -n);
+                n = llama_token_to_piece(model->vocab, t, big.data(), (int32_t) big.size(), 0, false);
+                src = big.data();
+            }
+            if (cap > 0) {
+                offsets[t] = total;
+                if (total + n <= cap) {
+                    std::memcpy(buf + total, src, (size_t) n);
+                }
+            }
+            total += n;
+        }
+        if (cap > 0) {
+            offsets[n_vocab] = total;
+        }
+        *n_out = total;
+        if (total > cap) {
+            return mtpl::fail(MTPL_ERR_BUFFER_TOO_SMALL, "piece buffer too small");
+        }
+        return MTPL_OK;
+    });
+}
+
+int32_t mtpl_token_is_eog(const mtpl_model * model, int32_t token, int32_t * out) {
+    return guarded([&]() -> int32_t {
+        if (!model || !out) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "model and out must not be NULL");
+        }
+        if (token < 0 || token >= model->info.n_vocab) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "token id out of range");
+        }
+        *out = llama_vocab_is_eog(model->vocab, token) ? 1 : 0;
+        return MTPL_OK;
+    });
+}
+
+int32_t mtpl_session_new(mtpl_model * model, const mtpl_session_params * params, mtpl_session ** out) {
+    return guarded([&]() -> int32_t {
+        if (!model || !params || !out) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "model, params and out must not be NULL");
+        }
+        *out = nullptr;
+        return mtpl::session_create(model, *params, out);
+    });
+}
+
+int32_t mtpl_session_free(mtpl_session * session) {
+    return guarded([&]() -> int32_t {
+        if (!session) {
+            return MTPL_OK;
+        }
+        bool expected = false;
+        if (!session->busy.compare_exchange_strong(expected, true)) {
+            return mtpl::fail(MTPL_ERR_BUSY, "cannot free a session while another thread uses it");
+        }
+        mtpl::session_destroy(session);
+        return MTPL_OK;
+    });
+}
+
+int32_t mtpl_session_reset(mtpl_session * session) {
+    return with_session(session, [&] { return mtpl::session_reset(session); });
+}
+
+int32_t mtpl_session_feed(mtpl_session * session, const int32_t * tokens, int32_t n_tokens) {
+    return with_session(session, [&]() -> int32_t {
+        if (n_tokens <= 0 || !tokens) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "nothing to feed: the token list is empty");
+        }
+        for (int32_t i = 0; i < n_tokens; ++i) {
+            if (tokens[i] < 0 || tokens[i] >= session->n_vocab) {
+                return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "token id " + std::to_string(tokens[i]) + " at index " +
+                                                                 std::to_string(i) + " is outside the vocabulary [0, " +
+                                                                 std::to_string(session->n_vocab) + ")");
+            }
+        }
+        return mtpl::session_feed(session, tokens, n_tokens);
+    });
+}
+
+int32_t mtpl_session_configure(mtpl_session * session, const mtpl_gen_params * params) {
+    return with_session(session, [&]() -> int32_t {
+        if (!params) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "params must not be NULL");
+        }
+        if (params->draft_max < 0 || params->draft_max > MTPL_MAX_DRAFT) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "draft_max must be in [0, " + std::to_string(MTPL_MAX_DRAFT) +
+                                                             "], got " + std::to_string(params->draft_max));
+        }
+        if (!(params->draft_p_min >= 0.0f && params->draft_p_min <= 1.0f)) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "draft_p_min must be in [0, 1]");
+        }
+        if (params->draft_max > 0 && !session->mtp) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT,
+                              "draft_max > 0 needs a session created with mtp enabled (this one decodes plainly)");
+        }
+        session->gen = *params;
+        return MTPL_OK;
+    });
+}
+
+int32_t mtpl_session_step(mtpl_session * session, int32_t n_max, int32_t * out_tokens, int32_t cap,
+                          mtpl_step_result * result) {
+    return with_session(session, [&]() -> int32_t {
+        if (!out_tokens || !result) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "out_tokens and result must not be NULL");
+        }
+        if (n_max < 1) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "n_max must be >= 1");
+        }
+        if (cap < session->gen.draft_max + 2) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "out_tokens needs room for draft_max + 2 tokens");
+        }
+        return mtpl::session_step(session, n_max, out_tokens, cap, result);
+    });
+}
+
+int32_t mtpl_session_truncate(mtpl_session * session, int32_t n_keep) {
+    return with_session(session, [&]() -> int32_t {
+        if (n_keep < 0 || n_keep > (int32_t) session->tokens.size()) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "n_keep must be in [0, " +
+                                                             std::to_string(session->tokens.size()) + "]");
+        }
+        return mtpl::session_truncate(session, n_keep);
+    });
+}
+
+int32_t mtpl_session_tokens(const mtpl_session * session, int32_t * out, int32_t cap, int32_t * n_out) {
+    return guarded([&]() -> int32_t {
+        if (!session || !n_out || cap < 0 || (cap > 0 && !out)) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "bad arguments to mtpl_session_tokens");
+        }
+        const int32_t n = (int32_t) session->tokens.size();
+        *n_out = n;
+        if (n > cap) {
+            return mtpl::fail(MTPL_ERR_BUFFER_TOO_SMALL, "token buffer too small");
+        }
+        std::memcpy(out, session->tokens.data(), sizeof(int32_t) * (size_t) n);
+        return MTPL_OK;
+    });
+}
+
+int32_t mtpl_session_n_ctx(const mtpl_session * session, int32_t * out) {
+    return guarded([&]() -> int32_t {
+        if (!session || !out) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "session and out must not be NULL");
+        }
+        *out = session->n_ctx;
+        return MTPL_OK;
+    });
+}
+
+int32_t mtpl_session_get_stats(const mtpl_session * session, mtpl_stats * out) {
+    return guarded([&]() -> int32_t {
+        if (!session || !out) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "session and out must not be NULL");
+        }
+        *out = session->stats;
+        return MTPL_OK;
+    });
+}
+
+int32_t mtpl_session_reset_stats(mtpl_session * session) {
+    return with_session(session, [&]() -> int32_t {
+        session->stats = mtpl_stats{};
+        return MTPL_OK;
+    });
+}
+
+int32_t mtpl_session_cancel(mtpl_session * session) {
+    if (!session) {
+        return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "session is NULL");
+    }
+    session->cancel.store(true);
+    return MTPL_OK;
+}
+
+} // extern "C"

@@ -1,0 +1,107 @@
+// Internal declarations shared by the engine's translation units (never exported).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "llama.h"
+
+extern "C" {
+#include "mtpllama.h"
+}
+
+namespace mtpl {
+
+// --- errors (api.cpp) -----------------------------------------------------------
+// Record msg as this thread's last error and return status.
+int32_t fail(int32_t status, const std::string & msg);
+void clear_error();
+// The last ERROR line llama.cpp/ggml logged on this thread (used to explain failures).
+std::string upstream_error();
+void clear_upstream_error();
+// Install our log hook and initialise the llama.cpp backend once per process.
+void ensure_backend();
+
+// --- GGUF facts read before llama.cpp sees the file (model.cpp) -----------------
+struct file_facts {
+    std::string arch;
+    std::string name;
+    uint32_t block_count = 0;
+    uint32_t nextn = 0;                 // <arch>.nextn_predict_layers
+    int32_t n_tensors = 0;
+    int32_t n_tensors_nextn = 0;
+    int64_t nextn_bytes = 0;
+    bool has_mtp = false;               // a complete single NextN block is present
+    std::string mtp_problem;            // why has_mtp is false (for the error message)
+};
+int32_t read_file_facts(const std::string & path, file_facts & out);
+
+// --- verification helpers (verify.cpp) ----------------------------------------
+int32_t argmax(const float * logits, int32_t n_vocab);
+// probability of the arg-max token under softmax(logits)
+float top_prob(const float * logits, int32_t n_vocab, int32_t top);
+// Greedy acceptance: number of drafts d[i] equal to the target's choice g[i].
+int32_t accept_greedy(const int32_t * drafts, const int32_t * target, int32_t n_drafts);
+
+} // namespace mtpl
+
+struct mtpl_model {
+    llama_model * model = nullptr;
+    const llama_vocab * vocab = nullptr;
+    mtpl_model_info info{};
+    std::vector<std::string> override_patterns;
+    std::vector<llama_model_tensor_buft_override> overrides;
+    std::atomic<int32_t> n_sessions{0};
+};
+
+struct mtpl_session {
+    mtpl_model * model = nullptr;
+    llama_context * trunk = nullptr;
+    llama_context * mtp = nullptr;      // null for a plain-decoding session
+    llama_batch_ext * trunk_batch = nullptr;
+    llama_batch_ext * mtp_batch = nullptr;
+    int32_t n_ctx = 0;
+    int32_t n_batch = 0;
+    int32_t n_embd = 0;
+    int32_t n_vocab = 0;
+    mtpl_gen_params gen{0, 0.0f};
+
+    // The context: tokens[0, n_past) are in the trunk KV cache; when has_pending,
+    // tokens.back() is the chosen next token that the trunk has not evaluated yet.
+    std::vector<int32_t> tokens;
+    int32_t n_past = 0;
+    bool has_pending = false;
+    bool pending_emitted = false;
+    std::vector<float> h_last;          // trunk hidden state at n_past-1 (MTP input)
+
+    // The MTP KV cache holds positions [0, mtp_n_past) paired with trunk states.
+    // When mtp_n_past <= n_past, backlog_h holds, for each position p in
+    // [mtp_n_past, n_past), the trunk state at p-1 that the MTP block pairs with
+    // tokens[p]; they are evaluated with the next draft.  mtp_n_past == n_past+1
+    // means the head entry (pending token, h_last) is already in the MTP cache.
+    int32_t mtp_n_past = 0;
+    std::vector<float> backlog_h;
+
+    std::vector<int32_t> drafts;        // scratch
+    std::vector<int32_t> targets;       // scratch
+    std::vector<float> h_scratch;       // scratch
+
+    std::atomic<bool> busy{false};
+    std::atomic<bool> cancel{false};
+    mtpl_stats stats{};
+};
+
+namespace mtpl {
+// session.cpp
+int32_t session_create(mtpl_model * model, const mtpl_session_params & p, mtpl_session ** out);
+void session_destroy(mtpl_session * s);
+int32_t session_reset(mtpl_session * s);
+int32_t session_feed(mtpl_session * s, const int32_t * tokens, int32_t n);
+int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, int32_t cap, mtpl_step_result * res);
+int32_t session_truncate(mtpl_session * s, int32_t n_keep);
+// model.cpp
+int32_t model_load(const mtpl_model_params & p, mtpl_model ** out);
+void model_destroy(mtpl_model * m);
+} // namespace mtpl

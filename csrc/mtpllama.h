@@ -1,0 +1,159 @@
+/* mtpllama C API: the one declaration of the engine's surface.
+ *
+ * Read verbatim by the Python binding as its cffi cdef, so this file holds only
+ * opaque handles, fixed-width scalars, plain structs and prototypes: no macros,
+ * no includes, no C++.  (Lines starting with '#' are dropped by the binding.)
+ *
+ * Every call returns an mtpl_status; on failure mtpl_last_error() gives a
+ * message for the calling thread that a user can act on.
+ */
+
+typedef struct mtpl_model mtpl_model;
+typedef struct mtpl_session mtpl_session;
+
+enum mtpl_status {
+    MTPL_OK = 0,
+    MTPL_ERR_INVALID_ARGUMENT = 1,
+    MTPL_ERR_FILE_NOT_FOUND = 2,
+    MTPL_ERR_NOT_GGUF = 3,
+    MTPL_ERR_MODEL_LOAD = 4,
+    MTPL_ERR_UNSUPPORTED_ARCH = 5,
+    MTPL_ERR_NO_MTP_HEAD = 6,
+    MTPL_ERR_CONTEXT_FULL = 7,
+    MTPL_ERR_DECODE = 8,
+    MTPL_ERR_BUSY = 9,
+    MTPL_ERR_CANCELLED = 10,
+    MTPL_ERR_BUFFER_TOO_SMALL = 11,
+    MTPL_ERR_INTERNAL = 12
+};
+
+/* Why a generation step stopped emitting tokens. */
+enum mtpl_stop {
+    MTPL_STOP_NONE = 0,      /* more tokens may follow */
+    MTPL_STOP_EOG = 1,       /* an end-of-generation token was emitted (it is the last one) */
+    MTPL_STOP_LENGTH = 2,    /* the step's token budget is used up */
+    MTPL_STOP_CONTEXT = 3    /* the context window is full */
+};
+
+/* Log levels passed to the log callback (ggml's numbering). */
+enum mtpl_log_level {
+    MTPL_LOG_DEBUG = 1,
+    MTPL_LOG_INFO = 2,
+    MTPL_LOG_WARN = 3,
+    MTPL_LOG_ERROR = 4
+};
+
+typedef void (*mtpl_log_fn)(int32_t level, const char * text, void * user_data);
+
+/* The largest draft length a step accepts; stats keep one slot per draft position. */
+enum { MTPL_MAX_DRAFT = 16 };
+
+typedef struct mtpl_model_params {
+    const char * path;
+    int32_t mtp;                    /* 1: load the NextN (MTP) block; 0: skip its tensors entirely */
+    int32_t n_gpu_layers;           /* layers to offload; -1 = all */
+    const char * tensor_overrides;  /* newline-separated "regex=DEVICE" rules (llama.cpp -ot), or NULL */
+    int32_t use_mmap;               /* 1: memory-map the file */
+} mtpl_model_params;
+
+typedef struct mtpl_model_info {
+    char arch[64];
+    char name[128];
+    int32_t n_vocab;
+    int32_t n_embd;
+    int32_t n_layer;                /* trunk layers (without NextN blocks) */
+    int32_t n_layer_nextn;          /* nextn_predict_layers declared by the file */
+    int32_t n_ctx_train;
+    int32_t file_has_mtp;           /* the file holds usable NextN tensors */
+    int32_t mtp_loaded;             /* the NextN block was loaded */
+    int32_t n_tensors_file;         /* tensors in the GGUF file */
+    int32_t n_tensors_nextn_file;   /* of which belong to NextN blocks */
+    int32_t token_eos;
+    int64_t model_bytes;            /* bytes of weights loaded by llama.cpp */
+    int64_t nextn_bytes_file;       /* bytes of NextN tensors in the file */
+    int64_t n_params;               /* parameters loaded */
+} mtpl_model_info;
+
+typedef struct mtpl_session_params {
+    int32_t n_ctx;                  /* context length in tokens; 0 = min(4096, training context) */
+    int32_t n_batch;                /* prompt chunk size; 0 = 512 */
+    int32_t n_threads;              /* 0 = all cores */
+    int32_t mtp;                    /* 1: keep an MTP context and draft with it */
+} mtpl_session_params;
+
+typedef struct mtpl_gen_params {
+    int32_t draft_max;              /* most tokens drafted per step, 0..MTPL_MAX_DRAFT */
+    float draft_p_min;              /* stop drafting when the draft's top probability is below this */
+} mtpl_gen_params;
+
+/* Result of one draft + verify step. */
+typedef struct mtpl_step_result {
+    int32_t n_tokens;               /* tokens written to out_tokens */
+    int32_t n_drafted;              /* drafts proposed in this step */
+    int32_t n_accepted;             /* of which the trunk accepted */
+    int32_t stop;                   /* enum mtpl_stop */
+} mtpl_step_result;
+
+typedef struct mtpl_stats {
+    int64_t n_prompt_tokens;        /* tokens fed with mtpl_session_feed */
+    int64_t n_generated;            /* tokens emitted by steps */
+    int64_t n_steps;                /* steps that ran the trunk (verification passes) */
+    int64_t n_trunk_calls;          /* trunk graph evaluations, prompt chunks included */
+    int64_t n_mtp_calls;            /* MTP graph evaluations */
+    int64_t drafted[16];            /* drafts proposed at position i (1-based position i+1) */
+    int64_t accepted[16];           /* drafts accepted at position i */
+    double t_prefill_s;             /* seconds evaluating fed tokens */
+    double t_draft_s;               /* seconds in the MTP head */
+    double t_verify_s;              /* seconds in trunk verification passes */
+    double t_other_s;               /* seconds in the step outside the three above */
+} mtpl_stats;
+
+/* library identity, for the loader's version handshake */
+const char * mtpl_version(void);
+const char * mtpl_upstream_commit(void);
+const char * mtpl_patches_hash(void);
+
+/* message of the last failed call on this thread ("" if none) */
+const char * mtpl_last_error(void);
+
+/* route llama.cpp's log to fn (NULL: discard it); levels below min_level are dropped */
+int32_t mtpl_set_log(mtpl_log_fn fn, void * user_data, int32_t min_level);
+
+/* load a GLM4-MoE GGUF file; validates it before llama.cpp sees it */
+int32_t mtpl_model_load(const mtpl_model_params * params, mtpl_model ** out);
+/* free a model; fails with MTPL_ERR_BUSY while sessions on it are open */
+int32_t mtpl_model_free(mtpl_model * model);
+int32_t mtpl_model_get_info(const mtpl_model * model, mtpl_model_info * out);
+/* a string metadata value (e.g. "tokenizer.chat_template"); *n_out = its length, -1 if absent */
+int32_t mtpl_model_meta(const mtpl_model * model, const char * key, char * buf, int32_t cap, int32_t * n_out);
+
+/* text <-> tokens; *n_out is the needed size when cap is too small (MTPL_ERR_BUFFER_TOO_SMALL) */
+int32_t mtpl_tokenize(const mtpl_model * model, const char * text, int32_t text_len, int32_t add_special,
+                      int32_t parse_special, int32_t * out, int32_t cap, int32_t * n_out);
+int32_t mtpl_detokenize(const mtpl_model * model, const int32_t * tokens, int32_t n_tokens, char * buf,
+                        int32_t cap, int32_t * n_out);
+/* all token pieces (special tokens render empty), concatenated; offsets has n_vocab + 1 entries */
+int32_t mtpl_vocab_pieces(const mtpl_model * model, char * buf, int64_t cap, int64_t * offsets, int64_t * n_out);
+int32_t mtpl_token_is_eog(const mtpl_model * model, int32_t token, int32_t * out);
+
+/* a session: trunk context (+ MTP context when params->mtp) with their KV caches */
+int32_t mtpl_session_new(mtpl_model * model, const mtpl_session_params * params, mtpl_session ** out);
+int32_t mtpl_session_free(mtpl_session * session);
+/* drop everything in the context */
+int32_t mtpl_session_reset(mtpl_session * session);
+/* evaluate tokens after the current context and choose the next token (greedy); it is emitted by the next step */
+int32_t mtpl_session_feed(mtpl_session * session, const int32_t * tokens, int32_t n_tokens);
+/* set drafting for the following steps */
+int32_t mtpl_session_configure(mtpl_session * session, const mtpl_gen_params * params);
+/* one step: draft with the MTP head, verify with the trunk, emit 1..draft_max+1 tokens (at most n_max) */
+int32_t mtpl_session_step(mtpl_session * session, int32_t n_max, int32_t * out_tokens, int32_t cap,
+                          mtpl_step_result * result);
+/* keep only the first n_keep tokens of the context (both KV caches roll back) */
+int32_t mtpl_session_truncate(mtpl_session * session, int32_t n_keep);
+/* tokens in the context, including the chosen-but-unevaluated next token */
+int32_t mtpl_session_tokens(const mtpl_session * session, int32_t * out, int32_t cap, int32_t * n_out);
+int32_t mtpl_session_n_ctx(const mtpl_session * session, int32_t * out);
+int32_t mtpl_session_get_stats(const mtpl_session * session, mtpl_stats * out);
+int32_t mtpl_session_reset_stats(mtpl_session * session);
+/* ask a running call on this session to stop soon (thread-safe); it returns MTPL_ERR_CANCELLED */
+int32_t mtpl_session_cancel(mtpl_session * session);

@@ -1,0 +1,36 @@
+"""mtpllama: Multi-Token-Prediction speculative decoding for GLM-4.5/4.6/4.7 MoE models.
+
+    import mtpllama
+    with mtpllama.Model("GLM-4.5-Air-Q4.gguf") as model:
+        print(model.generate("def fib(n):", max_tokens=64).text)
+"""
+from __future__ import annotations
+
+import logging
+
+from ._version import __version__
+from .config import ModelConfig, SessionConfig, SpecConfig
+from .errors import (
+    Cancelled,
+    ContextOverflowError,
+    DecodeError,
+    InvalidArgumentError,
+    ModelLoadError,
+    ModelNotFoundError,
+    MtpllamaError,
+    NoMtpHeadError,
+    NotGGUFError,
+    SessionBusyError,
+    UnsupportedArchitectureError,
+)
+from .model import GenerationResult, GenerationStats, Model, ModelInfo, Session
+
+logging.getLogger("mtpllama").addHandler(logging.NullHandler())
+
+__all__ = [
+    "__version__", "Model", "Session", "ModelInfo", "GenerationResult", "GenerationStats",
+    "ModelConfig", "SessionConfig", "SpecConfig",
+    "MtpllamaError", "ModelLoadError", "ModelNotFoundError", "NotGGUFError", "UnsupportedArchitectureError",
+    "NoMtpHeadError", "ContextOverflowError", "DecodeError", "SessionBusyError", "Cancelled",
+    "InvalidArgumentError",
+]

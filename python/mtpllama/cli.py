@@ -1,0 +1,133 @@
+"""Command line: `mtpllama` (demo on the default model), `mtpllama generate`, `mtpllama inspect`."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-m", "--model", required=True, help="GGUF file (glm4moe)")
+    p.add_argument("-ngl", "--n-gpu-layers", type=int, default=0)
+    p.add_argument("-ot", "--override-tensor", action="append", default=[], metavar="REGEX=DEVICE",
+                   help="place tensors matching REGEX on DEVICE (repeatable, or comma-separated)")
+    p.add_argument("-t", "--threads", type=int, default=0)
+    p.add_argument("-c", "--ctx-size", type=int, default=0)
+    p.add_argument("--no-mmap", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's log")
+
+
+def _spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--draft-max", type=int, default=3)
+    p.add_argument("--draft-p-min", type=float, default=0.5)
+    p.add_argument("--no-mtp", action="store_true", help="plain decoding (the NextN block is not loaded)")
+
+
+def _overrides(raw: list[str]) -> tuple[str, ...]:
+    return tuple(r for item in raw for r in item.split(",") if r)
+
+
+def _print_stats(st, out=sys.stdout) -> None:
+    acc = ", ".join(f"{a:.0%}" for a in st.acceptance) or "-"
+    print(f"tokens: {st.generated_tokens} in {st.steps} steps ({st.mean_tokens_per_step:.2f}/step), "
+          f"acceptance by position: {acc}, decode {st.decode_tokens_per_second:.1f} tok/s", file=out)
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    from . import Model, SessionConfig, SpecConfig
+
+    with Model(a.model, mtp=not a.no_mtp, n_gpu_layers=a.n_gpu_layers,
+               tensor_overrides=_overrides(a.override_tensor), use_mmap=not a.no_mmap) as model:
+        with model.session(SessionConfig(n_ctx=a.ctx_size, n_threads=a.threads)) as s:
+            spec = None if a.no_mtp else SpecConfig(a.draft_max, a.draft_p_min)
+            prompt = a.prompt if a.prompt is not None else sys.stdin.read()
+            result = None
+            pieces = []
+            for piece in s.stream(prompt, a.n_predict, spec=spec):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+                pieces.append(piece)
+            print()
+            _print_stats(s.stats(), sys.stderr)
+    return 0
+
+
+def cmd_inspect(a: argparse.Namespace) -> int:
+    from .gguf_io import inspect
+
+    s = inspect(a.file)
+    if a.json:
+        print(json.dumps({**s.__dict__, "has_mtp": s.has_mtp, "nextn_bytes": s.nextn_bytes}, indent=2))
+        return 0
+    print(f"file:          {s.path}")
+    print(f"architecture:  {s.arch}  ({s.name})")
+    print(f"blocks:        {s.block_count} ({s.block_count - s.nextn_predict_layers} trunk + "
+          f"{s.nextn_predict_layers} NextN declared)")
+    print(f"tensors:       {s.n_tensors} ({len(s.nextn_tensors)} in NextN blocks, {s.nextn_bytes / 2**20:.1f} MiB)")
+    print(f"MTP usable:    {'yes' if s.has_mtp else 'no (trunk-only file)' if s.nextn_predict_layers else 'no'}")
+    if s.has_mtp:
+        print(f"embed_tokens:  {s.embed_tokens}   shared_head_head: {s.shared_head_head}")
+        for name, (typ, shape, nbytes) in sorted(s.nextn_tensors.items()):
+            print(f"  {name:48s} {typ:6s} {str(list(shape)):22s} {nbytes / 1024:10.1f} KiB")
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from . import Model, SpecConfig
+    from .default_model import default_model_path
+
+    path = default_model_path()
+    print(f"model: {path}")
+    prompt = "def fibonacci(n):\n"
+    with Model(str(path)) as model:
+        plain = model.generate(prompt, a.n_predict, mtp=False)
+        mtp = model.generate(prompt, a.n_predict, spec=SpecConfig(3, 0.0))
+        print("completion:\n" + prompt + mtp.text)
+        print("-" * 60)
+        _print_stats(mtp.stats)
+        ratio = mtp.stats.decode_tokens_per_second / max(plain.stats.decode_tokens_per_second, 1e-9)
+        print(f"plain decoding {plain.stats.decode_tokens_per_second:.1f} tok/s, MTP "
+              f"{mtp.stats.decode_tokens_per_second:.1f} tok/s ({ratio:.2f}x); identical output: "
+              f"{plain.tokens == mtp.tokens}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="mtpllama", description=__doc__)
+    ap.add_argument("-n", "--n-predict", type=int, default=96, help="tokens to generate (demo)")
+    sub = ap.add_subparsers(dest="cmd")
+    g = sub.add_parser("generate", help="generate text")
+    _add_model_args(g)
+    _spec_args(g)
+    g.add_argument("-p", "--prompt", help="prompt (default: stdin)")
+    g.add_argument("-n", "--n-predict", type=int, default=128)
+    g.set_defaults(func=cmd_generate)
+    i = sub.add_parser("inspect", help="describe a GGUF file and its MTP block")
+    i.add_argument("file")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_inspect)
+    d = sub.add_parser("demo", help="run the default model with and without MTP (the default command)")
+    d.add_argument("-n", "--n-predict", type=int, default=96)
+    d.set_defaults(func=cmd_demo)
+    a = ap.parse_args(argv)
+    if getattr(a, "verbose", False):
+        from . import _lib
+        logging.basicConfig(level=logging.INFO)
+        _lib.route_log(logging.INFO)
+    if a.cmd is None:
+        a.func = cmd_demo
+    try:
+        return a.func(a)
+    except Exception as e:  # a CLI reports errors, it does not dump tracebacks
+        from .errors import MtpllamaError
+        if isinstance(e, (MtpllamaError, OSError, ValueError)):
+            print(f"mtpllama: error: {e}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,482 @@
+"""Model and Session: the Python face of the native engine.
+
+A reader following one token: Session.generate -> Session._steps -> one
+lib.mtpl_session_step call per verification step (csrc/api.cpp ->
+csrc/session.cpp -> csrc/verify.cpp) -> tokens back here -> text pieces.
+"""
+from __future__ import annotations
+
+import codecs
+import threading
+import time
+import weakref
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from . import _lib
+from ._lib import ffi, lib
+from .config import MAX_DRAFT, PLAIN, ModelConfig, SessionConfig, SpecConfig
+from .errors import MtpllamaError, SessionBusyError
+
+_STOP_NAMES = {0: "none", 1: "eos", 2: "length", 3: "context"}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    arch: str
+    name: str
+    n_vocab: int
+    n_embd: int
+    n_layer: int
+    """Trunk layers, without NextN blocks."""
+    n_layer_nextn: int
+    n_ctx_train: int
+    file_has_mtp: bool
+    """The file holds a usable NextN block."""
+    mtp_loaded: bool
+    n_tensors_file: int
+    n_tensors_nextn_file: int
+    token_eos: int
+    model_bytes: int
+    """Bytes of weights llama.cpp loaded."""
+    nextn_bytes_file: int
+    n_params: int
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    steps: int = 0
+    """Verification passes of the trunk."""
+    drafted: list[int] = field(default_factory=list)
+    """Drafts proposed at each draft position (index 0 = first draft after the pending token)."""
+    accepted: list[int] = field(default_factory=list)
+    trunk_calls: int = 0
+    mtp_calls: int = 0
+    t_prefill: float = 0.0
+    t_draft: float = 0.0
+    t_verify: float = 0.0
+    t_other: float = 0.0
+    wall: float = 0.0
+    """Seconds measured around the whole call in Python."""
+
+    @property
+    def t_total(self) -> float:
+        """Seconds spent in the engine (prefill + draft + verify + other)."""
+        return self.t_prefill + self.t_draft + self.t_verify + self.t_other
+
+    @property
+    def acceptance(self) -> list[float]:
+        """Accepted / drafted at each draft position."""
+        return [a / d if d else 0.0 for a, d in zip(self.accepted, self.drafted)]
+
+    @property
+    def mean_tokens_per_step(self) -> float:
+        return self.generated_tokens / self.steps if self.steps else 0.0
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        t = self.t_draft + self.t_verify + self.t_other
+        return self.generated_tokens / t if t > 0 else 0.0
+
+    @classmethod
+    def _from_native(cls, st) -> "GenerationStats":
+        n = MAX_DRAFT
+        drafted = [int(st.drafted[i]) for i in range(n)]
+        while drafted and drafted[-1] == 0:
+            drafted.pop()
+        return cls(
+            prompt_tokens=int(st.n_prompt_tokens), generated_tokens=int(st.n_generated), steps=int(st.n_steps),
+            drafted=drafted, accepted=[int(st.accepted[i]) for i in range(len(drafted))],
+            trunk_calls=int(st.n_trunk_calls), mtp_calls=int(st.n_mtp_calls),
+            t_prefill=st.t_prefill_s, t_draft=st.t_draft_s, t_verify=st.t_verify_s, t_other=st.t_other_s)
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    tokens: list[int]
+    stop_reason: str
+    """'eos', 'length', 'stop' (a stop string), or 'context' (the context window is full)."""
+    stats: GenerationStats
+
+
+class Model:
+    """A loaded GGUF model.  Use as a context manager or call close()."""
+
+    def __init__(self, path: str | None = None, *, mtp: bool = True, n_gpu_layers: int = 0,
+                 tensor_overrides: Sequence[str] = (), use_mmap: bool = True,
+                 config: ModelConfig | None = None) -> None:
+        self._handle = ffi.NULL
+        if config is None:
+            if path is None:
+                raise TypeError("Model() needs a path or a config")
+            config = ModelConfig(str(path), mtp=mtp, n_gpu_layers=n_gpu_layers,
+                                 tensor_overrides=tuple(tensor_overrides), use_mmap=use_mmap)
+        self.config = config
+        self._sessions: weakref.WeakSet[Session] = weakref.WeakSet()
+        self._default: dict[bool, Session] = {}
+        self._pieces: list[bytes] | None = None
+        self._lock = threading.Lock()
+        path_b = ffi.new("char[]", config.path.encode())
+        ot_b = ffi.new("char[]", "\n".join(config.tensor_overrides).encode()) if config.tensor_overrides else ffi.NULL
+        params = ffi.new("mtpl_model_params *", {
+            "path": path_b, "mtp": int(config.mtp), "n_gpu_layers": config.n_gpu_layers,
+            "tensor_overrides": ot_b, "use_mmap": int(config.use_mmap)})
+        out = ffi.new("mtpl_model **")
+        _lib.check(lib.mtpl_model_load(params, out))
+        self._handle = out[0]
+        info = ffi.new("mtpl_model_info *")
+        _lib.check(lib.mtpl_model_get_info(self._handle, info))
+        self.info = ModelInfo(
+            arch=ffi.string(info.arch).decode(), name=ffi.string(info.name).decode(errors="replace"),
+            n_vocab=info.n_vocab, n_embd=info.n_embd, n_layer=info.n_layer, n_layer_nextn=info.n_layer_nextn,
+            n_ctx_train=info.n_ctx_train, file_has_mtp=bool(info.file_has_mtp), mtp_loaded=bool(info.mtp_loaded),
+            n_tensors_file=info.n_tensors_file, n_tensors_nextn_file=info.n_tensors_nextn_file,
+            token_eos=info.token_eos, model_bytes=info.model_bytes, nextn_bytes_file=info.nextn_bytes_file,
+            n_params=info.n_params)
+
+    # -- lifetime ---------------------------------------------------------------
+    def _ptr(self):
+        if self._handle == ffi.NULL:
+            raise MtpllamaError("the model is closed")
+        return self._handle
+
+    @property
+    def closed(self) -> bool:
+        return self._handle == ffi.NULL
+
+    def close(self) -> None:
+        """Free the model and every session opened on it.  Safe to call twice."""
+        if self._handle == ffi.NULL:
+            return
+        for s in list(self._sessions):
+            s.close()
+        self._default.clear()
+        _lib.check(lib.mtpl_model_free(self._handle))
+        self._handle = ffi.NULL
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- text -------------------------------------------------------------------
+    def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = False) -> list[int]:
+        if not isinstance(text, str):
+            raise TypeError(f"text must be str, got {type(text).__name__}")
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        n = ffi.new("int32_t *")
+        for _ in range(2):
+            buf = ffi.new("int32_t[]", cap)
+            st = lib.mtpl_tokenize(self._ptr(), data, len(data), int(add_special), int(parse_special), buf, cap, n)
+            if st == _lib.BUFFER_TOO_SMALL:
+                cap = n[0]
+                continue
+            _lib.check(st, "tokenize")
+            return list(ffi.unpack(buf, n[0]))
+        raise MtpllamaError("tokenize: buffer size negotiation failed")
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self.token_bytes(tokens).decode("utf-8", errors="replace")
+
+    def token_bytes(self, tokens: Sequence[int]) -> bytes:
+        """The bytes of tokens (special tokens render empty)."""
+        pieces = self.pieces
+        try:
+            return b"".join(pieces[t] if t >= 0 else _bad_token(t, len(pieces)) for t in tokens)
+        except IndexError:
+            bad = next(t for t in tokens if not 0 <= t < len(pieces))
+            _bad_token(bad, len(pieces))
+            raise
+
+    @property
+    def pieces(self) -> list[bytes]:
+        """Bytes of every token, fetched from the engine in one call and cached."""
+        if self._pieces is None:
+            n_vocab = self.info.n_vocab
+            offsets = ffi.new("int64_t[]", n_vocab + 1)
+            need = ffi.new("int64_t *")
+            st = lib.mtpl_vocab_pieces(self._ptr(), ffi.NULL, 0, ffi.NULL, need)
+            if st not in (0, _lib.BUFFER_TOO_SMALL):
+                _lib.raise_for(st, "vocab")
+            buf = ffi.new("char[]", max(1, need[0]))
+            _lib.check(lib.mtpl_vocab_pieces(self._ptr(), buf, need[0], offsets, need), "vocab")
+            raw = ffi.buffer(buf, need[0])[:]
+            self._pieces = [raw[offsets[i]:offsets[i + 1]] for i in range(n_vocab)]
+        return self._pieces
+
+    def meta(self, key: str) -> str | None:
+        """A string metadata value of the file, or None."""
+        n = ffi.new("int32_t *")
+        st = lib.mtpl_model_meta(self._ptr(), key.encode(), ffi.NULL, 0, n)
+        if n[0] < 0:
+            return None
+        if st not in (0, _lib.BUFFER_TOO_SMALL):
+            _lib.raise_for(st, "meta")
+        buf = ffi.new("char[]", n[0] + 1)
+        _lib.check(lib.mtpl_model_meta(self._ptr(), key.encode(), buf, n[0] + 1, n), "meta")
+        return ffi.string(buf).decode("utf-8", "replace")
+
+    @property
+    def chat_template(self) -> str | None:
+        return self.meta("tokenizer.chat_template")
+
+    # -- sessions and generation -------------------------------------------------
+    def session(self, config: SessionConfig | None = None, *, mtp: bool | None = None, **kwargs) -> "Session":
+        """Open a session.  mtp defaults to whether the model was loaded with MTP."""
+        if config is None:
+            config = SessionConfig(**kwargs)
+        elif kwargs:
+            raise TypeError("pass either a SessionConfig or keyword arguments")
+        return Session(self, config, self.config.mtp if mtp is None else mtp)
+
+    def _default_session(self, mtp: bool) -> "Session":
+        s = self._default.get(mtp)
+        if s is None or s.closed:
+            s = self.session(mtp=mtp)
+            self._default[mtp] = s
+        return s
+
+    def generate(self, prompt: str | Sequence[int], max_tokens: int = 128, *, spec: SpecConfig | None = None,
+                 draft_max: int | None = None, draft_p_min: float | None = None, stop: Sequence[str] = (),
+                 mtp: bool | None = None) -> GenerationResult:
+        """Complete prompt from a fresh context.  mtp=False (or draft_max=0) decodes plainly."""
+        use_mtp = self.config.mtp if mtp is None else mtp
+        s = self._default_session(use_mtp)
+        s.reset()
+        return s.generate(prompt, max_tokens, spec=_spec(spec, draft_max, draft_p_min, use_mtp), stop=stop)
+
+    def stream(self, prompt: str | Sequence[int], max_tokens: int = 128, *, spec: SpecConfig | None = None,
+               draft_max: int | None = None, draft_p_min: float | None = None, stop: Sequence[str] = (),
+               mtp: bool | None = None) -> Iterator[str]:
+        """Like generate(), yielding text pieces as the trunk accepts them."""
+        use_mtp = self.config.mtp if mtp is None else mtp
+        s = self._default_session(use_mtp)
+        s.reset()
+        return s.stream(prompt, max_tokens, spec=_spec(spec, draft_max, draft_p_min, use_mtp), stop=stop)
+
+
+def _bad_token(t: int, n_vocab: int) -> bytes:
+    raise ValueError(f"token id {t} is outside the vocabulary [0, {n_vocab})")
+
+
+def _spec(spec: SpecConfig | None, draft_max: int | None, draft_p_min: float | None, mtp: bool) -> SpecConfig:
+    if not mtp:
+        if spec is not None and spec.draft_max > 0 or draft_max:
+            raise ValueError("drafting needs mtp=True")
+        return PLAIN
+    base = spec or SpecConfig()
+    if draft_max is None and draft_p_min is None:
+        return base
+    return SpecConfig(draft_max=base.draft_max if draft_max is None else draft_max,
+                      draft_p_min=base.draft_p_min if draft_p_min is None else draft_p_min)
+
+
+class Session:
+    """A conversation with its own KV caches (trunk, and MTP when enabled).
+
+    generate()/stream() continue the context: what you pass is appended to what
+    is already there.  Call reset() to start over.  One thread at a time.
+    """
+
+    def __init__(self, model: Model, config: SessionConfig, mtp: bool) -> None:
+        self._handle = ffi.NULL
+        self.model = model  # strong reference: the model outlives its sessions
+        self.config = config
+        self.mtp = bool(mtp)
+        params = ffi.new("mtpl_session_params *", {
+            "n_ctx": config.n_ctx, "n_batch": config.n_batch, "n_threads": config.n_threads, "mtp": int(self.mtp)})
+        out = ffi.new("mtpl_session **")
+        _lib.check(lib.mtpl_session_new(model._ptr(), params, out), "session")
+        self._handle = out[0]
+        model._sessions.add(self)
+        n = ffi.new("int32_t *")
+        _lib.check(lib.mtpl_session_n_ctx(self._handle, n))
+        self.n_ctx = n[0]
+        self._out = ffi.new("int32_t[]", MAX_DRAFT + 2)
+        self._result = ffi.new("mtpl_step_result *")
+
+    def _ptr(self):
+        if self._handle == ffi.NULL:
+            raise MtpllamaError("the session is closed")
+        return self._handle
+
+    @property
+    def closed(self) -> bool:
+        return self._handle == ffi.NULL
+
+    def close(self) -> None:
+        if self._handle == ffi.NULL:
+            return
+        _lib.check(lib.mtpl_session_free(self._handle))
+        self._handle = ffi.NULL
+        self.model._sessions.discard(self)
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- state ----------------------------------------------------------------------
+    def reset(self) -> None:
+        _lib.check(lib.mtpl_session_reset(self._ptr()), "reset")
+
+    def cancel(self) -> None:
+        """Ask a generation running in another thread to stop (it raises Cancelled)."""
+        if self._handle != ffi.NULL:
+            lib.mtpl_session_cancel(self._handle)
+
+    @property
+    def tokens(self) -> list[int]:
+        """Tokens in the context, including the chosen next token."""
+        n = ffi.new("int32_t *")
+        lib.mtpl_session_tokens(self._ptr(), ffi.NULL, 0, n)
+        buf = ffi.new("int32_t[]", max(1, n[0]))
+        _lib.check(lib.mtpl_session_tokens(self._ptr(), buf, n[0], n))
+        return list(ffi.unpack(buf, n[0]))
+
+    def stats(self) -> GenerationStats:
+        """Counters accumulated since the last generate() started."""
+        st = ffi.new("mtpl_stats *")
+        _lib.check(lib.mtpl_session_get_stats(self._ptr(), st))
+        return GenerationStats._from_native(st)
+
+    # -- generation -------------------------------------------------------------------
+    def _prepare(self, prompt: str | Sequence[int], max_tokens: int, spec: SpecConfig | None) -> tuple[list[int], SpecConfig]:
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
+            raise TypeError("max_tokens must be an int")
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        if isinstance(prompt, str):
+            tokens = self.model.tokenize(prompt)
+        elif isinstance(prompt, Sequence) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            tokens = list(prompt)
+        else:
+            raise TypeError("prompt must be a str or a sequence of token ids")
+        if not tokens:
+            raise ValueError("the prompt is empty")
+        if spec is None:
+            spec = SpecConfig() if self.mtp else PLAIN
+        if spec.draft_max > 0 and not self.mtp:
+            raise ValueError("this session decodes plainly (mtp=False); use draft_max=0")
+        return tokens, spec
+
+    def _steps(self, tokens: list[int], max_tokens: int, spec: SpecConfig) -> Iterator[tuple[list[int], str]]:
+        """Feed the prompt, then yield (tokens, stop) per verification step."""
+        h = self._ptr()
+        _lib.check(lib.mtpl_session_reset_stats(h))
+        gp = ffi.new("mtpl_gen_params *", {"draft_max": spec.draft_max, "draft_p_min": float(spec.draft_p_min)})
+        _lib.check(lib.mtpl_session_configure(h, gp), "configure")
+        arr = ffi.new("int32_t[]", tokens)
+        _lib.check(lib.mtpl_session_feed(h, arr, len(tokens)), "prompt")
+        out, res, step = self._out, self._result, lib.mtpl_session_step
+        remaining = max_tokens
+        while remaining > 0:
+            st = step(h, remaining, out, MAX_DRAFT + 2, res)  # the one foreign call per step
+            if st:
+                _lib.raise_for(st, "generate")
+            got = ffi.unpack(out, res.n_tokens)
+            remaining -= res.n_tokens
+            stop = _STOP_NAMES[res.stop]
+            yield got, stop
+            if stop != "none":
+                return
+
+    def stream(self, prompt: str | Sequence[int], max_tokens: int = 128, *, spec: SpecConfig | None = None,
+               stop: Sequence[str] = ()) -> Iterator[str]:
+        """Yield text pieces as they are accepted."""
+        for piece, _tok, _reason in self._run(prompt, max_tokens, spec, stop):
+            if piece:
+                yield piece
+
+    def generate(self, prompt: str | Sequence[int], max_tokens: int = 128, *, spec: SpecConfig | None = None,
+                 stop: Sequence[str] = ()) -> GenerationResult:
+        t0 = time.perf_counter()
+        parts: list[str] = []
+        tokens: list[int] = []
+        reason = "length"
+        for piece, toks, reason in self._run(prompt, max_tokens, spec, stop):
+            parts.append(piece)
+            tokens.extend(toks)
+        stats = self.stats()
+        stats.wall = time.perf_counter() - t0
+        return GenerationResult("".join(parts), tokens, reason, stats)
+
+    def _run(self, prompt, max_tokens, spec, stop) -> Iterator[tuple[str, list[int], str]]:
+        """Yield (text piece, tokens, stop reason) per step, applying stop strings."""
+        tokens, spec = self._prepare(prompt, max_tokens, spec)
+        stops = [s for s in stop if s]
+        if any(not isinstance(s, str) for s in stop):
+            raise TypeError("stop must be a sequence of str")
+        pieces = self.model.pieces
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        text = ""  # text emitted so far (only needed for stop strings)
+        hold = max((len(s) for s in stops), default=1) - 1
+        pending = ""
+        emitted: list[int] = []
+        for got, reason in self._steps(tokens, max_tokens, spec):
+            new = decoder.decode(b"".join(pieces[t] for t in got), final=reason != "none")
+            if not stops:
+                yield new, got, reason if reason != "none" else "length"
+                continue
+            emitted.extend(got)
+            pending += new
+            cut = _find_stop(text, pending, stops)
+            if cut is not None:
+                keep = self._trim_after_stop(emitted, text + pending[:cut])
+                yield pending[:cut], got[:max(0, keep - (len(emitted) - len(got)))], "stop"
+                return
+            # hold back a tail that could start a stop string
+            if reason != "none" or hold == 0:
+                out, pending = pending, ""
+            else:
+                out, pending = pending[:-hold] if len(pending) > hold else "", pending[-hold:] if len(pending) > hold else pending
+            text += out
+            yield out, got, reason if reason != "none" else "length"
+            if reason != "none":
+                return
+
+    def _trim_after_stop(self, emitted: list[int], text: str) -> int:
+        """Drop from the context the tokens emitted after those that produce text
+        (which ends where a stop string begins); returns how many are kept."""
+        keep, n_bytes = 0, 0
+        target = len(text.encode("utf-8"))
+        pieces = self.model.pieces
+        while keep < len(emitted) and n_bytes < target:
+            n_bytes += len(pieces[emitted[keep]])
+            keep += 1
+        ctx = len(self.tokens)  # the last emitted token is the context's last
+        n_keep = ctx - len(emitted) + keep
+        if n_keep < ctx:
+            _lib.check(lib.mtpl_session_truncate(self._ptr(), n_keep), "truncate")
+        return keep
+
+
+def _find_stop(done: str, pending: str, stops: list[str]) -> int | None:
+    """Index in pending where the earliest stop string begins, if one is complete."""
+    best = None
+    window = done[-max(len(s) for s in stops):] + pending
+    off = len(window) - len(pending)
+    for s in stops:
+        i = window.find(s)
+        if i >= 0:
+            cut = max(0, i - off)
+            best = cut if best is None else min(best, cut)
+    return best
