@@ -400,6 +400,16 @@ int32_t mtpl_session_n_ctx(const mtpl_session * session, int32_t * out) {
     });
 }
 
+int32_t mtpl_session_memory(const mtpl_session * session, int64_t * weights, int64_t * kv, int64_t * compute) {
+    return guarded([&]() -> int32_t {
+        if (!session || !weights || !kv || !compute) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "bad arguments to mtpl_session_memory");
+        }
+        mtpl::session_memory(session, weights, kv, compute);
+        return MTPL_OK;
+    });
+}
+
 int32_t mtpl_session_get_stats(const mtpl_session * session, mtpl_stats * out) {
     return guarded([&]() -> int32_t {
         if (!session || !out) {

@@ -101,6 +101,7 @@ int32_t session_reset(mtpl_session * s);
 int32_t session_feed(mtpl_session * s, const int32_t * tokens, int32_t n);
 int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, int32_t cap, mtpl_step_result * res);
 int32_t session_truncate(mtpl_session * s, int32_t n_keep);
+void session_memory(const mtpl_session * s, int64_t * weights, int64_t * kv, int64_t * compute);
 // model.cpp
 int32_t model_load(const mtpl_model_params & p, mtpl_model ** out);
 void model_destroy(mtpl_model * m);

@@ -194,8 +194,8 @@ int32_t session_create(mtpl_model * model, const mtpl_session_params & p, mtpl_s
         return fail(MTPL_ERR_INVALID_ARGUMENT, "n_ctx must be at least 8");
     }
     const int32_t n_batch = std::min(n_ctx, p.n_batch > 0 ? p.n_batch : 512);
-    if (n_batch < MTPL_MAX_DRAFT + 1) {
-        return fail(MTPL_ERR_INVALID_ARGUMENT, "n_batch must be at least " + std::to_string(MTPL_MAX_DRAFT + 1));
+    if (n_batch < 8) {
+        return fail(MTPL_ERR_INVALID_ARGUMENT, "n_batch must be at least 8");
     }
     const int32_t n_threads = p.n_threads > 0 ? p.n_threads : (int32_t) std::max(1u, std::thread::hardware_concurrency());
 
@@ -319,6 +319,7 @@ int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, int32_t /*c
         s->pending_emitted = true;
         out[res->n_tokens++] = pending;
         s->stats.n_generated++;
+        s->stats.n_steps++;  // the prompt's trunk pass chose this token
         if (is_eog(s, pending) || res->n_tokens >= n_max) {
             res->stop = is_eog(s, pending) ? MTPL_STOP_EOG : MTPL_STOP_LENGTH;
             s->stats.t_other_s += seconds_since(t0);
@@ -335,6 +336,7 @@ int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, int32_t /*c
     int32_t k = s->mtp ? s->gen.draft_max : 0;
     k = std::min(k, n_max - res->n_tokens - 1);
     k = std::min(k, s->n_ctx - s->n_past - 1);
+    k = std::min(k, s->n_batch - 1);  // the verification batch holds k + 1 tokens
     k = std::max(k, 0);
 
     double t_draft = 0.0, t_verify = 0.0;
@@ -417,6 +419,26 @@ int32_t session_truncate(mtpl_session * s, int32_t n_keep) {
     const int32_t st = session_feed(s, keep.data(), (int32_t) keep.size());
     s->stats = saved;
     return st;
+}
+
+} // namespace mtpl
+
+namespace mtpl {
+
+void session_memory(const mtpl_session * s, int64_t * weights, int64_t * kv, int64_t * compute) {
+    *weights = *kv = *compute = 0;
+    // the weights are shared by both contexts: count them once, from the trunk's view
+    for (const auto & [buft, mb] : llama_get_memory_breakdown(s->trunk)) {
+        *weights += (int64_t) mb.model;
+        *kv += (int64_t) mb.context;
+        *compute += (int64_t) mb.compute;
+    }
+    if (s->mtp) {
+        for (const auto & [buft, mb] : llama_get_memory_breakdown(s->mtp)) {
+            *kv += (int64_t) mb.context;
+            *compute += (int64_t) mb.compute;
+        }
+    }
 }
 
 } // namespace mtpl

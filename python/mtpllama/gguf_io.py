@@ -154,7 +154,7 @@ class SyntheticSpec:
     nextn: str = "own"               # "own": own embed_tokens/shared_head_head (GLM-4.5); "tied" (GLM-4.6); "none"
     nextn_declared: bool = True      # with nextn="none": still declare nextn_predict_layers=1 (a trunk-only file)
     n_ctx_train: int = 2048
-    noise: float = 0.35              # scale of the layers' contributions: higher = less agreement
+    noise: float = 1.4               # scale of the layers' contributions: higher = less agreement
     dtype: str = "f32"               # "f32", "f16", "q8_0", "q4_0" for the large matrices
     n_merges: int = 200
     seed: int = 0
@@ -228,9 +228,9 @@ def synthetic_weights(spec: SyntheticSpec, tok: Tokenizer) -> dict[str, np.ndarr
         W[p + "enorm.weight"] = np.ones(d, np.float32)
         W[p + "hnorm.weight"] = np.ones(d, np.float32)
         W[p + "shared_head_norm.weight"] = np.ones(d, np.float32)
-        if spec.nextn == "own":
-            W[p + "embed_tokens.weight"] = emb.copy()
-            W[p + "shared_head_head.weight"] = out.copy()
+        if spec.nextn == "own":  # close to the trunk's, but not equal: a test can tell which one is used
+            W[p + "embed_tokens.weight"] = emb + _rng_normal(rng, emb.shape, 0.1)
+            W[p + "shared_head_head.weight"] = out + _rng_normal(rng, out.shape, 0.01)
         elif spec.nextn != "tied":
             raise ValueError(f"nextn must be 'own', 'tied' or 'none', got {spec.nextn!r}")
     return W

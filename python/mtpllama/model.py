@@ -38,7 +38,7 @@ class ModelInfo:
     n_tensors_nextn_file: int
     token_eos: int
     model_bytes: int
-    """Bytes of weights llama.cpp loaded."""
+    """Bytes of the file's tensors (llama.cpp's model size; see Session.memory() for what was loaded)."""
     nextn_bytes_file: int
     n_params: int
 
@@ -48,7 +48,7 @@ class GenerationStats:
     prompt_tokens: int = 0
     generated_tokens: int = 0
     steps: int = 0
-    """Verification passes of the trunk."""
+    """Trunk passes whose tokens were emitted (the prompt pass counts once): generated = steps + sum(accepted)."""
     drafted: list[int] = field(default_factory=list)
     """Drafts proposed at each draft position (index 0 = first draft after the pending token)."""
     accepted: list[int] = field(default_factory=list)
@@ -351,6 +351,12 @@ class Session:
         buf = ffi.new("int32_t[]", max(1, n[0]))
         _lib.check(lib.mtpl_session_tokens(self._ptr(), buf, n[0], n))
         return list(ffi.unpack(buf, n[0]))
+
+    def memory(self) -> dict[str, int]:
+        """Bytes llama.cpp allocated: {'weights', 'kv', 'compute'} (weights are those actually loaded)."""
+        w, kv, c = ffi.new("int64_t *"), ffi.new("int64_t *"), ffi.new("int64_t *")
+        _lib.check(lib.mtpl_session_memory(self._ptr(), w, kv, c))
+        return {"weights": w[0], "kv": kv[0], "compute": c[0]}
 
     def stats(self) -> GenerationStats:
         """Counters accumulated since the last generate() started."""

@@ -69,7 +69,7 @@ typedef struct mtpl_model_info {
     int32_t n_tensors_file;         /* tensors in the GGUF file */
     int32_t n_tensors_nextn_file;   /* of which belong to NextN blocks */
     int32_t token_eos;
-    int64_t model_bytes;            /* bytes of weights loaded by llama.cpp */
+    int64_t model_bytes;            /* bytes of the tensors in the file (llama.cpp's model size) */
     int64_t nextn_bytes_file;       /* bytes of NextN tensors in the file */
     int64_t n_params;               /* parameters loaded */
 } mtpl_model_info;
@@ -97,7 +97,7 @@ typedef struct mtpl_step_result {
 typedef struct mtpl_stats {
     int64_t n_prompt_tokens;        /* tokens fed with mtpl_session_feed */
     int64_t n_generated;            /* tokens emitted by steps */
-    int64_t n_steps;                /* steps that ran the trunk (verification passes) */
+    int64_t n_steps;                /* trunk passes whose tokens were emitted (the prompt pass counts once) */
     int64_t n_trunk_calls;          /* trunk graph evaluations, prompt chunks included */
     int64_t n_mtp_calls;            /* MTP graph evaluations */
     int64_t drafted[16];            /* drafts proposed at position i (1-based position i+1) */
@@ -153,6 +153,9 @@ int32_t mtpl_session_truncate(mtpl_session * session, int32_t n_keep);
 /* tokens in the context, including the chosen-but-unevaluated next token */
 int32_t mtpl_session_tokens(const mtpl_session * session, int32_t * out, int32_t cap, int32_t * n_out);
 int32_t mtpl_session_n_ctx(const mtpl_session * session, int32_t * out);
+/* bytes allocated by llama.cpp for this session's model weights, KV caches and compute buffers
+   (all devices; weights are those actually loaded, so a model loaded with mtp=0 has no NextN bytes) */
+int32_t mtpl_session_memory(const mtpl_session * session, int64_t * weights, int64_t * kv, int64_t * compute);
 int32_t mtpl_session_get_stats(const mtpl_session * session, mtpl_stats * out);
 int32_t mtpl_session_reset_stats(mtpl_session * session);
 /* ask a running call on this session to stop soon (thread-safe); it returns MTPL_ERR_CANCELLED */

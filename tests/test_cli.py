@@ -1,0 +1,46 @@
+"""The command line."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def run(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "mtpllama", *args], capture_output=True, text=True, timeout=300, **kw)
+
+
+def test_inspect(model_files):
+    r = run("inspect", model_files["glm45"])
+    assert r.returncode == 0, r.stderr
+    assert "MTP usable:    yes" in r.stdout and "embed_tokens:  own" in r.stdout
+    r = run("inspect", "--json", model_files["glm46"])
+    info = json.loads(r.stdout)
+    assert info["has_mtp"] and info["embed_tokens"] == "tied" and info["shared_head_head"] == "tied"
+    r = run("inspect", model_files["trunk_only"])
+    assert "trunk-only" in r.stdout
+
+
+def test_generate(model_files):
+    r = run("generate", "-m", model_files["glm45"], "-p", "def foo(x):", "-n", "16", "--draft-max", "2", "-t", "2")
+    assert r.returncode == 0, r.stderr
+    assert "acceptance by position" in r.stderr
+    plain = run("generate", "-m", model_files["glm45"], "-p", "def foo(x):", "-n", "16", "--no-mtp")
+    assert plain.stdout == r.stdout
+
+
+def test_generate_error_is_reported(model_files):
+    r = run("generate", "-m", model_files["trunk_only"], "-p", "x", "-n", "4")
+    assert r.returncode == 1
+    assert "mtpllama: error:" in r.stderr and "mtp=False" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_default_command_runs_demo(tmp_path):
+    import os
+
+    env = dict(os.environ, MTPLLAMA_CACHE_DIR=str(tmp_path))
+    r = run("-n", "24", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "identical output: True" in r.stdout
+    assert "acceptance by position" in r.stdout

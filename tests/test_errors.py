@@ -1,0 +1,145 @@
+"""Bad files and bad arguments raise clear exceptions instead of crashing."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import mtpllama
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(mtpllama.ModelNotFoundError, match="not found") as e:
+        mtpllama.Model(str(tmp_path / "nope.gguf"))
+    assert isinstance(e.value, FileNotFoundError)
+
+
+def test_directory_path(tmp_path):
+    with pytest.raises(mtpllama.ModelNotFoundError, match="not a regular file"):
+        mtpllama.Model(str(tmp_path))
+
+
+def test_not_gguf(tmp_path):
+    p = tmp_path / "model.gguf"
+    p.write_bytes(b"this is not a model at all" * 10)
+    with pytest.raises(mtpllama.NotGGUFError, match="not a GGUF"):
+        mtpllama.Model(str(p))
+    p.write_bytes(b"")
+    with pytest.raises(mtpllama.NotGGUFError):
+        mtpllama.Model(str(p))
+
+
+@pytest.mark.parametrize("keep", [0.05, 0.3, 0.6, 0.95, 0.9999])
+def test_truncated_gguf(model_files, tmp_path, keep):
+    data = open(model_files["glm45"], "rb").read()
+    p = tmp_path / "trunc.gguf"
+    p.write_bytes(data[: max(4, int(len(data) * keep))])
+    with pytest.raises(mtpllama.ModelLoadError, match="truncated|corrupt"):
+        mtpllama.Model(str(p))
+
+
+def test_trunk_only_file(model_files):
+    path = model_files["trunk_only"]
+    with pytest.raises(mtpllama.NoMtpHeadError) as e:
+        mtpllama.Model(path, mtp=True)
+    msg = str(e.value)
+    assert "trunk-only" in msg and "mtp=False" in msg and "nextn" in msg
+    with mtpllama.Model(path, mtp=False) as m:
+        assert not m.info.file_has_mtp and m.info.n_layer_nextn == 1
+        assert len(m.generate("def foo(x):", 8).tokens) == 8
+
+
+def test_unsupported_architecture(tmp_path):
+    import gguf
+
+    p = tmp_path / "llama.gguf"
+    w = gguf.GGUFWriter(str(p), "llama")
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(mtpllama.UnsupportedArchitectureError, match="glm4moe"):
+        mtpllama.Model(str(p))
+
+
+def test_mtp_false_loads_no_nextn_tensor(model_files):
+    path = model_files["glm45"]
+    with mtpllama.Model(path, mtp=True, use_mmap=False) as a, mtpllama.Model(path, mtp=False, use_mmap=False) as b:
+        assert a.info.nextn_bytes_file > 0 and b.info.mtp_loaded is False
+        with a.session(mtp=False) as sa, b.session() as sb:
+            wa, wb = sa.memory()["weights"], sb.memory()["weights"]
+        # the weights allocated without MTP lack the NextN block's bytes (buffers add alignment padding)
+        missing = wa - wb
+        assert abs(missing - a.info.nextn_bytes_file) <= 64 * a.info.n_tensors_nextn_file, (wa, wb)
+
+
+@pytest.mark.parametrize("kwargs, exc", [
+    (dict(max_tokens=0), ValueError),
+    (dict(max_tokens=-5), ValueError),
+    (dict(max_tokens=1.5), TypeError),
+    (dict(draft_max=-1), ValueError),
+    (dict(draft_max=17), ValueError),
+    (dict(draft_p_min=1.5), ValueError),
+    (dict(draft_p_min=-0.1), ValueError),
+    (dict(prompt=""), ValueError),
+    (dict(prompt=[]), ValueError),
+    (dict(prompt=[10**6]), mtpllama.InvalidArgumentError),
+    (dict(prompt=[-1]), mtpllama.InvalidArgumentError),
+    (dict(prompt=3.0), TypeError),
+    (dict(stop=[3]), TypeError),
+])
+def test_bad_generate_arguments(glm45, kwargs, exc):
+    args = dict(prompt="def foo(x):", max_tokens=4)
+    args.update(kwargs)
+    prompt = args.pop("prompt")
+    max_tokens = args.pop("max_tokens")
+    with pytest.raises(exc):
+        glm45.generate(prompt, max_tokens, **args)
+    assert len(glm45.generate("x", 2).tokens) == 2  # the model stays usable
+
+
+@pytest.mark.parametrize("kwargs, exc", [
+    (dict(n_ctx=-1), ValueError),
+    (dict(n_ctx=10**7), mtpllama.InvalidArgumentError),
+    (dict(n_ctx=4), mtpllama.InvalidArgumentError),
+    (dict(n_threads=-2), ValueError),
+    (dict(n_batch=4), mtpllama.InvalidArgumentError),
+    (dict(n_ctx="big"), TypeError),
+])
+def test_bad_session_arguments(glm45, kwargs, exc):
+    with pytest.raises(exc):
+        glm45.session(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(tensor_overrides=["nonsense"]), ValueError, "REGEX=DEVICE"),
+    (dict(tensor_overrides=["blk\\.2\\..*=NoSuchDevice"]), mtpllama.InvalidArgumentError, "unknown"),
+    (dict(tensor_overrides=["blk[=CPU"]), mtpllama.InvalidArgumentError, "regex"),
+    (dict(n_gpu_layers=-7), ValueError, "n_gpu_layers"),
+])
+def test_bad_model_arguments(model_files, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        mtpllama.Model(model_files["glm45"], **kwargs)
+
+
+def test_tensor_override_to_cpu_works(model_files):
+    with mtpllama.Model(model_files["glm45"], tensor_overrides=["blk\\.2\\..*=CPU"]) as m:
+        assert len(m.generate("x", 4, draft_max=2).tokens) == 4
+
+
+def test_bad_file_does_not_kill_interpreter(tmp_path, model_files):
+    # flip bytes in the tensor-info region and load in a child: it must exit normally
+    data = bytearray(open(model_files["glm46"], "rb").read())
+    for off in range(4000, 4600, 37):
+        data[off] ^= 0xFF
+    p = tmp_path / "flipped.gguf"
+    p.write_bytes(bytes(data))
+    code = (f"import mtpllama\n"
+            f"try:\n    m = mtpllama.Model({str(p)!r}); m.generate('x', 4)\n"
+            f"except mtpllama.MtpllamaError as e:\n    print('raised', type(e).__name__)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]

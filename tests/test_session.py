@@ -1,0 +1,116 @@
+"""Sessions: continuation, stop strings, streaming, lifetimes."""
+from __future__ import annotations
+
+import pytest
+
+import mtpllama
+from mtpllama import SpecConfig
+
+
+def test_stream_equals_generate(glm45):
+    r = glm45.generate("class Stack:", 60, spec=SpecConfig(3, 0.0))
+    pieces = list(glm45.stream("class Stack:", 60, spec=SpecConfig(3, 0.0)))
+    assert "".join(pieces) == r.text
+    assert len(pieces) > 1
+
+
+@pytest.mark.parametrize("mtp", [False, True])
+def test_continuation_matches_fresh_context(glm45, mtp):
+    spec = SpecConfig(3, 0.0) if mtp else None
+    with glm45.session(mtp=mtp) as s:
+        first = s.generate("def foo(x):", 13, spec=spec)
+        second = s.generate(" import os", 17, spec=spec)
+        ctx = s.tokens
+    prompt = glm45.tokenize("def foo(x):") + first.tokens + glm45.tokenize(" import os")
+    with glm45.session(mtp=mtp) as fresh:
+        ref = fresh.generate(prompt, 17, spec=spec)
+    assert second.tokens == ref.tokens
+    assert ctx == prompt + ref.tokens
+
+
+def test_stop_string_cuts_text_and_context(glm45):
+    full = glm45.generate("def foo(x):", 40, mtp=False)
+    text = full.text
+    assert len(text) > 12
+    stop = text[8:11]
+    k = text.find(stop)
+    with glm45.session() as s:
+        r = s.generate("def foo(x):", 40, spec=SpecConfig(3, 0.0), stop=[stop])
+        assert r.stop_reason == "stop"
+        assert r.text == text[:k]
+        # the context ends with the tokens of the returned text (plus a chosen next token)
+        ctx = s.tokens
+        n_prompt = len(glm45.tokenize("def foo(x):"))
+        assert glm45.detokenize(ctx[n_prompt:n_prompt + len(r.tokens)]).startswith(r.text)
+        # and the session keeps working
+        again = s.generate("x", 5, spec=SpecConfig(3, 0.0))
+        assert len(again.tokens) == 5
+
+
+def test_eos_stops_generation(tmp_path):
+    from mtpllama.gguf_io import SyntheticSpec, synthetic_weights, train_bpe, write_synthetic
+
+    spec = SyntheticSpec(nextn="own", seed=5, noise=0.5)
+    tok = train_bpe()
+    w = synthetic_weights(spec, tok)
+    # make the trunk end after "x": its output row for EOS copies the one that token x selects
+    x = tok.tokens.index("x")
+    out = w["output.weight"]
+    emb_unit = w["token_embd.weight"][x] / (w["token_embd.weight"][x] ** 2).mean() ** 0.5
+    out[tok.eos_id] = emb_unit * 4.0 / spec.n_embd ** 0.5
+    path = write_synthetic(tmp_path / "eos.gguf", spec, tok, w)
+    with mtpllama.Model(str(path)) as m:
+        for mtp in (False, True):
+            r = m.generate("x", 20, mtp=mtp)
+            assert r.stop_reason == "eos"
+            assert r.tokens[-1] == m.info.token_eos
+            assert m.info.token_eos not in r.tokens[:-1]
+
+
+def test_context_full_stops_cleanly(glm45):
+    with glm45.session(n_ctx=32) as s:
+        prompt = glm45.tokenize("def foo(x):")
+        r = s.generate(prompt, 100, spec=SpecConfig(4, 0.0))
+        assert r.stop_reason == "context"
+        assert len(prompt) + len(r.tokens) == 32 + 1  # the last token is chosen but needs no cache slot
+    with glm45.session(n_ctx=32) as s:
+        ref = s.generate(prompt, 100, spec=SpecConfig(0, 0.0))
+        assert ref.tokens == r.tokens
+
+
+def test_prompt_too_long_raises(glm45):
+    with glm45.session(n_ctx=16) as s:
+        with pytest.raises(mtpllama.ContextOverflowError):
+            s.generate(list(range(40)), 4)
+        assert len(s.generate([1, 2, 3], 3).tokens) == 3  # still usable
+
+
+def test_lifetimes(model_files):
+    m = mtpllama.Model(model_files["glm45"])
+    s = m.session()
+    s.generate("x", 3)
+    m.close()  # closes the session too
+    assert s.closed and m.closed
+    m.close()
+    s.close()
+    with pytest.raises(mtpllama.MtpllamaError, match="closed"):
+        s.generate("x", 3)
+    with pytest.raises(mtpllama.MtpllamaError, match="closed"):
+        m.tokenize("x")
+
+
+def test_session_keeps_model_alive(model_files):
+    s = mtpllama.Model(model_files["glm46"]).session()
+    import gc
+
+    gc.collect()
+    assert len(s.generate("import os", 4).tokens) == 4
+    s.close()
+
+
+def test_mtp_session_needs_mtp_model(model_files):
+    with mtpllama.Model(model_files["glm45"], mtp=False) as m:
+        with pytest.raises(mtpllama.NoMtpHeadError):
+            m.session(mtp=True)
+        with pytest.raises(ValueError):
+            m.generate("x", 3, draft_max=2)
