@@ -427,6 +427,46 @@ int32_t mtpl_session_reset_stats(mtpl_session * session) {
     });
 }
 
+int32_t mtpl_session_debug(mtpl_session * session, int32_t enable) {
+    return with_session(session, [&]() -> int32_t {
+        session->debug = enable != 0;
+        session->debug_call = 0;
+        session->debug_events.clear();
+        session->debug_floats.clear();
+        return MTPL_OK;
+    });
+}
+
+int32_t mtpl_session_debug_events(const mtpl_session * session, mtpl_debug_event * out, int32_t cap, int32_t * n_out) {
+    return guarded([&]() -> int32_t {
+        if (!session || !n_out || cap < 0 || (cap > 0 && !out)) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "bad arguments to mtpl_session_debug_events");
+        }
+        const int32_t n = (int32_t) session->debug_events.size();
+        *n_out = n;
+        if (n > cap) {
+            return mtpl::fail(MTPL_ERR_BUFFER_TOO_SMALL, "event buffer too small");
+        }
+        std::memcpy(out, session->debug_events.data(), sizeof(mtpl_debug_event) * (size_t) n);
+        return MTPL_OK;
+    });
+}
+
+int32_t mtpl_session_debug_floats(const mtpl_session * session, float * out, int64_t cap, int64_t * n_out) {
+    return guarded([&]() -> int32_t {
+        if (!session || !n_out || cap < 0 || (cap > 0 && !out)) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "bad arguments to mtpl_session_debug_floats");
+        }
+        const int64_t n = (int64_t) session->debug_floats.size();
+        *n_out = n;
+        if (n > cap) {
+            return mtpl::fail(MTPL_ERR_BUFFER_TOO_SMALL, "float buffer too small");
+        }
+        std::memcpy(out, session->debug_floats.data(), sizeof(float) * (size_t) n);
+        return MTPL_OK;
+    });
+}
+
 int32_t mtpl_session_cancel(mtpl_session * session) {
     if (!session) {
         return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "session is NULL");

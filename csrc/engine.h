@@ -88,6 +88,11 @@ struct mtpl_session {
     std::vector<int32_t> targets;       // scratch
     std::vector<float> h_scratch;       // scratch
 
+    bool debug = false;                 // record mtpl_debug_event rows (tests)
+    int32_t debug_call = 0;
+    std::vector<mtpl_debug_event> debug_events;
+    std::vector<float> debug_floats;
+
     std::atomic<bool> busy{false};
     std::atomic<bool> cancel{false};
     mtpl_stats stats{};
@@ -101,6 +106,9 @@ int32_t session_reset(mtpl_session * s);
 int32_t session_feed(mtpl_session * s, const int32_t * tokens, int32_t n);
 int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, int32_t cap, mtpl_step_result * res);
 int32_t session_truncate(mtpl_session * s, int32_t n_keep);
+void debug_row(mtpl_session * s, int32_t kind, int32_t pos, int32_t token, const float * h_in, const float * logits,
+               const float * h_out);
+void debug_forget(mtpl_session * s, int32_t kind, int32_t pos);
 void session_memory(const mtpl_session * s, int64_t * weights, int64_t * kv, int64_t * compute);
 // model.cpp
 int32_t model_load(const mtpl_model_params & p, mtpl_model ** out);

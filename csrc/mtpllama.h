@@ -108,6 +108,28 @@ typedef struct mtpl_stats {
     double t_other_s;               /* seconds in the step outside the three above */
 } mtpl_stats;
 
+/* Debug event log (tests only; costs one branch per row when off).  Every row a
+   session evaluates in either context is recorded with its inputs and outputs,
+   and every rollback of a cache, so a reference implementation can replay the
+   exact cache contents: numerical checks of the real generation path. */
+enum mtpl_debug_kind {
+    MTPL_DEBUG_TRUNK_ROW = 0,       /* trunk evaluated token at pos; logits if output; h_out = state handed to MTP */
+    MTPL_DEBUG_MTP_ROW = 1,         /* MTP block evaluated (token, h_in) at pos; logits and h_out if output */
+    MTPL_DEBUG_TRUNK_FORGET = 2,    /* trunk cache dropped positions >= pos */
+    MTPL_DEBUG_MTP_FORGET = 3,      /* MTP cache dropped positions >= pos */
+    MTPL_DEBUG_RESET = 4            /* both caches cleared */
+};
+
+typedef struct mtpl_debug_event {
+    int32_t kind;
+    int32_t pos;
+    int32_t token;
+    int32_t call;                   /* index of the graph evaluation (rows of one batch share it) */
+    int64_t h_in;                   /* offset of n_embd floats in the float arena, or -1 */
+    int64_t logits;                 /* offset of n_vocab floats, or -1 */
+    int64_t h_out;                  /* offset of n_embd floats, or -1 */
+} mtpl_debug_event;
+
 /* library identity, for the loader's version handshake */
 const char * mtpl_version(void);
 const char * mtpl_upstream_commit(void);
@@ -158,5 +180,9 @@ int32_t mtpl_session_n_ctx(const mtpl_session * session, int32_t * out);
 int32_t mtpl_session_memory(const mtpl_session * session, int64_t * weights, int64_t * kv, int64_t * compute);
 int32_t mtpl_session_get_stats(const mtpl_session * session, mtpl_stats * out);
 int32_t mtpl_session_reset_stats(mtpl_session * session);
+/* start (1, clearing the log) or stop (0) recording debug events */
+int32_t mtpl_session_debug(mtpl_session * session, int32_t enable);
+int32_t mtpl_session_debug_events(const mtpl_session * session, mtpl_debug_event * out, int32_t cap, int32_t * n_out);
+int32_t mtpl_session_debug_floats(const mtpl_session * session, float * out, int64_t cap, int64_t * n_out);
 /* ask a running call on this session to stop soon (thread-safe); it returns MTPL_ERR_CANCELLED */
 int32_t mtpl_session_cancel(mtpl_session * session);

@@ -87,7 +87,17 @@ int32_t eval_trunk(mtpl_session * s, int32_t pos0, int32_t n, bool all_logits) {
     const int32_t rc = llama_process(s->trunk, LLAMA_PROCESS_TYPE_DECODE, s->trunk_batch);
     if (rc != 0) {
         llama_memory_seq_rm(llama_get_memory(s->trunk), 0, s->n_past, -1);
+        debug_forget(s, MTPL_DEBUG_TRUNK_FORGET, s->n_past);
         return decode_error(s, rc, "trunk evaluation");
+    }
+    if (s->debug) {
+        s->debug_call++;
+        for (int32_t i = 0; i < n; ++i) {
+            const bool out = all_logits || i == n - 1;
+            debug_row(s, MTPL_DEBUG_TRUNK_ROW, pos0 + i, s->tokens[pos0 + i], nullptr,
+                      out ? llama_get_logits_ith(s->trunk, i) : nullptr,
+                      s->mtp ? llama_get_embeddings_nextn_ith(s->trunk, i) : nullptr);
+        }
     }
     return MTPL_OK;
 }
@@ -95,8 +105,10 @@ int32_t eval_trunk(mtpl_session * s, int32_t pos0, int32_t n, bool all_logits) {
 // Drop cached state from position pos on in both caches.
 void forget_from(mtpl_session * s, int32_t pos) {
     llama_memory_seq_rm(llama_get_memory(s->trunk), 0, pos, -1);
+    debug_forget(s, MTPL_DEBUG_TRUNK_FORGET, pos);
     if (s->mtp) {
         llama_memory_seq_rm(llama_get_memory(s->mtp), 0, std::min(pos, s->mtp_n_past), -1);
+        debug_forget(s, MTPL_DEBUG_MTP_FORGET, std::min(pos, s->mtp_n_past));
     }
 }
 
@@ -106,6 +118,7 @@ void forget_from(mtpl_session * s, int32_t pos) {
 int32_t mtp_catch_up_and_head(mtpl_session * s, int32_t * head_idx) {
     llama_memory_t mem = llama_get_memory(s->mtp);
     llama_memory_seq_rm(mem, 0, s->mtp_n_past, -1);  // drafts of the previous step
+    debug_forget(s, MTPL_DEBUG_MTP_FORGET, s->mtp_n_past);
     const size_t row = (size_t) s->n_embd;
     int32_t pos = s->mtp_n_past;
     while (pos <= s->n_past) {
@@ -124,7 +137,18 @@ int32_t mtp_catch_up_and_head(mtpl_session * s, int32_t * head_idx) {
         const int32_t rc = llama_process(s->mtp, LLAMA_PROCESS_TYPE_DECODE, s->mtp_batch);
         if (rc != 0) {
             llama_memory_seq_rm(mem, 0, s->mtp_n_past, -1);
+            debug_forget(s, MTPL_DEBUG_MTP_FORGET, s->mtp_n_past);
             return decode_error(s, rc, "MTP evaluation");
+        }
+        if (s->debug) {
+            s->debug_call++;
+            for (int32_t i = 0; i < n; ++i) {
+                const int32_t p = pos + i;
+                const bool head = p == s->n_past;
+                const float * h = head ? s->h_last.data() : s->backlog_h.data() + (size_t) (p - s->mtp_n_past) * row;
+                debug_row(s, MTPL_DEBUG_MTP_ROW, p, s->tokens[p], h, head ? llama_get_logits_ith(s->mtp, i) : nullptr,
+                          head ? llama_get_embeddings_nextn_ith(s->mtp, i) : nullptr);
+            }
         }
         pos += n;
     }
@@ -162,7 +186,13 @@ int32_t draft(mtpl_session * s, int32_t k, std::vector<int32_t> & drafts) {
         const int32_t rc = llama_process(s->mtp, LLAMA_PROCESS_TYPE_DECODE, s->mtp_batch);
         if (rc != 0) {
             llama_memory_seq_rm(llama_get_memory(s->mtp), 0, s->mtp_n_past, -1);
+            debug_forget(s, MTPL_DEBUG_MTP_FORGET, s->mtp_n_past);
             return decode_error(s, rc, "MTP draft");
+        }
+        if (s->debug) {
+            s->debug_call++;
+            debug_row(s, MTPL_DEBUG_MTP_ROW, s->n_past + 1 + i, tok, s->h_scratch.data(), llama_get_logits_ith(s->mtp, 0),
+                      llama_get_embeddings_nextn_ith(s->mtp, 0));
         }
         last = 0;
     }
@@ -265,6 +295,9 @@ int32_t session_reset(mtpl_session * s) {
     s->mtp_n_past = 0;
     s->backlog_h.clear();
     s->cancel.store(false);
+    if (s->debug) {
+        s->debug_events.push_back({MTPL_DEBUG_RESET, 0, -1, s->debug_call, -1, -1, -1});
+    }
     return MTPL_OK;
 }
 
@@ -438,6 +471,40 @@ void session_memory(const mtpl_session * s, int64_t * weights, int64_t * kv, int
             *kv += (int64_t) mb.context;
             *compute += (int64_t) mb.compute;
         }
+    }
+}
+
+} // namespace mtpl
+
+namespace mtpl {
+namespace {
+
+int64_t debug_copy(mtpl_session * s, const float * src, int32_t n) {
+    if (!src) {
+        return -1;
+    }
+    const int64_t off = (int64_t) s->debug_floats.size();
+    s->debug_floats.insert(s->debug_floats.end(), src, src + n);
+    return off;
+}
+
+} // namespace
+
+void debug_row(mtpl_session * s, int32_t kind, int32_t pos, int32_t token, const float * h_in, const float * logits,
+               const float * h_out) {
+    if (!s->debug) {
+        return;
+    }
+    mtpl_debug_event e{kind, pos, token, s->debug_call, -1, -1, -1};
+    e.h_in = debug_copy(s, h_in, s->n_embd);
+    e.logits = debug_copy(s, logits, s->n_vocab);
+    e.h_out = debug_copy(s, h_out, s->n_embd);
+    s->debug_events.push_back(e);
+}
+
+void debug_forget(mtpl_session * s, int32_t kind, int32_t pos) {
+    if (s->debug) {
+        s->debug_events.push_back({kind, pos, -1, s->debug_call, -1, -1, -1});
     }
 }
 

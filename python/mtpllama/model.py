@@ -358,6 +358,34 @@ class Session:
         _lib.check(lib.mtpl_session_memory(self._ptr(), w, kv, c))
         return {"weights": w[0], "kv": kv[0], "compute": c[0]}
 
+    # -- debugging (tests) ---------------------------------------------------------------
+    def debug_record(self, enable: bool = True) -> None:
+        """Start (clearing) or stop recording every row evaluated in either context."""
+        _lib.check(lib.mtpl_session_debug(self._ptr(), int(enable)))
+
+    def debug_events(self) -> list[dict]:
+        """Recorded events: dicts with kind ('trunk', 'mtp', 'trunk_forget', 'mtp_forget', 'reset'),
+        pos, token, call, and numpy arrays (or None) h_in, logits, h_out."""
+        import numpy as np
+
+        n = ffi.new("int32_t *")
+        lib.mtpl_session_debug_events(self._ptr(), ffi.NULL, 0, n)
+        ev = ffi.new("mtpl_debug_event[]", max(1, n[0]))
+        _lib.check(lib.mtpl_session_debug_events(self._ptr(), ev, n[0], n))
+        nf = ffi.new("int64_t *")
+        lib.mtpl_session_debug_floats(self._ptr(), ffi.NULL, 0, nf)
+        fl = np.zeros(max(1, nf[0]), dtype=np.float32)
+        _lib.check(lib.mtpl_session_debug_floats(self._ptr(), ffi.cast("float *", fl.ctypes.data), nf[0], nf))
+        d, v = self.model.info.n_embd, self.model.info.n_vocab
+        kinds = {0: "trunk", 1: "mtp", 2: "trunk_forget", 3: "mtp_forget", 4: "reset"}
+
+        def cut(off: int, size: int):
+            return None if off < 0 else fl[off:off + size].copy()
+
+        return [{"kind": kinds[e.kind], "pos": e.pos, "token": e.token, "call": e.call,
+                 "h_in": cut(e.h_in, d), "logits": cut(e.logits, v), "h_out": cut(e.h_out, d)}
+                for e in ev[0:n[0]]]
+
     def stats(self) -> GenerationStats:
         """Counters accumulated since the last generate() started."""
         st = ffi.new("mtpl_stats *")
