@@ -3,6 +3,7 @@
 // sees it, because upstream aborts the process on many failed asserts.
 #include "engine.h"
 
+#include <cmath>
 #include <cstring>
 #include <exception>
 #include <mutex>
@@ -340,11 +341,35 @@ int32_t mtpl_session_configure(mtpl_session * session, const mtpl_gen_params * p
         if (!(params->draft_p_min >= 0.0f && params->draft_p_min <= 1.0f)) {
             return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "draft_p_min must be in [0, 1]");
         }
+        if (!(params->temperature >= 0.0f && params->temperature <= 100.0f)) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "temperature must be in [0, 100]");
+        }
+        if (params->top_k < 0) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "top_k must be >= 0");
+        }
+        if (!(params->top_p > 0.0f && params->top_p <= 1.0f)) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "top_p must be in (0, 1]");
+        }
+        if (!(params->min_p >= 0.0f && params->min_p <= 1.0f)) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "min_p must be in [0, 1]");
+        }
+        if (!(params->repeat_penalty > 0.0f && params->repeat_penalty <= 100.0f) ||
+            !(std::fabs(params->presence_penalty) <= 100.0f) || !(std::fabs(params->frequency_penalty) <= 100.0f)) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT,
+                              "repeat_penalty must be in (0, 100], presence/frequency penalties in [-100, 100]");
+        }
+        if (params->penalty_last_n < -1) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "penalty_last_n must be >= -1");
+        }
+        if (params->verify < MTPL_VERIFY_REJECTION || params->verify > MTPL_VERIFY_ACCEPT_ALL) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "verify must be 0 (rejection), 1 (exact) or 2 (accept all)");
+        }
         if (params->draft_max > 0 && !session->mtp) {
             return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT,
                               "draft_max > 0 needs a session created with mtp enabled (this one decodes plainly)");
         }
         session->gen = *params;
+        session->rng.seed(params->seed);
         return MTPL_OK;
     });
 }

@@ -3,7 +3,9 @@
 
 #include <atomic>
 #include <cstdint>
+#include <random>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "llama.h"
@@ -38,12 +40,37 @@ struct file_facts {
 };
 int32_t read_file_facts(const std::string & path, file_facts & out);
 
+// --- sampling (sampler.cpp) -----------------------------------------------------
+using rng_type = std::mt19937_64;
+
+// A sampling distribution: candidate ids and their probabilities (sum 1).
+struct dist {
+    std::vector<int32_t> ids;
+    std::vector<float> probs;
+    float prob_of(int32_t id) const;
+    int32_t top() const;
+    float top_prob() const;
+};
+
+bool penalties_active(const mtpl_gen_params & g);
+// Token counts in the penalty window over context followed by extra[0, n_extra).
+void penalty_counts(const mtpl_gen_params & g, const int32_t * context, size_t n_context, const int32_t * extra,
+                    int32_t n_extra, std::unordered_map<int32_t, int32_t> & counts);
+// logits -> distribution after penalties, top-k, top-p, min-p and temperature.
+void build_dist(const float * logits, int32_t n_vocab, const mtpl_gen_params & g,
+                const std::unordered_map<int32_t, int32_t> & counts, std::vector<float> & scratch, dist & out);
+double uniform01(rng_type & rng);
+int32_t sample(const dist & d, rng_type & rng);
+// a sample of norm(max(0, p - q))
+int32_t sample_residual(const dist & p, const dist & q, rng_type & rng);
+
 // --- verification helpers (verify.cpp) ----------------------------------------
 int32_t argmax(const float * logits, int32_t n_vocab);
 // probability of the arg-max token under softmax(logits)
 float top_prob(const float * logits, int32_t n_vocab, int32_t top);
 // Greedy acceptance: number of drafts d[i] equal to the target's choice g[i].
 int32_t accept_greedy(const int32_t * drafts, const int32_t * target, int32_t n_drafts);
+bool is_greedy(const mtpl_gen_params & g);
 
 } // namespace mtpl
 
@@ -84,6 +111,10 @@ struct mtpl_session {
     int32_t mtp_n_past = 0;
     std::vector<float> backlog_h;
 
+    mtpl::rng_type rng{0};
+    std::vector<mtpl::dist> qdists;           // draft distributions of the current step (sampled decoding)
+    std::vector<float> logit_scratch;
+    std::unordered_map<int32_t, int32_t> counts;
     std::vector<int32_t> drafts;        // scratch
     std::vector<int32_t> targets;       // scratch
     std::vector<float> h_scratch;       // scratch
@@ -99,6 +130,11 @@ struct mtpl_session {
 };
 
 namespace mtpl {
+// verify.cpp: decide drafts against the trunk's rows of the last verification
+// pass; returns the number accepted and sets *next (the recovered/bonus token)
+int32_t verify_step(mtpl_session * s, int32_t n_drafts, int32_t * next);
+// the token chosen from trunk row `row` with context tokens[0, n_ctx_tokens) (greedy or sampled)
+int32_t choose_token(mtpl_session * s, const float * logits, size_t n_ctx_tokens);
 // session.cpp
 int32_t session_create(mtpl_model * model, const mtpl_session_params & p, mtpl_session ** out);
 void session_destroy(mtpl_session * s);

@@ -81,9 +81,26 @@ typedef struct mtpl_session_params {
     int32_t mtp;                    /* 1: keep an MTP context and draft with it */
 } mtpl_session_params;
 
+/* How sampled drafts are verified. */
+enum mtpl_verify {
+    MTPL_VERIFY_REJECTION = 0,      /* rejection sampling: lossless in distribution, accepts the most */
+    MTPL_VERIFY_EXACT = 1,          /* sample the trunk and compare with the (arg-max) draft, as upstream does */
+    MTPL_VERIFY_ACCEPT_ALL = 2      /* trust every draft: NOT lossless; a test hook (the statistical test's power) */
+};
+
 typedef struct mtpl_gen_params {
     int32_t draft_max;              /* most tokens drafted per step, 0..MTPL_MAX_DRAFT */
     float draft_p_min;              /* stop drafting when the draft's top probability is below this */
+    float temperature;              /* <= 0: greedy (arg-max); sampling otherwise */
+    int32_t top_k;                  /* keep the k most likely tokens; 0 = off */
+    float top_p;                    /* keep the smallest set with this much mass; 1 = off */
+    float min_p;                    /* drop tokens below min_p * (top probability); 0 = off */
+    float repeat_penalty;           /* 1 = off */
+    float presence_penalty;         /* 0 = off */
+    float frequency_penalty;        /* 0 = off */
+    int32_t penalty_last_n;         /* context tokens the penalties look at; 0 = off, -1 = all */
+    uint64_t seed;                  /* the session's random generator is reseeded by mtpl_session_configure */
+    int32_t verify;                 /* enum mtpl_verify */
 } mtpl_gen_params;
 
 /* Result of one draft + verify step. */

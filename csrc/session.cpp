@@ -169,11 +169,29 @@ int32_t draft(mtpl_session * s, int32_t k, std::vector<int32_t> & drafts) {
         return st;
     }
     const size_t row = (size_t) s->n_embd;
+    const mtpl_gen_params & g = s->gen;
+    const bool plain_greedy = is_greedy(g) && !penalties_active(g);
     for (int32_t i = 0; i < k; ++i) {
         const float * logits = llama_get_logits_ith(s->mtp, last);
-        const int32_t tok = argmax(logits, s->n_vocab);
-        if (s->gen.draft_p_min > 0.0f && top_prob(logits, s->n_vocab, tok) < s->gen.draft_p_min) {
-            break;
+        int32_t tok;
+        if (plain_greedy) {
+            tok = argmax(logits, s->n_vocab);
+            if (g.draft_p_min > 0.0f && top_prob(logits, s->n_vocab, tok) < g.draft_p_min) {
+                break;
+            }
+        } else {
+            // q: the head's distribution after the trunk's transforms, drafts so far in the context
+            if ((int32_t) s->qdists.size() <= i) {
+                s->qdists.resize((size_t) i + 1);
+            }
+            dist & q = s->qdists[(size_t) i];
+            penalty_counts(g, s->tokens.data(), s->tokens.size(), drafts.data(), i, s->counts);
+            build_dist(logits, s->n_vocab, g, s->counts, s->logit_scratch, q);
+            if (q.top_prob() < g.draft_p_min) {
+                break;
+            }
+            const bool draft_top = is_greedy(g) || g.verify == MTPL_VERIFY_EXACT;
+            tok = draft_top ? q.top() : sample(q, s->rng);
         }
         drafts.push_back(tok);
         if (i + 1 == k) {
@@ -327,7 +345,7 @@ int32_t session_feed(mtpl_session * s, const int32_t * tokens, int32_t n) {
         commit_trunk_rows(s, s->n_past, m);
         s->n_past += m;
     }
-    const int32_t next = argmax(llama_get_logits_ith(s->trunk, -1), s->n_vocab);
+    const int32_t next = choose_token(s, llama_get_logits_ith(s->trunk, -1), s->tokens.size());
     s->tokens.push_back(next);
     s->has_pending = true;
     s->pending_emitted = false;
@@ -388,19 +406,16 @@ int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, int32_t /*c
         s->tokens.resize((size_t) pos0 + 1);
         return st;
     }
-    s->targets.resize((size_t) n_drafts + 1);
-    for (int32_t i = 0; i <= n_drafts; ++i) {
-        s->targets[i] = argmax(llama_get_logits_ith(s->trunk, i), s->n_vocab);
-    }
-    int32_t n_acc = accept_greedy(s->drafts.data(), s->targets.data(), n_drafts);
+    int32_t bonus = -1;
+    int32_t n_acc = verify_step(s, n_drafts, &bonus);
     // an accepted end-of-generation token ends the step as if it were the bonus token
     for (int32_t i = 0; i < n_acc; ++i) {
         if (is_eog(s, s->drafts[i])) {
             n_acc = i;
+            bonus = s->drafts[i];
             break;
         }
     }
-    const int32_t bonus = s->targets[n_acc];
     t_verify = seconds_since(t);
 
     // keep rows 0..n_acc (pending + accepted drafts); the bonus token is the new pending one

@@ -1,10 +1,17 @@
 // Verification: how the trunk's choices decide which drafted tokens are kept.
 //
 // Glossary.  drafted: tokens proposed by the MTP head for the positions after the
-// pending token.  accepted: the longest prefix of the drafts that the trunk would
-// itself have produced.  bonus: the trunk's own token at the first position that
-// was not accepted (or after the last draft when all were), so every step emits
-// at least one token.
+// pending token.  accepted: the drafts the trunk keeps (a prefix).  recovered:
+// the token the trunk puts at the first rejected position (greedy: its arg-max;
+// rejection sampling: a sample of norm(max(0, p - q))).  bonus: the trunk's token
+// after the last draft when every draft was accepted.  Every step emits the
+// accepted drafts plus one recovered or bonus token.
+//
+// Rejection sampling (Leviathan et al. 2023, Chen et al. 2023): draft x ~ q is
+// accepted with probability min(1, p(x)/q(x)); p and q are the trunk's and the
+// MTP head's distributions after the same penalties, top-k/p, min-p and
+// temperature, with the same context (drafts before x included).  The output
+// then has exactly the distribution of plain sampling from p.
 #include "engine.h"
 
 #include <cmath>
@@ -38,6 +45,67 @@ int32_t accept_greedy(const int32_t * drafts, const int32_t * target, int32_t n_
         ++n;
     }
     return n;
+}
+
+bool is_greedy(const mtpl_gen_params & g) {
+    return g.temperature <= 0.0f;
+}
+
+int32_t choose_token(mtpl_session * s, const float * logits, size_t n_ctx_tokens) {
+    const mtpl_gen_params & g = s->gen;
+    if (is_greedy(g) && !penalties_active(g)) {
+        return argmax(logits, s->n_vocab);
+    }
+    penalty_counts(g, s->tokens.data(), n_ctx_tokens, nullptr, 0, s->counts);
+    dist p;
+    build_dist(logits, s->n_vocab, g, s->counts, s->logit_scratch, p);
+    return is_greedy(g) ? p.top() : sample(p, s->rng);
+}
+
+int32_t verify_step(mtpl_session * s, int32_t n_drafts, int32_t * next) {
+    const mtpl_gen_params & g = s->gen;
+    // tokens = [... context ..., pending, drafts...]: row i sees context up to pending + drafts[0, i)
+    const size_t n_before = s->tokens.size() - (size_t) n_drafts;
+    if (is_greedy(g) && !penalties_active(g)) {
+        s->targets.resize((size_t) n_drafts + 1);
+        for (int32_t i = 0; i <= n_drafts; ++i) {
+            s->targets[(size_t) i] = argmax(llama_get_logits_ith(s->trunk, i), s->n_vocab);
+        }
+        const int32_t n_acc = accept_greedy(s->drafts.data(), s->targets.data(), n_drafts);
+        *next = s->targets[(size_t) n_acc];
+        return n_acc;
+    }
+    dist p;
+    for (int32_t i = 0; i <= n_drafts; ++i) {
+        const float * logits = llama_get_logits_ith(s->trunk, i);
+        if (i == n_drafts) {  // every draft accepted: the bonus token comes from p
+            *next = choose_token(s, logits, n_before + (size_t) i);
+            return n_drafts;
+        }
+        const int32_t x = s->drafts[(size_t) i];
+        if (g.verify == MTPL_VERIFY_ACCEPT_ALL) {
+            continue;
+        }
+        penalty_counts(g, s->tokens.data(), n_before + (size_t) i, nullptr, 0, s->counts);
+        build_dist(logits, s->n_vocab, g, s->counts, s->logit_scratch, p);
+        if (is_greedy(g)) {  // greedy with penalties: exact match against the penalised arg-max
+            const int32_t y = p.top();
+            if (y != x) { *next = y; return i; }
+            continue;
+        }
+        if (g.verify == MTPL_VERIFY_EXACT) {
+            const int32_t y = sample(p, s->rng);
+            if (y != x) { *next = y; return i; }
+            continue;
+        }
+        const dist & q = s->qdists[(size_t) i];
+        const double px = p.prob_of(x), qx = q.prob_of(x);
+        if (!(qx > 0.0) || uniform01(s->rng) >= px / qx) {
+            *next = sample_residual(p, q, s->rng);
+            return i;
+        }
+    }
+    return n_drafts;  // not reached
 }
 
 } // namespace mtpl

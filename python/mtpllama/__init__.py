@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 from ._version import __version__
-from .config import ModelConfig, SessionConfig, SpecConfig
+from .config import ModelConfig, SamplingConfig, SessionConfig, SpecConfig
 from .errors import (
     Cancelled,
     ContextOverflowError,
@@ -29,7 +29,7 @@ logging.getLogger("mtpllama").addHandler(logging.NullHandler())
 
 __all__ = [
     "__version__", "Model", "Session", "ModelInfo", "GenerationResult", "GenerationStats",
-    "ModelConfig", "SessionConfig", "SpecConfig",
+    "ModelConfig", "SessionConfig", "SpecConfig", "SamplingConfig",
     "MtpllamaError", "ModelLoadError", "ModelNotFoundError", "NotGGUFError", "UnsupportedArchitectureError",
     "NoMtpHeadError", "ContextOverflowError", "DecodeError", "SessionBusyError", "Cancelled",
     "InvalidArgumentError",

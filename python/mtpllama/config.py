@@ -55,6 +55,17 @@ class SessionConfig:
         _check_int("n_threads", self.n_threads, 0)
 
 
+VERIFY_MODES = {"rejection": 0, "exact": 1, "accept_all": 2}
+
+
+def _check_float(name: str, value: object, lo: float, hi: float, lo_open: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    v = float(value)
+    if not (lo < v if lo_open else lo <= v) or not v <= hi:
+        raise ValueError(f"{name} must be in {'(' if lo_open else '['}{lo}, {hi}], got {value}")
+
+
 @dataclass(frozen=True)
 class SpecConfig:
     """Speculative decoding with the MTP head."""
@@ -62,14 +73,61 @@ class SpecConfig:
     draft_max: int = 3
     """Most tokens drafted per step (0 = plain decoding)."""
     draft_p_min: float = 0.5
-    """Stop drafting when the MTP head's top probability (full softmax) falls below this."""
+    """Stop drafting when the MTP head's top probability falls below this (full softmax, after
+    the sampling transforms when sampling)."""
+    verify: str = "rejection"
+    """How sampled drafts are checked: "rejection" (rejection sampling: lossless in distribution,
+    accepts the most), "exact" (sample the trunk, compare with the arg-max draft: lossless, as
+    upstream llama.cpp), or "accept_all" (keeps every draft: NOT lossless, for testing only).
+    Greedy decoding ignores it: drafts are kept when they equal the trunk's arg-max."""
 
     def __post_init__(self) -> None:
         _check_int("draft_max", self.draft_max, 0, MAX_DRAFT)
-        if isinstance(self.draft_p_min, bool) or not isinstance(self.draft_p_min, (int, float)):
-            raise TypeError("draft_p_min must be a float")
-        if not 0.0 <= float(self.draft_p_min) <= 1.0:
-            raise ValueError(f"draft_p_min must be in [0, 1], got {self.draft_p_min}")
+        _check_float("draft_p_min", self.draft_p_min, 0.0, 1.0)
+        if self.verify not in VERIFY_MODES:
+            raise ValueError(f"verify must be one of {sorted(VERIFY_MODES)}, got {self.verify!r}")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Token selection, with llama.cpp's semantics and order:
+    penalties -> top-k -> top-p -> min-p -> temperature -> sample.
+    (top-p and min-p see the penalised distribution before temperature, as upstream's default chain.)"""
+
+    temperature: float = 0.0
+    """0 = greedy (arg-max), the default; llama.cpp's command-line default is 0.8."""
+    top_k: int = 0
+    """Keep the k most likely tokens (0 = off)."""
+    top_p: float = 1.0
+    """Keep the smallest set of tokens holding this much probability (1 = off)."""
+    min_p: float = 0.0
+    """Drop tokens less likely than min_p times the most likely one (0 = off)."""
+    repeat_penalty: float = 1.0
+    """Divide positive / multiply negative logits of tokens in the penalty window (1 = off)."""
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    penalty_last_n: int = 64
+    """Tokens of context (prompt included) the penalties look at; 0 = off, -1 = the whole context."""
+    seed: int = 0
+    """Seed of the session's random generator; the same seed and settings give the same output."""
+
+    def __post_init__(self) -> None:
+        _check_float("temperature", self.temperature, 0.0, 100.0)
+        _check_int("top_k", self.top_k, 0)
+        _check_float("top_p", self.top_p, 0.0, 1.0, lo_open=True)
+        _check_float("min_p", self.min_p, 0.0, 1.0)
+        _check_float("repeat_penalty", self.repeat_penalty, 0.0, 100.0, lo_open=True)
+        _check_float("presence_penalty", self.presence_penalty, -100.0, 100.0)
+        _check_float("frequency_penalty", self.frequency_penalty, -100.0, 100.0)
+        _check_int("penalty_last_n", self.penalty_last_n, -1)
+        _check_int("seed", self.seed, 0, 2**64 - 1)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+GREEDY = SamplingConfig()
 
 
 PLAIN = SpecConfig(draft_max=0, draft_p_min=0.0)

@@ -11,11 +11,11 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import _lib
 from ._lib import ffi, lib
-from .config import MAX_DRAFT, PLAIN, ModelConfig, SessionConfig, SpecConfig
+from .config import GREEDY, MAX_DRAFT, PLAIN, VERIFY_MODES, ModelConfig, SamplingConfig, SessionConfig, SpecConfig
 from .errors import MtpllamaError, SessionBusyError
 
 _STOP_NAMES = {0: "none", 1: "eos", 2: "length", 3: "context"}
@@ -248,26 +248,39 @@ class Model:
         return s
 
     def generate(self, prompt: str | Sequence[int], max_tokens: int = 128, *, spec: SpecConfig | None = None,
-                 draft_max: int | None = None, draft_p_min: float | None = None, stop: Sequence[str] = (),
-                 mtp: bool | None = None) -> GenerationResult:
-        """Complete prompt from a fresh context.  mtp=False (or draft_max=0) decodes plainly."""
+                 sampling: SamplingConfig | None = None, draft_max: int | None = None,
+                 draft_p_min: float | None = None, temperature: float | None = None, seed: int | None = None,
+                 stop: Sequence[str] = (), mtp: bool | None = None) -> GenerationResult:
+        """Complete prompt from a fresh context.  mtp=False (or draft_max=0) decodes plainly.
+        temperature/seed are shortcuts for a SamplingConfig; greedy by default."""
         use_mtp = self.config.mtp if mtp is None else mtp
         s = self._default_session(use_mtp)
         s.reset()
-        return s.generate(prompt, max_tokens, spec=_spec(spec, draft_max, draft_p_min, use_mtp), stop=stop)
+        return s.generate(prompt, max_tokens, spec=_spec(spec, draft_max, draft_p_min, use_mtp),
+                          sampling=_sampling(sampling, temperature, seed), stop=stop)
 
     def stream(self, prompt: str | Sequence[int], max_tokens: int = 128, *, spec: SpecConfig | None = None,
-               draft_max: int | None = None, draft_p_min: float | None = None, stop: Sequence[str] = (),
-               mtp: bool | None = None) -> Iterator[str]:
+               sampling: SamplingConfig | None = None, draft_max: int | None = None,
+               draft_p_min: float | None = None, temperature: float | None = None, seed: int | None = None,
+               stop: Sequence[str] = (), mtp: bool | None = None) -> Iterator[str]:
         """Like generate(), yielding text pieces as the trunk accepts them."""
         use_mtp = self.config.mtp if mtp is None else mtp
         s = self._default_session(use_mtp)
         s.reset()
-        return s.stream(prompt, max_tokens, spec=_spec(spec, draft_max, draft_p_min, use_mtp), stop=stop)
+        return s.stream(prompt, max_tokens, spec=_spec(spec, draft_max, draft_p_min, use_mtp),
+                        sampling=_sampling(sampling, temperature, seed), stop=stop)
 
 
 def _bad_token(t: int, n_vocab: int) -> bytes:
     raise ValueError(f"token id {t} is outside the vocabulary [0, {n_vocab})")
+
+
+def _sampling(sampling: SamplingConfig | None, temperature: float | None, seed: int | None) -> SamplingConfig | None:
+    if temperature is None and seed is None:
+        return sampling
+    base = sampling or GREEDY
+    return replace(base, temperature=base.temperature if temperature is None else temperature,
+                   seed=base.seed if seed is None else seed)
 
 
 def _spec(spec: SpecConfig | None, draft_max: int | None, draft_p_min: float | None, mtp: bool) -> SpecConfig:
@@ -278,8 +291,8 @@ def _spec(spec: SpecConfig | None, draft_max: int | None, draft_p_min: float | N
     base = spec or SpecConfig()
     if draft_max is None and draft_p_min is None:
         return base
-    return SpecConfig(draft_max=base.draft_max if draft_max is None else draft_max,
-                      draft_p_min=base.draft_p_min if draft_p_min is None else draft_p_min)
+    return replace(base, draft_max=base.draft_max if draft_max is None else draft_max,
+                   draft_p_min=base.draft_p_min if draft_p_min is None else draft_p_min)
 
 
 class Session:
@@ -394,6 +407,8 @@ class Session:
 
     # -- generation -------------------------------------------------------------------
     def _prepare(self, prompt: str | Sequence[int], max_tokens: int, spec: SpecConfig | None) -> tuple[list[int], SpecConfig]:
+        if spec is not None and not isinstance(spec, SpecConfig):
+            raise TypeError("spec must be a SpecConfig")
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
             raise TypeError("max_tokens must be an int")
         if max_tokens < 1:
@@ -412,11 +427,18 @@ class Session:
             raise ValueError("this session decodes plainly (mtp=False); use draft_max=0")
         return tokens, spec
 
-    def _steps(self, tokens: list[int], max_tokens: int, spec: SpecConfig) -> Iterator[tuple[list[int], str]]:
+    def _steps(self, tokens: list[int], max_tokens: int, spec: SpecConfig,
+               sampling: SamplingConfig) -> Iterator[tuple[list[int], str]]:
         """Feed the prompt, then yield (tokens, stop) per verification step."""
         h = self._ptr()
         _lib.check(lib.mtpl_session_reset_stats(h))
-        gp = ffi.new("mtpl_gen_params *", {"draft_max": spec.draft_max, "draft_p_min": float(spec.draft_p_min)})
+        sm = sampling
+        gp = ffi.new("mtpl_gen_params *", {
+            "draft_max": spec.draft_max, "draft_p_min": float(spec.draft_p_min), "verify": VERIFY_MODES[spec.verify],
+            "temperature": float(sm.temperature), "top_k": sm.top_k, "top_p": float(sm.top_p),
+            "min_p": float(sm.min_p), "repeat_penalty": float(sm.repeat_penalty),
+            "presence_penalty": float(sm.presence_penalty), "frequency_penalty": float(sm.frequency_penalty),
+            "penalty_last_n": sm.penalty_last_n, "seed": sm.seed})
         _lib.check(lib.mtpl_session_configure(h, gp), "configure")
         arr = ffi.new("int32_t[]", tokens)
         _lib.check(lib.mtpl_session_feed(h, arr, len(tokens)), "prompt")
@@ -434,28 +456,32 @@ class Session:
                 return
 
     def stream(self, prompt: str | Sequence[int], max_tokens: int = 128, *, spec: SpecConfig | None = None,
-               stop: Sequence[str] = ()) -> Iterator[str]:
+               sampling: SamplingConfig | None = None, stop: Sequence[str] = ()) -> Iterator[str]:
         """Yield text pieces as they are accepted."""
-        for piece, _tok, _reason in self._run(prompt, max_tokens, spec, stop):
+        for piece, _tok, _reason in self._run(prompt, max_tokens, spec, sampling, stop):
             if piece:
                 yield piece
 
     def generate(self, prompt: str | Sequence[int], max_tokens: int = 128, *, spec: SpecConfig | None = None,
-                 stop: Sequence[str] = ()) -> GenerationResult:
+                 sampling: SamplingConfig | None = None, stop: Sequence[str] = ()) -> GenerationResult:
         t0 = time.perf_counter()
         parts: list[str] = []
         tokens: list[int] = []
         reason = "length"
-        for piece, toks, reason in self._run(prompt, max_tokens, spec, stop):
+        for piece, toks, reason in self._run(prompt, max_tokens, spec, sampling, stop):
             parts.append(piece)
             tokens.extend(toks)
         stats = self.stats()
         stats.wall = time.perf_counter() - t0
         return GenerationResult("".join(parts), tokens, reason, stats)
 
-    def _run(self, prompt, max_tokens, spec, stop) -> Iterator[tuple[str, list[int], str]]:
+    def _run(self, prompt, max_tokens, spec, sampling, stop) -> Iterator[tuple[str, list[int], str]]:
         """Yield (text piece, tokens, stop reason) per step, applying stop strings."""
         tokens, spec = self._prepare(prompt, max_tokens, spec)
+        if sampling is None:
+            sampling = GREEDY
+        elif not isinstance(sampling, SamplingConfig):
+            raise TypeError("sampling must be a SamplingConfig")
         stops = [s for s in stop if s]
         if any(not isinstance(s, str) for s in stop):
             raise TypeError("stop must be a sequence of str")
@@ -465,7 +491,7 @@ class Session:
         hold = max((len(s) for s in stops), default=1) - 1
         pending = ""
         emitted: list[int] = []
-        for got, reason in self._steps(tokens, max_tokens, spec):
+        for got, reason in self._steps(tokens, max_tokens, spec, sampling):
             new = decoder.decode(b"".join(pieces[t] for t in got), final=reason != "none")
             if not stops:
                 yield new, got, reason if reason != "none" else "length"
