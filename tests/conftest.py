@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from mtpllama import SessionConfig
 from mtpllama.gguf_io import SyntheticSpec, write_synthetic
 
 # 20+ prompts: code, prose, digits, unicode, single characters
@@ -26,11 +27,16 @@ def model_files(tmp_path_factory) -> dict[str, str]:
     return {k: str(write_synthetic(d / f"{k}.gguf", spec)) for k, spec in SPECS.items()}
 
 
+# One thread: tiny models gain nothing from more, and a spinning thread pool
+# that shares 2 cores with another process slows down a hundredfold.
+ONE_THREAD = SessionConfig(n_threads=1)
+
+
 @pytest.fixture(scope="session")
 def glm45(model_files):
     import mtpllama
 
-    with mtpllama.Model(model_files["glm45"]) as m:
+    with mtpllama.Model(model_files["glm45"], session_defaults=ONE_THREAD) as m:
         yield m
 
 
@@ -38,5 +44,5 @@ def glm45(model_files):
 def glm46(model_files):
     import mtpllama
 
-    with mtpllama.Model(model_files["glm46"]) as m:
+    with mtpllama.Model(model_files["glm46"], session_defaults=ONE_THREAD) as m:
         yield m

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import mtpllama
+from conftest import ONE_THREAD
 
 
 def test_missing_path(tmp_path):
@@ -46,7 +47,7 @@ def test_trunk_only_file(model_files):
         mtpllama.Model(path, mtp=True)
     msg = str(e.value)
     assert "trunk-only" in msg and "mtp=False" in msg and "nextn" in msg
-    with mtpllama.Model(path, mtp=False) as m:
+    with mtpllama.Model(path, mtp=False, session_defaults=ONE_THREAD) as m:
         assert not m.info.file_has_mtp and m.info.n_layer_nextn == 1
         assert len(m.generate("def foo(x):", 8).tokens) == 8
 
@@ -127,7 +128,7 @@ def test_bad_model_arguments(model_files, kwargs, exc, match):
 
 
 def test_tensor_override_to_cpu_works(model_files):
-    with mtpllama.Model(model_files["glm45"], tensor_overrides=["blk\\.2\\..*=CPU"]) as m:
+    with mtpllama.Model(model_files["glm45"], tensor_overrides=["blk\\.2\\..*=CPU"], session_defaults=ONE_THREAD) as m:
         assert len(m.generate("x", 4, draft_max=2).tokens) == 4
 
 

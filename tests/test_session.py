@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 import mtpllama
+from conftest import ONE_THREAD
 from mtpllama import SpecConfig
 
 
@@ -59,7 +60,7 @@ def test_eos_stops_generation(tmp_path):
     emb_unit = w["token_embd.weight"][x] / (w["token_embd.weight"][x] ** 2).mean() ** 0.5
     out[tok.eos_id] = emb_unit * 4.0 / spec.n_embd ** 0.5
     path = write_synthetic(tmp_path / "eos.gguf", spec, tok, w)
-    with mtpllama.Model(str(path)) as m:
+    with mtpllama.Model(str(path), session_defaults=ONE_THREAD) as m:
         for mtp in (False, True):
             r = m.generate("x", 20, mtp=mtp)
             assert r.stop_reason == "eos"
@@ -86,7 +87,7 @@ def test_prompt_too_long_raises(glm45):
 
 
 def test_lifetimes(model_files):
-    m = mtpllama.Model(model_files["glm45"])
+    m = mtpllama.Model(model_files["glm45"], session_defaults=ONE_THREAD)
     s = m.session()
     s.generate("x", 3)
     m.close()  # closes the session too
@@ -100,7 +101,7 @@ def test_lifetimes(model_files):
 
 
 def test_session_keeps_model_alive(model_files):
-    s = mtpllama.Model(model_files["glm46"]).session()
+    s = mtpllama.Model(model_files["glm46"], session_defaults=ONE_THREAD).session()
     import gc
 
     gc.collect()

@@ -155,6 +155,9 @@ class SyntheticSpec:
     nextn_declared: bool = True      # with nextn="none": still declare nextn_predict_layers=1 (a trunk-only file)
     n_ctx_train: int = 2048
     noise: float = 1.4               # scale of the layers' contributions: higher = less agreement
+    norm_noise: float = 0.0          # > 0: every RMS-norm weight is multiplied by 1 + N(0, norm_noise) (not all ones),
+                                     # so that a pre-/post-norm mix-up changes results (own random stream: the other
+                                     # weights stay those of norm_noise=0)
     dtype: str = "f32"               # "f32", "f16", "q8_0", "q4_0" for the large matrices
     n_merges: int = 200
     seed: int = 0
@@ -233,6 +236,11 @@ def synthetic_weights(spec: SyntheticSpec, tok: Tokenizer) -> dict[str, np.ndarr
             W[p + "shared_head_head.weight"] = out + _rng_normal(rng, out.shape, 0.01)
         elif spec.nextn != "tied":
             raise ValueError(f"nextn must be 'own', 'tied' or 'none', got {spec.nextn!r}")
+    if spec.norm_noise > 0:
+        nrng = np.random.default_rng([spec.seed, 0x6E6F726D])
+        for name in sorted(W):
+            if name.endswith("norm.weight"):
+                W[name] = (W[name] * (1.0 + _rng_normal(nrng, W[name].shape, spec.norm_noise))).astype(np.float32)
     return W
 
 

@@ -107,8 +107,11 @@ class Model:
 
     def __init__(self, path: str | None = None, *, mtp: bool = True, n_gpu_layers: int = 0,
                  tensor_overrides: Sequence[str] = (), use_mmap: bool = True,
-                 config: ModelConfig | None = None) -> None:
+                 config: ModelConfig | None = None, session_defaults: SessionConfig | None = None) -> None:
+        """session_defaults: the SessionConfig of sessions opened by generate()/stream() and by
+        session() without arguments (e.g. SessionConfig(n_threads=4, n_ctx=8192))."""
         self._handle = ffi.NULL
+        self.session_defaults = session_defaults or SessionConfig()
         if config is None:
             if path is None:
                 raise TypeError("Model() needs a path or a config")
@@ -235,7 +238,7 @@ class Model:
     def session(self, config: SessionConfig | None = None, *, mtp: bool | None = None, **kwargs) -> "Session":
         """Open a session.  mtp defaults to whether the model was loaded with MTP."""
         if config is None:
-            config = SessionConfig(**kwargs)
+            config = replace(self.session_defaults, **kwargs) if kwargs else self.session_defaults
         elif kwargs:
             raise TypeError("pass either a SessionConfig or keyword arguments")
         return Session(self, config, self.config.mtp if mtp is None else mtp)

@@ -1,0 +1,141 @@
+"""Sampled decoding: MTP with rejection sampling has exactly plain sampling's distribution.
+
+Two-sample chi-square tests over the joint distribution of the first 4 generated
+tokens (cells with fewer than 10 observations pooled), 20,000 samples a side,
+fixed seeds (so the test is deterministic), failing at p < 1e-3 (the false-alarm
+rate of the test for a correct sampler).  With max_tokens=4 the first step drafts
+2 tokens, so draft positions 1 and 2, recovered and bonus tokens all take part.
+The same test fails for a deliberately wrong verifier (accept every draft).
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import pytest
+
+import mtpllama
+from conftest import ONE_THREAD
+from mtpllama import SamplingConfig, SpecConfig
+
+N = 20_000
+ALPHA = 1e-3
+PROMPT = [40, 41, 42, 43]
+
+
+def chi2_sf(x: float, k: int) -> float:
+    """Upper tail of the chi-square distribution (Wilson-Hilferty; accurate for k >= 10)."""
+    if k <= 0:
+        return 1.0
+    z = ((x / k) ** (1 / 3) - (1 - 2 / (9 * k))) / math.sqrt(2 / (9 * k))
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def two_sample_chi2(a: Counter, b: Counter) -> tuple[float, int, float]:
+    """(statistic, degrees of freedom, p-value) for equal-size samples a and b."""
+    stat, cells, pool_a, pool_b = 0.0, 0, 0, 0
+    for c in set(a) | set(b):
+        x, y = a.get(c, 0), b.get(c, 0)
+        if x + y < 10:
+            pool_a += x
+            pool_b += y
+            continue
+        stat += (x - y) ** 2 / (x + y)
+        cells += 1
+    if pool_a + pool_b > 0:
+        stat += (pool_a - pool_b) ** 2 / (pool_a + pool_b)
+        cells += 1
+    return stat, cells - 1, chi2_sf(stat, cells - 1)
+
+
+def draw(session, n, spec, sampling, seed0):
+    out: Counter = Counter()
+    for i in range(n):
+        session.reset()
+        r = session.generate(PROMPT, 4, spec=spec, sampling=SamplingConfig(**{**sampling, "seed": seed0 + i}))
+        out[tuple(r.tokens)] += 1
+    return out
+
+
+@pytest.fixture(scope="module")
+def sessions(model_files):
+    with mtpllama.Model(model_files["glm45"], session_defaults=ONE_THREAD) as m:
+        with m.session(mtp=False) as plain, m.session(mtp=True) as mtp:
+            yield plain, mtp
+
+
+CONFIGS = {
+    "top_k": dict(temperature=1.0, top_k=4),
+    "top_p_min_p_penalties": dict(temperature=0.9, top_k=6, top_p=0.9, min_p=0.05, repeat_penalty=1.5,
+                                  presence_penalty=0.3, frequency_penalty=0.2, penalty_last_n=8),
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_rejection_sampling_matches_plain_sampling(sessions, name):
+    plain, mtp = sessions
+    cfg = CONFIGS[name]
+    a = draw(plain, N, SpecConfig(0, 0.0), cfg, seed0=1)
+    b = draw(mtp, N, SpecConfig(3, 0.0, verify="rejection"), cfg, seed0=10**6)
+    st = mtp.stats()
+    stat, df, p = two_sample_chi2(a, b)
+    assert df >= 10  # the test has cells to speak of
+    assert p > ALPHA, f"{name}: chi2={stat:.1f} df={df} p={p:.2e}"
+
+
+def test_exact_match_verification_matches_plain_sampling(sessions):
+    plain, mtp = sessions
+    cfg = CONFIGS["top_k"]
+    a = draw(plain, N // 2, SpecConfig(0, 0.0), cfg, seed0=7)
+    b = draw(mtp, N // 2, SpecConfig(3, 0.0, verify="exact"), cfg, seed0=9 * 10**6)
+    stat, df, p = two_sample_chi2(a, b)
+    assert p > ALPHA, f"chi2={stat:.1f} df={df} p={p:.2e}"
+
+
+def test_wrong_verifier_is_detected(sessions):
+    """The test has power: accepting every draft changes the distribution and is caught."""
+    plain, mtp = sessions
+    cfg = CONFIGS["top_k"]
+    a = draw(plain, N, SpecConfig(0, 0.0), cfg, seed0=1)
+    b = draw(mtp, N, SpecConfig(3, 0.0, verify="accept_all"), cfg, seed0=2 * 10**6)
+    stat, df, p = two_sample_chi2(a, b)
+    assert p < 1e-6, f"chi2={stat:.1f} df={df} p={p:.2e}"
+
+
+def test_same_seed_same_output(glm45):
+    s = SamplingConfig(temperature=0.9, top_p=0.95, seed=1234)
+    a = glm45.generate("def foo(x):", 40, sampling=s, draft_max=3)
+    b = glm45.generate("def foo(x):", 40, sampling=s, draft_max=3)
+    c = glm45.generate("def foo(x):", 40, sampling=SamplingConfig(temperature=0.9, top_p=0.95, seed=99), draft_max=3)
+    assert a.tokens == b.tokens
+    assert a.tokens != c.tokens
+
+
+def test_temperature_zero_is_greedy(glm45):
+    g = glm45.generate("import os", 40, mtp=False)
+    for verify in ("rejection", "exact"):
+        r = glm45.generate("import os", 40, spec=SpecConfig(3, 0.0, verify=verify),
+                           sampling=SamplingConfig(temperature=0.0, seed=5))
+        assert r.tokens == g.tokens
+
+
+def test_greedy_with_penalties_mtp_equals_plain(glm45):
+    s = SamplingConfig(temperature=0.0, repeat_penalty=1.3, frequency_penalty=0.5, penalty_last_n=16)
+    for prompt in ("def foo(x):", "import os", "The quick brown"):
+        a = glm45.generate(prompt, 40, sampling=s, mtp=False)
+        b = glm45.generate(prompt, 40, sampling=s, spec=SpecConfig(4, 0.0))
+        assert a.tokens == b.tokens
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(temperature=-1.0), dict(top_k=-1), dict(top_p=0.0), dict(top_p=1.5), dict(min_p=2.0),
+    dict(repeat_penalty=0.0), dict(penalty_last_n=-2), dict(seed=-1), dict(temperature="hot"),
+])
+def test_bad_sampling_config(kwargs):
+    with pytest.raises((ValueError, TypeError)):
+        SamplingConfig(**kwargs)
+
+
+def test_bad_verify_mode():
+    with pytest.raises(ValueError):
+        SpecConfig(3, 0.5, verify="maybe")
