@@ -358,6 +358,9 @@ int32_t mtpl_session_configure(mtpl_session * session, const mtpl_gen_params * p
             return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT,
                               "repeat_penalty must be in (0, 100], presence/frequency penalties in [-100, 100]");
         }
+        if (!(params->draft_temperature <= 100.0f)) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "draft_temperature must be <= 100 (negative: same as temperature)");
+        }
         if (params->penalty_last_n < -1) {
             return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "penalty_last_n must be >= -1");
         }

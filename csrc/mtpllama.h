@@ -101,6 +101,8 @@ typedef struct mtpl_gen_params {
     int32_t penalty_last_n;         /* context tokens the penalties look at; 0 = off, -1 = all */
     uint64_t seed;                  /* the session's random generator is reseeded by mtpl_session_configure */
     int32_t verify;                 /* enum mtpl_verify */
+    float draft_temperature;        /* rejection sampling: temperature of the draft distribution q
+                                       (< 0: the sampling temperature; 0: arg-max drafts); any q is lossless */
 } mtpl_gen_params;
 
 /* Result of one draft + verify step. */

@@ -171,6 +171,13 @@ int32_t draft(mtpl_session * s, int32_t k, std::vector<int32_t> & drafts) {
     const size_t row = (size_t) s->n_embd;
     const mtpl_gen_params & g = s->gen;
     const bool plain_greedy = is_greedy(g) && !penalties_active(g);
+    // q's transforms are the trunk's, at the draft temperature (exact match drafts the arg-max)
+    mtpl_gen_params draft_cfg = g;
+    if (g.verify == MTPL_VERIFY_EXACT) {
+        draft_cfg.temperature = 0.0f;
+    } else if (g.draft_temperature >= 0.0f && !is_greedy(g)) {
+        draft_cfg.temperature = g.draft_temperature;
+    }
     for (int32_t i = 0; i < k; ++i) {
         const float * logits = llama_get_logits_ith(s->mtp, last);
         int32_t tok;
@@ -186,12 +193,11 @@ int32_t draft(mtpl_session * s, int32_t k, std::vector<int32_t> & drafts) {
             }
             dist & q = s->qdists[(size_t) i];
             penalty_counts(g, s->tokens.data(), s->tokens.size(), drafts.data(), i, s->counts);
-            build_dist(logits, s->n_vocab, g, s->counts, s->logit_scratch, q);
+            build_dist(logits, s->n_vocab, draft_cfg, s->counts, s->logit_scratch, q);
             if (q.top_prob() < g.draft_p_min) {
                 break;
             }
-            const bool draft_top = is_greedy(g) || g.verify == MTPL_VERIFY_EXACT;
-            tok = draft_top ? q.top() : sample(q, s->rng);
+            tok = is_greedy(draft_cfg) ? q.top() : sample(q, s->rng);
         }
         drafts.push_back(tok);
         if (i + 1 == k) {

@@ -139,3 +139,47 @@ def test_bad_sampling_config(kwargs):
 def test_bad_verify_mode():
     with pytest.raises(ValueError):
         SpecConfig(3, 0.5, verify="maybe")
+
+
+def branching_weights(spec, tok, seed: int = 3):
+    """Synthetic weights where every token has two equally likely successors, in the
+    trunk and in the NextN head alike: a model whose next token is genuinely uncertain."""
+    import numpy as np
+
+    from mtpllama.gguf_io import synthetic_weights
+
+    W = synthetic_weights(spec, tok)
+    rng = np.random.default_rng(seed)
+    emb = W["token_embd.weight"]
+    unit = emb / np.sqrt((emb ** 2).mean(axis=1, keepdims=True))
+    normal = np.array(tok.normal_ids)
+    second = normal[rng.permutation(len(normal))]
+    for key in ("output.weight", f"blk.{spec.n_layer}.nextn.shared_head_head.weight"):
+        W[key][second] += unit[normal] * (3.0 / np.sqrt(spec.n_embd))
+    return W
+
+
+def acceptance_per_step(session, prompts, spec, temperature, n_runs=100):
+    acc = steps = 0
+    for i in range(n_runs):
+        session.reset()
+        r = session.generate(prompts[i % len(prompts)], 48, spec=spec,
+                             sampling=SamplingConfig(temperature=temperature, seed=i))
+        acc += sum(r.stats.accepted)
+        steps += r.stats.steps
+    return acc / steps
+
+
+def test_rejection_sampling_accepts_more_than_exact_match(tmp_path):
+    from dataclasses import replace
+
+    from conftest import PROMPTS, SPECS
+    from mtpllama.gguf_io import train_bpe, write_synthetic
+
+    spec = replace(SPECS["glm45"], noise=0.5)
+    tok = train_bpe()
+    path = write_synthetic(tmp_path / "branching.gguf", spec, tok, branching_weights(spec, tok))
+    with mtpllama.Model(str(path), session_defaults=ONE_THREAD) as m, m.session() as s:
+        rej = acceptance_per_step(s, PROMPTS, SpecConfig(3, 0.0, verify="rejection"), 0.8)
+        exact = acceptance_per_step(s, PROMPTS, SpecConfig(3, 0.0, verify="exact"), 0.8)
+    assert rej > 1.05 * exact, (rej, exact)

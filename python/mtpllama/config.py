@@ -80,10 +80,16 @@ class SpecConfig:
     accepts the most), "exact" (sample the trunk, compare with the arg-max draft: lossless, as
     upstream llama.cpp), or "accept_all" (keeps every draft: NOT lossless, for testing only).
     Greedy decoding ignores it: drafts are kept when they equal the trunk's arg-max."""
+    draft_temperature: float | None = None
+    """Rejection sampling: temperature of the MTP head's draft distribution q (None: the sampling
+    temperature; 0: arg-max drafts).  Any q keeps the output distribution exact; a q sharper than
+    the trunk's helps when the head is less certain than it should be."""
 
     def __post_init__(self) -> None:
         _check_int("draft_max", self.draft_max, 0, MAX_DRAFT)
         _check_float("draft_p_min", self.draft_p_min, 0.0, 1.0)
+        if self.draft_temperature is not None:
+            _check_float("draft_temperature", self.draft_temperature, 0.0, 100.0)
         if self.verify not in VERIFY_MODES:
             raise ValueError(f"verify must be one of {sorted(VERIFY_MODES)}, got {self.verify!r}")
 

@@ -438,6 +438,7 @@ class Session:
         sm = sampling
         gp = ffi.new("mtpl_gen_params *", {
             "draft_max": spec.draft_max, "draft_p_min": float(spec.draft_p_min), "verify": VERIFY_MODES[spec.verify],
+            "draft_temperature": -1.0 if spec.draft_temperature is None else float(spec.draft_temperature),
             "temperature": float(sm.temperature), "top_k": sm.top_k, "top_p": float(sm.top_p),
             "min_p": float(sm.min_p), "repeat_penalty": float(sm.repeat_penalty),
             "presence_penalty": float(sm.presence_penalty), "frequency_penalty": float(sm.frequency_penalty),
