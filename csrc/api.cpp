@@ -371,8 +371,12 @@ int32_t mtpl_session_configure(mtpl_session * session, const mtpl_gen_params * p
             return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT,
                               "draft_max > 0 needs a session created with mtp enabled (this one decodes plainly)");
         }
+        const bool fresh_controller = params->adaptive && !session->gen.adaptive;
         session->gen = *params;
         session->rng.seed(params->seed);
+        if (fresh_controller) {
+            mtpl::controller_reset(session->ctl);
+        }
         return MTPL_OK;
     });
 }
@@ -444,6 +448,10 @@ int32_t mtpl_session_get_stats(const mtpl_session * session, mtpl_stats * out) {
             return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "session and out must not be NULL");
         }
         *out = session->stats;
+        const mtpl::controller & c = session->ctl;
+        for (int i = 0; i < MTPL_MAX_DRAFT; ++i) out->est_accept[i] = c.accept[i];
+        for (int i = 0; i <= MTPL_MAX_DRAFT; ++i) out->est_verify_s[i] = c.n_verify[i] ? c.t_verify[i] : 0.0;
+        out->est_draft_s = c.t_draft;
         return MTPL_OK;
     });
 }

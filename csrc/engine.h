@@ -64,6 +64,21 @@ int32_t sample(const dist & d, rng_type & rng);
 // a sample of norm(max(0, p - q))
 int32_t sample_residual(const dist & p, const dist & q, rng_type & rng);
 
+// --- the adaptive draft-length controller (controller.cpp) ----------------------
+struct controller {
+    double accept[MTPL_MAX_DRAFT] = {};          // P(draft i accepted | drafts before it accepted)
+    double t_verify[MTPL_MAX_DRAFT + 2] = {};    // seconds of a trunk pass over n tokens
+    int64_t n_verify[MTPL_MAX_DRAFT + 2] = {};
+    double t_draft = 0.0;                        // seconds of one MTP decode
+    int64_t n_draft = 0;
+    double est_rate[MTPL_MAX_DRAFT + 1] = {};    // expected tokens per second by k (last choice)
+    int64_t steps = 0;
+};
+void controller_reset(controller & c);
+int32_t controller_choose(controller & c, int32_t k_max);
+void controller_update(controller & c, int32_t n_drafted, int32_t n_accepted, int32_t n_mtp_calls, double t_draft,
+                       double t_verify);
+
 // --- verification helpers (verify.cpp) ----------------------------------------
 int32_t argmax(const float * logits, int32_t n_vocab);
 // probability of the arg-max token under softmax(logits)
@@ -112,6 +127,7 @@ struct mtpl_session {
     std::vector<float> backlog_h;
 
     mtpl::rng_type rng{0};
+    mtpl::controller ctl;
     std::vector<mtpl::dist> qdists;           // draft distributions of the current step (sampled decoding)
     std::vector<float> logit_scratch;
     std::unordered_map<int32_t, int32_t> counts;

@@ -103,6 +103,8 @@ typedef struct mtpl_gen_params {
     int32_t verify;                 /* enum mtpl_verify */
     float draft_temperature;        /* rejection sampling: temperature of the draft distribution q
                                        (< 0: the sampling temperature; 0: arg-max drafts); any q is lossless */
+    int32_t adaptive;               /* 1: choose each step's draft length (0..draft_max) from measured
+                                       acceptance and costs; 0: always draft_max */
 } mtpl_gen_params;
 
 /* Result of one draft + verify step. */
@@ -125,6 +127,10 @@ typedef struct mtpl_stats {
     double t_draft_s;               /* seconds in the MTP head */
     double t_verify_s;              /* seconds in trunk verification passes */
     double t_other_s;               /* seconds in the step outside the three above */
+    int64_t k_chosen[17];           /* steps that chose to draft k tokens (before budget/context limits) */
+    double est_accept[16];          /* controller: estimated acceptance at draft position i */
+    double est_verify_s[17];        /* controller: estimated seconds of a trunk pass over n tokens (0: unmeasured) */
+    double est_draft_s;             /* controller: estimated seconds of one MTP decode */
 } mtpl_stats;
 
 /* Debug event log (tests only; costs one branch per row when off).  Every row a

@@ -391,6 +391,10 @@ int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, int32_t /*c
 
     // how many to draft: bounded by settings, the token budget and the context
     int32_t k = s->mtp ? s->gen.draft_max : 0;
+    if (s->mtp && s->gen.adaptive) {
+        k = controller_choose(s->ctl, k);
+    }
+    s->stats.k_chosen[k]++;
     k = std::min(k, n_max - res->n_tokens - 1);
     k = std::min(k, s->n_ctx - s->n_past - 1);
     k = std::min(k, s->n_batch - 1);  // the verification batch holds k + 1 tokens
@@ -398,6 +402,7 @@ int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, int32_t /*c
 
     double t_draft = 0.0, t_verify = 0.0;
     auto t = clock_type::now();
+    const int64_t mtp_calls_before = s->stats.n_mtp_calls;
     if (int32_t st = draft(s, k, s->drafts); st != MTPL_OK) {
         return st;
     }
@@ -446,6 +451,9 @@ int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, int32_t /*c
         res->stop = MTPL_STOP_CONTEXT;
     }
 
+    if (s->gen.adaptive) {
+        controller_update(s->ctl, n_drafts, n_acc, (int32_t) (s->stats.n_mtp_calls - mtp_calls_before), t_draft, t_verify);
+    }
     mtpl_stats & st = s->stats;
     st.n_steps++;
     st.n_generated += n_acc + 1;

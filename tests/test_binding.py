@@ -33,7 +33,7 @@ def test_one_foreign_call_per_step(glm45, monkeypatch):
     s = glm45.session()
     counting = CountingLib(_lib.lib)
     monkeypatch.setattr(model_mod, "lib", counting)
-    r = s.generate("def foo(x):", 64, spec=SpecConfig(3, 0.0))
+    r = s.generate("def foo(x):", 64, spec=SpecConfig(3, 0.0, adaptive=False))
     steps = counting.calls.count("mtpl_session_step")
     # one call per verification pass (stats.steps also counts the prompt pass,
     # whose token the first call emits together with its own verified tokens)

@@ -16,7 +16,7 @@ def test_mtp_equals_plain(request, flavour, draft_max, p_min):
     accepted = [0] * draft_max
     for prompt in PROMPTS:
         plain = model.generate(prompt, 40, mtp=False)
-        mtp = model.generate(prompt, 40, spec=SpecConfig(draft_max, p_min))
+        mtp = model.generate(prompt, 40, spec=SpecConfig(draft_max, p_min, adaptive=False))
         assert mtp.tokens == plain.tokens, f"prompt {prompt!r}"
         assert mtp.text == plain.text
         assert mtp.stop_reason == plain.stop_reason
@@ -32,7 +32,7 @@ def test_mtp_equals_plain(request, flavour, draft_max, p_min):
 
 def test_stats_consistent(glm45):
     for prompt in PROMPTS[:8]:
-        r = glm45.generate(prompt, 50, spec=SpecConfig(4, 0.0))
+        r = glm45.generate(prompt, 50, spec=SpecConfig(4, 0.0, adaptive=False))
         st = r.stats
         assert len(r.tokens) == st.generated_tokens == 50
         assert all(a <= d for a, d in zip(st.accepted, st.drafted))
@@ -56,16 +56,49 @@ def test_plain_session_never_drafts(glm45):
 
 def test_draft_max_zero_is_plain(glm45):
     a = glm45.generate("import os", 30, mtp=False)
-    b = glm45.generate("import os", 30, spec=SpecConfig(0, 0.0))
+    b = glm45.generate("import os", 30, spec=SpecConfig(0, 0.0, adaptive=False))
     assert a.tokens == b.tokens and b.stats.drafted == []
 
 
 def test_max_tokens_respected_exactly(glm45):
     for n in (1, 2, 3, 5, 7):
-        r = glm45.generate("def foo(x):", n, spec=SpecConfig(4, 0.0))
+        r = glm45.generate("def foo(x):", n, spec=SpecConfig(4, 0.0, adaptive=False))
         assert len(r.tokens) == n and r.stop_reason == "length"
 
 
 def test_own_and_tied_heads_differ(glm45, glm46):
     # sanity of the fixtures: two genuinely different models
     assert glm45.info.n_tensors_nextn_file == glm46.info.n_tensors_nextn_file + 2
+
+
+def test_adaptive_is_lossless_and_reports_its_choices(glm45):
+    for prompt in ("def foo(x):", "import os", "The quick brown", "class Stack:"):
+        plain = glm45.generate(prompt, 60, mtp=False)
+        r = glm45.generate(prompt, 60, spec=SpecConfig(4, 0.0))  # adaptive by default
+        assert r.tokens == plain.tokens
+        st = r.stats
+        assert sum(st.k_chosen) == st.steps - 1  # every verification step chose a k
+        assert len(st.est_accept) == 16 and all(0.0 <= a <= 1.0 for a in st.est_accept)
+        assert st.est_verify  # measured costs by batch size
+
+
+def test_adaptive_turns_drafting_off_when_it_cannot_pay(tmp_path):
+    """A head that is never right: the controller settles on plain steps (k = 0)."""
+    import mtpllama
+    from conftest import ONE_THREAD
+    from mtpllama.gguf_io import SyntheticSpec, synthetic_weights, train_bpe, write_synthetic
+    import numpy as np
+
+    spec = SyntheticSpec(nextn="own", seed=21, noise=0.5)
+    tok = train_bpe()
+    w = synthetic_weights(spec, tok)
+    rng = np.random.default_rng(0)
+    head = w[f"blk.{spec.n_layer}.nextn.shared_head_head.weight"]
+    w[f"blk.{spec.n_layer}.nextn.shared_head_head.weight"] = head[rng.permutation(head.shape[0])]
+    path = write_synthetic(tmp_path / "bad_head.gguf", spec, tok, w)
+    with mtpllama.Model(str(path), session_defaults=ONE_THREAD) as m:
+        plain = m.generate("def foo(x):", 200, mtp=False)
+        r = m.generate("def foo(x):", 200, spec=SpecConfig(4, 0.0))
+        assert r.tokens == plain.tokens
+        assert sum(r.stats.accepted) <= 0.1 * max(1, sum(r.stats.drafted))
+        assert r.stats.k_chosen[0] >= 0.75 * (r.stats.steps - 1), r.stats.k_chosen

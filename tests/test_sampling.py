@@ -75,8 +75,8 @@ CONFIGS = {
 def test_rejection_sampling_matches_plain_sampling(sessions, name):
     plain, mtp = sessions
     cfg = CONFIGS[name]
-    a = draw(plain, N, SpecConfig(0, 0.0), cfg, seed0=1)
-    b = draw(mtp, N, SpecConfig(3, 0.0, verify="rejection"), cfg, seed0=10**6)
+    a = draw(plain, N, SpecConfig(0, 0.0, adaptive=False), cfg, seed0=1)
+    b = draw(mtp, N, SpecConfig(3, 0.0, verify="rejection", adaptive=False), cfg, seed0=10**6)
     st = mtp.stats()
     stat, df, p = two_sample_chi2(a, b)
     assert df >= 10  # the test has cells to speak of
@@ -86,8 +86,8 @@ def test_rejection_sampling_matches_plain_sampling(sessions, name):
 def test_exact_match_verification_matches_plain_sampling(sessions):
     plain, mtp = sessions
     cfg = CONFIGS["top_k"]
-    a = draw(plain, N // 2, SpecConfig(0, 0.0), cfg, seed0=7)
-    b = draw(mtp, N // 2, SpecConfig(3, 0.0, verify="exact"), cfg, seed0=9 * 10**6)
+    a = draw(plain, N // 2, SpecConfig(0, 0.0, adaptive=False), cfg, seed0=7)
+    b = draw(mtp, N // 2, SpecConfig(3, 0.0, verify="exact", adaptive=False), cfg, seed0=9 * 10**6)
     stat, df, p = two_sample_chi2(a, b)
     assert p > ALPHA, f"chi2={stat:.1f} df={df} p={p:.2e}"
 
@@ -96,17 +96,19 @@ def test_wrong_verifier_is_detected(sessions):
     """The test has power: accepting every draft changes the distribution and is caught."""
     plain, mtp = sessions
     cfg = CONFIGS["top_k"]
-    a = draw(plain, N, SpecConfig(0, 0.0), cfg, seed0=1)
-    b = draw(mtp, N, SpecConfig(3, 0.0, verify="accept_all"), cfg, seed0=2 * 10**6)
+    a = draw(plain, N, SpecConfig(0, 0.0, adaptive=False), cfg, seed0=1)
+    b = draw(mtp, N, SpecConfig(3, 0.0, verify="accept_all", adaptive=False), cfg, seed0=2 * 10**6)
     stat, df, p = two_sample_chi2(a, b)
     assert p < 1e-6, f"chi2={stat:.1f} df={df} p={p:.2e}"
 
 
 def test_same_seed_same_output(glm45):
+    # a fixed draft length: the adaptive controller's choices follow measured timings
+    spec = SpecConfig(3, 0.0, adaptive=False)
     s = SamplingConfig(temperature=0.9, top_p=0.95, seed=1234)
-    a = glm45.generate("def foo(x):", 40, sampling=s, draft_max=3)
-    b = glm45.generate("def foo(x):", 40, sampling=s, draft_max=3)
-    c = glm45.generate("def foo(x):", 40, sampling=SamplingConfig(temperature=0.9, top_p=0.95, seed=99), draft_max=3)
+    a = glm45.generate("def foo(x):", 40, sampling=s, spec=spec)
+    b = glm45.generate("def foo(x):", 40, sampling=s, spec=spec)
+    c = glm45.generate("def foo(x):", 40, sampling=SamplingConfig(temperature=0.9, top_p=0.95, seed=99), spec=spec)
     assert a.tokens == b.tokens
     assert a.tokens != c.tokens
 
@@ -114,7 +116,7 @@ def test_same_seed_same_output(glm45):
 def test_temperature_zero_is_greedy(glm45):
     g = glm45.generate("import os", 40, mtp=False)
     for verify in ("rejection", "exact"):
-        r = glm45.generate("import os", 40, spec=SpecConfig(3, 0.0, verify=verify),
+        r = glm45.generate("import os", 40, spec=SpecConfig(3, 0.0, verify=verify, adaptive=False),
                            sampling=SamplingConfig(temperature=0.0, seed=5))
         assert r.tokens == g.tokens
 
@@ -123,7 +125,7 @@ def test_greedy_with_penalties_mtp_equals_plain(glm45):
     s = SamplingConfig(temperature=0.0, repeat_penalty=1.3, frequency_penalty=0.5, penalty_last_n=16)
     for prompt in ("def foo(x):", "import os", "The quick brown"):
         a = glm45.generate(prompt, 40, sampling=s, mtp=False)
-        b = glm45.generate(prompt, 40, sampling=s, spec=SpecConfig(4, 0.0))
+        b = glm45.generate(prompt, 40, sampling=s, spec=SpecConfig(4, 0.0, adaptive=False))
         assert a.tokens == b.tokens
 
 
@@ -138,7 +140,7 @@ def test_bad_sampling_config(kwargs):
 
 def test_bad_verify_mode():
     with pytest.raises(ValueError):
-        SpecConfig(3, 0.5, verify="maybe")
+        SpecConfig(3, 0.5, verify="maybe", adaptive=False)
 
 
 def branching_weights(spec, tok, seed: int = 3):
@@ -180,6 +182,6 @@ def test_rejection_sampling_accepts_more_than_exact_match(tmp_path):
     tok = train_bpe()
     path = write_synthetic(tmp_path / "branching.gguf", spec, tok, branching_weights(spec, tok))
     with mtpllama.Model(str(path), session_defaults=ONE_THREAD) as m, m.session() as s:
-        rej = acceptance_per_step(s, PROMPTS, SpecConfig(3, 0.0, verify="rejection"), 0.8)
-        exact = acceptance_per_step(s, PROMPTS, SpecConfig(3, 0.0, verify="exact"), 0.8)
+        rej = acceptance_per_step(s, PROMPTS, SpecConfig(3, 0.0, verify="rejection", adaptive=False), 0.8)
+        exact = acceptance_per_step(s, PROMPTS, SpecConfig(3, 0.0, verify="exact", adaptive=False), 0.8)
     assert rej > 1.05 * exact, (rej, exact)

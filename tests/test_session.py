@@ -9,15 +9,15 @@ from mtpllama import SpecConfig
 
 
 def test_stream_equals_generate(glm45):
-    r = glm45.generate("class Stack:", 60, spec=SpecConfig(3, 0.0))
-    pieces = list(glm45.stream("class Stack:", 60, spec=SpecConfig(3, 0.0)))
+    r = glm45.generate("class Stack:", 60, spec=SpecConfig(3, 0.0, adaptive=False))
+    pieces = list(glm45.stream("class Stack:", 60, spec=SpecConfig(3, 0.0, adaptive=False)))
     assert "".join(pieces) == r.text
     assert len(pieces) > 1
 
 
 @pytest.mark.parametrize("mtp", [False, True])
 def test_continuation_matches_fresh_context(glm45, mtp):
-    spec = SpecConfig(3, 0.0) if mtp else None
+    spec = SpecConfig(3, 0.0, adaptive=False) if mtp else None
     with glm45.session(mtp=mtp) as s:
         first = s.generate("def foo(x):", 13, spec=spec)
         second = s.generate(" import os", 17, spec=spec)
@@ -36,7 +36,7 @@ def test_stop_string_cuts_text_and_context(glm45):
     stop = text[8:11]
     k = text.find(stop)
     with glm45.session() as s:
-        r = s.generate("def foo(x):", 40, spec=SpecConfig(3, 0.0), stop=[stop])
+        r = s.generate("def foo(x):", 40, spec=SpecConfig(3, 0.0, adaptive=False), stop=[stop])
         assert r.stop_reason == "stop"
         assert r.text == text[:k]
         # the context ends with the tokens of the returned text (plus a chosen next token)
@@ -44,7 +44,7 @@ def test_stop_string_cuts_text_and_context(glm45):
         n_prompt = len(glm45.tokenize("def foo(x):"))
         assert glm45.detokenize(ctx[n_prompt:n_prompt + len(r.tokens)]).startswith(r.text)
         # and the session keeps working
-        again = s.generate("x", 5, spec=SpecConfig(3, 0.0))
+        again = s.generate("x", 5, spec=SpecConfig(3, 0.0, adaptive=False))
         assert len(again.tokens) == 5
 
 
@@ -71,11 +71,11 @@ def test_eos_stops_generation(tmp_path):
 def test_context_full_stops_cleanly(glm45):
     with glm45.session(n_ctx=32) as s:
         prompt = glm45.tokenize("def foo(x):")
-        r = s.generate(prompt, 100, spec=SpecConfig(4, 0.0))
+        r = s.generate(prompt, 100, spec=SpecConfig(4, 0.0, adaptive=False))
         assert r.stop_reason == "context"
         assert len(prompt) + len(r.tokens) == 32 + 1  # the last token is chosen but needs no cache slot
     with glm45.session(n_ctx=32) as s:
-        ref = s.generate(prompt, 100, spec=SpecConfig(0, 0.0))
+        ref = s.generate(prompt, 100, spec=SpecConfig(0, 0.0, adaptive=False))
         assert ref.tokens == r.tokens
 
 

@@ -70,8 +70,8 @@ def _check_float(name: str, value: object, lo: float, hi: float, lo_open: bool =
 class SpecConfig:
     """Speculative decoding with the MTP head."""
 
-    draft_max: int = 3
-    """Most tokens drafted per step (0 = plain decoding)."""
+    draft_max: int = 4
+    """Most tokens drafted per step (0 = plain decoding); the upper bound of the adaptive controller."""
     draft_p_min: float = 0.5
     """Stop drafting when the MTP head's top probability falls below this (full softmax, after
     the sampling transforms when sampling)."""
@@ -80,6 +80,9 @@ class SpecConfig:
     accepts the most), "exact" (sample the trunk, compare with the arg-max draft: lossless, as
     upstream llama.cpp), or "accept_all" (keeps every draft: NOT lossless, for testing only).
     Greedy decoding ignores it: drafts are kept when they equal the trunk's arg-max."""
+    adaptive: bool = True
+    """Choose each step's draft length (0..draft_max) from measured acceptance and measured costs,
+    so that MTP never runs slower than plain decoding; False drafts draft_max every step."""
     draft_temperature: float | None = None
     """Rejection sampling: temperature of the MTP head's draft distribution q (None: the sampling
     temperature; 0: arg-max drafts).  Any q keeps the output distribution exact; a q sharper than
@@ -90,6 +93,8 @@ class SpecConfig:
         _check_float("draft_p_min", self.draft_p_min, 0.0, 1.0)
         if self.draft_temperature is not None:
             _check_float("draft_temperature", self.draft_temperature, 0.0, 100.0)
+        if not isinstance(self.adaptive, bool):
+            raise TypeError("adaptive must be a bool")
         if self.verify not in VERIFY_MODES:
             raise ValueError(f"verify must be one of {sorted(VERIFY_MODES)}, got {self.verify!r}")
 
@@ -136,4 +141,4 @@ class SamplingConfig:
 GREEDY = SamplingConfig()
 
 
-PLAIN = SpecConfig(draft_max=0, draft_p_min=0.0)
+PLAIN = SpecConfig(draft_max=0, draft_p_min=0.0, adaptive=False)

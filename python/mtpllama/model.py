@@ -60,6 +60,14 @@ class GenerationStats:
     t_other: float = 0.0
     wall: float = 0.0
     """Seconds measured around the whole call in Python."""
+    k_chosen: list[int] = field(default_factory=list)
+    """Steps that chose to draft k tokens, by k (the adaptive controller's choices)."""
+    est_accept: list[float] = field(default_factory=list)
+    """Controller's estimate of the acceptance at each draft position."""
+    est_verify: dict[int, float] = field(default_factory=dict)
+    """Controller's estimate of the seconds of a trunk pass over n tokens, by n (measured ones)."""
+    est_draft: float = 0.0
+    """Controller's estimate of the seconds of one MTP decode."""
 
     @property
     def t_total(self) -> float:
@@ -90,7 +98,11 @@ class GenerationStats:
             prompt_tokens=int(st.n_prompt_tokens), generated_tokens=int(st.n_generated), steps=int(st.n_steps),
             drafted=drafted, accepted=[int(st.accepted[i]) for i in range(len(drafted))],
             trunk_calls=int(st.n_trunk_calls), mtp_calls=int(st.n_mtp_calls),
-            t_prefill=st.t_prefill_s, t_draft=st.t_draft_s, t_verify=st.t_verify_s, t_other=st.t_other_s)
+            t_prefill=st.t_prefill_s, t_draft=st.t_draft_s, t_verify=st.t_verify_s, t_other=st.t_other_s,
+            k_chosen=[int(st.k_chosen[i]) for i in range(MAX_DRAFT + 1)],
+            est_accept=[float(st.est_accept[i]) for i in range(MAX_DRAFT)],
+            est_verify={n: float(st.est_verify_s[n]) for n in range(MAX_DRAFT + 1) if st.est_verify_s[n] > 0},
+            est_draft=float(st.est_draft_s))
 
 
 @dataclass
@@ -439,6 +451,7 @@ class Session:
         gp = ffi.new("mtpl_gen_params *", {
             "draft_max": spec.draft_max, "draft_p_min": float(spec.draft_p_min), "verify": VERIFY_MODES[spec.verify],
             "draft_temperature": -1.0 if spec.draft_temperature is None else float(spec.draft_temperature),
+            "adaptive": int(spec.adaptive),
             "temperature": float(sm.temperature), "top_k": sm.top_k, "top_p": float(sm.top_p),
             "min_p": float(sm.min_p), "repeat_penalty": float(sm.repeat_penalty),
             "presence_penalty": float(sm.presence_penalty), "frequency_penalty": float(sm.frequency_penalty),

@@ -1,0 +1,89 @@
+// How many tokens to draft next: the adaptive controller.
+//
+// Each step could draft k = 0..draft_max tokens.  With a_i the probability that
+// draft i is accepted given that drafts 1..i-1 were, a step is expected to emit
+//     E(k) = 1 + a_1 + a_1 a_2 + ... + a_1 ... a_k
+// tokens and to cost
+//     T(k) = V(k + 1) + k D
+// where V(n) is the measured time of a trunk pass over n tokens (not assumed
+// linear: on CPUs and MoE models it is not even monotonic) and D the time of one
+// MTP decode.  The controller picks the k with the highest E(k) / T(k).  k = 0 is
+// a plain step that does not touch the MTP head at all, so a head that never
+// pays costs nothing beyond rare probes.
+//
+// Estimates are exponential moving averages.  Batch sizes never tried have no
+// measured V; the controller visits each once while warming up, and keeps probing
+// (one step of k + 1 every probe_every steps) so it notices when acceptance or
+// costs change.
+#include "engine.h"
+
+#include <algorithm>
+
+namespace mtpl {
+namespace {
+
+constexpr double k_alpha_accept = 0.05;   // EMA weight of a new acceptance observation
+constexpr double k_alpha_time = 0.1;      // EMA weight of a new timing
+constexpr int32_t k_probe_every = 16;
+
+void ema(double & est, double obs, double alpha, bool first) {
+    est = first ? obs : (1.0 - alpha) * est + alpha * obs;
+}
+
+} // namespace
+
+void controller_reset(controller & c) {
+    c = controller{};
+    for (double & a : c.accept) a = 0.5;  // a neutral prior, corrected within a few steps
+}
+
+int32_t controller_choose(controller & c, int32_t k_max) {
+    c.steps++;
+    // warm-up: measure V(n) for every batch size once, largest first
+    for (int32_t k = k_max; k >= 0; --k) {
+        if (c.n_verify[k + 1] == 0) {
+            return k;
+        }
+    }
+    if (c.n_draft == 0 && k_max > 0) {
+        return k_max;
+    }
+    int32_t best = 0;
+    double best_rate = 0.0;
+    for (int32_t k = 0; k <= k_max; ++k) {
+        double expected = 1.0, run = 1.0;
+        for (int32_t i = 0; i < k; ++i) {
+            run *= c.accept[i];
+            expected += run;
+        }
+        const double cost = c.t_verify[k + 1] + k * c.t_draft;
+        const double rate = expected / std::max(cost, 1e-9);
+        c.est_rate[k] = rate;
+        if (rate > best_rate) {
+            best_rate = rate;
+            best = k;
+        }
+    }
+    // probe one deeper now and then: acceptance beyond `best` is otherwise never observed
+    if (best < k_max && c.steps % k_probe_every == 0) {
+        return best + 1;
+    }
+    return best;
+}
+
+void controller_update(controller & c, int32_t n_drafted, int32_t n_accepted, int32_t n_mtp_calls, double t_draft,
+                       double t_verify) {
+    const int32_t n = n_drafted + 1;
+    ema(c.t_verify[n], t_verify, k_alpha_time, c.n_verify[n] == 0);
+    c.n_verify[n]++;
+    if (n_mtp_calls > 0) {
+        ema(c.t_draft, t_draft / n_mtp_calls, k_alpha_time, c.n_draft == 0);
+        c.n_draft++;
+    }
+    // draft i's acceptance is observed only when drafts before it were accepted
+    for (int32_t i = 0; i < n_drafted && i <= n_accepted; ++i) {
+        ema(c.accept[i], i < n_accepted ? 1.0 : 0.0, k_alpha_accept, false);
+    }
+}
+
+} // namespace mtpl
