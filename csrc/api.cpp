@@ -364,8 +364,9 @@ int32_t mtpl_session_configure(mtpl_session * session, const mtpl_gen_params * p
         if (params->penalty_last_n < -1) {
             return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "penalty_last_n must be >= -1");
         }
-        if (params->verify < MTPL_VERIFY_REJECTION || params->verify > MTPL_VERIFY_ACCEPT_ALL) {
-            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "verify must be 0 (rejection), 1 (exact) or 2 (accept all)");
+        if (params->verify < MTPL_VERIFY_REJECTION || params->verify > MTPL_VERIFY_COUPLED) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT,
+                              "verify must be 0 (rejection), 1 (exact), 2 (accept all) or 3 (coupled)");
         }
         if (params->draft_max > 0 && !session->mtp) {
             return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT,

@@ -63,6 +63,8 @@ double uniform01(rng_type & rng);
 int32_t sample(const dist & d, rng_type & rng);
 // a sample of norm(max(0, p - q))
 int32_t sample_residual(const dist & p, const dist & q, rng_type & rng);
+// Gumbel-max sample of d with noise determined by (seed, pos, token id) alone
+int32_t sample_keyed(const dist & d, uint64_t seed, int64_t pos);
 
 // --- the adaptive draft-length controller (controller.cpp) ----------------------
 struct controller {

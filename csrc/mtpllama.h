@@ -85,7 +85,10 @@ typedef struct mtpl_session_params {
 enum mtpl_verify {
     MTPL_VERIFY_REJECTION = 0,      /* rejection sampling: lossless in distribution, accepts the most */
     MTPL_VERIFY_EXACT = 1,          /* sample the trunk and compare with the (arg-max) draft, as upstream does */
-    MTPL_VERIFY_ACCEPT_ALL = 2      /* trust every draft: NOT lossless; a test hook (the statistical test's power) */
+    MTPL_VERIFY_ACCEPT_ALL = 2,     /* trust every draft: NOT lossless; a test hook (the statistical test's power) */
+    MTPL_VERIFY_COUPLED = 3         /* Gumbel-max sampling keyed by (seed, position): drafts and trunk share the
+                                       noise, so the output equals plain sampling with the same seed, token for
+                                       token, whatever the draft lengths */
 };
 
 typedef struct mtpl_gen_params {

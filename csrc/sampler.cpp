@@ -165,4 +165,32 @@ int32_t sample_residual(const dist & p, const dist & q, rng_type & rng) {
     return p.ids.back();
 }
 
+namespace {
+
+uint64_t splitmix64(uint64_t x) {
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+} // namespace
+
+int32_t sample_keyed(const dist & d, uint64_t seed, int64_t pos) {
+    // argmax_i log p_i + G_i with G_i ~ Gumbel(0, 1) is a sample of p
+    const uint64_t key = splitmix64(seed ^ splitmix64((uint64_t) pos));
+    int32_t best = d.ids[0];
+    double best_v = -INFINITY;
+    for (size_t i = 0; i < d.ids.size(); ++i) {
+        if (d.probs[i] <= 0.0f) continue;
+        const double u = ((double) (splitmix64(key ^ (uint64_t) d.ids[i]) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+        const double v = std::log((double) d.probs[i]) - std::log(-std::log(u));
+        if (v > best_v) {
+            best_v = v;
+            best = d.ids[i];
+        }
+    }
+    return best;
+}
+
 } // namespace mtpl

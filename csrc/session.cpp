@@ -175,6 +175,8 @@ int32_t draft(mtpl_session * s, int32_t k, std::vector<int32_t> & drafts) {
     mtpl_gen_params draft_cfg = g;
     if (g.verify == MTPL_VERIFY_EXACT) {
         draft_cfg.temperature = 0.0f;
+    } else if (g.verify == MTPL_VERIFY_COUPLED) {
+        // q at the sampling temperature: coupled noise agrees best when q matches p
     } else if (g.draft_temperature >= 0.0f && !is_greedy(g)) {
         draft_cfg.temperature = g.draft_temperature;
     }
@@ -197,7 +199,13 @@ int32_t draft(mtpl_session * s, int32_t k, std::vector<int32_t> & drafts) {
             if (q.top_prob() < g.draft_p_min) {
                 break;
             }
-            tok = is_greedy(draft_cfg) ? q.top() : sample(q, s->rng);
+            if (is_greedy(draft_cfg)) {
+                tok = q.top();
+            } else if (g.verify == MTPL_VERIFY_COUPLED) {  // the trunk's noise at this position
+                tok = sample_keyed(q, g.seed, (int64_t) s->tokens.size() + i);
+            } else {
+                tok = sample(q, s->rng);
+            }
         }
         drafts.push_back(tok);
         if (i + 1 == k) {

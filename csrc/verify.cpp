@@ -59,7 +59,9 @@ int32_t choose_token(mtpl_session * s, const float * logits, size_t n_ctx_tokens
     penalty_counts(g, s->tokens.data(), n_ctx_tokens, nullptr, 0, s->counts);
     dist p;
     build_dist(logits, s->n_vocab, g, s->counts, s->logit_scratch, p);
-    return is_greedy(g) ? p.top() : sample(p, s->rng);
+    if (is_greedy(g)) return p.top();
+    // the chosen token goes to position n_ctx_tokens
+    return g.verify == MTPL_VERIFY_COUPLED ? sample_keyed(p, g.seed, (int64_t) n_ctx_tokens) : sample(p, s->rng);
 }
 
 int32_t verify_step(mtpl_session * s, int32_t n_drafts, int32_t * next) {
@@ -93,8 +95,9 @@ int32_t verify_step(mtpl_session * s, int32_t n_drafts, int32_t * next) {
             if (y != x) { *next = y; return i; }
             continue;
         }
-        if (g.verify == MTPL_VERIFY_EXACT) {
-            const int32_t y = sample(p, s->rng);
+        if (g.verify == MTPL_VERIFY_EXACT || g.verify == MTPL_VERIFY_COUPLED) {
+            const int32_t y = g.verify == MTPL_VERIFY_EXACT ? sample(p, s->rng)
+                                                             : sample_keyed(p, g.seed, (int64_t) (n_before + (size_t) i));
             if (y != x) { *next = y; return i; }
             continue;
         }

@@ -185,3 +185,32 @@ def test_rejection_sampling_accepts_more_than_exact_match(tmp_path):
         rej = acceptance_per_step(s, PROMPTS, SpecConfig(3, 0.0, verify="rejection", adaptive=False), 0.8)
         exact = acceptance_per_step(s, PROMPTS, SpecConfig(3, 0.0, verify="exact", adaptive=False), 0.8)
     assert rej > 1.05 * exact, (rej, exact)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0])
+def test_coupled_sampling_equals_plain_sampling_token_for_token(glm45, temperature):
+    from conftest import PROMPTS
+
+    for i, prompt in enumerate(PROMPTS[:10]):
+        s = SamplingConfig(temperature=temperature, top_k=20, seed=1000 + i)
+        plain = glm45.generate(prompt, 48, sampling=s, spec=SpecConfig(0, 0.0, verify="coupled", adaptive=False),
+                               mtp=True)
+        mtp = glm45.generate(prompt, 48, sampling=s, spec=SpecConfig(4, 0.0, verify="coupled"))  # adaptive
+        assert mtp.tokens == plain.tokens
+        assert sum(mtp.stats.accepted) > 0
+    # different seeds give different samples
+    a = glm45.generate("import os", 48, sampling=SamplingConfig(temperature=temperature, seed=1),
+                       spec=SpecConfig(4, 0.0, verify="coupled"))
+    b = glm45.generate("import os", 48, sampling=SamplingConfig(temperature=temperature, seed=2),
+                       spec=SpecConfig(4, 0.0, verify="coupled"))
+    assert a.tokens != b.tokens
+
+
+def test_coupled_plain_sampling_has_the_sampler_distribution(sessions):
+    """Keyed Gumbel-max sampling is a sampler of p: same chi-square test against the RNG sampler."""
+    plain, _ = sessions
+    cfg = CONFIGS["top_k"]
+    a = draw(plain, N // 2, SpecConfig(0, 0.0, adaptive=False), cfg, seed0=3)
+    b = draw(plain, N // 2, SpecConfig(0, 0.0, verify="coupled", adaptive=False), cfg, seed0=5 * 10**6)
+    stat, df, p = two_sample_chi2(a, b)
+    assert p > ALPHA, f"chi2={stat:.1f} df={df} p={p:.2e}"

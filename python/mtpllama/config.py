@@ -55,7 +55,7 @@ class SessionConfig:
         _check_int("n_threads", self.n_threads, 0)
 
 
-VERIFY_MODES = {"rejection": 0, "exact": 1, "accept_all": 2}
+VERIFY_MODES = {"rejection": 0, "exact": 1, "accept_all": 2, "coupled": 3}
 
 
 def _check_float(name: str, value: object, lo: float, hi: float, lo_open: bool = False) -> None:
@@ -76,9 +76,15 @@ class SpecConfig:
     """Stop drafting when the MTP head's top probability falls below this (full softmax, after
     the sampling transforms when sampling)."""
     verify: str = "rejection"
-    """How sampled drafts are checked: "rejection" (rejection sampling: lossless in distribution,
-    accepts the most), "exact" (sample the trunk, compare with the arg-max draft: lossless, as
-    upstream llama.cpp), or "accept_all" (keeps every draft: NOT lossless, for testing only).
+    """How sampled drafts are checked.
+    "rejection": rejection sampling; the output has exactly plain sampling's distribution and it
+    accepts the most drafts.  Runs with one seed repeat exactly only with adaptive=False (the
+    adaptive draft lengths follow measured timings).
+    "coupled": drafts and trunk share Gumbel noise keyed by (seed, position): the output is
+    token-for-token the output of plain sampling with the same seed, whatever the draft lengths
+    (reproducible with adaptive=True); accepts a little less than "rejection".
+    "exact": sample the trunk and compare with the arg-max draft (upstream llama.cpp's way).
+    "accept_all": keeps every draft; NOT lossless, for testing only.
     Greedy decoding ignores it: drafts are kept when they equal the trunk's arg-max."""
     adaptive: bool = True
     """Choose each step's draft length (0..draft_max) from measured acceptance and measured costs,
