@@ -14,9 +14,18 @@ are modelled because they are not numerical noise but part of what is computed:
   ``vec_dot_type`` -- f16 for f16 weights -- so with ``act_f16`` the input of a
   product with an f16 weight is rounded to f16 first.
 
+* llama.cpp's CPU flash attention (``flash_attn_type`` AUTO resolves to on for
+  the CPU backend) computes a batch of fewer than 64 query rows with the
+  ``one_chunk`` kernel: Q is rounded to f16, and ``sum_j p_j v_j`` is accumulated
+  with an online softmax in an f16 buffer, one rounding per key, in cache order.
+  With ``Variant.attn == "ggml_cpu"`` (the default) the reference does the same;
+  with ``"exact"`` it computes attention in float64.  Batches of >= 64 rows
+  (the tiled kernel) accumulate in f32 and are computed exactly either way.  The
+  split-KV kernel (one query row over >= 512 cache cells) is not modelled: keep
+  test contexts below 512 positions.
+
 What remains between the reference and the engine is accumulation order and
-f32 arithmetic, plus one effect not modelled: the CPU flash-attention kernel
-for short query batches accumulates ``sum_j p_j v_j`` in an f16 buffer.
+f32 arithmetic, and occasional one-ulp f16 rounding flips caused by it.
 
 The model, per position (x a row vector of n_embd):
 
@@ -29,7 +38,7 @@ trunk::
         y  = rms(x) * post_attention_norm
         x  = x + (swiglu_ffn(y) if il < n_dense_lead else moe(y) + shared_expert(y))
     h      = rms(x) * output_norm          # the state handed to the NextN block
-    logits = output @ h
+    logits = output @ h                    # output.weight, or token_embd when the file has none
 
 NextN step for an entry (token t at position p, state h_in)::
 
@@ -58,7 +67,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["HParams", "Variant", "KVCache", "Reference", "load_gguf", "replay", "rel_err", "ProvenanceError"]
+__all__ = ["HParams", "Variant", "KVCache", "Reference", "load_gguf", "replay", "rel_err", "ProvenanceError",
+           "ReplayResult", "RowError", "CATEGORIES"]
 
 
 # --- model description ----------------------------------------------------------------
@@ -94,7 +104,10 @@ class Variant:
     mtp_h: str = "post_norm"      # "pre_norm": feed back the state before shared_head_norm (vLLM's convention)
     rope: str = "neox"            # "norm": GPT-J style adjacent pairs (2i, 2i+1)
     no_shexp: str = "zero"        # "silu": what upstream adds when a layer has no shared expert (silu(y))
+    qk_norm: bool = True          # False: ignore attn_q_norm / attn_k_norm
+    bias_in_weights: bool = False # True: exp_probs_b also added to the chosen experts' weights
     kv_f16: bool = True           # round cached K and V to f16
+    attn: str = "ggml_cpu"        # "exact": float64 softmax attention (no f16 accumulator emulation)
     act_f16: bool = True          # round the activation of a product with an f16 weight to f16
 
 
@@ -159,6 +172,41 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
+def _fa_f16_accumulator(q: np.ndarray, K: np.ndarray, V: np.ndarray, visible: np.ndarray, scale: float) -> np.ndarray:
+    """Softmax attention as ggml's CPU flash-attention one_chunk kernel computes it
+    with an f16 KV cache: Q rounded to f16, scores in f32, and an online softmax
+    whose V accumulator is an f16 vector rounded after every key (keys in cache
+    order, invisible keys skipped).  q (n, H, d); K, V (m, H, d); visible (n, m).
+
+    The kernel's per-key update is: on a new maximum M' of the scores,
+    acc = f16(acc * exp(M - M')); then acc = f16(acc + v * exp(s - M')), and
+    S = S * exp(M - M') + exp(s - M').  Both factors follow from the running
+    maximum alone, so they are computed for all keys at once; only the f16
+    accumulator is a loop over the keys."""
+    n, H, d = q.shape
+    s = np.einsum("nhd,mhd->nhm", _f16(q), K).astype(np.float32) * np.float32(scale)
+    s = np.where(visible[:, None, :], s, np.float32(-np.inf))
+    m_last = int(np.max(np.nonzero(visible.any(axis=0))[0])) + 1          # keys after it are invisible to all rows
+    s = s[:, :, :m_last]
+    run_max = np.maximum.accumulate(s, axis=2)
+    prev_max = np.concatenate([np.full((n, H, 1), -np.inf, np.float32), run_max[:, :, :-1]], axis=2)
+    with np.errstate(invalid="ignore"):
+        ms = np.exp(prev_max - run_max)                                    # 1 unless a new maximum; 0 at the first key
+        vs = np.exp(s - run_max)                                           # 0 for invisible keys
+    ms = np.where(np.isnan(ms), np.float32(1.0), ms).astype(np.float32)  # (-inf) - (-inf): nothing seen yet
+    vs = np.where(np.isnan(vs), np.float32(0.0), vs).astype(np.float32)
+    # the kernel's f32 running sum S equals sum_j exp(s_j - M_final) up to f32 rounding, far below the f16 one
+    S = np.exp(s.astype(np.float64) - run_max[:, :, -1:].astype(np.float64)).sum(axis=2)
+    Vf = V[:m_last].astype(np.float16).astype(np.float32)                 # (m, H, d)
+    rescale = (ms != 1.0).any(axis=(0, 1))
+    acc = np.zeros((n, H, d), np.float32)
+    for j in range(m_last):
+        if rescale[j]:
+            acc = (acc * ms[:, :, j, None]).astype(np.float16).astype(np.float32)
+        acc = (acc + Vf[j][None] * vs[:, :, j, None]).astype(np.float16).astype(np.float32)
+    return acc.astype(np.float64) / S[..., None]
+
+
 def rel_err(got: np.ndarray, ref: np.ndarray) -> float:
     """max |got - ref| / max |ref| (over one row or a stack of rows)."""
     scale = float(np.max(np.abs(ref)))
@@ -198,6 +246,9 @@ class Reference:
     def __init__(self, hp: HParams, W: dict[str, np.ndarray], f16: set[str] = frozenset(), variant: Variant = Variant()):
         self.hp, self.W, self.f16, self.var = hp, W, set(f16), variant
         self.il_nextn = hp.n_layer  # the (single) NextN block
+        self.margin = np.zeros(0)   # per row of the last batch: see RowError.margin
+        # the LM head; a file without output.weight ties it to the token embeddings (as upstream)
+        self.output_name = "output.weight" if "output.weight" in W else "token_embd.weight"
         d = hp.n_rot // 2
         self._inv_freq = hp.rope_base ** (-2.0 * np.arange(d) / hp.n_rot)
 
@@ -236,9 +287,9 @@ class Reference:
         q = (self.mm(p + "attn_q.weight", x) + self.W[p + "attn_q.bias"]).reshape(n, hp.n_head, hd)
         k = (self.mm(p + "attn_k.weight", x) + self.W[p + "attn_k.bias"]).reshape(n, hp.n_head_kv, hd)
         v = (self.mm(p + "attn_v.weight", x) + self.W[p + "attn_v.bias"]).reshape(n, hp.n_head_kv, hd)
-        if p + "attn_q_norm.weight" in self.W:
+        if self.var.qk_norm and p + "attn_q_norm.weight" in self.W:
             q = self.rms(q, p + "attn_q_norm.weight")
-        if p + "attn_k_norm.weight" in self.W:
+        if self.var.qk_norm and p + "attn_k_norm.weight" in self.W:
             k = self.rms(k, p + "attn_k_norm.weight")
         q, k = self.rope(q, pos), self.rope(k, pos)
         if self.var.kv_f16:
@@ -247,12 +298,16 @@ class Reference:
         group = hp.n_head // hp.n_head_kv
         K = np.repeat(cache.k, group, axis=1)                                          # (m, n_head, hd)
         V = np.repeat(cache.v, group, axis=1)
-        s = np.einsum("nhd,mhd->hnm", q, K) / np.sqrt(hd)
-        s = np.where((cache.pos[None, :] <= pos[:, None])[None], s, -np.inf)         # causal, by position
-        s = np.exp(s - s.max(axis=-1, keepdims=True))
-        s /= s.sum(axis=-1, keepdims=True)
-        o = np.einsum("hnm,mhd->nhd", s, V).reshape(n, hp.n_head * hd)
-        return self.mm(p + "attn_output.weight", o)
+        visible = cache.pos[None, :] <= pos[:, None]                                   # (n, m): causal, by position
+        if self.var.attn == "ggml_cpu" and self.var.kv_f16 and n < 64:
+            o = _fa_f16_accumulator(q, K, V, visible, 1.0 / np.sqrt(hd))
+        else:
+            s = np.einsum("nhd,mhd->hnm", q, K) / np.sqrt(hd)
+            s = np.where(visible[None], s, -np.inf)
+            s = np.exp(s - s.max(axis=-1, keepdims=True))
+            s /= s.sum(axis=-1, keepdims=True)
+            o = np.einsum("hnm,mhd->nhd", s, V)
+        return self.mm(p + "attn_output.weight", o.reshape(n, hp.n_head * hd))
 
     def swiglu(self, prefix: str, suffix: str, y: np.ndarray) -> np.ndarray:
         g = self.mm(f"{prefix}ffn_gate{suffix}.weight", y)
@@ -263,11 +318,14 @@ class Reference:
         hp, p = self.hp, f"blk.{il}."
         s = _sigmoid(self.mm(p + "ffn_gate_inp.weight", y))                            # (n, E)
         chosen = np.argsort(-(s + self.W[p + "exp_probs_b.bias"]), axis=1, kind="stable")[:, : hp.n_expert_used]
-        w = np.take_along_axis(s, chosen, axis=1)
+        w = np.take_along_axis(s + self.W[p + "exp_probs_b.bias"] if self.var.bias_in_weights else s, chosen, axis=1)
         if hp.expert_weights_norm:
             w = w / np.maximum(w.sum(axis=1, keepdims=True), 6.103515625e-5)
         if hp.expert_weights_scale not in (0.0, 1.0):
             w = w * hp.expert_weights_scale
+        if hp.n_expert_used < hp.n_expert:  # how close the choice was: k-th minus (k+1)-th biased score
+            sel = -np.sort(-(s + self.W[p + "exp_probs_b.bias"]), axis=1)
+            self.margin = np.minimum(self.margin, sel[:, hp.n_expert_used - 1] - sel[:, hp.n_expert_used])
         gate, up, down = (self.W[p + f"ffn_{n}_exps.weight"] for n in ("gate", "up", "down"))
         f16 = self.var.act_f16 and (p + "ffn_gate_exps.weight") in self.f16
         out = np.zeros_like(y)
@@ -299,17 +357,19 @@ class Reference:
     def trunk(self, cache: list[KVCache], tokens, pos) -> tuple[np.ndarray, np.ndarray]:
         """Rows tokens at positions pos: (logits (n, n_vocab), h (n, n_embd))."""
         pos = np.asarray(pos, np.int64)
+        self.margin = np.full(len(pos), np.inf)
         x = self.W["token_embd.weight"][np.asarray(tokens)]
         for il in range(self.hp.n_layer):
             x = self.block(il, x, pos, cache[il])
         hn = self.rms(x, "output_norm.weight")
-        logits = self.mm("output.weight", hn)
+        logits = self.mm(self.output_name, hn)
         return logits, (hn if self.var.trunk_h == "post_norm" else x)
 
     def nextn(self, cache: KVCache, tokens, h_in, pos) -> tuple[np.ndarray, np.ndarray]:
         """NextN rows (tokens, h_in (n, n_embd), pos): (logits, h_out) per row."""
         il, p = self.il_nextn, f"blk.{self.il_nextn}.nextn."
         pos = np.asarray(pos, np.int64)
+        self.margin = np.full(len(pos), np.inf)
         emb = self.W.get(p + "embed_tokens.weight", self.W["token_embd.weight"])
         e = self.rms(emb[np.asarray(tokens)], p + "enorm.weight")
         h = self.rms(np.asarray(h_in, np.float64).reshape(len(pos), -1), p + "hnorm.weight")
@@ -317,7 +377,7 @@ class Reference:
         x = self.block(il, x, pos, cache)
         norm = p + "shared_head_norm.weight" if p + "shared_head_norm.weight" in self.W else "output_norm.weight"
         hn = self.rms(x, norm)
-        head = p + "shared_head_head.weight" if p + "shared_head_head.weight" in self.W else "output.weight"
+        head = p + "shared_head_head.weight" if p + "shared_head_head.weight" in self.W else self.output_name
         logits = self.mm(head, hn)
         return logits, (hn if self.var.mtp_h == "post_norm" else x)
 
@@ -340,16 +400,38 @@ class ProvenanceError(AssertionError):
 CATEGORIES = ("trunk_logits", "trunk_h", "mtp_logits", "mtp_h")
 
 
+@dataclass(frozen=True)
+class RowError:
+    category: str
+    err: float            # relative error of the engine's row against the reference
+    event: int            # index in the event list
+    pos: int
+    call_rows: int        # rows in the graph evaluation this row belonged to
+    row: int              # its index in that evaluation
+    err_vs_row0: float    # error against the reference row 0 of the same evaluation (diagnoses a row mix-up)
+    margin: float         # smallest gap, over the row's MoE layers, between the last chosen and the first
+                          # unchosen expert's selection score (a near-tie may be broken the other way)
+
+
 @dataclass
 class ReplayResult:
-    err: dict[str, float]                 # max relative error per category
-    count: dict[str, int]                 # rows compared per category
-    worst: dict[str, tuple]               # (error, event index, pos) of the worst row
+    rows: list[RowError]
     mtp_inputs: dict[str, int]            # MTP rows by the source of h_in: 'trunk', 'draft', 'zero'
     n_calls: dict[str, int]
 
+    def select(self, category: str, batched: bool | None = None) -> list[RowError]:
+        """Rows of a category; batched=True/False: only rows of multi-/single-row evaluations."""
+        return [r for r in self.rows if r.category == category
+                and (batched is None or (r.call_rows > 1) == batched)]
+
+    def max_err(self, category: str, batched: bool | None = None) -> float:
+        return max((r.err for r in self.select(category, batched)), default=0.0)
+
+    def worst(self, category: str, batched: bool | None = None) -> RowError | None:
+        return max(self.select(category, batched), key=lambda r: r.err, default=None)
+
     def __str__(self) -> str:
-        return ", ".join(f"{c}={self.err[c]:.2e} (n={self.count[c]})" for c in CATEGORIES)
+        return ", ".join(f"{c}={self.max_err(c):.2e} (n={len(self.select(c))})" for c in CATEGORIES)
 
 
 def _groups(events):
@@ -365,44 +447,44 @@ def _groups(events):
         i = j
 
 
-def replay(ref: Reference, events: list[dict]) -> ReplayResult:
+def replay(ref: Reference, events: list[dict], trunk_h_from: str = "engine") -> ReplayResult:
     """Re-evaluate every recorded batch with the reference, keeping reference KV
     caches in step with the engine's (forgets and resets included), and measure the
     relative error of every recorded output row.  MTP rows are fed the engine's own
     h_in; that h_in is checked to be bit-identical to the engine's trunk state at
     pos-1 (a cache-repair or head entry), the engine's previous MTP output at pos-1
     (a recursive draft), or zeros at position 0 -- anything else raises
-    ProvenanceError.  Both caches must stay contiguous from position 0."""
-    err = dict.fromkeys(CATEGORIES, 0.0)
-    count = dict.fromkeys(CATEGORIES, 0)
-    worst: dict[str, tuple] = {}
+    ProvenanceError.  Both caches must stay contiguous from position 0.
+
+    trunk_h_from="reference": MTP rows paired with a trunk state are fed the
+    reference's own trunk state at pos-1 instead of the engine's (the trunk ->
+    MTP hand-over is then checked end to end, through the MTP outputs)."""
+    rows: list[RowError] = []
     sources = {"trunk": 0, "draft": 0, "zero": 0}
     calls = {"trunk": 0, "mtp": 0}
     tcache, mcache = ref.trunk_cache(), ref.mtp_cache()
     eng_trunk_h: dict[int, np.ndarray] = {}     # engine trunk states of cached positions
     eng_trunk_tok: dict[int, int] = {}
     eng_mtp_h: dict[int, np.ndarray] = {}       # engine MTP output states of cached MTP positions
+    ref_trunk_h: dict[int, np.ndarray] = {}     # reference trunk states of cached positions
     mtp_kind: dict[int, str] = {}               # what each cached MTP entry was paired with
 
-    def note(cat, got, want, idx, pos):
-        if got is None:
-            return
-        e = rel_err(got, want)
-        count[cat] += 1
-        if e >= err[cat]:
-            err[cat] = e
-            worst[cat] = (e, idx, pos)
+    def note(cat, got, want, idx, grp, r):
+        if got is not None:
+            rows.append(RowError(cat, rel_err(got, want[r]), idx, grp[r]["pos"], len(grp), r, rel_err(got, want[0]),
+                                 float(ref.margin[r])))
 
     for i0, grp in _groups(events):
         kind = grp[0]["kind"]
         if kind == "reset":
             tcache, mcache = ref.trunk_cache(), ref.mtp_cache()
-            eng_trunk_h.clear(), eng_trunk_tok.clear(), eng_mtp_h.clear(), mtp_kind.clear()
+            for d in (eng_trunk_h, eng_trunk_tok, eng_mtp_h, mtp_kind, ref_trunk_h):
+                d.clear()
         elif kind == "trunk_forget":
             p0 = grp[0]["pos"]
             for c in tcache:
                 c.forget(p0)
-            for d in (eng_trunk_h, eng_trunk_tok):
+            for d in (eng_trunk_h, eng_trunk_tok, ref_trunk_h):
                 for p in [p for p in d if p >= p0]:
                     del d[p]
         elif kind == "mtp_forget":
@@ -419,8 +501,9 @@ def replay(ref: Reference, events: list[dict]) -> ReplayResult:
                 raise AssertionError(f"trunk call {grp[0]['call']}: positions {pos.tolist()} do not continue a cache of {n0}")
             logits, h = ref.trunk(tcache, [e["token"] for e in grp], pos)
             for r, e in enumerate(grp):
-                note("trunk_logits", e["logits"], logits[r], i0 + r, e["pos"])
-                note("trunk_h", e["h_out"], h[r], i0 + r, e["pos"])
+                note("trunk_logits", e["logits"], logits, i0 + r, grp, r)
+                note("trunk_h", e["h_out"], h, i0 + r, grp, r)
+                ref_trunk_h[e["pos"]] = h[r]
                 if e["h_out"] is not None:
                     eng_trunk_h[e["pos"]] = e["h_out"]
                 eng_trunk_tok[e["pos"]] = e["token"]
@@ -449,12 +532,14 @@ def replay(ref: Reference, events: list[dict]) -> ReplayResult:
                     raise ProvenanceError(f"MTP row at {p}: a trunk-state entry evaluated over a cache holding drafts")
                 mtp_kind[p] = src
                 sources[src] += 1
-            logits, h = ref.nextn(mcache, [e["token"] for e in grp], np.stack([e["h_in"] for e in grp]), pos)
+            h_in = np.stack([ref_trunk_h[e["pos"] - 1] if trunk_h_from == "reference" and mtp_kind[e["pos"]] == "trunk"
+                             else e["h_in"] for e in grp])
+            logits, h = ref.nextn(mcache, [e["token"] for e in grp], h_in, pos)
             for r, e in enumerate(grp):
-                note("mtp_logits", e["logits"], logits[r], i0 + r, e["pos"])
-                note("mtp_h", e["h_out"], h[r], i0 + r, e["pos"])
+                note("mtp_logits", e["logits"], logits, i0 + r, grp, r)
+                note("mtp_h", e["h_out"], h, i0 + r, grp, r)
                 if e["h_out"] is not None:
                     eng_mtp_h[e["pos"]] = e["h_out"]
         else:
             raise ValueError(f"unknown event kind {kind!r}")
-    return ReplayResult(err, count, worst, sources, calls)
+    return ReplayResult(rows, sources, calls)
