@@ -375,6 +375,7 @@ int32_t mtpl_session_configure(mtpl_session * session, const mtpl_gen_params * p
         const bool fresh_controller = params->adaptive && !session->gen.adaptive;
         session->gen = *params;
         session->rng.seed(params->seed);
+        session->cancel.store(false);  // a generation starts: earlier cancel requests are void
         if (fresh_controller) {
             mtpl::controller_reset(session->ctl);
         }

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <regex>
 #include <sys/stat.h>
+#include <unordered_set>
 
 #include "ggml-backend.h"
 #include "gguf.h"
@@ -102,6 +103,91 @@ int32_t parse_overrides(const char * spec, mtpl_model & m) {
     return MTPL_OK;
 }
 
+// Hyperparameters that llama.cpp asserts on (aborting the process) or loops on
+// when they are inconsistent: check them here, the way llama.cpp reads them.
+int32_t check_hparams(const gguf_context * g, const file_facts & f, const std::string & path) {
+    const std::string a = f.arch + ".";
+    auto bad = [&](const std::string & what) {
+        return fail(MTPL_ERR_MODEL_LOAD, "invalid GGUF metadata in " + path + ": " + what);
+    };
+    auto need = [&](const char * key, uint32_t & v) -> bool {
+        return get_uint(g, a + key, v);
+    };
+    // every key must be a scalar of an integer type if present (arrays are not used by glm4moe)
+    for (const char * key : {"embedding_length", "attention.head_count", "attention.head_count_kv", "expert_count",
+                             "expert_used_count", "expert_shared_count", "leading_dense_block_count",
+                             "attention.key_length", "attention.value_length", "rope.dimension_count",
+                             "expert_feed_forward_length", "feed_forward_length", "context_length",
+                             "expert_gating_func"}) {
+        const int64_t id = gguf_find_key(g, (a + key).c_str());
+        uint32_t v = 0;
+        if (id >= 0 && !get_uint(g, a + key, v)) {
+            return bad(a + key + " must be a non-negative integer scalar");
+        }
+    }
+    uint32_t n_embd = 0, n_head = 0, n_head_kv = 0, n_expert = 0, n_used = 0, n_shared = 0, n_dense = 0, n_ctx = 0;
+    if (f.block_count > 512) return bad("block_count " + std::to_string(f.block_count) + " exceeds 512");
+    if (!need("embedding_length", n_embd) || n_embd == 0 || n_embd > (1u << 17)) return bad("embedding_length missing or out of range");
+    if (!need("attention.head_count", n_head) || n_head == 0 || n_head > 1024) return bad("attention.head_count missing or out of range");
+    if (!need("attention.head_count_kv", n_head_kv)) n_head_kv = n_head;
+    if (n_head_kv == 0 || n_head % n_head_kv != 0) return bad("attention.head_count_kv must divide attention.head_count");
+    uint32_t k_len = 0, v_len = 0;
+    if (!need("attention.key_length", k_len)) {
+        if (n_embd % n_head != 0) return bad("embedding_length is not a multiple of attention.head_count");
+        k_len = n_embd / n_head;
+    }
+    if (!need("attention.value_length", v_len)) v_len = k_len;
+    if (k_len == 0 || k_len > 4096 || k_len != v_len) return bad("attention key/value lengths must be equal and in [1, 4096]");
+    uint32_t n_rot = k_len;
+    need("rope.dimension_count", n_rot);
+    if (n_rot == 0 || n_rot > k_len || n_rot % 2 != 0) return bad("rope.dimension_count must be even and in [2, key_length]");
+    if (!need("expert_count", n_expert) || n_expert == 0 || n_expert > 512) return bad("expert_count missing or out of [1, 512]");
+    if (!need("expert_used_count", n_used) || n_used == 0 || n_used > n_expert) return bad("expert_used_count must be in [1, expert_count]");
+    if (!need("expert_shared_count", n_shared) || n_shared > 64) return bad("expert_shared_count missing or out of range");
+    if (need("leading_dense_block_count", n_dense) && n_dense > f.block_count) return bad("leading_dense_block_count exceeds block_count");
+    uint32_t n_ff_exp = 0, n_ff = 0;
+    if (need("expert_feed_forward_length", n_ff_exp) && (n_ff_exp == 0 || n_ff_exp > (1u << 20))) return bad("expert_feed_forward_length out of range");
+    if (!need("feed_forward_length", n_ff) || n_ff == 0 || n_ff > (1u << 22)) return bad("feed_forward_length missing or out of range");
+    if (need("context_length", n_ctx) && n_ctx == 0) return bad("context_length is 0");
+    uint32_t gating = 0;
+    if (need("expert_gating_func", gating) && gating > 2) return bad("expert_gating_func must be 0, 1 (softmax) or 2 (sigmoid)");
+    // the vocabulary: token_embd rows must match the token list
+    const int64_t tok_id = gguf_find_key(g, "tokenizer.ggml.tokens");
+    if (tok_id < 0 || gguf_get_kv_type(g, tok_id) != GGUF_TYPE_ARRAY || gguf_get_arr_type(g, tok_id) != GGUF_TYPE_STRING) {
+        return bad("tokenizer.ggml.tokens missing");
+    }
+    const size_t n_vocab = gguf_get_arr_n(g, tok_id);
+    if (n_vocab == 0 || n_vocab > (1u << 24)) return bad("vocabulary size out of range");
+    if (get_str(g, "tokenizer.ggml.model") != "gpt2") {
+        return bad("tokenizer.ggml.model must be 'gpt2' (GLM's byte-level BPE), got '" +
+                   get_str(g, "tokenizer.ggml.model") + "'");
+    }
+    {  // llama.cpp asserts that token strings are unique
+        std::unordered_set<std::string> seen;
+        seen.reserve(n_vocab);
+        for (size_t i = 0; i < n_vocab; ++i) {
+            if (!seen.insert(gguf_get_arr_str(g, tok_id, i)).second) {
+                return bad("token " + std::to_string(i) + " duplicates an earlier token string");
+            }
+        }
+    }
+    for (const char * key : {"tokenizer.ggml.token_type", "tokenizer.ggml.scores"}) {
+        const int64_t id = gguf_find_key(g, key);
+        if (id >= 0 && (gguf_get_kv_type(g, id) != GGUF_TYPE_ARRAY || gguf_get_arr_n(g, id) != n_vocab ||
+                        gguf_get_arr_type(g, id) != (std::string(key).back() == 'e' ? GGUF_TYPE_INT32 : GGUF_TYPE_FLOAT32))) {
+            return bad(std::string(key) + " must be an array with one entry per token");
+        }
+    }
+    for (const char * key : {"tokenizer.ggml.eos_token_id", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eot_token_id",
+                             "tokenizer.ggml.padding_token_id", "tokenizer.ggml.unknown_token_id"}) {
+        uint32_t id = 0;
+        if (gguf_find_key(g, key) >= 0 && (!get_uint(g, key, id) || id >= n_vocab)) {
+            return bad(std::string(key) + " is not a token of the vocabulary");
+        }
+    }
+    return MTPL_OK;
+}
+
 } // namespace
 
 int32_t read_file_facts(const std::string & path, file_facts & out) {
@@ -161,6 +247,10 @@ int32_t read_file_facts(const std::string & path, file_facts & out) {
     if (out.nextn >= out.block_count) {
         return fail(MTPL_ERR_MODEL_LOAD, "GGUF file declares " + std::to_string(out.nextn) +
                                              " NextN layers but only " + std::to_string(out.block_count) + " blocks");
+    }
+
+    if (int32_t st = check_hparams(g, out, path); st != MTPL_OK) {
+        return st;
     }
 
     // count the tensors of the NextN blocks (the last `nextn` blocks)

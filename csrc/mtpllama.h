@@ -193,7 +193,7 @@ int32_t mtpl_session_free(mtpl_session * session);
 int32_t mtpl_session_reset(mtpl_session * session);
 /* evaluate tokens after the current context and choose the next token (greedy); it is emitted by the next step */
 int32_t mtpl_session_feed(mtpl_session * session, const int32_t * tokens, int32_t n_tokens);
-/* set drafting for the following steps */
+/* set drafting and sampling for the following steps (a generation starts: clears a pending cancel) */
 int32_t mtpl_session_configure(mtpl_session * session, const mtpl_gen_params * params);
 /* one step: draft with the MTP head, verify with the trunk, emit 1..draft_max+1 tokens (at most n_max) */
 int32_t mtpl_session_step(mtpl_session * session, int32_t n_max, int32_t * out_tokens, int32_t cap,
@@ -212,5 +212,6 @@ int32_t mtpl_session_reset_stats(mtpl_session * session);
 int32_t mtpl_session_debug(mtpl_session * session, int32_t enable);
 int32_t mtpl_session_debug_events(const mtpl_session * session, mtpl_debug_event * out, int32_t cap, int32_t * n_out);
 int32_t mtpl_session_debug_floats(const mtpl_session * session, float * out, int64_t cap, int64_t * n_out);
-/* ask a running call on this session to stop soon (thread-safe); it returns MTPL_ERR_CANCELLED */
+/* ask the running (or next) feed/step of this session to stop soon (thread-safe): that call returns
+   MTPL_ERR_CANCELLED within one graph evaluation and leaves the session consistent */
 int32_t mtpl_session_cancel(mtpl_session * session);

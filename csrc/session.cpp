@@ -335,7 +335,9 @@ int32_t session_reset(mtpl_session * s) {
 
 int32_t session_feed(mtpl_session * s, const int32_t * tokens, int32_t n) {
     const auto t0 = clock_type::now();
-    s->cancel.store(false);
+    if (s->cancel.exchange(false)) {
+        return fail(MTPL_ERR_CANCELLED, "prompt processing was cancelled");
+    }
     // a chosen token the caller never saw is replaced by what they feed
     if (s->has_pending && !s->pending_emitted) {
         s->tokens.pop_back();

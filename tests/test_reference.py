@@ -14,14 +14,17 @@ occasional one-ulp f16 rounding flip it causes: about 1e-4 typical and 6e-4 at
 worst for f32 weights, 1.3e-3 for f16 weights.  A broken reference (a mix-up of
 the kind a port makes) is off by 0.05 to 2.5.
 
-Two upstream bugs show up here (strict xfails, so that fixing them is noticed):
-* the MTP context's output state (``llama_get_embeddings_nextn_ith`` with
-  ``masked=true``) is the state of the wrong row when a batch's output row is not
-  its first row: graph_mtp sets ``res->t_h_nextn`` before gathering the output
-  rows, while llama_context copies only the first n_outputs rows of it;
-* a glm4moe layer without shared experts (expert_shared_count = 0) adds
-  silu(y) instead of nothing: build_ffn with null up/gate/down tensors is an
-  activation, and both glm4moe graphs call it unconditionally.
+Two upstream bugs were found here and are fixed by our patches (these tests fail
+without them):
+* patches/0001: the MTP context's output state (``llama_get_embeddings_nextn_ith``
+  with ``masked=true``) was the state of the wrong row when a batch's output row is
+  not its first row: graph_mtp set ``res->t_h_nextn`` before gathering the output
+  rows, while llama_context copies only the first n_outputs rows of it
+  (test_mtp_output_state_of_multi_row_batch);
+* patches/0002: a glm4moe layer without shared experts (expert_shared_count = 0)
+  added silu(y) instead of nothing: build_ffn with null up/gate/down tensors is an
+  activation, and both glm4moe graphs called it unconditionally
+  (test_zero_shared_experts).
 """
 from __future__ import annotations
 
@@ -189,60 +192,36 @@ def test_engine_matches_reference(runs, name):
     assert st.accepted[1:] and sum(st.accepted[1:]) > 0  # recursive drafts accepted too
     assert res.mtp_inputs["trunk"] > 0 and res.mtp_inputs["draft"] > 0
     assert any(e["kind"] == "trunk_forget" for e in run.events) and any(e["kind"] == "mtp_forget" for e in run.events)
-    # every recorded row (the MTP output state only where the batch had one row: see the xfail below)
-    for cat, batched in (("trunk_logits", None), ("trunk_h", None), ("mtp_logits", None), ("mtp_h", False)):
+    # every recorded row
+    for cat, batched in (("trunk_logits", None), ("trunk_h", None), ("mtp_logits", None), ("mtp_h", None)):
         rows = checked(res, cat, batched)
         assert len(res.select(cat, batched)) - len(rows) <= max(2, len(rows) // 100), f"{cat}: many near-ties"
         worst = max(rows, key=lambda r: r.err)
         assert worst.err < fl.tol, f"{name} {cat}: {worst}"
 
 
-@pytest.mark.xfail(strict=True, reason="upstream bug: graph_mtp sets t_h_nextn before gathering the output rows, "
-                                       "and llama_context copies its first n_outputs rows (masked nextn embeddings)")
 @pytest.mark.parametrize("name", GOOD[:1])
-def test_mtp_output_state_of_batched_rows(runs, name):
+def test_mtp_output_state_of_multi_row_batch(runs, name):
     """The MTP output state of the head row of a multi-row MTP batch (the state the next
-    draft is fed with).  Upstream returns the state of the batch's first row instead."""
+    draft is fed with).  Without patches/0001 upstream returns the state of the batch's row 0."""
     res = runs(name).replay
-    rows = res.select("mtp_h", batched=True)
-    assert rows
-    worst = max(rows, key=lambda r: r.err)
-    diag = max(r.err_vs_row0 for r in rows if r.row > 0)
-    assert worst.err < FLAVOURS[name].tol, (f"{worst}; the engine's state is that of the batch's row 0 "
-                                            f"(max error against it {diag:.1e})")
-
-
-def test_mtp_output_state_batched_is_row0_upstream_bug(runs):
-    """Pins the diagnosis of the xfail above: for every multi-row MTP batch the recorded output
-    state equals the reference state of row 0, not of the output row.  Fails when upstream is
-    fixed: then delete this test and the xfail marker above."""
-    res = runs("glm45_gqa4").replay
     rows = [r for r in res.select("mtp_h", batched=True) if r.row > 0]
     assert len(rows) > 10
-    assert max(r.err_vs_row0 for r in rows) < TOL_F32
-    assert min(r.err for r in rows) > 0.1
+    worst = max(rows, key=lambda r: r.err)
+    diag = max(r.err_vs_row0 for r in rows)
+    assert worst.err < FLAVOURS[name].tol, (f"{worst}; the engine's state is that of the batch's row 0 "
+                                            f"(max error against it {diag:.1e}): is patches/0001 applied?")
 
 
-@pytest.mark.xfail(strict=True, reason="upstream bug: glm4moe adds silu(y) for the shared expert of a layer "
-                                       "without shared experts (build_ffn with null tensors)")
-def test_no_shared_expert(runs):
+def test_zero_shared_experts(runs):
+    """A file without shared experts.  Without patches/0002 upstream adds silu(y) in every MoE layer."""
     run = runs("no_shared_expert")
     res = run.replay
     silu = R.replay(run.ref.with_variant(no_shexp="silu"), run.events)
     for cat in ("trunk_logits", "mtp_logits"):
         assert res.max_err(cat) < TOL_F32, (f"{cat}: {res.worst(cat)}; against a reference that adds silu(y): "
-                                            f"{silu.max_err(cat):.1e}")
-
-
-def test_no_shared_expert_is_upstream_silu_bug(runs):
-    """Pins the diagnosis of the xfail above: the engine matches a reference whose missing shared
-    expert contributes silu(y).  Fails when upstream is fixed: then delete this test and the
-    xfail marker above."""
-    run = runs("no_shared_expert")
-    silu = R.replay(run.ref.with_variant(no_shexp="silu"), run.events)
-    for cat, batched in (("trunk_logits", None), ("trunk_h", None), ("mtp_logits", None), ("mtp_h", False)):
-        assert silu.max_err(cat, batched) < TOL_F32, silu.worst(cat, batched)
-    assert run.replay.max_err("trunk_logits") > 0.05
+                                            f"{silu.max_err(cat):.1e}: is patches/0002 applied?")
+    assert silu.max_err("trunk_logits") > 0.05  # the two readings are far apart: the test can tell
 
 
 # --- a broken reference is detected ------------------------------------------------------------------

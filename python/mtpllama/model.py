@@ -7,6 +7,7 @@ csrc/session.cpp -> csrc/verify.cpp) -> tokens back here -> text pieces.
 from __future__ import annotations
 
 import codecs
+import os
 import threading
 import time
 import weakref
@@ -19,6 +20,7 @@ from .config import GREEDY, MAX_DRAFT, PLAIN, VERIFY_MODES, ModelConfig, Samplin
 from .errors import MtpllamaError, SessionBusyError
 
 _STOP_NAMES = {0: "none", 1: "eos", 2: "length", 3: "context"}
+CANCELLED = 10  # mtpl_status MTPL_ERR_CANCELLED
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,8 @@ class GenerationResult:
     text: str
     tokens: list[int]
     stop_reason: str
-    """'eos', 'length', 'stop' (a stop string), or 'context' (the context window is full)."""
+    """'eos', 'length', 'stop' (a stop string), 'context' (the context window is full), or
+    'cancelled' (Session.cancel() was called; the tokens produced so far are returned)."""
     stats: GenerationStats
 
 
@@ -127,7 +130,9 @@ class Model:
         if config is None:
             if path is None:
                 raise TypeError("Model() needs a path or a config")
-            config = ModelConfig(str(path), mtp=mtp, n_gpu_layers=n_gpu_layers,
+            if not isinstance(path, (str, os.PathLike)):
+                raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+            config = ModelConfig(os.fspath(path), mtp=mtp, n_gpu_layers=n_gpu_layers,
                                  tensor_overrides=tuple(tensor_overrides), use_mmap=use_mmap)
         self.config = config
         self._sessions: weakref.WeakSet[Session] = weakref.WeakSet()
@@ -333,6 +338,7 @@ class Session:
         self.n_ctx = n[0]
         self._out = ffi.new("int32_t[]", MAX_DRAFT + 2)
         self._result = ffi.new("mtpl_step_result *")
+        self._busy = threading.Lock()  # one generation at a time
 
     def _ptr(self):
         if self._handle == ffi.NULL:
@@ -344,11 +350,18 @@ class Session:
         return self._handle == ffi.NULL
 
     def close(self) -> None:
+        """Free the session's contexts.  Safe to call twice; raises SessionBusyError while a
+        generation (or an unfinished stream) uses the session."""
         if self._handle == ffi.NULL:
             return
-        _lib.check(lib.mtpl_session_free(self._handle))
-        self._handle = ffi.NULL
-        self.model._sessions.discard(self)
+        if not self._busy.acquire(blocking=False):
+            raise SessionBusyError("cannot close a session while it is generating (finish or close the stream)")
+        try:
+            _lib.check(lib.mtpl_session_free(self._handle))
+            self._handle = ffi.NULL
+            self.model._sessions.discard(self)
+        finally:
+            self._busy.release()
 
     def __enter__(self) -> "Session":
         return self
@@ -364,10 +377,17 @@ class Session:
 
     # -- state ----------------------------------------------------------------------
     def reset(self) -> None:
-        _lib.check(lib.mtpl_session_reset(self._ptr()), "reset")
+        """Empty the context (both KV caches)."""
+        if not self._busy.acquire(blocking=False):
+            raise SessionBusyError("cannot reset a session while it is generating")
+        try:
+            _lib.check(lib.mtpl_session_reset(self._ptr()), "reset")
+        finally:
+            self._busy.release()
 
     def cancel(self) -> None:
-        """Ask a generation running in another thread to stop (it raises Cancelled)."""
+        """Stop a generation running in another thread (thread-safe): within one graph evaluation
+        it ends with stop_reason 'cancelled' and returns what it produced; the session stays usable."""
         if self._handle != ffi.NULL:
             lib.mtpl_session_cancel(self._handle)
 
@@ -426,8 +446,8 @@ class Session:
             raise TypeError("spec must be a SpecConfig")
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
             raise TypeError("max_tokens must be an int")
-        if max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        if not 1 <= max_tokens < 2**31:
+            raise ValueError(f"max_tokens must be in [1, 2**31), got {max_tokens}")
         if isinstance(prompt, str):
             tokens = self.model.tokenize(prompt)
         elif isinstance(prompt, Sequence) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
@@ -457,12 +477,22 @@ class Session:
             "presence_penalty": float(sm.presence_penalty), "frequency_penalty": float(sm.frequency_penalty),
             "penalty_last_n": sm.penalty_last_n, "seed": sm.seed})
         _lib.check(lib.mtpl_session_configure(h, gp), "configure")
-        arr = ffi.new("int32_t[]", tokens)
-        _lib.check(lib.mtpl_session_feed(h, arr, len(tokens)), "prompt")
+        # the prompt goes in chunks so that Ctrl-C (handled between foreign calls) stays responsive
+        chunk = self.config.n_batch or 512
+        for i in range(0, len(tokens), chunk):
+            part = tokens[i:i + chunk]
+            st = lib.mtpl_session_feed(h, ffi.new("int32_t[]", part), len(part))
+            if st == CANCELLED:
+                yield [], "cancelled"
+                return
+            _lib.check(st, "prompt")
         out, res, step = self._out, self._result, lib.mtpl_session_step
         remaining = max_tokens
         while remaining > 0:
             st = step(h, remaining, out, MAX_DRAFT + 2, res)  # the one foreign call per step
+            if st == CANCELLED:
+                yield [], "cancelled"
+                return
             if st:
                 _lib.raise_for(st, "generate")
             got = ffi.unpack(out, res.n_tokens)
@@ -493,7 +523,16 @@ class Session:
         return GenerationResult("".join(parts), tokens, reason, stats)
 
     def _run(self, prompt, max_tokens, spec, sampling, stop) -> Iterator[tuple[str, list[int], str]]:
-        """Yield (text piece, tokens, stop reason) per step, applying stop strings."""
+        """Yield (text piece, tokens, stop reason) per step, holding the session for the duration."""
+        if not self._busy.acquire(blocking=False):
+            raise SessionBusyError("this session is generating in another thread (or an unfinished stream "
+                                   "holds it); use one session per thread")
+        try:
+            yield from self._run_locked(prompt, max_tokens, spec, sampling, stop)
+        finally:
+            self._busy.release()
+
+    def _run_locked(self, prompt, max_tokens, spec, sampling, stop) -> Iterator[tuple[str, list[int], str]]:
         tokens, spec = self._prepare(prompt, max_tokens, spec)
         if sampling is None:
             sampling = GREEDY
@@ -510,8 +549,10 @@ class Session:
         emitted: list[int] = []
         for got, reason in self._steps(tokens, max_tokens, spec, sampling):
             new = decoder.decode(b"".join(pieces[t] for t in got), final=reason != "none")
-            if not stops:
-                yield new, got, reason if reason != "none" else "length"
+            if not stops or reason == "cancelled":
+                yield pending + new if stops else new, got, reason if reason != "none" else "length"
+                if reason == "cancelled":
+                    return
                 continue
             emitted.extend(got)
             pending += new

@@ -1,0 +1,189 @@
+"""GGUF fuzzing: mutate a valid tiny file, load each mutant in a child process.
+
+Each case is a deterministic function of (seed, index).  A child process runs a
+batch of cases, writing the index of the case it starts to a progress file, so
+the parent knows which case a crash, abort or hang belongs to and resumes after
+it.  Every case must either load and generate, or raise MtpllamaError.
+
+    python tests/fuzz_gguf.py BASE.gguf --cases 20000      # the long run
+"""
+from __future__ import annotations
+
+import os
+import random
+import struct
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+# (key, gguf value type, bad values): metadata the loader trusts
+BAD_VALUES = {
+    "glm4moe.block_count": [0, 1, 2, 10_000, 2**31 - 1, 2**32 - 1],
+    "glm4moe.nextn_predict_layers": [0, 2, 3, 2**32 - 1],
+    "glm4moe.embedding_length": [0, 1, 63, 65, 2**31],
+    "glm4moe.attention.head_count": [0, 3, 5, 64, 2**32 - 1],
+    "glm4moe.attention.head_count_kv": [0, 3, 4, 8, 2**32 - 1],
+    "glm4moe.attention.key_length": [0, 8, 17, 2**20],
+    "glm4moe.attention.value_length": [0, 8, 17, 2**20],
+    "glm4moe.rope.dimension_count": [0, 1, 7, 17, 64, 2**31],
+    "glm4moe.expert_count": [0, 1, 7, 9, 100_000],
+    "glm4moe.expert_used_count": [0, 3, 9, 100_000],
+    "glm4moe.expert_shared_count": [0, 2, 100],
+    "glm4moe.leading_dense_block_count": [0, 2, 3, 1000],
+    "glm4moe.expert_feed_forward_length": [0, 16, 33, 2**31],
+    "glm4moe.feed_forward_length": [0, 64, 2**31],
+    "glm4moe.context_length": [0, 1, 2**32 - 1],
+    "glm4moe.expert_gating_func": [0, 1, 3, 99],
+    "tokenizer.ggml.eos_token_id": [2**31, 2**32 - 1, 10_000],
+}
+
+
+def read_kv_layout(data: bytes):
+    """Offsets of the scalar integer KV values in a GGUF file: {key: (offset, struct format)}."""
+    off = 4 + 4
+    n_tensors, n_kv = struct.unpack_from("<QQ", data, off)
+    off += 16
+    fmt = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+    out = {}
+
+    def read_str(o):
+        (n,) = struct.unpack_from("<Q", data, o)
+        return data[o + 8:o + 8 + n].decode("utf-8", "replace"), o + 8 + n
+
+    def skip_value(t, o):
+        if t in fmt:
+            return o + struct.calcsize(fmt[t])
+        if t == 8:
+            return read_str(o)[1]
+        if t == 9:
+            at, n = struct.unpack_from("<IQ", data, o)
+            o += 12
+            for _ in range(n):
+                o = skip_value(at, o)
+            return o
+        raise ValueError(f"type {t}")
+
+    for _ in range(n_kv):
+        key, off = read_str(off)
+        (t,) = struct.unpack_from("<I", data, off)
+        off += 4
+        if t in fmt and t not in (6, 7, 12):
+            out[key] = (off, fmt[t])
+        off = skip_value(t, off)
+    return out, off  # off: start of the tensor-info table
+
+
+def mutate(base: bytes, seed: int, index: int) -> tuple[str, bytes]:
+    rng = random.Random(seed * 1_000_003 + index)
+    layout, tinfo = read_kv_layout(base)
+    kind = rng.choice(["truncate", "flip_header", "flip_tensor_info", "flip_any", "bad_value", "bad_value",
+                       "bad_pair"])
+    data = bytearray(base)
+    if kind == "truncate":
+        return kind, bytes(data[: rng.randrange(0, len(data))])
+    if kind in ("bad_value", "bad_pair"):
+        for _ in range(1 if kind == "bad_value" else 2):
+            key = rng.choice([k for k in BAD_VALUES if k in layout])
+            off, f = layout[key]
+            v = rng.choice(BAD_VALUES[key])
+            size = struct.calcsize(f)
+            v &= (1 << (8 * size)) - 1
+            if f in ("<b", "<h", "<i", "<q") and v >= 1 << (8 * size - 1):
+                v -= 1 << (8 * size)
+            struct.pack_into(f, data, off, v)
+        return kind, bytes(data)
+    lo, hi = {"flip_header": (0, tinfo), "flip_tensor_info": (tinfo, min(len(data), tinfo + 4096)),
+              "flip_any": (0, len(data))}[kind]
+    for _ in range(rng.randint(1, 8)):
+        pos = rng.randrange(lo, hi)
+        data[pos] = rng.choice([0x00, 0xFF, 0x7F, 0x80, rng.randrange(256), data[pos] ^ (1 << rng.randrange(8))])
+    return kind, bytes(data)
+
+
+CHILD = r"""
+import os, sys
+sys.path[:0] = [p for p in os.environ.get('FUZZ_PYTHONPATH', '').split(os.pathsep) if p]
+import mtpllama
+from fuzz_gguf import mutate
+base = open(sys.argv[1], 'rb').read()
+seed, start, stop, progress, work = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
+cfg = mtpllama.SessionConfig(n_threads=1, n_ctx=64)
+for i in range(start, stop):
+    with open(progress, 'w') as f:
+        f.write(str(i))
+    kind, data = mutate(base, seed, i)
+    path = os.path.join(work, 'case.gguf')
+    with open(path, 'wb') as f:
+        f.write(data)
+    for mtp in (True, False):
+        try:
+            with mtpllama.Model(path, mtp=mtp, session_defaults=cfg) as m:
+                m.generate([1, 2, 3], 2, mtp=mtp)
+                if mtp:
+                    m.generate([1, 2, 3], 3, draft_max=2)
+        except mtpllama.MtpllamaError:
+            pass
+with open(progress, 'w') as f:
+    f.write('done')
+"""
+
+
+def run(base_path: str, n_cases: int, seed: int = 0, batch: int = 500, timeout_per_case: float = 20.0):
+    """Run n_cases; returns a list of (index, kind, how) for cases that crashed or hung."""
+    import time
+
+    base = Path(base_path).read_bytes()
+    failures = []
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, FUZZ_PYTHONPATH=os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
+    with tempfile.TemporaryDirectory() as work:
+        progress = os.path.join(work, "progress")
+        i = 0
+        while i < n_cases:
+            stop = min(n_cases, i + batch)
+            with open(progress, "w") as f:
+                f.write(str(i))
+            proc = subprocess.Popen([sys.executable, "-c", CHILD, base_path, str(seed), str(i), str(stop), progress, work],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=here)
+            last, since, how = None, time.monotonic(), None
+            while proc.poll() is None:
+                time.sleep(0.05)
+                try:
+                    state = open(progress).read()
+                except OSError:
+                    state = last
+                if state != last:
+                    last, since = state, time.monotonic()
+                elif time.monotonic() - since > timeout_per_case:
+                    proc.kill()
+                    proc.wait()
+                    how = "hang"
+                    break
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            state = open(progress).read()
+            if how is None and proc.returncode == 0 and state == "done":
+                i = stop
+                continue
+            how = how or f"exit {proc.returncode}: {err[-500:]}"
+            bad = int(state) if state.isdigit() else stop - 1
+            failures.append((bad, mutate(base, seed, bad)[0], how))
+            i = bad + 1
+    return failures
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("base")
+    ap.add_argument("--cases", type=int, default=20000)
+    ap.add_argument("--seed", type=int, default=1)
+    a = ap.parse_args()
+    fails = run(a.base, a.cases, a.seed)
+    for f in fails:
+        print(f)
+    print(f"{a.cases} cases, {len(fails)} crashes or hangs")
+    sys.exit(1 if fails else 0)
