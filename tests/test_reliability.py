@@ -100,6 +100,7 @@ def test_cancel_during_generation(glm45):
         r = s.generate("def foo(x):", 1900, spec=SpecConfig(3, 0.0, adaptive=False))
         latency = time.monotonic() - t0 - 0.05
         timer.join()
+        print(f"\ncancel during generation: returned {latency * 1000:.1f} ms after cancel()")
         assert r.stop_reason == "cancelled"
         assert 0 < len(r.tokens) < 1900
         assert latency < 0.5, latency
@@ -124,6 +125,8 @@ def test_cancel_during_prompt_processing(model_files):
             r = s.generate(toks, 1)
             elapsed = time.monotonic() - t0
             timer.join()
+            print(f"\ncancel during a {full * 1000:.0f} ms prompt pass: returned {(elapsed - full / 4) * 1000:.1f} ms "
+                  f"after cancel()")
             assert r.stop_reason == "cancelled" and r.tokens == []
             assert elapsed < full * 0.9, (elapsed, full)
             s.reset()

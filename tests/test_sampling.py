@@ -143,24 +143,6 @@ def test_bad_verify_mode():
         SpecConfig(3, 0.5, verify="maybe", adaptive=False)
 
 
-def branching_weights(spec, tok, seed: int = 3):
-    """Synthetic weights where every token has two equally likely successors, in the
-    trunk and in the NextN head alike: a model whose next token is genuinely uncertain."""
-    import numpy as np
-
-    from mtpllama.gguf_io import synthetic_weights
-
-    W = synthetic_weights(spec, tok)
-    rng = np.random.default_rng(seed)
-    emb = W["token_embd.weight"]
-    unit = emb / np.sqrt((emb ** 2).mean(axis=1, keepdims=True))
-    normal = np.array(tok.normal_ids)
-    second = normal[rng.permutation(len(normal))]
-    for key in ("output.weight", f"blk.{spec.n_layer}.nextn.shared_head_head.weight"):
-        W[key][second] += unit[normal] * (3.0 / np.sqrt(spec.n_embd))
-    return W
-
-
 def acceptance_per_step(session, prompts, spec, temperature, n_runs=100):
     acc = steps = 0
     for i in range(n_runs):
@@ -176,11 +158,12 @@ def test_rejection_sampling_accepts_more_than_exact_match(tmp_path):
     from dataclasses import replace
 
     from conftest import PROMPTS, SPECS
-    from mtpllama.gguf_io import train_bpe, write_synthetic
+    from mtpllama.gguf_io import add_second_successor, synthetic_weights, train_bpe, write_synthetic
 
     spec = replace(SPECS["glm45"], noise=0.5)
     tok = train_bpe()
-    path = write_synthetic(tmp_path / "branching.gguf", spec, tok, branching_weights(spec, tok))
+    weights = add_second_successor(synthetic_weights(spec, tok), spec, tok)
+    path = write_synthetic(tmp_path / "branching.gguf", spec, tok, weights)
     with mtpllama.Model(str(path), session_defaults=ONE_THREAD) as m, m.session() as s:
         rej = acceptance_per_step(s, PROMPTS, SpecConfig(3, 0.0, verify="rejection", adaptive=False), 0.8)
         exact = acceptance_per_step(s, PROMPTS, SpecConfig(3, 0.0, verify="exact", adaptive=False), 0.8)

@@ -244,6 +244,21 @@ def synthetic_weights(spec: SyntheticSpec, tok: Tokenizer) -> dict[str, np.ndarr
     return W
 
 
+def add_second_successor(W: dict[str, np.ndarray], spec: SyntheticSpec, tok: Tokenizer,
+                         seed: int = 3) -> dict[str, np.ndarray]:
+    """Give every token a second, equally likely successor, in the trunk's output head and in the
+    NextN head alike: a model whose next token is genuinely uncertain (sampling matters)."""
+    rng = np.random.default_rng(seed)
+    emb = W["token_embd.weight"]
+    unit = emb / np.sqrt((emb ** 2).mean(axis=1, keepdims=True))
+    normal = np.array(tok.normal_ids)
+    second = normal[rng.permutation(len(normal))]
+    for key in ("output.weight", f"blk.{spec.n_layer}.nextn.shared_head_head.weight"):
+        if key in W:
+            W[key][second] += unit[normal] * (3.0 / np.sqrt(spec.n_embd))
+    return W
+
+
 def _store(arr: np.ndarray, dtype: str):
     """Convert a weight for writing: (data, raw ggml type or None)."""
     import gguf
@@ -366,5 +381,6 @@ def inspect(path: str | Path) -> GGUFSummary:
     return s
 
 
-__all__ = ["Tokenizer", "train_bpe", "SyntheticSpec", "synthetic_weights", "write_synthetic", "inspect",
+__all__ = ["Tokenizer", "train_bpe", "SyntheticSpec", "synthetic_weights", "add_second_successor",
+           "write_synthetic", "inspect",
            "GGUFSummary", "replace"]
