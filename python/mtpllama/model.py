@@ -117,7 +117,26 @@ class GenerationResult:
     stats: GenerationStats
 
 
-class Model:
+class _Closeable:
+    """Context manager over close(); the finaliser only calls a guarded close()."""
+
+    def close(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class Model(_Closeable):
     """A loaded GGUF model.  Use as a context manager or call close()."""
 
     def __init__(self, path: str | None = None, *, mtp: bool = True, n_gpu_layers: int = 0,
@@ -176,18 +195,6 @@ class Model:
         self._default.clear()
         _lib.check(lib.mtpl_model_free(self._handle))
         self._handle = ffi.NULL
-
-    def __enter__(self) -> "Model":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
     # -- text -------------------------------------------------------------------
     def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = False) -> list[int]:
@@ -315,7 +322,7 @@ def _spec(spec: SpecConfig | None, draft_max: int | None, draft_p_min: float | N
                    draft_p_min=base.draft_p_min if draft_p_min is None else draft_p_min)
 
 
-class Session:
+class Session(_Closeable):
     """A conversation with its own KV caches (trunk, and MTP when enabled).
 
     generate()/stream() continue the context: what you pass is appended to what
@@ -362,18 +369,6 @@ class Session:
             self.model._sessions.discard(self)
         finally:
             self._busy.release()
-
-    def __enter__(self) -> "Session":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
     # -- state ----------------------------------------------------------------------
     def reset(self) -> None:
