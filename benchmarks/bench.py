@@ -1,0 +1,657 @@
+#!/usr/bin/env python3
+"""Side-by-side decode-speed benchmark: mtpllama against upstream llama.cpp's own tools.
+
+    python3 benchmarks/bench.py --models dense-hi moe-lo --tokens 128 --repeats 3 --threads 2
+
+Per model, in INTERLEAVED rounds (every configuration once per round, the mtpllama and upstream
+runs of one setting next to each other, the order reversed every other round):
+
+* mtpllama plain: ``Model.generate(prompt, n, mtp=False)``
+* mtpllama fixed k: ``SpecConfig(draft_max=k, draft_p_min=p, adaptive=False)``, k in --ks, p in --p-mins
+* mtpllama adaptive: ``SpecConfig()`` (the defaults: the adaptive controller), if SpecConfig has
+  an ``adaptive`` field (skipped with a note otherwise)
+* upstream plain: ``llama-completion`` (``eval time`` of its perf report: single-token decodes)
+* upstream draft-mtp: ``llama-speculative-simple --spec-type draft-mtp --spec-draft-n-max k
+  --spec-draft-p-min p`` (its ``decoded N tokens in S seconds``: the loop after the prompt)
+
+all on the same GGUF file, thread count, context size, prompt and token count, greedy.  Both
+upstream tools are built from the package's own pinned, patched tree (build_upstream.py).
+
+Speeds are decode speeds, prompt processing excluded: for mtpllama ``(generated - 1) /
+(t_draft + t_verify + t_other)`` (the first token comes out of the prompt pass, whose time is
+t_prefill; upstream's numbers count tokens the same way), for upstream the tools' own printed
+timing.  Reported: min and median tokens/s over the repeats, acceptance per draft position
+(the fraction of decode steps whose draft token at that position was kept: upstream's
+``#acc rate/pos``), mean tokens per decode step, ratios against plain decoding of the same
+engine and against upstream at the same setting.  Greedy outputs are compared (reported,
+never fatal).
+
+Outputs: a table on stdout, a JSON file (--json, default benchmarks/results.json, not committed)
+and benchmarks/RESULTS.md (--results-md) with the table, the command and the machine.
+Models: names from models.py (generated and cached on demand) or paths of GGUF files.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import os
+import platform
+import re
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO / "python"))
+sys.path.insert(0, str(HERE))
+
+import build_upstream  # noqa: E402
+import models as bench_models  # noqa: E402
+
+DEFAULT_PROMPT = bench_models.PROMPT
+
+
+# --- configurations -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Setting:
+    mode: str            # "plain", "fixed", "adaptive"
+    k: int = 0
+    p: float = 0.0
+
+    @property
+    def label(self) -> str:
+        if self.mode == "fixed":
+            return f"k={self.k} p={self.p:g}"
+        return self.mode
+
+
+@dataclass
+class Sample:
+    engine: str
+    setting: Setting
+    tps: float
+    tokens: int
+    steps: int
+    acc_pos: list[float]
+    tok_per_step: float
+    text: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def has_adaptive() -> bool:
+    import mtpllama
+
+    return "adaptive" in {f.name for f in dataclasses.fields(mtpllama.SpecConfig)}
+
+
+# --- mtpllama -------------------------------------------------------------------------
+
+class Ours:
+    def __init__(self, path: Path, threads: int, n_ctx: int) -> None:
+        import mtpllama
+
+        self.mtpllama = mtpllama
+        self.model = mtpllama.Model(str(path), session_defaults=mtpllama.SessionConfig(n_threads=threads, n_ctx=n_ctx))
+        self.adaptive = has_adaptive()
+
+    def close(self) -> None:
+        self.model.close()
+
+    def spec(self, s: Setting):
+        SpecConfig = self.mtpllama.SpecConfig
+        if s.mode == "fixed":
+            return bench_models.fixed_spec(s.k, s.p)
+        if s.mode == "adaptive":
+            return SpecConfig()
+        raise ValueError(s)
+
+    def warmup(self, prompt: str) -> None:
+        self.model.generate(prompt, 8, mtp=False)
+        self.model.generate(prompt, 8, spec=bench_models.fixed_spec(2, 0.0))
+        if self.adaptive:
+            self.model.generate(prompt, 8)
+
+    def run(self, s: Setting, prompt: str, n: int) -> Sample:
+        if s.mode == "plain":
+            r = self.model.generate(prompt, n, mtp=False)
+        else:
+            r = self.model.generate(prompt, n, spec=self.spec(s))
+        st = r.stats
+        t_dec = st.t_draft + st.t_verify + st.t_other
+        dec_tokens = st.generated_tokens - 1          # the first token came from the prompt pass
+        dec_steps = max(1, st.steps - 1)
+        extra = {"prompt_tokens": st.prompt_tokens, "t_prefill": st.t_prefill, "t_draft": st.t_draft,
+                 "t_verify": st.t_verify, "t_other": st.t_other, "wall": st.wall,
+                 "drafted": list(st.drafted), "accepted": list(st.accepted),
+                 "tps_engine_all_tokens": st.generated_tokens / t_dec if t_dec > 0 else 0.0,
+                 "tps_wall_minus_prefill": dec_tokens / (st.wall - st.t_prefill) if st.wall > st.t_prefill else 0.0,
+                 "token_ids": list(r.tokens)}
+        if s.mode != "plain":
+            sp = self.spec(s)
+            extra["spec"] = {f.name: getattr(sp, f.name) for f in dataclasses.fields(sp)}
+        for name in ("k_chosen", "est_accept", "est_verify", "est_draft"):
+            if hasattr(st, name):
+                v = getattr(st, name)
+                extra[name] = {str(a): b for a, b in v.items()} if isinstance(v, dict) else v
+        return Sample("mtpllama", s, dec_tokens / t_dec if t_dec > 0 else 0.0, st.generated_tokens, st.steps,
+                      [a / dec_steps for a in st.accepted], dec_tokens / dec_steps, r.text, extra)
+
+
+# --- upstream -------------------------------------------------------------------------
+
+_RE_EVAL = re.compile(r"common_perf_print:\s+eval time =\s*([\d.]+) ms /\s*(\d+) runs")
+_RE_PEVAL = re.compile(r"common_perf_print: prompt eval time =\s*([\d.]+) ms /\s*(\d+) tokens")
+_RE_DECODED = re.compile(r"decoded\s+(\d+) tokens in\s+([\d.]+) seconds, speed:\s*([\d.]+) t/s")
+_RE_ENCODED = re.compile(r"encoded\s+(\d+) tokens in\s+([\d.]+) seconds")
+_RE_NDRAFTED = re.compile(r"n_drafted\s*=\s*(\d+)")
+_RE_NACCEPT = re.compile(r"n_accept\s*=\s*(\d+)")
+_RE_STATS = re.compile(r"#calls\(b,g,a\) =\s*(\d+)\s+(\d+)\s+(\d+).*?#mean acc len = ([\d.]+), #acc rate/pos = \(([^)]*)\)")
+_RE_CALLS = re.compile(r"#calls\(b,g,a\) =\s*(\d+)\s+(\d+)\s+(\d+)")
+
+
+class Upstream:
+    def __init__(self, bins: dict[str, str], path: Path, threads: int, n_ctx: int, timeout: float) -> None:
+        self.bins, self.path, self.threads, self.n_ctx, self.timeout = bins, path, threads, n_ctx, timeout
+
+    def common_args(self, prompt: str, n: int) -> list[str]:
+        t = str(self.threads)
+        return ["-m", str(self.path), "-p", prompt, "-n", str(n), "-t", t, "-tb", t, "-c", str(self.n_ctx),
+                "--temp", "0", "-s", "0"]
+
+    def command(self, s: Setting, prompt: str, n: int) -> list[str]:
+        if s.mode == "plain":
+            return [self.bins["COMPLETION"], *self.common_args(prompt, n), "-no-cnv"]
+        if s.mode == "fixed":
+            return [self.bins["SPECULATIVE"], *self.common_args(prompt, n), "--spec-type", "draft-mtp",
+                    "--spec-draft-n-max", str(s.k), "--spec-draft-p-min", str(s.p), "-lv", "4"]
+        raise ValueError(s)
+
+    def run(self, s: Setting, prompt: str, n: int) -> Sample:
+        cmd = self.command(s, prompt, n)
+        p = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           timeout=self.timeout)
+        out = p.stdout.decode("utf-8", errors="replace")
+        err = p.stderr.decode("utf-8", errors="replace")
+        if p.returncode != 0:
+            raise RuntimeError(f"{shlex.join(cmd[:1])} exited {p.returncode}:\n{err[-3000:]}")
+        text = _generated_text(out, prompt)
+        if s.mode == "plain":
+            m = _RE_EVAL.search(err)
+            if not m:
+                raise RuntimeError(f"no 'eval time' in llama-completion's output:\n{err[-2000:]}")
+            ms, runs = float(m.group(1)), int(m.group(2))
+            mp = _RE_PEVAL.search(err)
+            extra = {"eval_ms": ms, "eval_runs": runs, "prompt_tokens": int(mp.group(2)) if mp else None}
+            return Sample("upstream", s, runs / (ms / 1e3), runs + 1, runs + 1, [], 1.0, text, extra)
+        m = _RE_DECODED.search(err)
+        if not m:
+            raise RuntimeError(f"no 'decoded N tokens' in llama-speculative-simple's output:\n{err[-2000:]}")
+        n_dec, secs = int(m.group(1)), float(m.group(2))
+        me = _RE_ENCODED.search(err)
+        extra = {"decoded": n_dec, "seconds": secs, "prompt_tokens": int(me.group(1)) if me else None}
+        acc_pos: list[float] = []
+        tok_per_step = float("nan")
+        steps = 0
+        ms = _RE_STATS.search(err)
+        if ms:
+            steps = int(ms.group(3))
+            tok_per_step = float(ms.group(4))
+            acc_pos = [float(x) for x in ms.group(5).split(",") if x.strip()]
+        else:
+            mc = _RE_CALLS.search(err)
+            if mc:
+                steps = int(mc.group(3))
+        nd, na = _RE_NDRAFTED.search(err), _RE_NACCEPT.search(err)
+        if nd and na:
+            extra.update(n_drafted=int(nd.group(1)), n_accept=int(na.group(1)))
+            if steps and tok_per_step != tok_per_step:
+                tok_per_step = 1 + int(na.group(1)) / steps
+        return Sample("upstream", s, n_dec / secs if secs > 0 else 0.0, n_dec, steps, acc_pos, tok_per_step, text, extra)
+
+
+def _generated_text(stdout: str, prompt: str) -> str:
+    """The generated text in a tool's stdout: what follows the echoed prompt."""
+    i = stdout.find(prompt)
+    rest = stdout[i + len(prompt):] if i >= 0 else stdout
+    return rest.rstrip("\n").replace(" [end of text]", "")
+
+
+# --- running ----------------------------------------------------------------------------
+
+def resolve_model(name: str) -> tuple[str, Path]:
+    p = Path(name).expanduser()
+    if p.suffix == ".gguf" or p.exists():
+        if not p.exists():
+            raise SystemExit(f"no such model file: {p}")
+        return p.stem, p
+    return name, bench_models.ensure(name)
+
+
+def settings(ks: list[int], p_mins: list[float], adaptive: bool) -> list[Setting]:
+    out = [Setting("plain")] + [Setting("fixed", k, p) for p in p_mins for k in ks]
+    if adaptive:
+        out.append(Setting("adaptive"))
+    return out
+
+
+class CpuMeter:
+    """CPU time used by OTHER processes while a run goes on: the machine's busy time (/proc/stat)
+    minus this process's and its children's.  ``foreign`` is that as a fraction of all cores."""
+
+    HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    NCPU = os.cpu_count() or 1
+
+    @staticmethod
+    def snap() -> tuple[float, float, float]:
+        try:
+            with open("/proc/stat") as f:
+                v = [int(x) for x in f.readline().split()[1:9]]
+            busy = (sum(v) - v[3] - v[4]) / CpuMeter.HZ
+        except (OSError, ValueError):
+            busy = float("nan")
+        own = 0.0
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+            ru = resource.getrusage(who)
+            own += ru.ru_utime + ru.ru_stime
+        return time.monotonic(), busy, own
+
+    @staticmethod
+    def foreign(a, b) -> float:
+        wall = b[0] - a[0]
+        if wall <= 0:
+            return 0.0
+        return max(0.0, ((b[1] - a[1]) - (b[2] - a[2])) / (wall * CpuMeter.NCPU))
+
+    @classmethod
+    def wait_idle(cls, threshold: float, max_wait: float) -> float:
+        """Wait (at most max_wait seconds) until other processes use < threshold of the machine
+        over half a second; returns the last measured fraction."""
+        t_end = time.monotonic() + max_wait
+        while True:
+            a = cls.snap()
+            time.sleep(0.5)
+            f = cls.foreign(a, cls.snap())
+            if f < threshold or time.monotonic() >= t_end:
+                return f
+            time.sleep(2.0)
+
+
+def loadavg() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
+def bench_model(name: str, path: Path, a, bins: dict[str, str] | None) -> dict:
+    ours = Ours(path, a.threads, a.ctx)
+    up = Upstream(bins, path, a.threads, a.ctx, a.timeout) if bins else None
+    want_adaptive = a.adaptive and ours.adaptive
+    sets = settings(a.ks, a.p_mins, want_adaptive)
+    jobs: list[tuple[str, Setting]] = []
+    for s in sets:
+        jobs.append(("mtpllama", s))
+        if up and s.mode != "adaptive":
+            jobs.append(("upstream", s))
+    info = ours.model.info
+    print(f"\n== {name}: {path} ({info.n_params / 1e9:.2f}B params, {info.model_bytes / 2**30:.2f} GiB), "
+          f"{len(jobs)} runs x {a.repeats} rounds", file=sys.stderr, flush=True)
+    ours.warmup(a.prompt)
+    samples: list[Sample] = []
+    loads: list[float] = []
+    t0 = time.perf_counter()
+    for r in range(a.repeats):
+        order = jobs if r % 2 == 0 else list(reversed(jobs))
+        for engine, s in order:
+            for attempt in range(a.retries + 1):
+                if a.wait_idle > 0:
+                    CpuMeter.wait_idle(a.busy_threshold, a.wait_idle)
+                loads.append(loadavg())
+                c0 = CpuMeter.snap()
+                smp = ours.run(s, a.prompt, a.tokens) if engine == "mtpllama" else up.run(s, a.prompt, a.tokens)
+                smp.extra["foreign_cpu"] = CpuMeter.foreign(c0, CpuMeter.snap())
+                smp.extra["attempt"] = attempt
+                busy = smp.extra["foreign_cpu"] >= a.busy_threshold
+                print(f"  round {r + 1} {engine:8s} {s.label:12s} {smp.tps:8.2f} t/s  {smp.tok_per_step:5.2f} tok/step  "
+                      f"acc {' '.join(f'{x:.2f}' for x in smp.acc_pos):24s} other processes {smp.extra['foreign_cpu']:.0%}"
+                      f"{'  (busy machine: retrying)' if busy and attempt < a.retries else ''}",
+                      file=sys.stderr, flush=True)
+                if not busy:
+                    break
+            samples.append(smp)
+    elapsed = time.perf_counter() - t0
+    ours.close()
+    res = summarise(name, path, info, sets, samples, a)
+    res["elapsed_s"] = elapsed
+    res["loadavg_max"] = max(loads) if loads else None
+    res["loadavg_median"] = statistics.median(loads) if loads else None
+    fc = [x.extra["foreign_cpu"] for x in samples]
+    res["foreign_cpu_max"] = max(fc) if fc else None
+    res["contended_samples"] = sum(f >= a.busy_threshold for f in fc)
+    res["retried_samples"] = sum(x.extra["attempt"] > 0 for x in samples)
+    res["n_samples"] = len(samples)
+    if a.adaptive and not ours.adaptive:
+        res["notes"].append("adaptive skipped: this mtpllama's SpecConfig has no 'adaptive' field")
+    return res
+
+
+def _agg(ss: list[Sample]) -> dict:
+    tps = [s.tps for s in ss]
+    n_pos = max((len(s.acc_pos) for s in ss), default=0)
+    acc = [statistics.mean(s.acc_pos[i] if i < len(s.acc_pos) else 0.0 for s in ss) for i in range(n_pos)]
+    tps_sorted = sorted(tps)
+    return {"tps": tps, "min": min(tps), "median": statistics.median(tps), "max": max(tps),
+            "acc_pos": acc, "tok_per_step": statistics.mean(s.tok_per_step for s in ss),
+            "tokens": [s.tokens for s in ss], "steps": [s.steps for s in ss],
+            "extra": [{k: v for k, v in s.extra.items() if k != "token_ids"} for s in ss], "_sorted": tps_sorted}
+
+
+def summarise(name: str, path: Path, info, sets: list[Setting], samples: list[Sample], a) -> dict:
+    rows = []
+    by = {}
+    for smp in samples:
+        by.setdefault((smp.engine, smp.setting), []).append(smp)
+    ours_plain = by.get(("mtpllama", Setting("plain")))
+    up_plain = by.get(("upstream", Setting("plain")))
+    notes: list[str] = []
+    for s in sets:
+        row = {"setting": s.label, "mode": s.mode, "k": s.k, "p_min": s.p}
+        for eng in ("mtpllama", "upstream"):
+            ss = by.get((eng, s))
+            if not ss:
+                continue
+            g = _agg(ss)
+            g.pop("_sorted")
+            if s.mode == "fixed":   # positions nobody accepted are missing from upstream's list
+                g["acc_pos"] = (g["acc_pos"] + [0.0] * s.k)[:s.k]
+            plain = ours_plain if eng == "mtpllama" else up_plain
+            if plain:
+                g["x_plain"] = g["median"] / statistics.median(x.tps for x in plain)
+            row[eng] = g
+        if "mtpllama" in row and "upstream" in row:
+            row["x_upstream"] = row["mtpllama"]["median"] / row["upstream"]["median"]
+        rows.append(row)
+    # best fixed settings, and adaptive against them
+    fixed = [r for r in rows if r["mode"] == "fixed"]
+    best = {}
+    for eng in ("mtpllama", "upstream"):
+        cand = [r for r in fixed if eng in r]
+        if cand:
+            b = max(cand, key=lambda r: r[eng]["median"])
+            best[eng] = {"setting": b["setting"], "median": b[eng]["median"], "x_plain": b[eng].get("x_plain")}
+    ad = next((r for r in rows if r["mode"] == "adaptive"), None)
+    if ad and "mtpllama" in ad:
+        for eng in best:
+            ad["mtpllama"][f"x_best_fixed_{eng}"] = ad["mtpllama"]["median"] / best[eng]["median"]
+        ad_samples = by[("mtpllama", Setting("adaptive"))]
+        if "k_chosen" in ad_samples[0].extra:
+            tot = [sum(x.extra["k_chosen"][i] for x in ad_samples) for i in range(len(ad_samples[0].extra["k_chosen"]))]
+            while tot and tot[-1] == 0:
+                tot.pop()
+            ad["mtpllama"]["k_chosen_total"] = tot
+        ad["mtpllama"]["spec"] = ad_samples[0].extra.get("spec")
+    # greedy output agreement
+    agree = {}
+    if ours_plain:
+        ref_tokens = ours_plain[0].extra["token_ids"]
+        lossless = all(x.extra["token_ids"] == ref_tokens for k2, v in by.items() if k2[0] == "mtpllama" for x in v)
+        agree["mtpllama_all_settings_same_tokens"] = lossless
+        if not lossless:
+            notes.append("mtpllama: some MTP run's greedy tokens differ from plain decoding's")
+        ref = ours_plain[0].text
+        for (eng, s), v in by.items():
+            if eng != "upstream":
+                continue
+            t = v[0].text
+            n = min(len(ref), len(t))
+            pre = _common_prefix(ref, t)
+            agree[f"upstream {s.label}"] = {"same_text_on_common_length": pre >= n, "common_prefix_chars": pre,
+                                            "ours_chars": len(ref), "upstream_chars": len(t)}
+            if pre < n:
+                notes.append(f"greedy text differs from mtpllama plain: upstream {s.label} after {pre} characters "
+                             f"(ours {ref[pre:pre + 20]!r} vs upstream {t[pre:pre + 20]!r})")
+    pt_ours = ours_plain[0].extra["prompt_tokens"] if ours_plain else None
+    pt_up = {f"{s.label}": v[0].extra.get("prompt_tokens") for (e, s), v in by.items() if e == "upstream"}
+    return {"model": name, "path": str(path), "n_params": info.n_params, "model_bytes": info.model_bytes,
+            "prompt_tokens_ours": pt_ours, "prompt_tokens_upstream": pt_up, "rows": rows, "best_fixed": best,
+            "greedy_agreement": agree, "notes": notes,
+            "sample_text": (ours_plain[0].text[:80] if ours_plain else "")}
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+# --- reporting ----------------------------------------------------------------------------
+
+def _f(x, fmt="{:.2f}", none="-"):
+    return none if x is None else fmt.format(x)
+
+
+def table(res: dict) -> list[list[str]]:
+    head = ["setting", "ours t/s min / med", "ours acc/pos", "ours tok/step", "ours x plain",
+            "upstream t/s min / med", "upstream acc/pos", "upstream tok/step", "upstream x plain", "ours / upstream"]
+    out = [head]
+    for r in res["rows"]:
+        o, u = r.get("mtpllama"), r.get("upstream")
+        cells = [r["setting"]]
+        for g in (o, u):
+            if g is None:
+                cells += ["-"] * 4
+                continue
+            cells += [f"{g['min']:.1f} / {g['median']:.1f}",
+                      " ".join(f"{x:.2f}" for x in g["acc_pos"]) or "-",
+                      _f(g["tok_per_step"]), _f(g.get("x_plain"), "{:.2f}x")]
+        cells.append(_f(r.get("x_upstream"), "{:.3f}x"))
+        out.append(cells)
+    return out
+
+
+def overview(results: list[dict]) -> list[list[str]]:
+    """One line per model: the numbers issue 7's acceptance criteria are about."""
+    head = ["model", "plain: ours / upstream t/s", "plain ratio", "fixed k: ours / upstream (min .. max)",
+            "best fixed, ours", "best fixed, upstream", "adaptive x plain", "adaptive x best fixed (ours)"]
+    out = [head]
+    for res in results:
+        rows = {r["setting"]: r for r in res["rows"]}
+        pl = rows.get("plain", {})
+        o, u = pl.get("mtpllama"), pl.get("upstream")
+        fx = [r["x_upstream"] for r in res["rows"] if r["mode"] == "fixed" and "x_upstream" in r]
+        bf = res["best_fixed"]
+        ad = rows.get("adaptive", {}).get("mtpllama")
+
+        def best(eng):
+            b = bf.get(eng)
+            return f"{b['setting']}: {_f(b['x_plain'], '{:.2f}x')}" if b else "-"
+        out.append([res["model"], f"{_f(o and o['median'], '{:.1f}')} / {_f(u and u['median'], '{:.1f}')}",
+                    _f(pl.get("x_upstream"), "{:.3f}x"),
+                    f"{min(fx):.2f}x .. {max(fx):.2f}x" if fx else "-", best("mtpllama"), best("upstream"),
+                    _f(ad and ad.get("x_plain"), "{:.2f}x"), _f(ad and ad.get("x_best_fixed_mtpllama"), "{:.2f}x")])
+    return out
+
+
+def render_text(rows: list[list[str]]) -> str:
+    w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w[i]) for i, c in enumerate(r)) for r in rows]
+    lines.insert(1, "  ".join("-" * x for x in w))
+    return "\n".join(lines)
+
+
+def render_md(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "|".join("---" for _ in rows[0]) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    return "\n".join(lines)
+
+
+def summary_lines(res: dict) -> list[str]:
+    out = []
+    bf = res["best_fixed"]
+    for eng, b in bf.items():
+        out.append(f"best fixed ({eng}): {b['setting']} at {b['median']:.1f} t/s = {_f(b['x_plain'], '{:.2f}x')} plain")
+    ad = next((r for r in res["rows"] if r["mode"] == "adaptive"), None)
+    if ad and "mtpllama" in ad:
+        g = ad["mtpllama"]
+        s = f"adaptive ({_spec_str(g.get('spec'))}): {g['median']:.1f} t/s = {_f(g.get('x_plain'), '{:.2f}x')} plain"
+        for eng in bf:
+            s += f", {_f(g.get(f'x_best_fixed_{eng}'), '{:.2f}x')} best fixed {eng}"
+        if g.get("k_chosen_total"):
+            s += f"; draft lengths chosen (k=0,1,..): {g['k_chosen_total']}"
+        out.append(s)
+    pu = res["prompt_tokens_upstream"]
+    out.append(f"prompt tokens: ours {res['prompt_tokens_ours']}, upstream {sorted(set(pu.values()))}; "
+               f"load average during the runs: median {_f(res['loadavg_median'])}, max {_f(res['loadavg_max'])}; "
+               f"other processes' CPU during a run: max {_f(res['foreign_cpu_max'], '{:.0%}')} of the machine, "
+               f"{res['contended_samples']}/{res['n_samples']} runs kept above the busy threshold "
+               f"({res['retried_samples']} retried)")
+    ag = res["greedy_agreement"]
+    if ag:
+        ok = [k for k, v in ag.items() if isinstance(v, dict) and v["same_text_on_common_length"]]
+        bad = [k for k, v in ag.items() if isinstance(v, dict) and not v["same_text_on_common_length"]]
+        out.append(f"greedy output: mtpllama settings all identical to plain: {ag.get('mtpllama_all_settings_same_tokens')}; "
+                   f"upstream runs with the same text as mtpllama plain: {len(ok)}/{len(ok) + len(bad)}")
+    out += res["notes"]
+    return out
+
+
+def _spec_str(spec: dict | None) -> str:
+    if not spec:
+        return "defaults"
+    return ", ".join(f"{k}={spec[k]}" for k in ("draft_max", "draft_p_min", "adaptive") if k in spec)
+
+
+def machine() -> dict:
+    def sh(cmd: str) -> str:
+        try:
+            return subprocess.run(cmd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                  timeout=10).stdout.strip()
+        except Exception:
+            return ""
+    return {"nproc": sh("nproc"), "lscpu": sh("lscpu | head -20"), "mem": sh("free -g | head -2"),
+            "platform": platform.platform(), "python": platform.python_version(),
+            "git_commit": sh(f"git -C {shlex.quote(str(REPO))} rev-parse --short HEAD"),
+            "git_dirty": bool(sh(f"git -C {shlex.quote(str(REPO))} status --porcelain -- csrc python CMakeLists.txt"))}
+
+
+def write_md(path: Path, results: list[dict], a, cmdline: str, mach: dict, upstream: dict | None, started: str) -> None:
+    L = ["# Benchmark results", "",
+         f"Latest run of `benchmarks/bench.py`, {started} (UTC), {sum(r['elapsed_s'] for r in results) / 60:.1f} min.", "",
+         "```", cmdline, "```", "",
+         f"Settings: {a.tokens} tokens, {a.repeats} interleaved rounds, {a.threads} threads, context {a.ctx}, greedy, "
+         f"prompt {a.prompt!r}.", ""]
+    L += ["Columns: tokens/s are decode speeds (prompt excluded), min / median over the rounds; "
+          "*acc/pos*: fraction of decode steps whose draft token at position 1, 2, .. was accepted "
+          "(upstream's `#acc rate/pos`); *tok/step*: tokens per decode step; *x plain*: median against the same "
+          "engine's plain decoding; *ours / upstream*: mtpllama's median against upstream's at the same setting. "
+          "mtpllama: `(generated - 1) / (t_draft + t_verify + t_other)` from the engine's stats; upstream plain: "
+          "`llama-completion`'s `eval time` (single-token decodes only, sampling excluded); upstream draft-mtp: "
+          "`llama-speculative-simple`'s `decoded N tokens in S seconds`. Upstream's `--spec-draft-p-min` applies to the "
+          "draft's top-10 softmax, ours to the full softmax, so p=0.85 rows can stop drafts at different places.", ""]
+    L += ["## Overview", "", "Medians. *plain ratio*, *fixed k*: mtpllama's speed over upstream's at the same setting; "
+          "*best fixed*: the fastest fixed setting of each engine, against that engine's plain decoding; *adaptive*: "
+          "`SpecConfig()` defaults.", "", render_md(overview(results)), ""]
+    for res in results:
+        L += [f"## {res['model']}", "",
+              f"`{Path(res['path']).name}`: {res['n_params'] / 1e9:.2f}B parameters, {res['model_bytes'] / 2**30:.2f} GiB.", "",
+              render_md(table(res)), ""]
+        L += [f"- {x}" for x in summary_lines(res)]
+        L.append("")
+    L += ["## Machine", "", f"nproc: {mach['nproc']}; {mach['platform']}; Python {mach['python']}; "
+          f"mtpllama commit {mach['git_commit']}{' (engine sources modified)' if mach['git_dirty'] else ''}.", "",
+          "```", mach["lscpu"], "```", ""]
+    if upstream:
+        L += [f"Upstream: llama.cpp {upstream.get('UPSTREAM_COMMIT', '?')[:12]} (patch set {upstream.get('PATCHES_HASH', '?')}) "
+              f"built by `benchmarks/build_upstream.py` (Release, GGML_NATIVE=ON, static, OpenMP).", "",
+              "```", *[f"{shlex.join(c)}" for c in upstream.get("commands", [])], "```", ""]
+    L += ["The machine is shared: other processes may run during a benchmark and timings are noisy. The harness "
+          "measures the CPU time other processes used during each run (/proc/stat minus its own and its children's "
+          "CPU time), waits for a quiet machine before each run (--wait-idle) and reruns a run during which others "
+          f"used more than {a.busy_threshold:.0%} of the machine (--retries); the counts are given per model above. "
+          "With as many threads as cores, any other busy process slows every run that waits on a thread barrier "
+          "(OpenMP spin-waits): a single busy core can make a 2-thread decode step 10-50x slower.", ""]
+    path.write_text("\n".join(L))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("--models", nargs="+", default=bench_models.all_names(),
+                    help="benchmark model names (models.py) or GGUF paths")
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ctx", type=int, default=2048, help="context size for both engines")
+    ap.add_argument("--ks", type=int, nargs="*", default=[1, 2, 3, 4], help="fixed draft lengths (none: plain only)")
+    ap.add_argument("--p-mins", type=float, nargs="*", default=[0.0, 0.85], help="fixed draft_p_min values")
+    ap.add_argument("--adaptive", dest="adaptive", action="store_true", default=True,
+                    help="also run mtpllama's adaptive controller with SpecConfig() defaults (default)")
+    ap.add_argument("--no-adaptive", dest="adaptive", action="store_false")
+    ap.add_argument("--no-upstream", action="store_true", help="only mtpllama")
+    ap.add_argument("--prompt", default=DEFAULT_PROMPT)
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds per upstream run")
+    ap.add_argument("--busy-threshold", type=float, default=0.15,
+                    help="fraction of the machine's CPU used by other processes that marks a run as contended")
+    ap.add_argument("--retries", type=int, default=2, help="rerun a contended run up to this many times")
+    ap.add_argument("--wait-idle", type=float, default=30.0,
+                    help="before each run, wait up to this many seconds for other processes to go quiet (0: never)")
+    ap.add_argument("--json", type=Path, default=HERE / "results.json")
+    ap.add_argument("--results-md", default=str(HERE / "RESULTS.md"), help="'' to skip")
+    a = ap.parse_args(argv)
+    started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    cmdline = "python3 benchmarks/bench.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+
+    bins = None
+    upstream = None
+    if not a.no_upstream:
+        upstream = build_upstream.build()
+        bins = {k: upstream[k] for k in ("SPECULATIVE", "COMPLETION")}
+        print(f"[bench] upstream tools: {bins['COMPLETION']}, {bins['SPECULATIVE']} "
+              f"(build step {upstream['BUILD_SECONDS']} s)", file=sys.stderr)
+    if a.adaptive and not has_adaptive():
+        print("[bench] note: SpecConfig has no 'adaptive' field yet: the adaptive rows are skipped", file=sys.stderr)
+
+    results = []
+    for name in a.models:
+        mname, path = resolve_model(name)
+        res = bench_model(mname, path, a, bins)
+        results.append(res)
+        print(f"\n{mname}  ({res['n_params'] / 1e9:.2f}B params, {a.tokens} tokens, {a.threads} threads, "
+              f"{a.repeats} rounds)")
+        print(render_text(table(res)))
+        for line in summary_lines(res):
+            print("  " + line)
+        sys.stdout.flush()
+
+    if len(results) > 1:
+        print("\nOverview (medians)")
+        print(render_text(overview(results)))
+    mach = machine()
+    if upstream is not None:
+        ex = Upstream(bins, Path("MODEL.gguf"), a.threads, a.ctx, a.timeout)
+        upstream["commands"] = [ex.command(Setting("plain"), "PROMPT", a.tokens),
+                                ex.command(Setting("fixed", 3, 0.85), "PROMPT", a.tokens)]
+    doc = {"started_utc": started, "command": cmdline, "args": {k: (str(v) if isinstance(v, Path) else v)
+                                                               for k, v in vars(a).items()},
+           "machine": mach, "upstream": upstream, "results": results}
+    a.json.write_text(json.dumps(doc, indent=1, default=str))
+    print(f"\n[bench] wrote {a.json}", file=sys.stderr)
+    if a.results_md:
+        write_md(Path(a.results_md), results, a, cmdline, mach, upstream, started)
+        print(f"[bench] wrote {a.results_md}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+"""Benchmark GGUF files: synthetic ``glm4moe`` models big enough to time, generated on demand.
+
+    python3 benchmarks/models.py                    # generate (if needed) and list every model
+    python3 benchmarks/models.py dense-hi moe-lo    # just these
+    python3 benchmarks/models.py --calibrate dense --noise 0.5 1.0 2.0   # acceptance vs noise
+
+Files are written with ``mtpllama.gguf_io.SyntheticSpec`` + ``write_synthetic`` and cached under
+``~/.cache/mtpllama/bench-models`` (or ``$MTPLLAMA_CACHE_DIR/bench-models``), named after a hash
+of their spec, so a changed spec gives a new file; they are never committed.
+
+Two shapes (the vocabulary is the synthetic tokenizer's ~460 tokens, so nearly every byte is
+in the layers):
+
+* ``dense``: dense-dominated, Q4_0.  Every trunk layer but the last is dense (big FFN); the last
+  trunk layer and the NextN block are small MoE layers.  The MTP head costs a fraction of a
+  trunk step, and verifying a few tokens costs little more than one (weights are read once).
+* ``moe``: GLM-4.5-Air-like, Q8_0.  One leading dense layer, then MoE layers with 64 experts,
+  8 active, one shared expert.  A batch of k tokens touches up to 8k experts, so verification
+  cost grows almost linearly in k: the hard case for MTP on CPU.
+
+Each shape comes at three MTP-head/trunk agreement levels, set with ``SyntheticSpec.noise``
+(the scale of the layers' contributions to the residual stream; larger = less agreement):
+``-hi`` (~0.9 first-position greedy acceptance), ``-mid`` (~0.5), ``-lo`` (~0.1-0.3).  The noise
+values were calibrated with ``--calibrate`` (which measures the acceptance with the engine);
+the table in RESULTS.md reports the acceptance each run actually measured.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "python"))
+
+from mtpllama.gguf_io import SyntheticSpec, synthetic_weights, train_bpe, write_synthetic  # noqa: E402
+
+# Decode-step cost targets 10-30 ms with 2 threads on the 2-core benchmark machines.
+SHAPES: dict[str, SyntheticSpec] = {
+    # ~0.75B parameters, ~0.4 GB as Q4_0
+    "dense": SyntheticSpec(
+        n_embd=2048, n_layer=12, n_dense_lead=11, n_head=16, n_head_kv=4, head_dim=128, n_rot=64,
+        n_ff=8192, n_expert=8, n_expert_used=2, n_expert_shared=1, n_ff_exp=512,
+        n_ctx_train=4096, dtype="q4_0", seed=11, name="mtpllama-bench-dense"),
+    # ~2.3B parameters, ~2.4 GB as Q8_0; ~0.35B active per token
+    "moe": SyntheticSpec(
+        n_embd=1024, n_layer=14, n_dense_lead=1, n_head=8, n_head_kv=2, head_dim=128, n_rot=64,
+        n_ff=4096, n_expert=64, n_expert_used=8, n_expert_shared=1, n_ff_exp=768,
+        n_ctx_train=4096, dtype="q8_0", seed=12, name="mtpllama-bench-moe"),
+}
+
+# noise per shape and agreement level (calibrated with --calibrate; see the module docstring)
+NOISE: dict[str, dict[str, float]] = {
+    "dense": {"hi": 3.5, "mid": 4.5, "lo": 7.0},
+    "moe": {"hi": 2.25, "mid": 2.75, "lo": 3.0},
+}
+LEVELS = ("hi", "mid", "lo")
+
+PROMPT = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n"
+
+
+def cache_dir() -> Path:
+    if os.environ.get("MTPLLAMA_CACHE_DIR"):
+        root = Path(os.environ["MTPLLAMA_CACHE_DIR"]).expanduser()
+    else:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mtpllama"
+    return root / "bench-models"
+
+
+def spec_of(name: str) -> SyntheticSpec:
+    shape, _, level = name.rpartition("-")
+    if shape not in SHAPES or level not in NOISE[shape]:
+        raise KeyError(f"unknown benchmark model {name!r}; known: {', '.join(all_names())}")
+    return replace(SHAPES[shape], noise=NOISE[shape][level], name=f"mtpllama-bench-{name}")
+
+
+def all_names() -> list[str]:
+    return [f"{s}-{lv}" for s in SHAPES for lv in LEVELS]
+
+
+def spec_hash(spec: SyntheticSpec) -> str:
+    return hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:12]
+
+
+class _Consume(dict):
+    """A dict whose items() hands each entry over and drops it: the float32 weights are freed
+    one tensor at a time while write_synthetic quantizes them."""
+
+    def items(self):  # type: ignore[override]
+        while self:
+            k = next(iter(self))
+            yield k, self.pop(k)
+
+
+def generate(spec: SyntheticSpec, path: Path, quiet: bool = False) -> Path:
+    t0 = time.perf_counter()
+    tok = train_bpe(n_merges=spec.n_merges)
+    W = _Consume(synthetic_weights(spec, tok))
+    n_params = sum(a.size for a in W.values())
+    t1 = time.perf_counter()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    write_synthetic(tmp, spec, tok, weights=W)
+    os.replace(tmp, path)
+    if not quiet:
+        print(f"[models] {path.name}: {n_params / 1e9:.2f}B parameters, {path.stat().st_size / 2**30:.2f} GiB, "
+              f"weights {t1 - t0:.0f} s + quantise/write {time.perf_counter() - t1:.0f} s", file=sys.stderr)
+    return path
+
+
+def ensure(name: str) -> Path:
+    """Path of the named benchmark model, generating it when it is not cached."""
+    spec = spec_of(name)
+    path = cache_dir() / f"{name}-{spec_hash(spec)}.gguf"
+    if not path.exists():
+        print(f"[models] generating {name} -> {path}", file=sys.stderr, flush=True)
+        generate(spec, path)
+    return path
+
+
+def fixed_spec(k: int, p_min: float):
+    """SpecConfig drafting exactly k tokens per step (the adaptive controller off, where it exists)."""
+    import dataclasses
+
+    import mtpllama
+
+    extra = {"adaptive": False} if "adaptive" in {f.name for f in dataclasses.fields(mtpllama.SpecConfig)} else {}
+    return mtpllama.SpecConfig(draft_max=k, draft_p_min=p_min, **extra)
+
+
+def measure_acceptance(path: Path, n_tokens: int = 128, threads: int = 2, draft_max: int = 3) -> dict:
+    """Greedy acceptance per draft position (fixed k, draft_p_min 0) and plain ms per token."""
+    import mtpllama
+
+    with mtpllama.Model(str(path), session_defaults=mtpllama.SessionConfig(n_threads=threads)) as m:
+        plain = m.generate(PROMPT, n_tokens, mtp=False)
+        r1 = m.generate(PROMPT, n_tokens, spec=fixed_spec(1, 0.0))
+        rk = m.generate(PROMPT, n_tokens, spec=fixed_spec(draft_max, 0.0))
+        st = plain.stats
+        return {"acc_k1": r1.stats.acceptance, f"acc_k{draft_max}": rk.stats.acceptance,
+                "plain_ms_per_token": 1e3 * (st.t_draft + st.t_verify + st.t_other) / max(1, st.generated_tokens),
+                "distinct_tokens": len(set(plain.tokens)), "lossless": plain.tokens == rk.tokens == r1.tokens,
+                "text": plain.text[:60]}
+
+
+def calibrate(shape: str, noises: list[float], n_tokens: int, threads: int = 2) -> None:
+    for g in noises:
+        spec = replace(SHAPES[shape], noise=g)
+        with tempfile.TemporaryDirectory(dir=cache_dir().parent) as d:
+            p = generate(spec, Path(d) / "cal.gguf", quiet=True)
+            r = measure_acceptance(p, n_tokens, threads)
+        print(json.dumps({"shape": shape, "noise": g, **r}), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("names", nargs="*", help=f"models (default: all): {' '.join(all_names())}")
+    ap.add_argument("--calibrate", metavar="SHAPE", choices=sorted(SHAPES),
+                    help="generate throw-away files of SHAPE at each --noise and print their acceptance")
+    ap.add_argument("--noise", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0, 3.0])
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--measure", action="store_true", help="also print each model's acceptance and speed")
+    a = ap.parse_args(argv)
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    if a.calibrate:
+        calibrate(a.calibrate, a.noise, a.tokens, a.threads)
+        return 0
+    for name in a.names or all_names():
+        p = ensure(name)
+        line = {"name": name, "path": str(p)}
+        if a.measure:
+            line.update(measure_acceptance(p, a.tokens, a.threads))
+        print(json.dumps(line), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
