@@ -372,13 +372,9 @@ int32_t mtpl_session_configure(mtpl_session * session, const mtpl_gen_params * p
             return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT,
                               "draft_max > 0 needs a session created with mtp enabled (this one decodes plainly)");
         }
-        const bool fresh_controller = params->adaptive && !session->gen.adaptive;
         session->gen = *params;
         session->rng.seed(params->seed);
         session->cancel.store(false);  // a generation starts: earlier cancel requests are void
-        if (fresh_controller) {
-            mtpl::controller_reset(session->ctl);
-        }
         return MTPL_OK;
     });
 }

@@ -3,18 +3,16 @@
 // Each step could draft k = 0..draft_max tokens.  With a_i the probability that
 // draft i is accepted given that drafts 1..i-1 were, a step is expected to emit
 //     E(k) = 1 + a_1 + a_1 a_2 + ... + a_1 ... a_k
-// tokens and to cost
-//     T(k) = V(k + 1) + k D
-// where V(n) is the measured time of a trunk pass over n tokens (not assumed
-// linear: on CPUs and MoE models it is not even monotonic) and D the time of one
-// MTP decode.  The controller picks the k with the highest E(k) / T(k).  k = 0 is
-// a plain step that does not touch the MTP head at all, so a head that never
-// pays costs nothing beyond rare probes.
+// tokens.  Its cost T(k) is measured, not modelled: the whole step's time when k
+// was asked for (trunk pass over k + 1 tokens, which is not linear in k on CPUs
+// and MoE models, the MTP decodes including the cache catch-up, bookkeeping),
+// plus the time the caller spends between steps.  The controller picks the k with
+// the highest E(k) / T(k).  k = 0 is a plain step that does not touch the MTP
+// head at all, so a head that never pays costs nothing beyond rare probes.
 //
-// Estimates are exponential moving averages.  Batch sizes never tried have no
-// measured V; the controller visits each once while warming up, and keeps probing
-// (one step of k + 1 every probe_every steps) so it notices when acceptance or
-// costs change.
+// Estimates are exponential moving averages.  The controller tries every k once
+// while warming up, and keeps probing (one step of k + 1 every probe_every steps)
+// so it notices when acceptance or costs change.
 #include "engine.h"
 
 #include <algorithm>
@@ -24,7 +22,8 @@ namespace {
 
 constexpr double k_alpha_accept = 0.05;   // EMA weight of a new acceptance observation
 constexpr double k_alpha_time = 0.1;      // EMA weight of a new timing
-constexpr int32_t k_probe_every = 16;
+constexpr int64_t k_probe_min = 16;      // steps between probes while drafting pays
+constexpr int64_t k_probe_max = 512;     // ... backing off to this while it does not
 
 void ema(double & est, double obs, double alpha, bool first) {
     est = first ? obs : (1.0 - alpha) * est + alpha * obs;
@@ -39,14 +38,11 @@ void controller_reset(controller & c) {
 
 int32_t controller_choose(controller & c, int32_t k_max) {
     c.steps++;
-    // warm-up: measure V(n) for every batch size once, largest first
+    // warm-up: time every k once, largest first
     for (int32_t k = k_max; k >= 0; --k) {
-        if (c.n_verify[k + 1] == 0) {
+        if (c.n_step[k] == 0) {
             return k;
         }
-    }
-    if (c.n_draft == 0 && k_max > 0) {
-        return k_max;
     }
     int32_t best = 0;
     double best_rate = 0.0;
@@ -56,7 +52,7 @@ int32_t controller_choose(controller & c, int32_t k_max) {
             run *= c.accept[i];
             expected += run;
         }
-        const double cost = c.t_verify[k + 1] + k * c.t_draft;
+        const double cost = c.t_step[k] + c.t_gap;
         const double rate = expected / std::max(cost, 1e-9);
         c.est_rate[k] = rate;
         if (rate > best_rate) {
@@ -64,15 +60,29 @@ int32_t controller_choose(controller & c, int32_t k_max) {
             best = k;
         }
     }
-    // probe one deeper now and then: acceptance beyond `best` is otherwise never observed
-    if (best < k_max && c.steps % k_probe_every == 0) {
+    // probe one deeper now and then: acceptance beyond `best` is otherwise never observed.
+    // A probe costs (a graph switch, the MTP cache catch-up), so while probes keep
+    // confirming `best`, they get rarer.
+    if (best != c.last_best) {
+        c.probe_every = k_probe_min;
+        c.last_best = best;
+    }
+    if (best < k_max && c.steps >= c.next_probe) {
+        c.next_probe = c.steps + c.probe_every;
+        c.probe_every = std::min(c.probe_every * 2, k_probe_max);
         return best + 1;
     }
     return best;
 }
 
-void controller_update(controller & c, int32_t n_drafted, int32_t n_accepted, int32_t n_mtp_calls, double t_draft,
-                       double t_verify) {
+void controller_update(controller & c, int32_t k, int32_t n_drafted, int32_t n_accepted, int32_t n_mtp_calls,
+                       double t_draft, double t_verify, double t_step, double t_gap) {
+    ema(c.t_step[k], t_step, k_alpha_time, c.n_step[k] == 0);
+    c.n_step[k]++;
+    if (t_gap >= 0.0) {
+        ema(c.t_gap, t_gap, k_alpha_time, c.n_gap == 0);
+        c.n_gap++;
+    }
     const int32_t n = n_drafted + 1;
     ema(c.t_verify[n], t_verify, k_alpha_time, c.n_verify[n] == 0);
     c.n_verify[n]++;

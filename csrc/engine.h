@@ -2,6 +2,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <random>
 #include <string>
@@ -74,12 +75,20 @@ struct controller {
     double t_draft = 0.0;                        // seconds of one MTP decode
     int64_t n_draft = 0;
     double est_rate[MTPL_MAX_DRAFT + 1] = {};    // expected tokens per second by k (last choice)
+    double t_step[MTPL_MAX_DRAFT + 1] = {};      // seconds of a whole step that asked for k drafts
+    int64_t n_step[MTPL_MAX_DRAFT + 1] = {};
+    double t_gap = 0.0;                          // seconds the caller spends between steps
+    int64_t n_gap = 0;
     int64_t steps = 0;
+    int64_t next_probe = 0;
+    int64_t probe_every = 16;
+    int32_t last_best = -1;
 };
 void controller_reset(controller & c);
 int32_t controller_choose(controller & c, int32_t k_max);
-void controller_update(controller & c, int32_t n_drafted, int32_t n_accepted, int32_t n_mtp_calls, double t_draft,
-                       double t_verify);
+// t_gap < 0: unknown (the first step after a feed)
+void controller_update(controller & c, int32_t k, int32_t n_drafted, int32_t n_accepted, int32_t n_mtp_calls,
+                       double t_draft, double t_verify, double t_step, double t_gap);
 
 // --- verification helpers (verify.cpp) ----------------------------------------
 int32_t argmax(const float * logits, int32_t n_vocab);
@@ -130,6 +139,8 @@ struct mtpl_session {
 
     mtpl::rng_type rng{0};
     mtpl::controller ctl;
+    std::chrono::steady_clock::time_point last_step_end{};  // for the controller's between-steps time
+    bool last_step_valid = false;
     std::vector<mtpl::dist> qdists;           // draft distributions of the current step (sampled decoding)
     std::vector<float> logit_scratch;
     std::unordered_map<int32_t, int32_t> counts;

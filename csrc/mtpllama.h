@@ -107,7 +107,8 @@ typedef struct mtpl_gen_params {
     float draft_temperature;        /* rejection sampling: temperature of the draft distribution q
                                        (< 0: the sampling temperature; 0: arg-max drafts); any q is lossless */
     int32_t adaptive;               /* 1: choose each step's draft length (0..draft_max) from measured
-                                       acceptance and costs; 0: always draft_max */
+                                       acceptance and costs; 0: always draft_max.  The measurements live
+                                       with the session (they are gathered on every step, either way) */
 } mtpl_gen_params;
 
 /* Result of one draft + verify step. */

@@ -297,6 +297,7 @@ int32_t session_create(mtpl_model * model, const mtpl_session_params & p, mtpl_s
         llama_set_embeddings_nextn(s->trunk, true, false);
         llama_set_embeddings_nextn(s->mtp, true, true);
         s->mtp_batch = llama_batch_ext_init(s->mtp);
+        controller_reset(s->ctl);
         s->h_last.assign((size_t) s->n_embd, 0.0f);
         s->h_scratch.assign((size_t) s->n_embd, 0.0f);
     }
@@ -335,6 +336,7 @@ int32_t session_reset(mtpl_session * s) {
 
 int32_t session_feed(mtpl_session * s, const int32_t * tokens, int32_t n) {
     const auto t0 = clock_type::now();
+    s->last_step_valid = false;
     if (s->cancel.exchange(false)) {
         return fail(MTPL_ERR_CANCELLED, "prompt processing was cancelled");
     }
@@ -461,8 +463,12 @@ int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, int32_t /*c
         res->stop = MTPL_STOP_CONTEXT;
     }
 
-    if (s->gen.adaptive) {
-        controller_update(s->ctl, n_drafts, n_acc, (int32_t) (s->stats.n_mtp_calls - mtp_calls_before), t_draft, t_verify);
+    if (s->mtp) {  // what the controller learns holds for any k chosen by anyone
+        const double gap = s->last_step_valid ? std::chrono::duration<double>(t0 - s->last_step_end).count() : -1.0;
+        controller_update(s->ctl, k, n_drafts, n_acc, (int32_t) (s->stats.n_mtp_calls - mtp_calls_before), t_draft,
+                          t_verify, seconds_since(t0), gap);
+        s->last_step_end = clock_type::now();
+        s->last_step_valid = true;
     }
     mtpl_stats & st = s->stats;
     st.n_steps++;

@@ -44,3 +44,12 @@ def test_default_command_runs_demo(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "identical output: True" in r.stdout
     assert "acceptance by position" in r.stdout
+
+
+def test_bench(model_files):
+    r = run("bench", "-m", model_files["glm45"], "-n", "24", "-r", "2", "-t", "1", "--ks", "1", "2")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    names = [ln.split()[0] for ln in lines[1:]]
+    assert names == ["plain", "k=1", "k=2", "adaptive"]
+    assert float(lines[1].split()[3]) == 1.0  # plain against itself

@@ -55,6 +55,33 @@ def cmd_generate(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(a: argparse.Namespace) -> int:
+    """Plain vs fixed-k vs adaptive MTP on one model, interleaved rounds, decode tokens/s."""
+    import statistics
+
+    from . import Model, SessionConfig, SpecConfig
+
+    settings = [("plain", None)] + [(f"k={k}", SpecConfig(k, a.draft_p_min, adaptive=False)) for k in a.ks]
+    settings.append(("adaptive", SpecConfig(max(a.ks), a.draft_p_min)))
+    rates: dict[str, list[float]] = {name: [] for name, _ in settings}
+    acc: dict[str, list[float]] = {}
+    with Model(a.model, n_gpu_layers=a.n_gpu_layers, tensor_overrides=_overrides(a.override_tensor),
+               use_mmap=not a.no_mmap, session_defaults=SessionConfig(n_ctx=a.ctx_size, n_threads=a.threads)) as m:
+        m.generate(a.prompt, 8, mtp=False)  # warm-up
+        for _ in range(a.repeats):  # A/B/C/... per round, not all A then all B
+            for name, spec in settings:
+                r = m.generate(a.prompt, a.n_predict, spec=spec, mtp=spec is not None)
+                rates[name].append(r.stats.decode_tokens_per_second)
+                acc[name] = r.stats.acceptance
+    base = statistics.median(rates["plain"])
+    print(f"{'setting':10s} {'min t/s':>8s} {'med t/s':>8s} {'x plain':>8s}  acceptance by position")
+    for name, _ in settings:
+        lo, med = min(rates[name]), statistics.median(rates[name])
+        pos = " ".join(f"{x:.2f}" for x in acc.get(name, [])) or "-"
+        print(f"{name:10s} {lo:8.1f} {med:8.1f} {med / base:8.2f}  {pos}")
+    return 0
+
+
 def cmd_inspect(a: argparse.Namespace) -> int:
     from .gguf_io import inspect
 
@@ -105,6 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("-p", "--prompt", help="prompt (default: stdin)")
     g.add_argument("-n", "--n-predict", type=int, default=128)
     g.set_defaults(func=cmd_generate)
+    b = sub.add_parser("bench", help="plain vs fixed-k vs adaptive MTP on a model (interleaved rounds)")
+    _add_model_args(b)
+    b.add_argument("-p", "--prompt", default="def fibonacci(n):\n")
+    b.add_argument("-n", "--n-predict", type=int, default=128)
+    b.add_argument("-r", "--repeats", type=int, default=3)
+    b.add_argument("--ks", type=int, nargs="+", default=[1, 2, 3, 4])
+    b.add_argument("--draft-p-min", type=float, default=0.0)
+    b.set_defaults(func=cmd_bench)
     i = sub.add_parser("inspect", help="describe a GGUF file and its MTP block")
     i.add_argument("file")
     i.add_argument("--json", action="store_true")
