@@ -21,8 +21,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _spec_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--draft-max", type=int, default=3)
+    p.add_argument("--draft-max", type=int, default=4, help="most tokens drafted per step")
     p.add_argument("--draft-p-min", type=float, default=0.5)
+    p.add_argument("--no-adaptive", action="store_true", help="always draft --draft-max tokens")
     p.add_argument("--no-mtp", action="store_true", help="plain decoding (the NextN block is not loaded)")
 
 
@@ -42,14 +43,11 @@ def cmd_generate(a: argparse.Namespace) -> int:
     with Model(a.model, mtp=not a.no_mtp, n_gpu_layers=a.n_gpu_layers,
                tensor_overrides=_overrides(a.override_tensor), use_mmap=not a.no_mmap) as model:
         with model.session(SessionConfig(n_ctx=a.ctx_size, n_threads=a.threads)) as s:
-            spec = None if a.no_mtp else SpecConfig(a.draft_max, a.draft_p_min)
+            spec = None if a.no_mtp else SpecConfig(a.draft_max, a.draft_p_min, adaptive=not a.no_adaptive)
             prompt = a.prompt if a.prompt is not None else sys.stdin.read()
-            result = None
-            pieces = []
             for piece in s.stream(prompt, a.n_predict, spec=spec):
                 sys.stdout.write(piece)
                 sys.stdout.flush()
-                pieces.append(piece)
             print()
             _print_stats(s.stats(), sys.stderr)
     return 0
