@@ -26,8 +26,15 @@ timing.  Reported: min and median tokens/s over the repeats, acceptance per draf
 engine and against upstream at the same setting.  Greedy outputs are compared (reported,
 never fatal).
 
-Outputs: a table on stdout, a JSON file (--json, default benchmarks/results.json, not committed)
-and benchmarks/RESULTS.md (--results-md) with the table, the command and the machine.
+Outputs: a table on stdout, a JSON file with every run (--json, default
+~/.cache/mtpllama/bench-results/results-DATE.json, outside the repository) and
+benchmarks/RESULTS.md (--results-md) with the tables, the command and the machine.
+``--render JSON`` rewrites the tables and RESULTS.md from an earlier run's JSON.
+
+Needs the engine: ``MTPLLAMA_LIBRARY=build/dev/libmtpllama.so PYTHONPATH=python`` in a checkout
+(or the installed package).  A full run (6 models, 19 configurations, 3 rounds, 128 tokens) takes
+about 30 minutes on the 2-core machines, plus ~7 minutes for a cold build of the upstream tools
+and ~3 minutes to generate the models the first time.
 Models: names from models.py (generated and cached on demand) or paths of GGUF files.
 """
 from __future__ import annotations
@@ -508,8 +515,14 @@ def summary_lines(res: dict) -> list[str]:
         for eng in bf:
             s += f", {_f(g.get(f'x_best_fixed_{eng}'), '{:.2f}x')} best fixed {eng}"
         if g.get("k_chosen_total"):
-            s += f"; draft lengths chosen (k=0,1,..): {g['k_chosen_total']}"
+            s += f"; draft lengths chosen (k=0,1,..), all rounds: {g['k_chosen_total']}"
         out.append(s)
+        last = (g.get("extra") or [{}])[-1]
+        if last.get("est_verify"):
+            ev = ", ".join(f"{n}: {1e3 * v:.1f}" for n, v in sorted(last["est_verify"].items(), key=lambda kv: int(kv[0])))
+            out.append(f"controller's estimates after the last adaptive run: trunk pass ms by tokens {{{ev}}}, "
+                       f"draft step {1e3 * last.get('est_draft', 0):.2f} ms, acceptance by position "
+                       f"{' '.join(f'{x:.2f}' for x in last.get('est_accept', [])[:4])}")
     pu = res["prompt_tokens_upstream"]
     out.append(f"prompt tokens: ours {res['prompt_tokens_ours']}, upstream {sorted(set(pu.values()))}; "
                f"load average during the runs: median {_f(res['loadavg_median'])}, max {_f(res['loadavg_max'])}; "
@@ -526,6 +539,20 @@ def summary_lines(res: dict) -> list[str]:
     return out
 
 
+def model_line(res: dict) -> str:
+    s = f"`{Path(res['path']).name}`: {res['n_params'] / 1e9:.2f}B parameters, {res['model_bytes'] / 2**30:.2f} GiB"
+    pl = next((r for r in res["rows"] if r["mode"] == "plain"), {}).get("mtpllama")
+    if pl:
+        s += f"; plain decode step {1e3 / pl['median']:.1f} ms"
+    try:
+        sp = bench_models.spec_of(res["model"])
+    except KeyError:
+        return s + "."
+    return (s + f". Synthetic: {sp.n_layer} trunk layers ({sp.n_dense_lead} dense, n_ff {sp.n_ff}), n_embd {sp.n_embd}, "
+            f"MoE {sp.n_expert} experts / {sp.n_expert_used} active / {sp.n_expert_shared} shared (n_ff_exp "
+            f"{sp.n_ff_exp}), {sp.dtype.upper()}, noise {sp.noise}.")
+
+
 def _spec_str(spec: dict | None) -> str:
     if not spec:
         return "defaults"
@@ -539,16 +566,19 @@ def machine() -> dict:
                                   timeout=10).stdout.strip()
         except Exception:
             return ""
-    return {"nproc": sh("nproc"), "lscpu": sh("lscpu | head -20"), "mem": sh("free -g | head -2"),
+    return {"nproc": sh("nproc"), "lscpu": sh("lscpu | head"), "mem": sh("free -g | head -2"),
             "platform": platform.platform(), "python": platform.python_version(),
             "git_commit": sh(f"git -C {shlex.quote(str(REPO))} rev-parse --short HEAD"),
             "git_dirty": bool(sh(f"git -C {shlex.quote(str(REPO))} status --porcelain -- csrc python CMakeLists.txt"))}
 
 
-def write_md(path: Path, results: list[dict], a, cmdline: str, mach: dict, upstream: dict | None, started: str) -> None:
+def write_md(path: Path, results: list[dict], a, cmdline: str, mach: dict, upstream: dict | None, started: str,
+             json_path: Path | None = None) -> None:
     L = ["# Benchmark results", "",
          f"Latest run of `benchmarks/bench.py`, {started} (UTC), {sum(r['elapsed_s'] for r in results) / 60:.1f} min.", "",
          "```", cmdline, "```", "",
+         f"(Raw data: `{json_path}` on the machine that ran it; `bench.py --render JSON` rewrites this file from it.)"
+         if json_path else "", "",
          f"Settings: {a.tokens} tokens, {a.repeats} interleaved rounds, {a.threads} threads, context {a.ctx}, greedy, "
          f"prompt {a.prompt!r}.", ""]
     L += ["Columns: tokens/s are decode speeds (prompt excluded), min / median over the rounds; "
@@ -563,14 +593,13 @@ def write_md(path: Path, results: list[dict], a, cmdline: str, mach: dict, upstr
           "*best fixed*: the fastest fixed setting of each engine, against that engine's plain decoding; *adaptive*: "
           "`SpecConfig()` defaults.", "", render_md(overview(results)), ""]
     for res in results:
-        L += [f"## {res['model']}", "",
-              f"`{Path(res['path']).name}`: {res['n_params'] / 1e9:.2f}B parameters, {res['model_bytes'] / 2**30:.2f} GiB.", "",
+        L += [f"## {res['model']}", "", model_line(res), "",
               render_md(table(res)), ""]
         L += [f"- {x}" for x in summary_lines(res)]
         L.append("")
     L += ["## Machine", "", f"nproc: {mach['nproc']}; {mach['platform']}; Python {mach['python']}; "
           f"mtpllama commit {mach['git_commit']}{' (engine sources modified)' if mach['git_dirty'] else ''}.", "",
-          "```", mach["lscpu"], "```", ""]
+          "```", "\n".join(mach["lscpu"].splitlines()[:10]), "```", ""]
     if upstream:
         L += [f"Upstream: llama.cpp {upstream.get('UPSTREAM_COMMIT', '?')[:12]} (patch set {upstream.get('PATCHES_HASH', '?')}) "
               f"built by `benchmarks/build_upstream.py` (Release, GGML_NATIVE=ON, static, OpenMP).", "",
@@ -582,6 +611,29 @@ def write_md(path: Path, results: list[dict], a, cmdline: str, mach: dict, upstr
           "With as many threads as cores, any other busy process slows every run that waits on a thread barrier "
           "(OpenMP spin-waits): a single busy core can make a 2-thread decode step 10-50x slower.", ""]
     path.write_text("\n".join(L))
+
+
+def print_tables(results: list[dict], a) -> None:
+    for res in results:
+        print(f"\n{res['model']}  ({res['n_params'] / 1e9:.2f}B params, {a.tokens} tokens, {a.threads} threads, "
+              f"{a.repeats} rounds)")
+        print(render_text(table(res)))
+        for line in summary_lines(res):
+            print("  " + line)
+    if len(results) > 1:
+        print("\nOverview (medians)")
+        print(render_text(overview(results)))
+
+
+def render_only(path: Path, results_md: str) -> int:
+    doc = json.loads(path.read_text())
+    a = argparse.Namespace(**doc["args"])
+    print_tables(doc["results"], a)
+    if results_md:
+        write_md(Path(results_md), doc["results"], a, doc["command"], doc["machine"], doc["upstream"],
+                 doc["started_utc"], json_path=path)
+        print(f"[bench] wrote {results_md}", file=sys.stderr)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -606,10 +658,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--retries", type=int, default=2, help="rerun a contended run up to this many times")
     ap.add_argument("--wait-idle", type=float, default=30.0,
                     help="before each run, wait up to this many seconds for other processes to go quiet (0: never)")
-    ap.add_argument("--json", type=Path, default=HERE / "results.json")
+    ap.add_argument("--json", type=Path, default=None,
+                    help="default: ~/.cache/mtpllama/bench-results/results-DATE.json (outside the repository)")
+    ap.add_argument("--render", type=Path, metavar="JSON",
+                    help="only rewrite the tables and RESULTS.md from a JSON file of an earlier run")
     ap.add_argument("--results-md", default=str(HERE / "RESULTS.md"), help="'' to skip")
     a = ap.parse_args(argv)
-    started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    if a.render:
+        return render_only(a.render, a.results_md)
+    now = dt.datetime.now(dt.timezone.utc)
+    started = now.strftime("%Y-%m-%d %H:%M")
+    if a.json is None:
+        a.json = bench_models.cache_dir().parent / "bench-results" / f"results-{now.strftime('%Y%m%d-%H%M')}.json"
+    a.json.parent.mkdir(parents=True, exist_ok=True)
     cmdline = "python3 benchmarks/bench.py " + shlex.join(sys.argv[1:] if argv is None else argv)
 
     bins = None
@@ -627,13 +688,8 @@ def main(argv: list[str] | None = None) -> int:
         mname, path = resolve_model(name)
         res = bench_model(mname, path, a, bins)
         results.append(res)
-        print(f"\n{mname}  ({res['n_params'] / 1e9:.2f}B params, {a.tokens} tokens, {a.threads} threads, "
-              f"{a.repeats} rounds)")
-        print(render_text(table(res)))
-        for line in summary_lines(res):
-            print("  " + line)
+        print_tables([res], a)
         sys.stdout.flush()
-
     if len(results) > 1:
         print("\nOverview (medians)")
         print(render_text(overview(results)))
@@ -648,7 +704,7 @@ def main(argv: list[str] | None = None) -> int:
     a.json.write_text(json.dumps(doc, indent=1, default=str))
     print(f"\n[bench] wrote {a.json}", file=sys.stderr)
     if a.results_md:
-        write_md(Path(a.results_md), results, a, cmdline, mach, upstream, started)
+        write_md(Path(a.results_md), results, a, cmdline, mach, upstream, started, json_path=a.json)
         print(f"[bench] wrote {a.results_md}", file=sys.stderr)
     return 0
 

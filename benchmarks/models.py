@@ -5,19 +5,22 @@
     python3 benchmarks/models.py dense-hi moe-lo    # just these
     python3 benchmarks/models.py --calibrate dense --noise 0.5 1.0 2.0   # acceptance vs noise
 
-Files are written with ``mtpllama.gguf_io.SyntheticSpec`` + ``write_synthetic`` and cached under
+Generating takes ~20 s (dense) / ~60 s and ~9 GB of memory (moe) per file.  Files are written with ``mtpllama.gguf_io.SyntheticSpec`` + ``write_synthetic`` and cached under
 ``~/.cache/mtpllama/bench-models`` (or ``$MTPLLAMA_CACHE_DIR/bench-models``), named after a hash
 of their spec, so a changed spec gives a new file; they are never committed.
 
 Two shapes (the vocabulary is the synthetic tokenizer's ~460 tokens, so nearly every byte is
 in the layers):
 
-* ``dense``: dense-dominated, Q4_0.  Every trunk layer but the last is dense (big FFN); the last
-  trunk layer and the NextN block are small MoE layers.  The MTP head costs a fraction of a
-  trunk step, and verifying a few tokens costs little more than one (weights are read once).
-* ``moe``: GLM-4.5-Air-like, Q8_0.  One leading dense layer, then MoE layers with 64 experts,
-  8 active, one shared expert.  A batch of k tokens touches up to 8k experts, so verification
-  cost grows almost linearly in k: the hard case for MTP on CPU.
+* ``dense``: dense-dominated, Q4_0, 0.76B parameters (0.40 GiB).  Every trunk layer but the last
+  is dense (big FFN); the last trunk layer and the NextN block are small MoE layers, so the MTP
+  head costs a fraction of a trunk step (~1 ms against ~14 ms with 2 threads).  Measured trunk
+  pass cost by batch size (2 threads): 1, 1.8, 2.5-2.8, 2.3-2.5, 3.2x for 1..5 tokens (batches of 2-3
+  take the per-row path of the repacked Q4_0 kernels, 4 and more the tiled one).
+* ``moe``: GLM-4.5-Air-like, Q8_0, 2.20B parameters (2.18 GiB), ~0.3B active per token.  One
+  leading dense layer, then MoE layers with 64 experts, 8 active, one shared expert.  A batch of
+  k tokens touches up to 8k experts, so verification cost grows almost linearly in k
+  (1, 2.1, 2.7, 3.5, 4.1x for 1..5 tokens): the hard case for MTP on CPU.
 
 Each shape comes at three MTP-head/trunk agreement levels, set with ``SyntheticSpec.noise``
 (the scale of the layers' contributions to the residual stream; larger = less agreement):
@@ -44,19 +47,25 @@ from mtpllama.gguf_io import SyntheticSpec, synthetic_weights, train_bpe, write_
 
 # Decode-step cost targets 10-30 ms with 2 threads on the 2-core benchmark machines.
 SHAPES: dict[str, SyntheticSpec] = {
-    # ~0.75B parameters, ~0.4 GB as Q4_0
+    # 0.76B parameters, 0.40 GiB as Q4_0; ~14 ms per token with 2 threads
     "dense": SyntheticSpec(
         n_embd=2048, n_layer=12, n_dense_lead=11, n_head=16, n_head_kv=4, head_dim=128, n_rot=64,
         n_ff=8192, n_expert=8, n_expert_used=2, n_expert_shared=1, n_ff_exp=512,
         n_ctx_train=4096, dtype="q4_0", seed=11, name="mtpllama-bench-dense"),
-    # ~2.3B parameters, ~2.4 GB as Q8_0; ~0.35B active per token
+    # 2.20B parameters, 2.18 GiB as Q8_0; ~0.3B active per token; ~14 ms per token with 2 threads
     "moe": SyntheticSpec(
         n_embd=1024, n_layer=14, n_dense_lead=1, n_head=8, n_head_kv=2, head_dim=128, n_rot=64,
         n_ff=4096, n_expert=64, n_expert_used=8, n_expert_shared=1, n_ff_exp=768,
         n_ctx_train=4096, dtype="q8_0", seed=12, name="mtpllama-bench-moe"),
 }
 
-# noise per shape and agreement level (calibrated with --calibrate; see the module docstring)
+# noise per shape and agreement level, calibrated with --calibrate (128 tokens, fixed k, p_min 0;
+# first-position acceptance with k=1, and per position with k=3):
+#   dense: 1.0-2.5 -> 1.00 | 3.0 -> 0.98 | 3.5 -> 0.97 (0.97 0.86 0.82) | 3.75 -> 0.94 (0.98 0.59 0.51)
+#          4.0 -> 0.88 (0.90 0.42 0.34) | 4.5 -> 0.54 | 5.0 -> 0.40 | 7.0 -> 0.29 | 8.0 -> 0.05
+#   moe:   2.0 -> 1.00 | 2.25 -> 0.95 (0.92 0.73 0.75) | 2.5 -> 0.90 (0.87 0.74 0.68) | 2.75 -> 0.65
+#          2.9 -> 0.27 | 3.0 -> 0.22 | 3.5 -> 0.18 | 4.5 -> 0.12
+# (past ~noise 4 / 3 the trunk's greedy text falls into short loops: fewer distinct tokens)
 NOISE: dict[str, dict[str, float]] = {
     "dense": {"hi": 3.5, "mid": 4.5, "lo": 7.0},
     "moe": {"hi": 2.25, "mid": 2.75, "lo": 3.0},
