@@ -559,6 +559,23 @@ def _spec_str(spec: dict | None) -> str:
     return ", ".join(f"{k}={spec[k]}" for k in ("draft_max", "draft_p_min", "adaptive") if k in spec)
 
 
+def engine_info() -> dict:
+    """The mtpllama build this process runs (taken at start: the others may rebuild it meanwhile)."""
+    import hashlib
+
+    from mtpllama import _lib
+
+    path = _lib._find_library()
+    info = {"library": str(path), "library_mtime": dt.datetime.fromtimestamp(path.stat().st_mtime).isoformat(timespec="seconds"),
+            "library_sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:12]}
+    try:
+        info["upstream_commit"] = _lib.ffi.string(_lib.lib.mtpl_upstream_commit()).decode()
+        info["patches_hash"] = _lib.ffi.string(_lib.lib.mtpl_patches_hash()).decode()
+    except AttributeError:
+        pass
+    return info
+
+
 def machine() -> dict:
     def sh(cmd: str) -> str:
         try:
@@ -597,9 +614,14 @@ def write_md(path: Path, results: list[dict], a, cmdline: str, mach: dict, upstr
               render_md(table(res)), ""]
         L += [f"- {x}" for x in summary_lines(res)]
         L.append("")
+    eng = mach.get("engine", {})
     L += ["## Machine", "", f"nproc: {mach['nproc']}; {mach['platform']}; Python {mach['python']}; "
-          f"mtpllama commit {mach['git_commit']}{' (engine sources modified)' if mach['git_dirty'] else ''}.", "",
-          "```", "\n".join(mach["lscpu"].splitlines()[:10]), "```", ""]
+          f"mtpllama commit {mach['git_commit']}{' (engine sources modified)' if mach['git_dirty'] else ''} at the start "
+          f"of the run" + (f"; engine `{eng['library']}` built {eng['library_mtime']} (sha256 {eng['library_sha256']}, "
+                           f"llama.cpp patch set {eng.get('patches_hash', '?')})" if eng else "") + ".", ""]
+    if mach.get("warning"):
+        L += [f"**Warning**: {mach['warning']}.", ""]
+    L += ["```", "\n".join(mach["lscpu"].splitlines()[:10]), "```", ""]
     if upstream:
         L += [f"Upstream: llama.cpp {upstream.get('UPSTREAM_COMMIT', '?')[:12]} (patch set {upstream.get('PATCHES_HASH', '?')}) "
               f"built by `benchmarks/build_upstream.py` (Release, GGML_NATIVE=ON, static, OpenMP).", "",
@@ -673,6 +695,8 @@ def main(argv: list[str] | None = None) -> int:
     a.json.parent.mkdir(parents=True, exist_ok=True)
     cmdline = "python3 benchmarks/bench.py " + shlex.join(sys.argv[1:] if argv is None else argv)
 
+    mach = machine()          # the commit and engine build at the start of the run
+    mach["engine"] = engine_info()
     bins = None
     upstream = None
     if not a.no_upstream:
@@ -680,6 +704,12 @@ def main(argv: list[str] | None = None) -> int:
         bins = {k: upstream[k] for k in ("SPECULATIVE", "COMPLETION")}
         print(f"[bench] upstream tools: {bins['COMPLETION']}, {bins['SPECULATIVE']} "
               f"(build step {upstream['BUILD_SECONDS']} s)", file=sys.stderr)
+        eng = mach["engine"]
+        if eng.get("patches_hash") and eng["patches_hash"] != upstream.get("PATCHES_HASH"):
+            msg = (f"the engine ({eng['library']}) was built with patch set {eng['patches_hash']}, the upstream tools "
+                   f"with {upstream.get('PATCHES_HASH')}: rebuild the engine so that both run the same llama.cpp")
+            print(f"[bench] WARNING: {msg}", file=sys.stderr)
+            mach["warning"] = msg
     if a.adaptive and not has_adaptive():
         print("[bench] note: SpecConfig has no 'adaptive' field yet: the adaptive rows are skipped", file=sys.stderr)
 
@@ -693,7 +723,6 @@ def main(argv: list[str] | None = None) -> int:
     if len(results) > 1:
         print("\nOverview (medians)")
         print(render_text(overview(results)))
-    mach = machine()
     if upstream is not None:
         ex = Upstream(bins, Path("MODEL.gguf"), a.threads, a.ctx, a.timeout)
         upstream["commands"] = [ex.command(Setting("plain"), "PROMPT", a.tokens),
