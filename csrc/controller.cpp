@@ -20,7 +20,8 @@
 namespace mtpl {
 namespace {
 
-constexpr double k_alpha_accept = 0.05;   // EMA weight of a new acceptance observation
+constexpr double k_accept_decay = 0.98;   // acceptance counts forget with this factor (window ~50)
+constexpr int64_t k_warmup_drafts = 8;    // steps at draft_max before the first decision
 constexpr double k_alpha_time = 0.1;      // EMA weight of a new timing
 constexpr int64_t k_probe_min = 16;      // steps between probes while drafting pays
 constexpr int64_t k_probe_max = 512;     // ... backing off to this while it does not
@@ -33,12 +34,15 @@ void ema(double & est, double obs, double alpha, bool first) {
 
 void controller_reset(controller & c) {
     c = controller{};
-    for (double & a : c.accept) a = 0.5;  // a neutral prior, corrected within a few steps
+    for (double & a : c.accept) a = 0.5;  // (1 + 0) / (2 + 0): no observation yet
 }
 
 int32_t controller_choose(controller & c, int32_t k_max) {
     c.steps++;
-    // warm-up: time every k once, largest first
+    // warm-up: draft_max for a few steps (acceptance at every position), then time every k once
+    if (k_max > 0 && c.n_step[k_max] < k_warmup_drafts) {
+        return k_max;
+    }
     for (int32_t k = k_max; k >= 0; --k) {
         if (c.n_step[k] == 0) {
             return k;
@@ -70,7 +74,9 @@ int32_t controller_choose(controller & c, int32_t k_max) {
     if (best < k_max && c.steps >= c.next_probe) {
         c.next_probe = c.steps + c.probe_every;
         c.probe_every = std::min(c.probe_every * 2, k_probe_max);
-        return best + 1;
+        c.n_probes++;
+        // every other probe goes all the way, so deep positions are observed too
+        return c.n_probes % 2 == 0 ? k_max : best + 1;
     }
     return best;
 }
@@ -90,9 +96,12 @@ void controller_update(controller & c, int32_t k, int32_t n_drafted, int32_t n_a
         ema(c.t_draft, t_draft / n_mtp_calls, k_alpha_time, c.n_draft == 0);
         c.n_draft++;
     }
-    // draft i's acceptance is observed only when drafts before it were accepted
+    // draft i's acceptance is observed only when drafts before it were accepted;
+    // estimate (accepted + 1) / (drafted + 2) over decayed counts
     for (int32_t i = 0; i < n_drafted && i <= n_accepted; ++i) {
-        ema(c.accept[i], i < n_accepted ? 1.0 : 0.0, k_alpha_accept, false);
+        c.n_accepted[i] = k_accept_decay * c.n_accepted[i] + (i < n_accepted ? 1.0 : 0.0);
+        c.n_drafted[i] = k_accept_decay * c.n_drafted[i] + 1.0;
+        c.accept[i] = (c.n_accepted[i] + 1.0) / (c.n_drafted[i] + 2.0);
     }
 }
 

@@ -70,6 +70,8 @@ int32_t sample_keyed(const dist & d, uint64_t seed, int64_t pos);
 // --- the adaptive draft-length controller (controller.cpp) ----------------------
 struct controller {
     double accept[MTPL_MAX_DRAFT] = {};          // P(draft i accepted | drafts before it accepted)
+    double n_accepted[MTPL_MAX_DRAFT] = {};      // decayed counts behind `accept`
+    double n_drafted[MTPL_MAX_DRAFT] = {};
     double t_verify[MTPL_MAX_DRAFT + 2] = {};    // seconds of a trunk pass over n tokens
     int64_t n_verify[MTPL_MAX_DRAFT + 2] = {};
     double t_draft = 0.0;                        // seconds of one MTP decode
@@ -83,6 +85,7 @@ struct controller {
     int64_t next_probe = 0;
     int64_t probe_every = 16;
     int32_t last_best = -1;
+    int64_t n_probes = 0;
 };
 void controller_reset(controller & c);
 int32_t controller_choose(controller & c, int32_t k_max);
