@@ -78,12 +78,19 @@ int32_t controller_choose(controller & c, int32_t k_max) {
         // every other probe goes all the way, so deep positions are observed too
         return c.n_probes % 2 == 0 ? k_max : best + 1;
     }
+    // and now and then one shallower, so the cost of smaller k is re-measured too
+    // (a single slow step must not keep a k out of use for good)
+    if (best > 0 && c.steps % k_probe_max == 0) {
+        return best - 1;
+    }
     return best;
 }
 
 void controller_update(controller & c, int32_t k, int32_t n_drafted, int32_t n_accepted, int32_t n_mtp_calls,
                        double t_draft, double t_verify, double t_step, double t_gap) {
-    ema(c.t_step[k], t_step, k_alpha_time, c.n_step[k] == 0);
+    // one outlier (a preempted step) moves the estimate at most to 3x its value
+    const double obs = c.n_step[k] == 0 ? t_step : std::min(t_step, 3.0 * c.t_step[k]);
+    ema(c.t_step[k], obs, k_alpha_time, c.n_step[k] == 0);
     c.n_step[k]++;
     if (t_gap >= 0.0) {
         ema(c.t_gap, t_gap, k_alpha_time, c.n_gap == 0);
