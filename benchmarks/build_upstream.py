@@ -37,18 +37,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "cmake"))
+from fetch_upstream import cache_root  # noqa: E402  (one definition of the cache location)
+
 TARGETS = {"SPECULATIVE": "llama-speculative-simple", "COMPLETION": "llama-completion"}
 
 
 def log(msg: str) -> None:
     print(f"[build_upstream] {msg}", file=sys.stderr, flush=True)
-
-
-def cache_root() -> Path:
-    if os.environ.get("MTPLLAMA_CACHE_DIR"):
-        return Path(os.environ["MTPLLAMA_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "mtpllama"
 
 
 def upstream_tree() -> dict[str, str]:
