@@ -29,7 +29,6 @@ patch-set change, with ccache warm, about 4 minutes.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
