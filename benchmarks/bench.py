@@ -141,7 +141,9 @@ class Ours:
                  "drafted": list(st.drafted), "accepted": list(st.accepted),
                  "tps_engine_all_tokens": st.generated_tokens / t_dec if t_dec > 0 else 0.0,
                  "tps_wall_minus_prefill": dec_tokens / (st.wall - st.t_prefill) if st.wall > st.t_prefill else 0.0,
-                 "token_ids": list(r.tokens)}
+                 "token_ids": list(r.tokens),
+                 "graphs": [getattr(st, "trunk_graphs_reused", 0), st.trunk_calls,
+                            getattr(st, "mtp_graphs_reused", 0), st.mtp_calls]}
         if s.mode != "plain":
             sp = self.spec(s)
             extra["spec"] = {f.name: getattr(sp, f.name) for f in dataclasses.fields(sp)}
@@ -356,7 +358,8 @@ def _agg(ss: list[Sample]) -> dict:
     n_pos = max((len(s.acc_pos) for s in ss), default=0)
     acc = [statistics.mean(s.acc_pos[i] if i < len(s.acc_pos) else 0.0 for s in ss) for i in range(n_pos)]
     tps_sorted = sorted(tps)
-    return {"tps": tps, "min": min(tps), "median": statistics.median(tps), "max": max(tps),
+    graphs = [s.extra["graphs"] for s in ss if "graphs" in s.extra]
+    return {"graphs": [sum(g[i] for g in graphs) for i in range(4)] if graphs else None,"tps": tps, "min": min(tps), "median": statistics.median(tps), "max": max(tps),
             "acc_pos": acc, "tok_per_step": statistics.mean(s.tok_per_step for s in ss),
             "tokens": [s.tokens for s in ss], "steps": [s.steps for s in ss],
             "extra": [{k: v for k, v in s.extra.items() if k != "token_ids"} for s in ss], "_sorted": tps_sorted}
@@ -523,6 +526,13 @@ def summary_lines(res: dict) -> list[str]:
             out.append(f"controller's estimates after the last adaptive run: trunk pass ms by tokens {{{ev}}}, "
                        f"draft step {1e3 * last.get('est_draft', 0):.2f} ms, acceptance by position "
                        f"{' '.join(f'{x:.2f}' for x in last.get('est_accept', [])[:4])}")
+    reuse = []
+    for r in res["rows"]:
+        g = (r.get("mtpllama") or {}).get("graphs")
+        if g and (r["mode"] != "fixed" or r["p_min"] == 0.0):
+            reuse.append(f"{r['setting']} {g[0]}/{g[1]}" + (f" + MTP {g[2]}/{g[3]}" if g[3] else ""))
+    if reuse:
+        out.append("compute graphs reused by mtpllama (trunk, MTP; reused/evaluations, all rounds): " + "; ".join(reuse))
     pu = res["prompt_tokens_upstream"]
     out.append(f"prompt tokens: ours {res['prompt_tokens_ours']}, upstream {sorted(set(pu.values()))}; "
                f"load average during the runs: median {_f(res['loadavg_median'])}, max {_f(res['loadavg_max'])}; "

@@ -10,6 +10,7 @@
 #include <new>
 
 #include "ggml.h"
+#include "ggml-cpu.h"
 
 #ifndef MTPLLAMA_VERSION
 #define MTPLLAMA_VERSION "0.0.0+unknown"
@@ -118,6 +119,10 @@ void ensure_backend() {
     std::call_once(once, [] {
         llama_log_set(log_hook, nullptr);
         llama_backend_init();
+        // Verification batches (at most MTPL_MAX_DRAFT + 1 rows) must compute each row as plain
+        // decoding computes it alone, or near-ties flip and greedy MTP output differs from plain
+        // output (patches/0003).
+        ggml_cpu_set_batch_invariant(MTPL_MAX_DRAFT + 1);
     });
 }
 
@@ -137,6 +142,17 @@ int32_t mtpl_set_log(mtpl_log_fn fn, void * user_data, int32_t min_level) {
     g_log_user = user_data;
     g_log_min = min_level;
     return MTPL_OK;
+}
+
+int32_t mtpl_set_batch_invariant(int32_t enabled) {
+    mtpl::ensure_backend();
+    ggml_cpu_set_batch_invariant(enabled ? MTPL_MAX_DRAFT + 1 : 0);
+    return MTPL_OK;
+}
+
+int32_t mtpl_get_batch_invariant(void) {
+    mtpl::ensure_backend();
+    return ggml_cpu_batch_invariant(1) ? 1 : 0;
 }
 
 int32_t mtpl_model_load(const mtpl_model_params * params, mtpl_model ** out) {
@@ -450,6 +466,10 @@ int32_t mtpl_session_get_stats(const mtpl_session * session, mtpl_stats * out) {
         for (int i = 0; i < MTPL_MAX_DRAFT; ++i) out->est_accept[i] = c.accept[i];
         for (int i = 0; i <= MTPL_MAX_DRAFT; ++i) out->est_verify_s[i] = c.n_verify[i] ? c.t_verify[i] : 0.0;
         out->est_draft_s = c.t_draft;
+        // llama.cpp counts graph reuses per context; report those since the last stats reset
+        out->n_trunk_graphs_reused = llama_perf_context(session->trunk).n_reused - session->reused_base_trunk;
+        out->n_mtp_graphs_reused =
+            session->mtp ? llama_perf_context(session->mtp).n_reused - session->reused_base_mtp : 0;
         return MTPL_OK;
     });
 }
@@ -457,6 +477,8 @@ int32_t mtpl_session_get_stats(const mtpl_session * session, mtpl_stats * out) {
 int32_t mtpl_session_reset_stats(mtpl_session * session) {
     return with_session(session, [&]() -> int32_t {
         session->stats = mtpl_stats{};
+        session->reused_base_trunk = llama_perf_context(session->trunk).n_reused;
+        session->reused_base_mtp = session->mtp ? llama_perf_context(session->mtp).n_reused : 0;
         return MTPL_OK;
     });
 }

@@ -159,6 +159,8 @@ struct mtpl_session {
     std::atomic<bool> busy{false};
     std::atomic<bool> cancel{false};
     mtpl_stats stats{};
+    int64_t reused_base_trunk = 0;      // llama.cpp's graph-reuse counters when stats were last reset
+    int64_t reused_base_mtp = 0;
 };
 
 namespace mtpl {

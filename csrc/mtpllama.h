@@ -135,6 +135,8 @@ typedef struct mtpl_stats {
     double est_accept[16];          /* controller: estimated acceptance at draft position i */
     double est_verify_s[17];        /* controller: estimated seconds of a trunk pass over n tokens (0: unmeasured) */
     double est_draft_s;             /* controller: estimated seconds of one MTP decode */
+    int64_t n_trunk_graphs_reused;  /* trunk evaluations that reused the previous compute graph */
+    int64_t n_mtp_graphs_reused;    /* MTP evaluations that reused the previous compute graph */
 } mtpl_stats;
 
 /* Debug event log (tests only; costs one branch per row when off).  Every row a
@@ -169,6 +171,13 @@ const char * mtpl_last_error(void);
 
 /* route llama.cpp's log to fn (NULL: discard it); levels below min_level are dropped */
 int32_t mtpl_set_log(mtpl_log_fn fn, void * user_data, int32_t min_level);
+
+/* Batch invariance (process-wide, on by default): every row of a verification batch is computed
+   with the same CPU kernels as a lone row, so greedy MTP output equals plain greedy output bit for
+   bit.  0 turns it off: verification may then use faster batched kernels, whose last bits differ,
+   and a near-tie may decide differently than plain decoding would.  Set it before decoding. */
+int32_t mtpl_set_batch_invariant(int32_t enabled);
+int32_t mtpl_get_batch_invariant(void);
 
 /* load a GLM4-MoE GGUF file; validates it before llama.cpp sees it */
 int32_t mtpl_model_load(const mtpl_model_params * params, mtpl_model ** out);

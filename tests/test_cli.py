@@ -36,14 +36,15 @@ def test_generate_error_is_reported(model_files):
     assert "Traceback" not in r.stderr
 
 
-def test_default_command_runs_demo(tmp_path):
-    import os
-
-    env = dict(os.environ, MTPLLAMA_CACHE_DIR=str(tmp_path))
-    r = run("-n", "24", env=env)
+def test_default_command_runs_demo():
+    """`mtpllama` alone: the shipped model completes Python, with acceptance and both speeds."""
+    r = run("-n", "32")
     assert r.returncode == 0, r.stderr
-    assert "identical output: True" in r.stdout
-    assert "acceptance by position" in r.stdout
+    out = r.stdout
+    assert "default.gguf" in out and "completion:" in out and "def read_config(path):" in out
+    assert "acceptance by position" in out
+    assert "plain decoding" in out and "tok/s" in out
+    assert "identical output: True" in out
 
 
 def test_bench(model_files):

@@ -32,6 +32,7 @@ import copy
 import dataclasses
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,11 +64,13 @@ def spec_config(draft_max: int, p_min: float) -> SpecConfig:
 
 @dataclass(frozen=True)
 class Flavour:
-    spec: SyntheticSpec
+    spec: SyntheticSpec | None      # None: the file at `path`
     prompt: str
     n_gen: int
     p_min: float
     tol: float
+    path: Path | None = None
+    near_tie: float = NEAR_TIE
 
 
 # Every option at least once, on small models: nextn own/tied, qk_norm on/off, 0/1/2 leading dense
@@ -87,7 +90,16 @@ FLAVOURS = {
     "no_shared_expert": Flavour(SyntheticSpec(nextn="tied", n_expert_shared=0, norm_noise=0.3, seed=34),
                                 PROMPT, 180, 0.0, TOL_F32),
 }
-GOOD = ["glm45_gqa4", "glm46_qknorm_mha", "f16_dense2_shexp2"]
+# The shipped default model (issue 5): trained weights, f16, 8 experts of which 2 per token,
+# a trained tokenizer; its prompt is Python it did not see in training.
+DEFAULT_MODEL = Path(mtpllama.__file__).resolve().parent / "models" / "default.gguf"
+TRAINED_PROMPT = ("    def _format_usage(self, usage, actions, groups, prefix):\n"
+                  "        if prefix is None:\n            prefix = _('usage: ')\n\n"
+                  "        # if usage is specified, use that\n        if usage is not None:\n")
+# Trained routers score experts closer together than synthetic ones, and its f16 router sees
+# f16-rounded activations (relative error ~5e-4): a margin below 1e-3 is within that rounding.
+FLAVOURS["trained_default"] = Flavour(None, TRAINED_PROMPT, 200, 0.0, TOL_F16, path=DEFAULT_MODEL, near_tie=1e-3)
+GOOD = ["glm45_gqa4", "glm46_qknorm_mha", "f16_dense2_shexp2", "trained_default"]
 
 
 @dataclass
@@ -110,7 +122,7 @@ def runs(tmp_path_factory):
         if name not in cache:
             fl = FLAVOURS[name]
             t0 = time.perf_counter()
-            path = write_synthetic(d / f"{name}.gguf", fl.spec)
+            path = fl.path or write_synthetic(d / f"{name}.gguf", fl.spec)
             hp, W, f16 = R.load_gguf(path)
             with mtpllama.Model(str(path), session_defaults=ONE_THREAD) as model:
                 prompt = model.tokenize(fl.prompt)
@@ -125,10 +137,11 @@ def runs(tmp_path_factory):
     return get
 
 
-def checked(res: R.ReplayResult, category: str, batched: bool | None = None) -> list[R.RowError]:
+def checked(res: R.ReplayResult, category: str, batched: bool | None = None,
+            near_tie: float = NEAR_TIE) -> list[R.RowError]:
     rows = res.select(category, batched)
     assert rows, f"no {category} rows recorded"
-    return [r for r in rows if r.margin >= NEAR_TIE]
+    return [r for r in rows if r.margin >= near_tie]
 
 
 def table_line(name: str, res: R.ReplayResult) -> str:
@@ -193,10 +206,19 @@ def test_engine_matches_reference(runs, name):
     assert res.mtp_inputs["trunk"] > 0 and res.mtp_inputs["draft"] > 0
     assert any(e["kind"] == "trunk_forget" for e in run.events) and any(e["kind"] == "mtp_forget" for e in run.events)
     # every recorded row
-    for cat, batched in (("trunk_logits", None), ("trunk_h", None), ("mtp_logits", None), ("mtp_h", None)):
-        rows = checked(res, cat, batched)
-        assert len(res.select(cat, batched)) - len(rows) <= max(2, len(rows) // 100), f"{cat}: many near-ties"
+    # Every recorded row within tolerance.  A row whose expert choice was a near-tie may be decided the
+    # other way by rounding; its K/V then differ from the reference's, and so do later rows that attend
+    # to it: the comparison ends at the first such row, which must come late.
+    cats = (("trunk_logits", None), ("trunk_h", None), ("mtp_logits", None), ("mtp_h", None))
+    ties = [r for c, b in cats for r in res.select(c, b) if r.err >= fl.tol and r.margin < fl.near_tie]
+    end = min((r.event for r in ties), default=len(run.events))
+    assert end >= 0.6 * len(run.events), f"{name}: a near-tie flipped at event {end} of {len(run.events)}"
+    for cat, batched in cats:
+        rows = [r for r in res.select(cat, batched) if r.event < end]
+        assert rows, f"no {cat} rows recorded"
         worst = max(rows, key=lambda r: r.err)
+        print(f"  {cat}: worst {worst.err:.1e} over {len(rows)} rows" + (f" (before the near-tie flip at event {end})"
+                                                                        if ties else ""))
         assert worst.err < fl.tol, f"{name} {cat}: {worst}"
 
 

@@ -115,3 +115,17 @@ def test_mtp_session_needs_mtp_model(model_files):
             m.session(mtp=True)
         with pytest.raises(ValueError):
             m.generate("x", 3, draft_max=2)
+
+
+def test_graph_reuse_is_reported(glm45):
+    """llama.cpp rebuilds a compute graph only when the batch shape changes: plain decoding
+    reuses it on every step after the first, fixed-k verification too (k+1 rows each step)."""
+    with glm45.session(mtp=False) as plain:
+        st = plain.generate("def foo(x):", 40).stats
+        assert st.trunk_calls == 40 and st.trunk_graphs_reused >= st.trunk_calls - 3
+        assert st.mtp_calls == 0 and st.mtp_graphs_reused == 0
+    with glm45.session() as s:
+        st = s.generate("def foo(x):", 40, spec=SpecConfig(draft_max=3, draft_p_min=0.0, adaptive=False)).stats
+        assert st.trunk_graphs_reused >= st.trunk_calls - 4
+        # recursive drafts after the first are one-row MTP batches, as is the next step's
+        assert 0 < st.mtp_graphs_reused < st.mtp_calls

@@ -200,7 +200,19 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=Recipe.threads,
                     help="torch threads; results are bitwise reproducible for a fixed count (default %(default)s)")
     ap.add_argument("--seed", type=int, default=Recipe.seed)
+    ap.add_argument("--evaluate-only", action="store_true",
+                    help="re-run the evaluation of an existing --out file and update its manifest")
     args = ap.parse_args(argv)
+    if args.evaluate_only:
+        c = corpus_mod.load_corpus()
+        manifest_path = args.out.with_suffix(".json")
+        manifest = json.loads(manifest_path.read_text())
+        if hashlib.sha256(args.out.read_bytes()).hexdigest() != manifest["sha256"]:
+            raise SystemExit(f"{args.out} is not the file its manifest describes")
+        manifest["evaluation"] = evaluate(args.out, [t for _, t in c.held_out], 1)
+        manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
+        log(f"evaluation: {json.dumps({k: v for k, v in manifest['evaluation'].items() if k != 'samples'})}")
+        return 0
     recipe = dataclasses.replace(Recipe(), tokens=args.tokens, threads=args.threads, seed=args.seed)
     torch.set_num_threads(recipe.threads)
     torch.manual_seed(recipe.seed)

@@ -23,7 +23,7 @@ from .errors import (
     SessionBusyError,
     UnsupportedArchitectureError,
 )
-from .model import GenerationResult, GenerationStats, Model, ModelInfo, Session
+from .model import GenerationResult, GenerationStats, Model, ModelInfo, Session, batch_invariant, set_batch_invariant
 
 logging.getLogger("mtpllama").addHandler(logging.NullHandler())
 
@@ -32,5 +32,5 @@ __all__ = [
     "ModelConfig", "SessionConfig", "SpecConfig", "SamplingConfig",
     "MtpllamaError", "ModelLoadError", "ModelNotFoundError", "NotGGUFError", "UnsupportedArchitectureError",
     "NoMtpHeadError", "ContextOverflowError", "DecodeError", "SessionBusyError", "Cancelled",
-    "InvalidArgumentError",
+    "InvalidArgumentError", "set_batch_invariant", "batch_invariant",
 ]

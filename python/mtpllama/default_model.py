@@ -1,35 +1,32 @@
 """The default model used by `mtpllama` with no arguments.
 
-Until the trained model ships (issue 5), this is a synthetic GLM4-MoE file
-generated on first use and cached: its MTP head agrees with the trunk by
-construction, so acceptance and speed are real but the text is not language.
+A small GLM-4.5-shaped MoE model (4 trunk layers, 8 experts, 2 per token, one
+shared expert) with its NextN block, trained on the Python standard library by
+training/train.py and shipped in the package as models/default.gguf; its
+provenance and measured quality are in models/default.json.
 """
 from __future__ import annotations
 
-import os
+import json
 from pathlib import Path
 
-from .gguf_io import SyntheticSpec, write_synthetic
+from .errors import ModelNotFoundError
 
-DEMO_SPEC = SyntheticSpec(n_embd=256, n_layer=4, n_head=8, n_head_kv=2, head_dim=32, n_rot=16, n_ff=512,
-                          n_expert=16, n_expert_used=4, n_ff_exp=128, noise=0.3, dtype="q8_0",
-                          name="mtpllama-demo-synthetic", seed=1)
+MODELS_DIR = Path(__file__).resolve().parent / "models"
 
-
-def _cache_dir() -> Path:
-    base = os.environ.get("MTPLLAMA_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "mtpllama")
-    return Path(base)
+DEMO_PROMPT = '''def read_config(path):
+    """Read a file of `key = value` lines into a dict."""
+'''
 
 
 def default_model_path() -> Path:
-    shipped = Path(__file__).resolve().parent / "models" / "default.gguf"
-    if shipped.exists():
-        return shipped
-    path = _cache_dir() / "models" / f"demo-synthetic-{DEMO_SPEC.seed}.gguf"
+    path = MODELS_DIR / "default.gguf"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        write_synthetic(tmp, DEMO_SPEC)
-        os.replace(tmp, path)
+        raise ModelNotFoundError(f"the default model is missing from the package: {path} "
+                                 "(reinstall mtpllama, or train it with training/train.py)")
     return path
+
+
+def default_model_manifest() -> dict:
+    """Training recipe, corpus, metrics and sha256 of the shipped model."""
+    return json.loads((MODELS_DIR / "default.json").read_text())

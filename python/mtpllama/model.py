@@ -70,6 +70,10 @@ class GenerationStats:
     """Controller's estimate of the seconds of a trunk pass over n tokens, by n (measured ones)."""
     est_draft: float = 0.0
     """Controller's estimate of the seconds of one MTP decode."""
+    trunk_graphs_reused: int = 0
+    """Trunk evaluations that reused llama.cpp's previous compute graph (of trunk_calls)."""
+    mtp_graphs_reused: int = 0
+    """MTP evaluations that reused the previous compute graph (of mtp_calls)."""
 
     @property
     def t_total(self) -> float:
@@ -104,7 +108,8 @@ class GenerationStats:
             k_chosen=[int(st.k_chosen[i]) for i in range(MAX_DRAFT + 1)],
             est_accept=[float(st.est_accept[i]) for i in range(MAX_DRAFT)],
             est_verify={n: float(st.est_verify_s[n]) for n in range(MAX_DRAFT + 1) if st.est_verify_s[n] > 0},
-            est_draft=float(st.est_draft_s))
+            est_draft=float(st.est_draft_s), trunk_graphs_reused=int(st.n_trunk_graphs_reused),
+            mtp_graphs_reused=int(st.n_mtp_graphs_reused))
 
 
 @dataclass
@@ -296,6 +301,21 @@ class Model(_Closeable):
         s.reset()
         return s.stream(prompt, max_tokens, spec=_spec(spec, draft_max, draft_p_min, use_mtp),
                         sampling=_sampling(sampling, temperature, seed), stop=stop)
+
+
+def set_batch_invariant(enabled: bool) -> None:
+    """Process-wide: compute verification batches with the kernels of a lone row (the default).
+
+    On, greedy MTP output equals plain greedy output token for token.  Off, verification may use
+    llama.cpp's faster batched CPU kernels; their results differ in the last bits, and where two
+    tokens (or two experts) are within rounding of each other, MTP output can differ from plain
+    output.  Only the CPU backend is affected."""
+    _lib.check(lib.mtpl_set_batch_invariant(1 if enabled else 0), "set_batch_invariant")
+
+
+def batch_invariant() -> bool:
+    """Whether verification batches are computed with the kernels of a lone row."""
+    return bool(lib.mtpl_get_batch_invariant())
 
 
 def _bad_token(t: int, n_vocab: int) -> bytes:

@@ -1,0 +1,101 @@
+"""Verification rows are computed exactly as plain decoding computes a lone row (patches/0003).
+
+Greedy MTP output equals plain output only if the trunk's logits for a position do not depend
+on how many rows its batch had.  llama.cpp's CPU backend picks kernels by batch size (tinyBLAS
+for 2+ rows of an f32/f16 product, split-KV attention for a lone row over >= 512 cache cells);
+mtpllama turns on the patched-in batch-invariant mode, and these tests compare, bit for bit,
+the trunk logits of every row verified in a batch with plain decoding's logits at the same
+position.  With the mode off the same comparison finds differences (the tests can fail).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import mtpllama
+from mtpllama import SessionConfig, SpecConfig
+from mtpllama.gguf_io import SyntheticSpec, write_synthetic
+
+PROMPT = "def fibonacci(n):\n    a, b = 0, 1\n"
+
+
+@pytest.fixture
+def invariance():
+    """Yields mtpllama.set_batch_invariant; always restores the default (on)."""
+    assert mtpllama.batch_invariant(), "batch invariance must be on by default"
+    try:
+        yield mtpllama.set_batch_invariant
+    finally:
+        mtpllama.set_batch_invariant(True)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("invariance")
+    out = {}
+    for dtype in ("f32", "f16", "q8_0"):
+        spec = SyntheticSpec(nextn="own", dtype=dtype, n_embd=128, n_ff=256, n_ff_exp=64, head_dim=32,
+                             norm_noise=0.3, seed=41)
+        out[dtype] = str(write_synthetic(d / f"{dtype}.gguf", spec))
+    return out
+
+
+def trunk_rows(session, prompt, n: int, k: int) -> tuple[list[int], dict]:
+    """Generate; return the tokens and {(pos, token): (logits, rows in its batch)} of the trunk."""
+    session.reset()
+    session.debug_record()
+    spec = SpecConfig(draft_max=k, draft_p_min=0.0, adaptive=False) if k else None
+    r = session.generate(prompt, n, spec=spec)
+    events = [e for e in session.debug_events() if e["kind"] == "trunk"]
+    session.debug_record(False)
+    batch = {}
+    for e in events:
+        batch[e["call"]] = batch.get(e["call"], 0) + 1
+    rows = {(e["pos"], e["token"]): (e["logits"], batch[e["call"]]) for e in events if e["logits"] is not None}
+    return r.tokens, rows
+
+
+def compare(model, prompt, n: int, k: int, threads: int) -> tuple[int, int]:
+    """(identical, different) verification rows of batches of 2+ against plain decoding's rows."""
+    cfg = SessionConfig(n_threads=threads, n_ctx=1024)
+    with model.session(cfg, mtp=False) as plain, model.session(cfg) as s:
+        _, lone = trunk_rows(plain, prompt, n, 0)
+        _, batched = trunk_rows(s, prompt, n, k)
+    same = diff = 0
+    for key, (logits, nrows) in batched.items():
+        if nrows > 1 and key in lone and lone[key][1] == 1:
+            if np.array_equal(logits, lone[key][0]):
+                same += 1
+            else:
+                diff += 1
+    return same, diff
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16", "q8_0"])
+@pytest.mark.parametrize("k", [1, 3])
+def test_verified_rows_equal_lone_rows(files, dtype, k):
+    with mtpllama.Model(files[dtype]) as m:
+        same, diff = compare(m, PROMPT, 48, k, threads=1)
+    assert same >= 20 and diff == 0, (same, diff)
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16"])
+def test_without_invariance_rows_differ(files, dtype, invariance):
+    """The check above has power: llama.cpp's batched f32/f16 kernels round differently."""
+    invariance(False)
+    with mtpllama.Model(files[dtype]) as m:
+        same, diff = compare(m, PROMPT, 48, 3, threads=1)
+    assert diff > 0, (same, diff)
+
+
+def test_lone_rows_past_split_kv(files, invariance):
+    """2 threads, past 256 positions (a 512-cell attention view): a lone decode row would take the
+    split-KV attention kernel.  Invariant: rows equal; not invariant: they differ (q8_0 weights,
+    whose products agree across batch sizes anyway, isolate the attention kernel)."""
+    with mtpllama.Model(files["q8_0"]) as m:
+        prompt = m.tokenize(PROMPT * 40)[:300]
+        same, diff = compare(m, prompt, 64, 3, threads=2)
+        assert same >= 20 and diff == 0, (same, diff)
+        invariance(False)
+        same, diff = compare(m, prompt, 64, 3, threads=2)
+        assert diff > 0, (same, diff)
