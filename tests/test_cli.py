@@ -41,10 +41,13 @@ def test_default_command_runs_demo():
     r = run("-n", "32")
     assert r.returncode == 0, r.stderr
     out = r.stdout
-    assert "default.gguf" in out and "completion:" in out and "def read_config(path):" in out
-    assert "acceptance by position" in out
-    assert "plain decoding" in out and "tok/s" in out
-    assert "identical output: True" in out
+    assert "default.gguf" in out and "completion:" in out and "class Queue:" in out
+    acc = out.split("acceptance by draft position (3 drafts a step): ")[1].split(";")[0]
+    assert [x.split(": ")[0] for x in acc.split(", ")] == ["1", "2", "3"]
+    assert float(acc.split(", ")[0].split(": ")[1].rstrip("%")) >= 40
+    for name in ("plain", "MTP, 3 drafts", "MTP, adaptive (defaults)"):
+        assert name in out
+    assert "MTP output identical to plain: True" in out
 
 
 def test_bench(model_files):

@@ -14,8 +14,10 @@ from .errors import ModelNotFoundError
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 
-DEMO_PROMPT = '''def read_config(path):
-    """Read a file of `key = value` lines into a dict."""
+DEMO_PROMPT = '''class Queue:
+    """A first-in, first-out queue."""
+
+    def __init__(self):
 '''
 
 
