@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 
 import regex
 
-from mtpllama.gguf_io import SPECIAL_TOKENS, Tokenizer, bytes_to_unicode
+from mtpllama.gguf_io import SPECIAL_TOKENS, Tokenizer, apply_merge, bytes_to_unicode
 
 # llama.cpp's LLAMA_VOCAB_PRE_TYPE_CHATGLM4 expression (src/llama-vocab.cpp), in the syntax of `regex`
 GLM4_PRETOKENIZE = regex.compile(
@@ -61,14 +61,7 @@ def train(texts, n_vocab: int) -> Tokenizer:
                 pairs[p] -= c
                 if pairs[p] <= 0:
                     del pairs[p]
-            out, j = [], 0
-            while j < len(w):
-                if j + 1 < len(w) and w[j] == a and w[j + 1] == b:
-                    out.append(a + b)
-                    j += 2
-                else:
-                    out.append(w[j])
-                    j += 1
+            out = apply_merge(w, a, b)
             words[i] = out
             for p in zip(out, out[1:]):
                 pairs[p] += c

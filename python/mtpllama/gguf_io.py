@@ -90,6 +90,19 @@ class Tokenizer:
         return [i for i, t in enumerate(self.token_types) if t == 1]
 
 
+def apply_merge(symbols, a: str, b: str) -> list[str]:
+    """The symbols with every adjacent (a, b) replaced by a + b, left to right."""
+    out, i = [], 0
+    while i < len(symbols):
+        if i + 1 < len(symbols) and symbols[i] == a and symbols[i + 1] == b:
+            out.append(a + b)
+            i += 2
+        else:
+            out.append(symbols[i])
+            i += 1
+    return out
+
+
 def train_bpe(text: str = _CORPUS, n_merges: int = 200) -> Tokenizer:
     """Learn n_merges byte-level BPE merges from text (deterministic)."""
     b2u = bytes_to_unicode()
@@ -113,15 +126,7 @@ def train_bpe(text: str = _CORPUS, n_merges: int = 200) -> Tokenizer:
             known.add(a + b)
         new_words: Counter = Counter()
         for w, c in words.items():
-            out, i = [], 0
-            while i < len(w):
-                if i + 1 < len(w) and w[i] == a and w[i + 1] == b:
-                    out.append(a + b)
-                    i += 2
-                else:
-                    out.append(w[i])
-                    i += 1
-            new_words[tuple(out)] += c
+            new_words[tuple(apply_merge(w, a, b))] += c
         words = new_words
     types = [1] * len(vocab)
     eos = len(vocab)
