@@ -23,8 +23,10 @@ namespace {
 constexpr double k_accept_decay = 0.98;   // acceptance counts forget with this factor (window ~50)
 constexpr int64_t k_warmup_drafts = 8;    // steps at draft_max before the first decision
 constexpr double k_alpha_time = 0.1;      // EMA weight of a new timing
+constexpr double k_alpha_faster = 0.5;    // ... of one faster than the estimate
 constexpr int64_t k_probe_min = 16;      // steps between probes while drafting pays
 constexpr int64_t k_probe_max = 512;     // ... backing off to this while it does not
+constexpr int64_t k_remeasure = 32;      // steps between re-measurements of best - 1
 
 void ema(double & est, double obs, double alpha, bool first) {
     est = first ? obs : (1.0 - alpha) * est + alpha * obs;
@@ -74,13 +76,15 @@ int32_t controller_choose(controller & c, int32_t k_max) {
     if (best < k_max && c.steps >= c.next_probe) {
         c.next_probe = c.steps + c.probe_every;
         c.probe_every = std::min(c.probe_every * 2, k_probe_max);
-        c.n_probes++;
-        // every other probe goes all the way, so deep positions are observed too
-        return c.n_probes % 2 == 0 ? k_max : best + 1;
+        // one deeper; all the way to k_max after a probe whose drafts were all accepted, so deep
+        // positions get observed when they might pay, while at low acceptance a probe costs
+        // little more than a plain step
+        c.probing = c.last_probe_full ? k_max : best + 1;
+        return c.probing;
     }
     // and now and then one shallower, so the cost of smaller k is re-measured too
-    // (a single slow step must not keep a k out of use for good)
-    if (best > 0 && c.steps % k_probe_max == 0) {
+    // (a single slow step must not keep a k out of use for long; such a step is cheap)
+    if (best > 0 && c.steps % k_remeasure == 0) {
         return best - 1;
     }
     return best;
@@ -88,9 +92,10 @@ int32_t controller_choose(controller & c, int32_t k_max) {
 
 void controller_update(controller & c, int32_t k, int32_t n_drafted, int32_t n_accepted, int32_t n_mtp_calls,
                        double t_draft, double t_verify, double t_step, double t_gap) {
-    // one outlier (a preempted step) moves the estimate at most to 3x its value
+    // Timing noise is one-sided (a preempted step is slow, never fast): one outlier moves the
+    // estimate at most to 3x its value, and a faster step pulls it down quickly.
     const double obs = c.n_step[k] == 0 ? t_step : std::min(t_step, 3.0 * c.t_step[k]);
-    ema(c.t_step[k], obs, k_alpha_time, c.n_step[k] == 0);
+    ema(c.t_step[k], obs, obs < c.t_step[k] ? k_alpha_faster : k_alpha_time, c.n_step[k] == 0);
     c.n_step[k]++;
     if (t_gap >= 0.0) {
         ema(c.t_gap, t_gap, k_alpha_time, c.n_gap == 0);
@@ -102,6 +107,10 @@ void controller_update(controller & c, int32_t k, int32_t n_drafted, int32_t n_a
     if (n_mtp_calls > 0) {
         ema(c.t_draft, t_draft / n_mtp_calls, k_alpha_time, c.n_draft == 0);
         c.n_draft++;
+    }
+    if (c.probing == k) {
+        c.last_probe_full = n_drafted > 0 && n_accepted == n_drafted;
+        c.probing = -1;
     }
     // draft i's acceptance is observed only when drafts before it were accepted;
     // estimate (accepted + 1) / (drafted + 2) over decayed counts

@@ -85,7 +85,8 @@ struct controller {
     int64_t next_probe = 0;
     int64_t probe_every = 16;
     int32_t last_best = -1;
-    int64_t n_probes = 0;
+    int32_t probing = -1;                        // k of the probe step in flight, or -1
+    bool last_probe_full = false;                // every draft of the last probe was accepted
 };
 void controller_reset(controller & c);
 int32_t controller_choose(controller & c, int32_t k_max);
