@@ -21,9 +21,9 @@ namespace mtpl {
 namespace {
 
 constexpr double k_accept_decay = 0.98;   // acceptance counts forget with this factor (window ~50)
-constexpr int64_t k_warmup_drafts = 8;    // steps at draft_max before the first decision
+constexpr int64_t k_warmup_drafts = 3;    // steps at draft_max before the first decision
 constexpr double k_alpha_time = 0.1;      // EMA weight of a new timing
-constexpr double k_alpha_faster = 0.5;    // ... of one faster than the estimate
+constexpr double k_alpha_remeasure = 0.5; // ... of a deliberate re-measurement
 constexpr int64_t k_probe_min = 16;      // steps between probes while drafting pays
 constexpr int64_t k_probe_max = 512;     // ... backing off to this while it does not
 constexpr int64_t k_remeasure = 32;      // steps between re-measurements of best - 1
@@ -85,6 +85,7 @@ int32_t controller_choose(controller & c, int32_t k_max) {
     // and now and then one shallower, so the cost of smaller k is re-measured too
     // (a single slow step must not keep a k out of use for long; such a step is cheap)
     if (best > 0 && c.steps % k_remeasure == 0) {
+        c.remeasuring = best - 1;
         return best - 1;
     }
     return best;
@@ -92,10 +93,11 @@ int32_t controller_choose(controller & c, int32_t k_max) {
 
 void controller_update(controller & c, int32_t k, int32_t n_drafted, int32_t n_accepted, int32_t n_mtp_calls,
                        double t_draft, double t_verify, double t_step, double t_gap) {
-    // Timing noise is one-sided (a preempted step is slow, never fast): one outlier moves the
-    // estimate at most to 3x its value, and a faster step pulls it down quickly.
+    // one outlier (a preempted step) moves the estimate at most to 3x its value; a deliberate
+    // re-measurement of a shallower k replaces a stale estimate faster
     const double obs = c.n_step[k] == 0 ? t_step : std::min(t_step, 3.0 * c.t_step[k]);
-    ema(c.t_step[k], obs, obs < c.t_step[k] ? k_alpha_faster : k_alpha_time, c.n_step[k] == 0);
+    ema(c.t_step[k], obs, k == c.remeasuring ? k_alpha_remeasure : k_alpha_time, c.n_step[k] == 0);
+    c.remeasuring = -1;
     c.n_step[k]++;
     if (t_gap >= 0.0) {
         ema(c.t_gap, t_gap, k_alpha_time, c.n_gap == 0);

@@ -86,6 +86,7 @@ struct controller {
     int64_t probe_every = 16;
     int32_t last_best = -1;
     int32_t probing = -1;                        // k of the probe step in flight, or -1
+    int32_t remeasuring = -1;                    // k of the re-measurement step in flight, or -1
     bool last_probe_full = false;                // every draft of the last probe was accepted
 };
 void controller_reset(controller & c);
