@@ -10,9 +10,12 @@
 // the highest E(k) / T(k).  k = 0 is a plain step that does not touch the MTP
 // head at all, so a head that never pays costs nothing beyond rare probes.
 //
-// Estimates are exponential moving averages.  The controller tries every k once
-// while warming up, and keeps probing (one step of k + 1 every probe_every steps)
-// so it notices when acceptance or costs change.
+// Estimates are exponential moving averages.  The controller drafts draft_max for a
+// few steps and tries every k once while warming up, then keeps probing so it
+// notices when acceptance or costs change: one step deeper than its choice every
+// probe_every steps (16, doubling to 512 while the choice holds; all the way to
+// draft_max after a probe whose drafts were all accepted), and one step shallower
+// every 32 steps, so a stale cost estimate cannot keep a cheaper k out of use.
 #include "engine.h"
 
 #include <algorithm>
