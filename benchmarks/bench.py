@@ -109,8 +109,11 @@ class Ours:
         self.mtpllama = mtpllama
         self.model = mtpllama.Model(str(path), session_defaults=mtpllama.SessionConfig(n_threads=threads, n_ctx=n_ctx))
         self.adaptive = has_adaptive()
+        self.sessions: dict = {}
 
     def close(self) -> None:
+        for sess in self.sessions.values():
+            sess.close()
         self.model.close()
 
     def spec(self, s: Setting):
@@ -127,11 +130,21 @@ class Ours:
         if self.adaptive:
             self.model.generate(prompt, 8)
 
+    def session(self, s: Setting):
+        """One session per setting, kept across rounds, as a user running that setting has: what the
+        adaptive controller learns in its session is not mixed with other settings' steps."""
+        if s not in self.sessions:
+            self.sessions[s] = self.model.session(mtp=s.mode != "plain")
+        sess = self.sessions[s]
+        sess.reset()
+        return sess
+
     def run(self, s: Setting, prompt: str, n: int) -> Sample:
+        sess = self.session(s)
         if s.mode == "plain":
-            r = self.model.generate(prompt, n, mtp=False)
+            r = sess.generate(prompt, n)
         else:
-            r = self.model.generate(prompt, n, spec=self.spec(s))
+            r = sess.generate(prompt, n, spec=self.spec(s))
         st = r.stats
         t_dec = st.t_draft + st.t_verify + st.t_other
         dec_tokens = st.generated_tokens - 1          # the first token came from the prompt pass
@@ -607,7 +620,8 @@ def write_md(path: Path, results: list[dict], a, cmdline: str, mach: dict, upstr
          f"(Raw data: `{json_path}` on the machine that ran it; `bench.py --render JSON` rewrites this file from it.)"
          if json_path else "", "",
          f"Settings: {a.tokens} tokens, {a.repeats} interleaved rounds, {a.threads} threads, context {a.ctx}, greedy, "
-         f"prompt {a.prompt!r}.", ""]
+         f"prompt {a.prompt!r}; mtpllama runs each setting in its own session, kept across the rounds "
+         f"(the adaptive controller learns from its own steps only).", ""]
     L += ["Columns: tokens/s are decode speeds (prompt excluded), min / median over the rounds; "
           "*acc/pos*: fraction of decode steps whose draft token at position 1, 2, .. was accepted "
           "(upstream's `#acc rate/pos`); *tok/step*: tokens per decode step; *x plain*: median against the same "
