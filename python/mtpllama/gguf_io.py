@@ -12,7 +12,8 @@ exercised.
 from __future__ import annotations
 
 import re
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -103,20 +104,28 @@ def apply_merge(symbols, a: str, b: str) -> list[str]:
     return out
 
 
-def train_bpe(text: str = _CORPUS, n_merges: int = 200) -> Tokenizer:
-    """Learn n_merges byte-level BPE merges from text (deterministic)."""
+def bpe_from_words(word_counts: Mapping[str, int], n_merges: int) -> Tokenizer:
+    """Learn up to n_merges byte-level BPE merges from pre-tokenized words and their counts.
+
+    Deterministic: the most frequent pair wins, ties go to the larger pair text.  Incremental:
+    pair counts are kept and only the words holding the merged pair are updated, so a few
+    thousand merges over megabytes of text take seconds."""
     b2u = bytes_to_unicode()
-    words = Counter(tuple(b2u[b] for b in w.encode("utf-8")) for w in _PRETOKENIZE.findall(text))
+    words: list[list[str]] = []
+    freq: list[int] = []
+    for w, c in sorted(word_counts.items()):
+        words.append([b2u[b] for b in w.encode("utf-8")])
+        freq.append(c)
+    pairs: Counter = Counter()
+    where: dict[tuple[str, str], set[int]] = defaultdict(set)
+    for i, w in enumerate(words):
+        for p in zip(w, w[1:]):
+            pairs[p] += freq[i]
+            where[p].add(i)
     vocab = [b2u[b] for b in range(256)]
     known = set(vocab)
     merges: list[str] = []
-    for _ in range(n_merges):
-        pairs: Counter = Counter()
-        for w, c in words.items():
-            for a, b in zip(w, w[1:]):
-                pairs[(a, b)] += c
-        if not pairs:
-            break
+    while len(merges) < n_merges and pairs:
         (a, b), count = max(pairs.items(), key=lambda kv: (kv[1], kv[0]))
         if count < 2:
             break
@@ -124,15 +133,27 @@ def train_bpe(text: str = _CORPUS, n_merges: int = 200) -> Tokenizer:
         if a + b not in known:
             vocab.append(a + b)
             known.add(a + b)
-        new_words: Counter = Counter()
-        for w, c in words.items():
-            new_words[tuple(apply_merge(w, a, b))] += c
-        words = new_words
+        for i in sorted(where.pop((a, b), ())):
+            w, c = words[i], freq[i]
+            for p in zip(w, w[1:]):
+                pairs[p] -= c
+                if pairs[p] <= 0:
+                    del pairs[p]
+            words[i] = apply_merge(w, a, b)
+            for p in zip(words[i], words[i][1:]):
+                pairs[p] += c
+                where[p].add(i)
+        pairs.pop((a, b), None)
     types = [1] * len(vocab)
     eos = len(vocab)
     vocab += list(SPECIAL_TOKENS)
     types += [3] * len(SPECIAL_TOKENS)
     return Tokenizer(vocab, merges, types, eos)
+
+
+def train_bpe(text: str = _CORPUS, n_merges: int = 200) -> Tokenizer:
+    """Learn n_merges byte-level BPE merges from text (deterministic)."""
+    return bpe_from_words(Counter(_PRETOKENIZE.findall(text)), n_merges)
 
 
 # --- synthetic GLM4-MoE files ------------------------------------------------------
