@@ -144,6 +144,25 @@ int32_t mtpl_set_log(mtpl_log_fn fn, void * user_data, int32_t min_level) {
     return MTPL_OK;
 }
 
+int32_t mtpl_controller_simulate(const mtpl_controller_sim * sim, int32_t * out_k, double * out_tokens,
+                                 double * out_seconds) {
+    return guarded([&]() -> int32_t {
+        if (!sim || !out_k || !out_tokens || !out_seconds) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "sim, out_k, out_tokens and out_seconds must not be NULL");
+        }
+        if (sim->k_max < 0 || sim->k_max > MTPL_MAX_DRAFT || sim->n_steps < 0 || sim->n_prompt < 1) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "k_max must be in 0..16, n_steps >= 0, n_prompt >= 1");
+        }
+        for (int32_t k = 0; k <= sim->k_max; ++k) {
+            if (!(sim->cost_s[k] > 0.0)) {
+                return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "cost_s[k] must be > 0 for k = 0..k_max");
+            }
+        }
+        mtpl::controller_simulate(*sim, out_k, *out_tokens, *out_seconds);
+        return MTPL_OK;
+    });
+}
+
 int32_t mtpl_set_batch_invariant(int32_t enabled) {
     mtpl::ensure_backend();
     ggml_cpu_set_batch_invariant(enabled ? MTPL_MAX_DRAFT + 1 : 0);

@@ -5,17 +5,28 @@
 //     E(k) = 1 + a_1 + a_1 a_2 + ... + a_1 ... a_k
 // tokens.  Its cost T(k) is measured, not modelled: the whole step's time when k
 // was asked for (trunk pass over k + 1 tokens, which is not linear in k on CPUs
-// and MoE models, the MTP decodes including the cache catch-up, bookkeeping),
-// plus the time the caller spends between steps.  The controller picks the k with
-// the highest E(k) / T(k).  k = 0 is a plain step that does not touch the MTP
-// head at all, so a head that never pays costs nothing beyond rare probes.
+// and MoE models, the MTP decodes, bookkeeping), plus the time the caller spends
+// between steps.  The controller picks the k with the highest E(k) / T(k).  k = 0
+// is a plain step that does not touch the MTP head at all, so a head that never
+// pays costs nothing beyond rare probes.
 //
-// Estimates are exponential moving averages.  The controller drafts draft_max for a
-// few steps and tries every k once while warming up, then keeps probing so it
-// notices when acceptance or costs change: one step deeper than its choice every
-// probe_every steps (16, doubling to 512 while the choice holds; all the way to
-// draft_max after a probe whose drafts were all accepted), and one step shallower
-// every 32 steps, so a stale cost estimate cannot keep a cheaper k out of use.
+// T(k) is timed only on steady-state steps: after plain steps the first draft
+// also catches the MTP cache up over every position it missed, a one-off cost of
+// leaving plain decoding that says nothing about what drafting k per step costs.
+//
+// It starts shallow: one draft (the first such step pays the prompt's MTP
+// catch-up, the second is timed), then one plain step.  A k never timed is
+// costed optimistically, as the deepest timed k below it plus one MTP decode per
+// extra draft (verifying more rows for free), with unobserved positions accepted
+// as often as the last observed one.  So it climbs one k at a time while deeper
+// drafts might pay, and at low acceptance it never goes deeper than one draft.
+//
+// Estimates are exponential moving averages.  It keeps probing so it notices
+// when acceptance or costs change: one step deeper than its choice now and then
+// (all the way to draft_max after a probe whose drafts were all accepted), spaced
+// so that a probe's expected loss stays near 1% of the time (at least 16 steps
+// apart, doubling to 512 while the choice holds), and one step shallower every
+// 32 steps, so a stale cost estimate cannot keep a cheaper k out of use.
 #include "engine.h"
 
 #include <algorithm>
@@ -24,15 +35,39 @@ namespace mtpl {
 namespace {
 
 constexpr double k_accept_decay = 0.98;   // acceptance counts forget with this factor (window ~50)
-constexpr int64_t k_warmup_drafts = 3;    // steps at draft_max before the first decision
-constexpr double k_alpha_time = 0.1;      // EMA weight of a new timing
+constexpr double k_alpha_time = 0.1;      // EMA weight of a new timing (after the first few: their mean)
 constexpr double k_alpha_remeasure = 0.5; // ... of a deliberate re-measurement
 constexpr int64_t k_probe_min = 16;      // steps between probes while drafting pays
 constexpr int64_t k_probe_max = 512;     // ... backing off to this while it does not
+constexpr double k_probe_budget = 0.01;  // a probe's expected loss, in steps at the choice, per step
 constexpr int64_t k_remeasure = 32;      // steps between re-measurements of best - 1
 
-void ema(double & est, double obs, double alpha, bool first) {
-    est = first ? obs : (1.0 - alpha) * est + alpha * obs;
+// running mean for the first few samples, then an exponential moving average
+void ema(double & est, double obs, double alpha, int64_t n_before) {
+    est = n_before == 0 ? obs : est + std::max(alpha, 1.0 / (double) (n_before + 1)) * (obs - est);
+}
+
+// acceptance at draft position i; an unobserved position is taken to be like the last observed one
+double accept_at(const controller & c, int32_t i) {
+    while (i > 0 && c.n_drafted[i] <= 0.0) {
+        --i;
+    }
+    return c.accept[i];
+}
+
+// T(k): measured on steady-state steps, else the optimistic extrapolation described above
+double step_cost(const controller & c, int32_t k) {
+    if (c.n_timed[k] > 0) {
+        return c.t_step[k];
+    }
+    int32_t j = k - 1;
+    while (j >= 0 && c.n_timed[j] == 0) {
+        --j;
+    }
+    if (j < 0) {
+        return 0.0;
+    }
+    return c.t_step[j] + (double) (k - j) * (c.n_draft > 0 ? c.t_draft : 0.0);
 }
 
 } // namespace
@@ -44,25 +79,27 @@ void controller_reset(controller & c) {
 
 int32_t controller_choose(controller & c, int32_t k_max) {
     c.steps++;
-    // warm-up: draft_max for a few steps (acceptance at every position), then time every k once
-    if (k_max > 0 && c.n_step[k_max] < k_warmup_drafts) {
-        return k_max;
+    if (k_max <= 0) {
+        return 0;
     }
-    for (int32_t k = k_max; k >= 0; --k) {
-        if (c.n_step[k] == 0) {
-            return k;
-        }
+    // start shallow: time one draft per step (the first such step is not steady), then a plain step
+    if (c.n_timed[1] == 0) {
+        return 1;
+    }
+    if (c.n_timed[0] == 0) {
+        return 0;
     }
     int32_t best = 0;
-    double best_rate = 0.0;
+    double best_rate = 0.0, expected[MTPL_MAX_DRAFT + 1], cost[MTPL_MAX_DRAFT + 1];
+    double run = 1.0;
+    expected[0] = 1.0;
     for (int32_t k = 0; k <= k_max; ++k) {
-        double expected = 1.0, run = 1.0;
-        for (int32_t i = 0; i < k; ++i) {
-            run *= c.accept[i];
-            expected += run;
+        if (k > 0) {
+            run *= accept_at(c, k - 1);
+            expected[k] = expected[k - 1] + run;
         }
-        const double cost = c.t_step[k] + c.t_gap;
-        const double rate = expected / std::max(cost, 1e-9);
+        cost[k] = step_cost(c, k) + c.t_gap;
+        const double rate = expected[k] / std::max(cost[k], 1e-9);
         c.est_rate[k] = rate;
         if (rate > best_rate) {
             best_rate = rate;
@@ -70,19 +107,30 @@ int32_t controller_choose(controller & c, int32_t k_max) {
         }
     }
     // probe one deeper now and then: acceptance beyond `best` is otherwise never observed.
-    // A probe costs (a graph switch, the MTP cache catch-up), so while probes keep
-    // confirming `best`, they get rarer.
+    // A probe costs (a graph switch, the MTP cache catch-up after plain steps, tokens below
+    // the best rate), so the next one waits until its expected loss is ~1% of the steps in
+    // between, and while probes keep confirming `best`, they get rarer.
+    const auto probe_depth = [&] { return c.last_probe_full ? k_max : best + 1; };
+    const auto schedule_probe = [&] {
+        const int32_t p = probe_depth();
+        // expected loss of a probe, in steps at `best`: its time minus what its tokens are worth
+        const double loss = std::max(0.0, cost[p] - expected[p] / best_rate) / cost[best];
+        const auto wait = std::max(c.probe_every, (int64_t) (loss / k_probe_budget));
+        c.next_probe = c.steps + std::min(wait, k_probe_max);
+    };
     if (best != c.last_best) {
-        c.probe_every = k_probe_min;
         c.last_best = best;
-    }
-    if (best < k_max && c.steps >= c.next_probe) {
-        c.next_probe = c.steps + c.probe_every;
-        c.probe_every = std::min(c.probe_every * 2, k_probe_max);
+        c.probe_every = k_probe_min;
+        if (best < k_max) {
+            schedule_probe();
+        }
+    } else if (best < k_max && c.steps >= c.next_probe) {
         // one deeper; all the way to k_max after a probe whose drafts were all accepted, so deep
         // positions get observed when they might pay, while at low acceptance a probe costs
         // little more than a plain step
-        c.probing = c.last_probe_full ? k_max : best + 1;
+        c.probing = probe_depth();
+        c.probe_every = std::min(c.probe_every * 2, k_probe_max);
+        schedule_probe();
         return c.probing;
     }
     // and now and then one shallower, so the cost of smaller k is re-measured too
@@ -95,24 +143,27 @@ int32_t controller_choose(controller & c, int32_t k_max) {
 }
 
 void controller_update(controller & c, int32_t k, int32_t n_drafted, int32_t n_accepted, int32_t n_mtp_calls,
-                       double t_draft, double t_verify, double t_step, double t_gap) {
-    // one outlier (a preempted step) moves the estimate at most to 3x its value; a deliberate
-    // re-measurement of a shallower k replaces a stale estimate faster
-    const double obs = c.n_step[k] == 0 ? t_step : std::min(t_step, 3.0 * c.t_step[k]);
-    ema(c.t_step[k], obs, k == c.remeasuring ? k_alpha_remeasure : k_alpha_time, c.n_step[k] == 0);
-    c.remeasuring = -1;
+                       double t_draft, double t_verify, double t_step, double t_gap, bool steady) {
     c.n_step[k]++;
+    if (steady) {
+        // one outlier (a preempted step) moves the estimate at most to 3x its value; a deliberate
+        // re-measurement of a shallower k replaces a stale estimate faster
+        const double obs = c.n_timed[k] == 0 ? t_step : std::min(t_step, 3.0 * c.t_step[k]);
+        ema(c.t_step[k], obs, k == c.remeasuring ? k_alpha_remeasure : k_alpha_time, c.n_timed[k]);
+        c.n_timed[k]++;
+        if (n_mtp_calls > 0) {
+            ema(c.t_draft, t_draft / n_mtp_calls, k_alpha_time, c.n_draft);
+            c.n_draft++;
+        }
+    }
+    c.remeasuring = -1;
     if (t_gap >= 0.0) {
-        ema(c.t_gap, t_gap, k_alpha_time, c.n_gap == 0);
+        ema(c.t_gap, t_gap, k_alpha_time, c.n_gap);
         c.n_gap++;
     }
     const int32_t n = n_drafted + 1;
-    ema(c.t_verify[n], t_verify, k_alpha_time, c.n_verify[n] == 0);
+    ema(c.t_verify[n], t_verify, k_alpha_time, c.n_verify[n]);
     c.n_verify[n]++;
-    if (n_mtp_calls > 0) {
-        ema(c.t_draft, t_draft / n_mtp_calls, k_alpha_time, c.n_draft == 0);
-        c.n_draft++;
-    }
     if (c.probing == k) {
         c.last_probe_full = n_drafted > 0 && n_accepted == n_drafted;
         c.probing = -1;
@@ -123,6 +174,35 @@ void controller_update(controller & c, int32_t k, int32_t n_drafted, int32_t n_a
         c.n_accepted[i] = k_accept_decay * c.n_accepted[i] + (i < n_accepted ? 1.0 : 0.0);
         c.n_drafted[i] = k_accept_decay * c.n_drafted[i] + 1.0;
         c.accept[i] = (c.n_accepted[i] + 1.0) / (c.n_drafted[i] + 2.0);
+    }
+}
+
+void controller_simulate(const mtpl_controller_sim & sim, int32_t * out_k, double & tokens, double & seconds) {
+    controller c;
+    controller_reset(c);
+    rng_type rng(sim.seed);
+    std::normal_distribution<double> normal(0.0, 1.0);
+    tokens = 0.0;
+    seconds = 0.0;
+    int32_t backlog = sim.n_prompt;  // positions the MTP cache has not seen
+    bool kept_up = false;
+    for (int32_t step = 0; step < sim.n_steps; ++step) {
+        const int32_t k = controller_choose(c, sim.k_max);
+        out_k[step] = k;
+        const double * accept = sim.switch_step >= 0 && step >= sim.switch_step ? sim.accept_after : sim.accept;
+        int32_t n_acc = 0;
+        while (n_acc < k && uniform01(rng) < accept[n_acc]) {
+            ++n_acc;
+        }
+        const double base = sim.cost_s[k] * std::max(0.5, 1.0 + sim.noise * normal(rng));
+        const bool steady = k == 0 || kept_up;
+        const double t = base + (steady ? 0.0 : sim.catch_up_s * backlog);
+        const double t_draft = k * sim.draft_s;
+        controller_update(c, k, k, n_acc, k, t_draft, t - t_draft, t, 0.0, steady);
+        kept_up = k > 0;
+        backlog = (k > 0 ? 0 : backlog) + n_acc + 1;
+        tokens += n_acc + 1;
+        seconds += t;
     }
 }
 

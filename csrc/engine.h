@@ -78,7 +78,8 @@ struct controller {
     int64_t n_draft = 0;
     double est_rate[MTPL_MAX_DRAFT + 1] = {};    // expected tokens per second by k (last choice)
     double t_step[MTPL_MAX_DRAFT + 1] = {};      // seconds of a whole step that asked for k drafts
-    int64_t n_step[MTPL_MAX_DRAFT + 1] = {};
+    int64_t n_step[MTPL_MAX_DRAFT + 1] = {};     // steps that asked for k drafts
+    int64_t n_timed[MTPL_MAX_DRAFT + 1] = {};    // ... of which timed into t_step (steady-state steps)
     double t_gap = 0.0;                          // seconds the caller spends between steps
     int64_t n_gap = 0;
     int64_t steps = 0;
@@ -90,10 +91,15 @@ struct controller {
     bool last_probe_full = false;                // every draft of the last probe was accepted
 };
 void controller_reset(controller & c);
+// the controller against a simulated model (mtpl_controller_simulate)
+void controller_simulate(const mtpl_controller_sim & sim, int32_t * out_k, double & tokens, double & seconds);
 int32_t controller_choose(controller & c, int32_t k_max);
-// t_gap < 0: unknown (the first step after a feed)
+// t_gap < 0: unknown (the first step after a feed).  steady: the step's MTP work was what
+// drafting every step costs (the MTP cache was in step with the previous step), so its time
+// is a fair sample of T(k); after plain steps or a prompt, the first draft also catches the
+// MTP cache up over every position it missed, a one-off cost that must not count as T(k).
 void controller_update(controller & c, int32_t k, int32_t n_drafted, int32_t n_accepted, int32_t n_mtp_calls,
-                       double t_draft, double t_verify, double t_step, double t_gap);
+                       double t_draft, double t_verify, double t_step, double t_gap, bool steady);
 
 // --- verification helpers (verify.cpp) ----------------------------------------
 int32_t argmax(const float * logits, int32_t n_vocab);
@@ -141,6 +147,7 @@ struct mtpl_session {
     // means the head entry (pending token, h_last) is already in the MTP cache.
     int32_t mtp_n_past = 0;
     std::vector<float> backlog_h;
+    bool mtp_kept_up = false;  // the last step called the MTP head (its backlog is one step's rows)
 
     mtpl::rng_type rng{0};
     mtpl::controller ctl;

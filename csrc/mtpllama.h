@@ -179,6 +179,29 @@ int32_t mtpl_set_log(mtpl_log_fn fn, void * user_data, int32_t min_level);
 int32_t mtpl_set_batch_invariant(int32_t enabled);
 int32_t mtpl_get_batch_invariant(void);
 
+/* The adaptive draft-length controller against a simulated model, without any model: for tests
+   and tuning of its policy.  Each step it chooses k in 0..k_max; the step then takes
+   cost_s[k] * (1 + noise * N(0, 1)) seconds (clamped at >= 0.5 cost_s[k]), plus catch_up_s per
+   position the MTP cache missed when it drafts after plain steps (the first step pays for the
+   prompt's n_prompt positions); draft i is accepted with probability accept[i] (given drafts
+   before it were), or accept_after[i] from step switch_step on.  out_k[step] receives each
+   choice (n_steps entries); *out_tokens and *out_seconds the totals. */
+typedef struct mtpl_controller_sim {
+    int32_t k_max;                  /* 0..16 */
+    int32_t n_steps;
+    int32_t n_prompt;
+    int32_t switch_step;            /* -1: accept throughout */
+    double cost_s[17];              /* seconds of a step that drafts k, by k (steady state) */
+    double draft_s;                 /* seconds of one MTP decode (part of cost_s[k], k per step) */
+    double catch_up_s;              /* seconds per missed position on leaving plain steps */
+    double noise;                   /* relative standard deviation of step times */
+    double accept[16];
+    double accept_after[16];
+    uint64_t seed;
+} mtpl_controller_sim;
+int32_t mtpl_controller_simulate(const mtpl_controller_sim * sim, int32_t * out_k, double * out_tokens,
+                                 double * out_seconds);
+
 /* load a GLM4-MoE GGUF file; validates it before llama.cpp sees it */
 int32_t mtpl_model_load(const mtpl_model_params * params, mtpl_model ** out);
 /* free a model; fails with MTPL_ERR_BUSY while sessions on it are open */

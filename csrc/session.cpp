@@ -283,6 +283,9 @@ int32_t session_create(mtpl_model * model, const mtpl_session_params & p, mtpl_s
     s->trunk = llama_init_from_model(model->model, cp);
     if (s->trunk && p.mtp) {
         cp.ctx_type = LLAMA_CONTEXT_TYPE_MTP;
+        // every MTP call outputs one row (the head entry, or a draft): buffers for one
+        // output row, and with patches/0004 FFN buffers for one row too
+        cp.n_outputs_max = 1;
         s->mtp = llama_init_from_model(model->model, cp);
     }
     if (!s->trunk || (p.mtp && !s->mtp)) {
@@ -327,6 +330,7 @@ int32_t session_reset(mtpl_session * s) {
     s->pending_emitted = false;
     s->mtp_n_past = 0;
     s->backlog_h.clear();
+    s->mtp_kept_up = false;
     s->cancel.store(false);
     if (s->debug) {
         s->debug_events.push_back({MTPL_DEBUG_RESET, 0, -1, s->debug_call, -1, -1, -1});
@@ -337,6 +341,7 @@ int32_t session_reset(mtpl_session * s) {
 int32_t session_feed(mtpl_session * s, const int32_t * tokens, int32_t n) {
     const auto t0 = clock_type::now();
     s->last_step_valid = false;
+    s->mtp_kept_up = false;  // the prompt joins the MTP backlog
     if (s->cancel.exchange(false)) {
         return fail(MTPL_ERR_CANCELLED, "prompt processing was cancelled");
     }
@@ -465,8 +470,10 @@ int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, int32_t /*c
 
     if (s->mtp) {  // what the controller learns holds for any k chosen by anyone
         const double gap = s->last_step_valid ? std::chrono::duration<double>(t0 - s->last_step_end).count() : -1.0;
-        controller_update(s->ctl, k, n_drafts, n_acc, (int32_t) (s->stats.n_mtp_calls - mtp_calls_before), t_draft,
-                          t_verify, seconds_since(t0), gap);
+        const int32_t mtp_calls = (int32_t) (s->stats.n_mtp_calls - mtp_calls_before);
+        controller_update(s->ctl, k, n_drafts, n_acc, mtp_calls, t_draft, t_verify, seconds_since(t0), gap,
+                          k == 0 || s->mtp_kept_up);
+        s->mtp_kept_up = mtp_calls > 0;
         s->last_step_end = clock_type::now();
         s->last_step_valid = true;
     }

@@ -129,3 +129,33 @@ def test_graph_reuse_is_reported(glm45):
         assert st.trunk_graphs_reused >= st.trunk_calls - 4
         # recursive drafts after the first are one-row MTP batches, as is the next step's
         assert 0 < st.mtp_graphs_reused < st.mtp_calls
+
+
+def test_mtp_context_reserves_ffn_for_output_rows_only(tmp_path):
+    """patches/0004: the MTP block runs its FFN on output rows only.
+
+    An MTP batch outputs one row; its other rows only catch the MTP cache up (their K/V).
+    The MTP context's compute buffer, reserved for a full batch, must therefore grow with
+    n_batch by attention-sized rows, not by the routed experts' intermediates of every row.
+    """
+    from mtpllama.gguf_io import SyntheticSpec, synthetic_weights, train_bpe, write_synthetic
+
+    # a MoE head whose per-row FFN intermediates dwarf its attention rows
+    spec = SyntheticSpec(n_expert=8, n_expert_used=4, n_ff_exp=512, seed=3)
+    tok = train_bpe()
+    path = write_synthetic(tmp_path / "wide_ffn.gguf", spec, tok, synthetic_weights(spec, tok))
+    ffn_row = spec.n_expert_used * spec.n_ff_exp * 4  # bytes of one expert-FFN activation of one row
+
+    def mtp_compute(n_batch: int) -> int:
+        cfg = mtpllama.SessionConfig(n_threads=1, n_ctx=256, n_batch=n_batch)
+        with m.session(mtp=True, config=cfg) as a, m.session(mtp=False, config=cfg) as b:
+            return a.memory()["compute"] - b.memory()["compute"]
+
+    with mtpllama.Model(str(path)) as m:
+        small, big = mtp_compute(32), mtp_compute(256)
+        # and the engine still drafts and accepts with it
+        r = m.generate("def foo(x):", 40, spec=SpecConfig(3, 0.0, adaptive=False))
+        plain = m.generate("def foo(x):", 40, mtp=False)
+    per_row = (big - small) / (256 - 32)
+    assert 0 < per_row < ffn_row, (small, big, per_row, ffn_row)
+    assert r.tokens == plain.tokens and sum(r.stats.accepted) > 0
