@@ -10,23 +10,29 @@
 // is a plain step that does not touch the MTP head at all, so a head that never
 // pays costs nothing beyond rare probes.
 //
-// T(k) is timed only on steady-state steps: after plain steps the first draft
-// also catches the MTP cache up over every position it missed, a one-off cost of
-// leaving plain decoding that says nothing about what drafting k per step costs.
+// T(k) is timed as if the MTP cache were in step: after plain steps (or a prompt)
+// the first MTP evaluation also catches the cache up over every position it
+// missed, a one-off cost of leaving plain decoding; its excess over a typical MTP
+// decode is taken out before the step's time counts.
 //
-// It starts shallow: one draft (the first such step pays the prompt's MTP
-// catch-up, the second is timed), then one plain step.  A k never timed is
-// costed optimistically, as the deepest timed k below it plus one MTP decode per
-// extra draft (verifying more rows for free), with unobserved positions accepted
-// as often as the last observed one.  So it climbs one k at a time while deeper
-// drafts might pay, and at low acceptance it never goes deeper than one draft.
+// It starts shallow: one draft per step until one is timed, then plain steps
+// until one is timed (the first builds the one-row graph and is not).  A k never timed is costed optimistically: the
+// deepest timed k below it, plus per extra draft one MTP decode and half of what
+// a verified row added from k = 0 to k = 1 (batched kernels often make further
+// rows cheaper).  A draft position seldom observed is
+// taken to be accepted like the one before it.  So it climbs one k at a time
+// while deeper drafts might pay, and at low acceptance it stays at one draft.
 //
-// Estimates are exponential moving averages.  It keeps probing so it notices
-// when acceptance or costs change: one step deeper than its choice now and then
-// (all the way to draft_max after a probe whose drafts were all accepted), spaced
-// so that a probe's expected loss stays near 1% of the time (at least 16 steps
-// apart, doubling to 512 while the choice holds), and one step shallower every
-// 32 steps, so a stale cost estimate cannot keep a cheaper k out of use.
+// Acceptance counts age by the step, observed or not, so after a long run of
+// plain steps what probes see outweighs what was seen long ago.  Timings are
+// running means, then exponential moving averages.
+//
+// It keeps probing so it notices when acceptance or costs change: one step deeper
+// than its choice now and then, spaced so that a probe's expected loss stays near
+// 0.5% of the time (at least 16 steps apart, doubling to 512 while the choice
+// holds); one deeper again, soon, after a probe whose drafts were all accepted
+// against the odds; and one step shallower every 32 steps, so a stale cost
+// estimate cannot keep a cheaper k out of use.
 #include "engine.h"
 
 #include <algorithm>
@@ -34,12 +40,13 @@
 namespace mtpl {
 namespace {
 
-constexpr double k_accept_decay = 0.98;   // acceptance counts forget with this factor (window ~50)
+constexpr double k_accept_decay = 0.99;   // acceptance counts age by this factor per step (half-life ~70)
 constexpr double k_alpha_time = 0.1;      // EMA weight of a new timing (after the first few: their mean)
 constexpr double k_alpha_remeasure = 0.5; // ... of a deliberate re-measurement
 constexpr int64_t k_probe_min = 16;      // steps between probes while drafting pays
 constexpr int64_t k_probe_max = 512;     // ... backing off to this while it does not
-constexpr double k_probe_budget = 0.01;  // a probe's expected loss, in steps at the choice, per step
+constexpr double k_probe_budget = 0.005; // a probe's expected loss, in steps at the choice, per step
+constexpr double k_row_optimism = 0.5;   // an untimed k's extra rows cost this share of the timed ones'
 constexpr int64_t k_remeasure = 32;      // steps between re-measurements of best - 1
 
 // running mean for the first few samples, then an exponential moving average
@@ -47,15 +54,7 @@ void ema(double & est, double obs, double alpha, int64_t n_before) {
     est = n_before == 0 ? obs : est + std::max(alpha, 1.0 / (double) (n_before + 1)) * (obs - est);
 }
 
-// acceptance at draft position i; an unobserved position is taken to be like the last observed one
-double accept_at(const controller & c, int32_t i) {
-    while (i > 0 && c.n_drafted[i] <= 0.0) {
-        --i;
-    }
-    return c.accept[i];
-}
-
-// T(k): measured on steady-state steps, else the optimistic extrapolation described above
+// T(k): timed, else the optimistic extrapolation described above
 double step_cost(const controller & c, int32_t k) {
     if (c.n_timed[k] > 0) {
         return c.t_step[k];
@@ -67,14 +66,18 @@ double step_cost(const controller & c, int32_t k) {
     if (j < 0) {
         return 0.0;
     }
-    return c.t_step[j] + (double) (k - j) * (c.n_draft > 0 ? c.t_draft : 0.0);
+    // per extra draft: one MTP decode, and a share of what a verified row cost between the
+    // timed k = 0 and k = 1 (batched kernels often make further rows cheaper)
+    const double draft = c.n_draft > 0 ? c.t_draft : 0.0;
+    const double row = c.n_timed[0] > 0 && c.n_timed[1] > 0 ? std::max(0.0, c.t_step[1] - c.t_step[0] - draft) : 0.0;
+    return c.t_step[j] + (double) (k - j) * (draft + k_row_optimism * row);
 }
 
 } // namespace
 
 void controller_reset(controller & c) {
     c = controller{};
-    for (double & a : c.accept) a = 0.5;  // (1 + 0) / (2 + 0): no observation yet
+    for (double & a : c.accept) a = 0.5;  // the prior: no observation yet
 }
 
 int32_t controller_choose(controller & c, int32_t k_max) {
@@ -82,7 +85,7 @@ int32_t controller_choose(controller & c, int32_t k_max) {
     if (k_max <= 0) {
         return 0;
     }
-    // start shallow: time one draft per step (the first such step is not steady), then a plain step
+    // start shallow: time one draft per step, then plain steps
     if (c.n_timed[1] == 0) {
         return 1;
     }
@@ -95,7 +98,7 @@ int32_t controller_choose(controller & c, int32_t k_max) {
     expected[0] = 1.0;
     for (int32_t k = 0; k <= k_max; ++k) {
         if (k > 0) {
-            run *= accept_at(c, k - 1);
+            run *= c.accept[k - 1];
             expected[k] = expected[k - 1] + run;
         }
         cost[k] = step_cost(c, k) + c.t_gap;
@@ -108,9 +111,28 @@ int32_t controller_choose(controller & c, int32_t k_max) {
     }
     // probe one deeper now and then: acceptance beyond `best` is otherwise never observed.
     // A probe costs (a graph switch, the MTP cache catch-up after plain steps, tokens below
-    // the best rate), so the next one waits until its expected loss is ~1% of the steps in
-    // between, and while probes keep confirming `best`, they get rarer.
-    const auto probe_depth = [&] { return c.last_probe_full ? k_max : best + 1; };
+    // the best rate), so the next one waits until its expected loss is ~0.5% of the steps in
+    // between, and at least probe_every steps, which doubles (16..512) while probes confirm
+    // `best`.  A probe whose drafts were all accepted against the odds says acceptance may
+    // have risen: then the next probe comes k_probe_min steps later, one deeper than that one.
+    // where to probe: the deeper k with the best rate when every acceptance estimate is given
+    // one more success (an upper estimate): past an unpromising k = best + 1 (on CPUs a
+    // verified row can cost nearly a plain step) the gain may lie deeper, unobserved
+    const auto probe_depth = [&] {
+        int32_t depth = best + 1;
+        double upper_rate = 0.0, e = 1.0, run = 1.0, prior = 0.5;
+        for (int32_t k = 1; k <= k_max; ++k) {
+            const double a = std::min(1.0, (c.n_accepted[k - 1] + prior + 1.0) / (c.n_drafted[k - 1] + 2.0));
+            prior = a;
+            run *= a;
+            e += run;
+            if (k > best && e / cost[k] > upper_rate) {
+                upper_rate = e / cost[k];
+                depth = k;
+            }
+        }
+        return depth;
+    };
     const auto schedule_probe = [&] {
         const int32_t p = probe_depth();
         // expected loss of a probe, in steps at `best`: its time minus what its tokens are worth
@@ -121,14 +143,17 @@ int32_t controller_choose(controller & c, int32_t k_max) {
     if (best != c.last_best) {
         c.last_best = best;
         c.probe_every = k_probe_min;
-        if (best < k_max) {
+        if (best < k_max && c.follow_up_depth == 0) {
             schedule_probe();
         }
-    } else if (best < k_max && c.steps >= c.next_probe) {
-        // one deeper; all the way to k_max after a probe whose drafts were all accepted, so deep
-        // positions get observed when they might pay, while at low acceptance a probe costs
-        // little more than a plain step
-        c.probing = probe_depth();
+    }
+    if (best < k_max && c.steps >= c.next_probe) {
+        c.probing = std::min(k_max, std::max(probe_depth(), c.follow_up_depth));
+        c.follow_up_depth = 0;
+        c.probe_p_full = 1.0;
+        for (int32_t i = 0; i < c.probing; ++i) {
+            c.probe_p_full *= c.accept[i];
+        }
         c.probe_every = std::min(c.probe_every * 2, k_probe_max);
         schedule_probe();
         return c.probing;
@@ -143,18 +168,26 @@ int32_t controller_choose(controller & c, int32_t k_max) {
 }
 
 void controller_update(controller & c, int32_t k, int32_t n_drafted, int32_t n_accepted, int32_t n_mtp_calls,
-                       double t_draft, double t_verify, double t_step, double t_gap, bool steady) {
-    c.n_step[k]++;
-    if (steady) {
+                       double t_draft, double t_verify, double t_step, double t_gap, double t_catch_up,
+                       bool steady) {
+    // the first plain step builds the one-row compute graph (and may allocate): not timed
+    const bool first = c.n_step[k]++ == 0 && k == 0;
+    // the step's time as if the MTP cache had been in step: the first MTP evaluation's excess
+    // over a typical one is the catch-up (unknown before any steady step timed a typical one)
+    double t_steady = first ? -1.0 : t_step;
+    if (!steady && !first) {
+        t_steady = c.n_draft > 0 ? t_step - std::max(0.0, t_catch_up - c.t_draft) : -1.0;
+    }
+    if (t_steady > 0.0) {
         // one outlier (a preempted step) moves the estimate at most to 3x its value; a deliberate
         // re-measurement of a shallower k replaces a stale estimate faster
-        const double obs = c.n_timed[k] == 0 ? t_step : std::min(t_step, 3.0 * c.t_step[k]);
+        const double obs = c.n_timed[k] == 0 ? t_steady : std::min(t_steady, 3.0 * c.t_step[k]);
         ema(c.t_step[k], obs, k == c.remeasuring ? k_alpha_remeasure : k_alpha_time, c.n_timed[k]);
         c.n_timed[k]++;
-        if (n_mtp_calls > 0) {
-            ema(c.t_draft, t_draft / n_mtp_calls, k_alpha_time, c.n_draft);
-            c.n_draft++;
-        }
+    }
+    if (steady && n_mtp_calls > 0) {
+        ema(c.t_draft, t_draft / n_mtp_calls, k_alpha_time, c.n_draft);
+        c.n_draft++;
     }
     c.remeasuring = -1;
     if (t_gap >= 0.0) {
@@ -165,15 +198,26 @@ void controller_update(controller & c, int32_t k, int32_t n_drafted, int32_t n_a
     ema(c.t_verify[n], t_verify, k_alpha_time, c.n_verify[n]);
     c.n_verify[n]++;
     if (c.probing == k) {
-        c.last_probe_full = n_drafted > 0 && n_accepted == n_drafted;
         c.probing = -1;
+        // all drafts accepted where the estimates said that was unlikely: acceptance may have
+        // risen, look again soon and one deeper
+        if (n_drafted > 0 && n_accepted == n_drafted && c.probe_p_full < 0.5) {
+            c.follow_up_depth = k + 1;
+            c.probe_every = k_probe_min;
+            c.next_probe = c.steps + k_probe_min;
+        }
     }
-    // draft i's acceptance is observed only when drafts before it were accepted;
-    // estimate (accepted + 1) / (drafted + 2) over decayed counts
-    for (int32_t i = 0; i < n_drafted && i <= n_accepted; ++i) {
-        c.n_accepted[i] = k_accept_decay * c.n_accepted[i] + (i < n_accepted ? 1.0 : 0.0);
-        c.n_drafted[i] = k_accept_decay * c.n_drafted[i] + 1.0;
-        c.accept[i] = (c.n_accepted[i] + 1.0) / (c.n_drafted[i] + 2.0);
+    // draft i's acceptance is observed only when drafts before it were accepted; estimate it
+    // from counts that age by the step, observed or not, so that after a long run of plain
+    // steps what probes see outweighs what was seen long ago
+    for (int32_t i = 0; i < MTPL_MAX_DRAFT; ++i) {
+        const bool observed = i < n_drafted && i <= n_accepted;
+        c.n_accepted[i] = k_accept_decay * c.n_accepted[i] + (observed && i < n_accepted ? 1.0 : 0.0);
+        c.n_drafted[i] = k_accept_decay * c.n_drafted[i] + (observed ? 1.0 : 0.0);
+        // the prior (weight 1): 1/2 for the first position, the position before for the others,
+        // so a position seldom observed is taken to be like the one before it
+        const double prior = i == 0 ? 0.5 : c.accept[i - 1];
+        c.accept[i] = (c.n_accepted[i] + prior) / (c.n_drafted[i] + 1.0);
     }
 }
 
@@ -196,9 +240,11 @@ void controller_simulate(const mtpl_controller_sim & sim, int32_t * out_k, doubl
         }
         const double base = sim.cost_s[k] * std::max(0.5, 1.0 + sim.noise * normal(rng));
         const bool steady = k == 0 || kept_up;
-        const double t = base + (steady ? 0.0 : sim.catch_up_s * backlog);
-        const double t_draft = k * sim.draft_s;
-        controller_update(c, k, k, n_acc, k, t_draft, t - t_draft, t, 0.0, steady);
+        const double catch_up = steady ? 0.0 : sim.catch_up_s * backlog;
+        const double t = base + catch_up;
+        const double t_draft = k * sim.draft_s + catch_up;
+        controller_update(c, k, k, n_acc, k, t_draft, t - t_draft, t, 0.0, k > 0 ? sim.draft_s + catch_up : 0.0,
+                          steady);
         kept_up = k > 0;
         backlog = (k > 0 ? 0 : backlog) + n_acc + 1;
         tokens += n_acc + 1;

@@ -88,18 +88,21 @@ struct controller {
     int32_t last_best = -1;
     int32_t probing = -1;                        // k of the probe step in flight, or -1
     int32_t remeasuring = -1;                    // k of the re-measurement step in flight, or -1
-    bool last_probe_full = false;                // every draft of the last probe was accepted
+    int32_t follow_up_depth = 0;                 // > 0: depth of the next probe, soon (the last was fully accepted)
+    double probe_p_full = 1.0;                   // estimated chance that the probe in flight is fully accepted
 };
 void controller_reset(controller & c);
 // the controller against a simulated model (mtpl_controller_simulate)
 void controller_simulate(const mtpl_controller_sim & sim, int32_t * out_k, double & tokens, double & seconds);
 int32_t controller_choose(controller & c, int32_t k_max);
-// t_gap < 0: unknown (the first step after a feed).  steady: the step's MTP work was what
-// drafting every step costs (the MTP cache was in step with the previous step), so its time
-// is a fair sample of T(k); after plain steps or a prompt, the first draft also catches the
-// MTP cache up over every position it missed, a one-off cost that must not count as T(k).
+// t_gap < 0: unknown (the first step after a feed).  t_catch_up: seconds of the step's first
+// MTP evaluation.  steady: the step's MTP work was what drafting every step costs (the MTP
+// cache was in step with the previous step), so its time is a sample of T(k); after plain
+// steps or a prompt, that first evaluation also caught the MTP cache up over every position
+// it missed, a one-off cost that is taken out before the step's time counts as T(k).
 void controller_update(controller & c, int32_t k, int32_t n_drafted, int32_t n_accepted, int32_t n_mtp_calls,
-                       double t_draft, double t_verify, double t_step, double t_gap, bool steady);
+                       double t_draft, double t_verify, double t_step, double t_gap, double t_catch_up,
+                       bool steady);
 
 // --- verification helpers (verify.cpp) ----------------------------------------
 int32_t argmax(const float * logits, int32_t n_vocab);
@@ -148,6 +151,7 @@ struct mtpl_session {
     int32_t mtp_n_past = 0;
     std::vector<float> backlog_h;
     bool mtp_kept_up = false;  // the last step called the MTP head (its backlog is one step's rows)
+    double t_catch_up = 0.0;   // seconds of this step's first MTP evaluation (backlog + head entry)
 
     mtpl::rng_type rng{0};
     mtpl::controller ctl;

@@ -165,9 +165,11 @@ int32_t draft(mtpl_session * s, int32_t k, std::vector<int32_t> & drafts) {
         return MTPL_OK;
     }
     int32_t last = 0;
+    const auto t0 = clock_type::now();
     if (int32_t st = mtp_catch_up_and_head(s, &last); st != MTPL_OK) {
         return st;
     }
+    s->t_catch_up = seconds_since(t0);
     const size_t row = (size_t) s->n_embd;
     const mtpl_gen_params & g = s->gen;
     const bool plain_greedy = is_greedy(g) && !penalties_active(g);
@@ -418,6 +420,7 @@ int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, int32_t /*c
     k = std::max(k, 0);
 
     double t_draft = 0.0, t_verify = 0.0;
+    s->t_catch_up = 0.0;
     auto t = clock_type::now();
     const int64_t mtp_calls_before = s->stats.n_mtp_calls;
     if (int32_t st = draft(s, k, s->drafts); st != MTPL_OK) {
@@ -472,7 +475,7 @@ int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, int32_t /*c
         const double gap = s->last_step_valid ? std::chrono::duration<double>(t0 - s->last_step_end).count() : -1.0;
         const int32_t mtp_calls = (int32_t) (s->stats.n_mtp_calls - mtp_calls_before);
         controller_update(s->ctl, k, n_drafts, n_acc, mtp_calls, t_draft, t_verify, seconds_since(t0), gap,
-                          k == 0 || s->mtp_kept_up);
+                          s->t_catch_up, k == 0 || s->mtp_kept_up);
         s->mtp_kept_up = mtp_calls > 0;
         s->last_step_end = clock_type::now();
         s->last_step_valid = true;
