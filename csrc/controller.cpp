@@ -31,8 +31,8 @@
 // than its choice now and then, spaced so that a probe's expected loss stays near
 // 0.5% of the time (at least 16 steps apart, doubling to 512 while the choice
 // holds); one deeper again, soon, after a probe whose drafts were all accepted
-// against the odds; and one step shallower every 32 steps, so a stale cost
-// estimate cannot keep a cheaper k out of use.
+// against the odds; and one step shallower every 32 steps (256 while that is far
+// behind), so a stale cost estimate cannot keep a cheaper k out of use.
 #include "engine.h"
 
 #include <algorithm>
@@ -158,9 +158,11 @@ int32_t controller_choose(controller & c, int32_t k_max) {
         schedule_probe();
         return c.probing;
     }
-    // and now and then one shallower, so the cost of smaller k is re-measured too
-    // (a single slow step must not keep a k out of use for long; such a step is cheap)
-    if (best > 0 && c.steps % k_remeasure == 0) {
+    // and now and then one shallower, so the cost of smaller k is re-measured too (a single
+    // slow step must not keep a k out of use for long): every 32 steps while best - 1 is
+    // estimated within 10% of best, every 256 while it is far behind (such a step costs)
+    const int64_t remeasure = c.est_rate[best > 0 ? best - 1 : 0] > 0.9 * best_rate ? k_remeasure : 8 * k_remeasure;
+    if (best > 0 && c.steps % remeasure == 0) {
         c.remeasuring = best - 1;
         return best - 1;
     }
