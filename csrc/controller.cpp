@@ -31,8 +31,10 @@
 // than its choice now and then, spaced so that a probe's expected loss stays near
 // 0.5% of the time (at least 16 steps apart, doubling to 512 while the choice
 // holds); one deeper again, soon, after a probe whose drafts were all accepted
-// against the odds; and one step shallower every 32 steps (256 while that is far
-// behind), so a stale cost estimate cannot keep a cheaper k out of use.
+// against the odds; and two steps shallower every 32 steps (256 while that is far
+// behind), so a stale cost estimate cannot keep a cheaper k out of use.  A step
+// at another k than the one before also rebuilds compute graphs; once its k has a
+// sample, it counts only when faster than the estimate.
 #include "engine.h"
 
 #include <algorithm>
@@ -91,6 +93,10 @@ int32_t controller_choose(controller & c, int32_t k_max) {
     }
     if (c.n_timed[0] == 0) {
         return 0;
+    }
+    if (c.remeasure_left > 0 && c.remeasuring >= 0 && c.remeasuring <= k_max) {
+        c.remeasure_left--;
+        return c.remeasuring;
     }
     int32_t best = 0;
     double best_rate = 0.0, expected[MTPL_MAX_DRAFT + 1], cost[MTPL_MAX_DRAFT + 1];
@@ -164,6 +170,7 @@ int32_t controller_choose(controller & c, int32_t k_max) {
     const int64_t remeasure = c.est_rate[best > 0 ? best - 1 : 0] > 0.9 * best_rate ? k_remeasure : 8 * k_remeasure;
     if (best > 0 && c.steps % remeasure == 0) {
         c.remeasuring = best - 1;
+        c.remeasure_left = 1;  // two steps: the first, a switch, is not timed
         return best - 1;
     }
     return best;
@@ -172,13 +179,21 @@ int32_t controller_choose(controller & c, int32_t k_max) {
 void controller_update(controller & c, int32_t k, int32_t n_drafted, int32_t n_accepted, int32_t n_mtp_calls,
                        double t_draft, double t_verify, double t_step, double t_gap, double t_catch_up,
                        bool steady) {
-    // the first plain step builds the one-row compute graph (and may allocate): not timed
-    const bool first = c.n_step[k]++ == 0 && k == 0;
+    // A step at another k than the step before rebuilds compute graphs for its batch shapes
+    // (and the first plain step allocates for them), so switches (probes, re-measurements)
+    // would make a k look dearer than it is when chosen step after step: once a k has a
+    // sample, such a step only counts when it is faster than the estimate.
+    const bool first_plain = c.n_step[k]++ == 0 && k == 0;
+    const bool switched = k != c.last_k;
+    c.last_k = k;
     // the step's time as if the MTP cache had been in step: the first MTP evaluation's excess
     // over a typical one is the catch-up (unknown before any steady step timed a typical one)
-    double t_steady = first ? -1.0 : t_step;
-    if (!steady && !first) {
+    double t_steady = first_plain ? -1.0 : t_step;
+    if (!steady && !first_plain) {
         t_steady = c.n_draft > 0 ? t_step - std::max(0.0, t_catch_up - c.t_draft) : -1.0;
+    }
+    if (switched && c.n_timed[k] > 0 && t_steady >= c.t_step[k]) {
+        t_steady = -1.0;
     }
     if (t_steady > 0.0) {
         // one outlier (a preempted step) moves the estimate at most to 3x its value; a deliberate
@@ -191,7 +206,9 @@ void controller_update(controller & c, int32_t k, int32_t n_drafted, int32_t n_a
         ema(c.t_draft, t_draft / n_mtp_calls, k_alpha_time, c.n_draft);
         c.n_draft++;
     }
-    c.remeasuring = -1;
+    if (c.remeasure_left == 0) {
+        c.remeasuring = -1;
+    }
     if (t_gap >= 0.0) {
         ema(c.t_gap, t_gap, k_alpha_time, c.n_gap);
         c.n_gap++;

@@ -87,7 +87,9 @@ struct controller {
     int64_t probe_every = 16;
     int32_t last_best = -1;
     int32_t probing = -1;                        // k of the probe step in flight, or -1
-    int32_t remeasuring = -1;                    // k of the re-measurement step in flight, or -1
+    int32_t remeasuring = -1;                    // k being re-measured, or -1
+    int32_t remeasure_left = 0;                  // its steps still to come
+    int32_t last_k = -1;                         // k of the step before
     int32_t follow_up_depth = 0;                 // > 0: depth of the next probe, soon (the last was fully accepted)
     double probe_p_full = 1.0;                   // estimated chance that the probe in flight is fully accepted
 };
