@@ -16,25 +16,27 @@
 // decode is taken out before the step's time counts.
 //
 // It starts shallow: one draft per step until one is timed, then plain steps
-// until one is timed (the first builds the one-row graph and is not).  A k never timed is costed optimistically: the
-// deepest timed k below it, plus per extra draft one MTP decode and half of what
-// a verified row added from k = 0 to k = 1 (batched kernels often make further
-// rows cheaper).  A draft position seldom observed is
-// taken to be accepted like the one before it.  So it climbs one k at a time
-// while deeper drafts might pay, and at low acceptance it stays at one draft.
+// until one is timed (the first plain step allocates its graph and is not).  A k
+// never timed is costed optimistically: the deepest timed k below it, plus per
+// extra draft one MTP decode and half of what a verified row added from k = 0 to
+// k = 1 (batched kernels often make further rows cheaper).  A draft position
+// seldom observed is taken to be accepted like the one before it.  So it climbs
+// one k at a time while deeper drafts might pay, and at low acceptance it stays
+// at one draft.
 //
 // Acceptance counts age by the step, observed or not, so after a long run of
 // plain steps what probes see outweighs what was seen long ago.  Timings are
 // running means, then exponential moving averages.
 //
-// It keeps probing so it notices when acceptance or costs change: one step deeper
-// than its choice now and then, spaced so that a probe's expected loss stays near
-// 0.5% of the time (at least 16 steps apart, doubling to 512 while the choice
-// holds); one deeper again, soon, after a probe whose drafts were all accepted
-// against the odds; and two steps shallower every 32 steps (256 while that is far
-// behind), so a stale cost estimate cannot keep a cheaper k out of use.  A step
-// at another k than the one before also rebuilds compute graphs; once its k has a
-// sample, it counts only when faster than the estimate.
+// It keeps probing so it notices when acceptance or costs change: now and then
+// one step deeper than its choice, at the depth whose rate is best when every
+// acceptance estimate gets one more success, spaced so that a probe's expected
+// loss stays near 0.5% of the time (at least 16 steps apart, doubling to 512
+// while the choice holds); one deeper again, soon, after a probe whose drafts
+// were all accepted against the odds; and two steps shallower every 32 steps (256
+// while that is far behind), so a stale cost estimate cannot keep a cheaper k out
+// of use.  A step at another k than the one before also rebuilds compute graphs;
+// once its k has a sample, it counts only when faster than the estimate.
 #include "engine.h"
 
 #include <algorithm>
