@@ -9,14 +9,18 @@ Generating takes ~20 s (dense) / ~60 s and ~9 GB of memory (moe) per file.  File
 ``~/.cache/mtpllama/bench-models`` (or ``$MTPLLAMA_CACHE_DIR/bench-models``), named after a hash
 of their spec, so a changed spec gives a new file; they are never committed.
 
-Two shapes (the vocabulary is the synthetic tokenizer's ~460 tokens, so nearly every byte is
+Three shapes (the vocabulary is the synthetic tokenizer's ~460 tokens, so nearly every byte is
 in the layers):
 
-* ``dense``: dense-dominated, Q4_0, 0.76B parameters (0.40 GiB).  Every trunk layer but the last
-  is dense (big FFN); the last trunk layer and the NextN block are small MoE layers, so the MTP
-  head costs a fraction of a trunk step (~1 ms against ~14 ms with 2 threads).  Measured trunk
-  pass cost by batch size (2 threads): 1, 1.8, 2.5-2.8, 2.3-2.5, 3.2x for 1..5 tokens (batches of 2-3
-  take the per-row path of the repacked Q4_0 kernels, 4 and more the tiled one).
+* ``dense``: dense-dominated, Q8_0, 0.76B parameters (0.75 GiB), ~26 ms per token with 2
+  threads.  Every trunk layer but the last is dense (big FFN); the last trunk layer and the
+  NextN block are small MoE layers, so the MTP head costs a fraction of a trunk step.  A lone
+  row is memory-bound here and llamafile's Q8_0 kernel reads the weights once for up to 4 rows:
+  trunk pass cost 1, 1.6, 1.7, 1.9, 2.6x for 1..5 tokens (benchmarks/verify_cost.py).
+* ``dense-q4``: the same shape as Q4_0 (0.40 GiB, ~14 ms per token), kept because Q4_0 is the
+  common quantisation: on these AVX-512 machines Q4_0 is repacked for the CPU and its products
+  are compute-bound, so a pass costs 1, 1.8, 2.5-2.8, 2.3-2.6, 3.2x for 1..5 tokens (batches of
+  2-3 take the per-row path of the repacked kernels, 4 and more the tiled one): MTP pays less.
 * ``moe``: GLM-4.5-Air-like, Q8_0, 2.20B parameters (2.18 GiB), ~0.3B active per token.  One
   leading dense layer, then MoE layers with 64 experts, 8 active, one shared expert.  A batch of
   k tokens touches up to 8k experts, so verification cost grows almost linearly in k
@@ -47,11 +51,16 @@ from mtpllama.gguf_io import SyntheticSpec, synthetic_weights, train_bpe, write_
 
 # Decode-step cost targets 10-30 ms with 2 threads on the 2-core benchmark machines.
 SHAPES: dict[str, SyntheticSpec] = {
-    # 0.76B parameters, 0.40 GiB as Q4_0; ~14 ms per token with 2 threads
+    # 0.76B parameters, 0.75 GiB as Q8_0; ~26 ms per token with 2 threads
     "dense": SyntheticSpec(
         n_embd=2048, n_layer=12, n_dense_lead=11, n_head=16, n_head_kv=4, head_dim=128, n_rot=64,
         n_ff=8192, n_expert=8, n_expert_used=2, n_expert_shared=1, n_ff_exp=512,
-        n_ctx_train=4096, dtype="q4_0", seed=11, name="mtpllama-bench-dense"),
+        n_ctx_train=4096, dtype="q8_0", seed=11, name="mtpllama-bench-dense"),
+    # the same as Q4_0: 0.40 GiB; ~14 ms per token with 2 threads
+    "dense-q4": SyntheticSpec(
+        n_embd=2048, n_layer=12, n_dense_lead=11, n_head=16, n_head_kv=4, head_dim=128, n_rot=64,
+        n_ff=8192, n_expert=8, n_expert_used=2, n_expert_shared=1, n_ff_exp=512,
+        n_ctx_train=4096, dtype="q4_0", seed=11, name="mtpllama-bench-dense-q4"),
     # 2.20B parameters, 2.18 GiB as Q8_0; ~0.3B active per token; ~14 ms per token with 2 threads
     "moe": SyntheticSpec(
         n_embd=1024, n_layer=14, n_dense_lead=1, n_head=8, n_head_kv=2, head_dim=128, n_rot=64,
@@ -68,6 +77,7 @@ SHAPES: dict[str, SyntheticSpec] = {
 # (past ~noise 4 / 3 the trunk's greedy text falls into short loops: fewer distinct tokens)
 NOISE: dict[str, dict[str, float]] = {
     "dense": {"hi": 3.5, "mid": 4.5, "lo": 7.0},
+    "dense-q4": {"hi": 3.5, "mid": 4.5, "lo": 7.0},
     "moe": {"hi": 2.25, "mid": 2.75, "lo": 3.0},
 }
 LEVELS = ("hi", "mid", "lo")

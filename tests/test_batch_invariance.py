@@ -3,7 +3,8 @@
 Greedy MTP output equals plain output only if the trunk's logits for a position do not depend
 on how many rows its batch had.  llama.cpp's CPU backend picks kernels by batch size (tinyBLAS
 for 2+ rows of an f32/f16 product, split-KV attention for a lone row over >= 512 cache cells);
-mtpllama turns on the patched-in batch-invariant mode, and these tests compare, bit for bit,
+mtpllama turns on the patched-in batch-invariant mode (which keeps tinyBLAS for Q8_0/Q4_0
+weights, whose tiles compute each row as a lone row), and these tests compare, bit for bit,
 the trunk logits of every row verified in a batch with plain decoding's logits at the same
 position.  With the mode off the same comparison finds differences (the tests can fail).
 """
@@ -33,7 +34,7 @@ def invariance():
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("invariance")
     out = {}
-    for dtype in ("f32", "f16", "q8_0"):
+    for dtype in ("f32", "f16", "q8_0", "q4_0"):
         spec = SyntheticSpec(nextn="own", dtype=dtype, n_embd=128, n_ff=256, n_ff_exp=64, head_dim=32,
                              norm_noise=0.3, seed=41)
         out[dtype] = str(write_synthetic(d / f"{dtype}.gguf", spec))
@@ -71,9 +72,11 @@ def compare(model, prompt, n: int, k: int, threads: int) -> tuple[int, int]:
     return same, diff
 
 
-@pytest.mark.parametrize("dtype", ["f32", "f16", "q8_0"])
-@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("dtype", ["f32", "f16", "q8_0", "q4_0"])
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
 def test_verified_rows_equal_lone_rows(files, dtype, k):
+    """Batches of 2..5 rows.  Q8_0/Q4_0 products keep llamafile's tiled kernels in this mode on
+    AVX2 builds (patches/0003): every tile shape of them must give a lone row's bits."""
     with mtpllama.Model(files[dtype]) as m:
         same, diff = compare(m, PROMPT, 48, k, threads=1)
     assert same >= 20 and diff == 0, (same, diff)
