@@ -18,8 +18,8 @@ ffi, lib = _lib.ffi, _lib.lib
 MS = 1e-3
 
 # step costs (ms) by k = 0..4 when drafting every step, measured on the benchmark files
-# (benchmarks/RESULTS.md): the dense file's verification cost is not monotonic in k
-# (4 rows take the repacked gemm), the MoE file's grows about linearly
+# (benchmarks/models.py): the Q4_0 dense file's (dense-q4) verification cost is not monotonic
+# in k (4 rows take the repacked gemm), the MoE file's grows about linearly
 DENSE = [15.1, 27.8, 38.6, 39.4, 53.4]
 MOE = [16.2, 33.1, 46.5, 57.4, 74.2]
 HIGH = [0.97, 0.86, 0.80, 0.76]
