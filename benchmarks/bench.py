@@ -402,6 +402,7 @@ def summarise(name: str, path: Path, info, sets: list[Setting], samples: list[Sa
             row[eng] = g
         if "mtpllama" in row and "upstream" in row:
             row["x_upstream"] = row["mtpllama"]["median"] / row["upstream"]["median"]
+            row["x_upstream_paired"] = paired_ratio(row)
         rows.append(row)
     # best fixed settings, and adaptive against them
     fixed = [r for r in rows if r["mode"] == "fixed"]
@@ -450,6 +451,15 @@ def summarise(name: str, path: Path, info, sets: list[Setting], samples: list[Sa
             "sample_text": (ours_plain[0].text[:80] if ours_plain else "")}
 
 
+def paired_ratio(row: dict) -> float | None:
+    """Median over rounds of ours / upstream (a row's tokens/s lists are in round order, and the
+    two runs of a round are back to back).  The machine's speed drifts by up to 10% within a
+    minute; a ratio of runs seconds apart cancels most of it, a ratio of whole-run medians not."""
+    o, u = row["mtpllama"]["tps"], row["upstream"]["tps"]
+    pairs = [a / b for a, b in zip(o, u) if b > 0]
+    return statistics.median(pairs) if pairs and len(o) == len(u) else None
+
+
 def _common_prefix(a: str, b: str) -> int:
     n = min(len(a), len(b))
     i = 0
@@ -466,7 +476,8 @@ def _f(x, fmt="{:.2f}", none="-"):
 
 def table(res: dict) -> list[list[str]]:
     head = ["setting", "ours t/s min / med", "ours acc/pos", "ours tok/step", "ours x plain",
-            "upstream t/s min / med", "upstream acc/pos", "upstream tok/step", "upstream x plain", "ours / upstream"]
+            "upstream t/s min / med", "upstream acc/pos", "upstream tok/step", "upstream x plain", "ours / upstream",
+            "paired"]
     out = [head]
     for r in res["rows"]:
         o, u = r.get("mtpllama"), r.get("upstream")
@@ -479,13 +490,14 @@ def table(res: dict) -> list[list[str]]:
                       " ".join(f"{x:.2f}" for x in g["acc_pos"]) or "-",
                       _f(g["tok_per_step"]), _f(g.get("x_plain"), "{:.2f}x")]
         cells.append(_f(r.get("x_upstream"), "{:.3f}x"))
+        cells.append(_f(r.get("x_upstream_paired"), "{:.3f}x"))
         out.append(cells)
     return out
 
 
 def overview(results: list[dict]) -> list[list[str]]:
     """One line per model: the numbers issue 7's acceptance criteria are about."""
-    head = ["model", "plain: ours / upstream t/s", "plain ratio", "fixed k: ours / upstream (min .. max)",
+    head = ["model", "plain: ours / upstream t/s", "plain ratio (paired)", "fixed k: ours / upstream (min .. max)",
             "best fixed, ours", "best fixed, upstream", "adaptive x plain", "adaptive x best fixed (ours)"]
     out = [head]
     for res in results:
@@ -500,7 +512,7 @@ def overview(results: list[dict]) -> list[list[str]]:
             b = bf.get(eng)
             return f"{b['setting']}: {_f(b['x_plain'], '{:.2f}x')}" if b else "-"
         out.append([res["model"], f"{_f(o and o['median'], '{:.1f}')} / {_f(u and u['median'], '{:.1f}')}",
-                    _f(pl.get("x_upstream"), "{:.3f}x"),
+                    f"{_f(pl.get('x_upstream'), '{:.3f}x')} ({_f(pl.get('x_upstream_paired'), '{:.3f}x')})",
                     f"{min(fx):.2f}x .. {max(fx):.2f}x" if fx else "-", best("mtpllama"), best("upstream"),
                     _f(ad and ad.get("x_plain"), "{:.2f}x"), _f(ad and ad.get("x_best_fixed_mtpllama"), "{:.2f}x")])
     return out
@@ -625,12 +637,15 @@ def write_md(path: Path, results: list[dict], a, cmdline: str, mach: dict, upstr
     L += ["Columns: tokens/s are decode speeds (prompt excluded), min / median over the rounds; "
           "*acc/pos*: fraction of decode steps whose draft token at position 1, 2, .. was accepted "
           "(upstream's `#acc rate/pos`); *tok/step*: tokens per decode step; *x plain*: median against the same "
-          "engine's plain decoding; *ours / upstream*: mtpllama's median against upstream's at the same setting. "
+          "engine's plain decoding; *ours / upstream*: mtpllama's median against upstream's at the same setting; "
+          "*paired*: the median over rounds of mtpllama's speed over upstream's in the same round (the two runs "
+          "back to back, so slow drift of the machine's speed cancels). "
           "mtpllama: `(generated - 1) / (t_draft + t_verify + t_other)` from the engine's stats; upstream plain: "
           "`llama-completion`'s `eval time` (single-token decodes only, sampling excluded); upstream draft-mtp: "
           "`llama-speculative-simple`'s `decoded N tokens in S seconds`. Upstream's `--spec-draft-p-min` applies to the "
           "draft's top-10 softmax, ours to the full softmax, so p=0.85 rows can stop drafts at different places.", ""]
-    L += ["## Overview", "", "Medians. *plain ratio*, *fixed k*: mtpllama's speed over upstream's at the same setting; "
+    L += ["## Overview", "", "Medians. *plain ratio*, *fixed k*: mtpllama's speed over upstream's at the same setting (in brackets: "
+          "paired by round); "
           "*best fixed*: the fastest fixed setting of each engine, against that engine's plain decoding; *adaptive*: "
           "`SpecConfig()` defaults.", "", render_md(overview(results)), ""]
     for res in results:
@@ -674,6 +689,10 @@ def print_tables(results: list[dict], a) -> None:
 def render_only(path: Path, results_md: str) -> int:
     doc = json.loads(path.read_text())
     a = argparse.Namespace(**doc["args"])
+    for res in doc["results"]:  # runs from before the paired column
+        for row in res["rows"]:
+            if "x_upstream" in row and "x_upstream_paired" not in row:
+                row["x_upstream_paired"] = paired_ratio(row)
     print_tables(doc["results"], a)
     if results_md:
         write_md(Path(results_md), doc["results"], a, doc["command"], doc["machine"], doc["upstream"],
