@@ -24,7 +24,8 @@ timing.  Reported: min and median tokens/s over the repeats, acceptance per draf
 (the fraction of decode steps whose draft token at that position was kept: upstream's
 ``#acc rate/pos``), mean tokens per decode step, ratios against plain decoding of the same
 engine and against upstream at the same setting.  Greedy outputs are compared (reported,
-never fatal).
+never fatal).  mtpllama runs in this one long-lived process, upstream in a new process per run;
+plain decoding in both cold: plain_ab.py.
 
 Outputs: a table on stdout, a JSON file with every run (--json, default
 ~/.cache/mtpllama/bench-results/results-DATE.json, outside the repository) and

@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""Plain decoding, mtpllama against upstream, each run in a fresh process.
+
+    python3 benchmarks/plain_ab.py dense-hi moe-lo [--rounds 6] [--tokens 128] [--threads 2]
+
+bench.py keeps one mtpllama process for all of a model's settings (so that the adaptive
+controller keeps what it learned), while every upstream run is a new process.  A long-lived
+process that has run MTP sessions decodes plain ~2-5% slower on the memory-bound dense Q8_0
+files than a fresh one (measured; cause not found), which biases bench.py's plain ratio against
+mtpllama.  Here both engines start cold on every run, in alternating order, and the ratio is
+taken per round (the two runs back to back).  Upstream's command, and how its speed is read,
+are bench.py's.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import bench  # noqa: E402
+import build_upstream  # noqa: E402
+
+# one plain generation in a new interpreter; prints decode tokens/s as bench.py computes them
+OURS = """
+import sys
+sys.path.insert(0, {python!r})
+import mtpllama
+cfg = mtpllama.SessionConfig(n_threads={threads}, n_ctx={ctx})
+with mtpllama.Model({path!r}, mtp=False, session_defaults=cfg) as m:
+    st = m.generate({prompt!r}, {tokens}).stats
+print((st.generated_tokens - 1) / (st.t_draft + st.t_verify + st.t_other))
+"""
+
+
+def ours_tps(path: Path, a) -> float:
+    code = OURS.format(python=str(HERE.parent / "python"), threads=a.threads, ctx=a.ctx, path=str(path),
+                       prompt=a.prompt, tokens=a.tokens)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    if p.returncode != 0:
+        raise RuntimeError(f"mtpllama run failed:\n{p.stderr[-2000:]}")
+    return float(p.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("models", nargs="+", help="benchmark model names (models.py) or GGUF paths")
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ctx", type=int, default=2048)
+    ap.add_argument("--prompt", default=bench.DEFAULT_PROMPT)
+    a = ap.parse_args(argv)
+    built = build_upstream.build()
+    bins = {k: built[k] for k in ("SPECULATIVE", "COMPLETION")}
+    plain = bench.Setting("plain")
+    for name in a.models:
+        label, path = bench.resolve_model(name)
+        up = bench.Upstream(bins, path, a.threads, a.ctx, timeout=600)
+        ratios = []
+        for r in range(a.rounds):
+            runs = {}
+            for engine in (("mtpllama", "upstream") if r % 2 == 0 else ("upstream", "mtpllama")):
+                runs[engine] = ours_tps(path, a) if engine == "mtpllama" else up.run(plain, a.prompt, a.tokens).tps
+            ratios.append(runs["mtpllama"] / runs["upstream"])
+            print(f"{label} round {r + 1}: mtpllama {runs['mtpllama']:.2f} t/s, upstream {runs['upstream']:.2f} t/s, "
+                  f"ratio {ratios[-1]:.3f}", flush=True)
+        print(f"{label}: plain mtpllama / upstream, median of {a.rounds} rounds {statistics.median(ratios):.3f} "
+              f"(min {min(ratios):.3f}, max {max(ratios):.3f})", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
