@@ -50,17 +50,15 @@ sys.path.insert(0, str(REPO / "python"))
 from mtpllama.gguf_io import SyntheticSpec, synthetic_weights, train_bpe, write_synthetic  # noqa: E402
 
 # Decode-step cost targets 10-30 ms with 2 threads on the 2-core benchmark machines.
+# 0.76B parameters, 0.75 GiB as Q8_0; ~26 ms per token with 2 threads
+_DENSE = SyntheticSpec(
+    n_embd=2048, n_layer=12, n_dense_lead=11, n_head=16, n_head_kv=4, head_dim=128, n_rot=64,
+    n_ff=8192, n_expert=8, n_expert_used=2, n_expert_shared=1, n_ff_exp=512,
+    n_ctx_train=4096, dtype="q8_0", seed=11, name="mtpllama-bench-dense")
 SHAPES: dict[str, SyntheticSpec] = {
-    # 0.76B parameters, 0.75 GiB as Q8_0; ~26 ms per token with 2 threads
-    "dense": SyntheticSpec(
-        n_embd=2048, n_layer=12, n_dense_lead=11, n_head=16, n_head_kv=4, head_dim=128, n_rot=64,
-        n_ff=8192, n_expert=8, n_expert_used=2, n_expert_shared=1, n_ff_exp=512,
-        n_ctx_train=4096, dtype="q8_0", seed=11, name="mtpllama-bench-dense"),
+    "dense": _DENSE,
     # the same as Q4_0: 0.40 GiB; ~14 ms per token with 2 threads
-    "dense-q4": SyntheticSpec(
-        n_embd=2048, n_layer=12, n_dense_lead=11, n_head=16, n_head_kv=4, head_dim=128, n_rot=64,
-        n_ff=8192, n_expert=8, n_expert_used=2, n_expert_shared=1, n_ff_exp=512,
-        n_ctx_train=4096, dtype="q4_0", seed=11, name="mtpllama-bench-dense-q4"),
+    "dense-q4": replace(_DENSE, dtype="q4_0", name="mtpllama-bench-dense-q4"),
     # 2.20B parameters, 2.18 GiB as Q8_0; ~0.3B active per token; ~14 ms per token with 2 threads
     "moe": SyntheticSpec(
         n_embd=1024, n_layer=14, n_dense_lead=1, n_head=8, n_head_kv=2, head_dim=128, n_rot=64,
