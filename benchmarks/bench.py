@@ -33,9 +33,10 @@ benchmarks/RESULTS.md (--results-md) with the tables, the command and the machin
 ``--render JSON`` rewrites the tables and RESULTS.md from an earlier run's JSON.
 
 Needs the engine: ``MTPLLAMA_LIBRARY=build/dev/libmtpllama.so PYTHONPATH=python`` in a checkout
-(or the installed package).  A full run (6 models, 19 configurations, 3 rounds, 128 tokens) takes
-about 30 minutes on the 2-core machines, plus ~7 minutes for a cold build of the upstream tools
-and ~3 minutes to generate the models the first time.
+(or the installed package).  A full run (the 7 default models, 19 configurations, 4 rounds, 128
+tokens) takes about 36 minutes of rounds on the 2-core machines (the dense Q8_0 files ~7 minutes
+each, the others ~4), plus ~4-7 minutes to build the upstream tools and ~3 minutes to generate the
+models the first time.
 Models: names from models.py (generated and cached on demand) or paths of GGUF files.
 """
 from __future__ import annotations
@@ -705,7 +706,7 @@ def render_only(path: Path, results_md: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    ap.add_argument("--models", nargs="+", default=bench_models.all_names(),
+    ap.add_argument("--models", nargs="+", default=bench_models.default_names(),
                     help="benchmark model names (models.py) or GGUF paths")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)

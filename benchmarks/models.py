@@ -105,6 +105,12 @@ def all_names() -> list[str]:
     return [f"{s}-{lv}" for s in SHAPES for lv in LEVELS]
 
 
+def default_names() -> list[str]:
+    """What bench.py runs by default: every level of the Q8_0 dense and MoE shapes, and the Q4_0
+    dense shape at high agreement (its other levels add little and take ~9 minutes each)."""
+    return [n for n in all_names() if not n.startswith("dense-q4-") or n == "dense-q4-hi"]
+
+
 def spec_hash(spec: SyntheticSpec) -> str:
     return hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:12]
 
