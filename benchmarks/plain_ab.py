@@ -6,11 +6,11 @@
 bench.py keeps one mtpllama process for all of a model's settings (so that the adaptive
 controller keeps what it learned), while every upstream run is a new process.  A long-lived
 process that has run (and freed) an MTP session decodes plain ~2-5% slower on the memory-bound
-dense Q8_0 files than a fresh one, which biases bench.py's plain ratio against mtpllama.  (Freeing
-raises glibc's dynamic mmap threshold, so ggml-cpu's work buffer, a plain `new[]`, then lands at
-another place on the heap; with it allocated aligned, or with the threshold fixed, the gap goes.)  Here both engines start cold on every run, in alternating order, and the ratio is
-taken per round (the two runs back to back).  Upstream's command, and how its speed is read,
-are bench.py's.
+dense Q8_0 files than a fresh one, which biases bench.py's plain ratio against mtpllama.
+(Freeing raises glibc's dynamic mmap threshold, so ggml-cpu's work buffer, a plain `new[]`,
+then lands elsewhere on the heap; allocated aligned, or with the threshold fixed, the gap goes.)
+Here both engines start cold on every run, in alternating order, and the ratio is taken per
+round (the two runs back to back).  Upstream's command, and how its speed is read, are bench.py's.
 """
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ sys.path.insert(0, str(HERE))
 import bench  # noqa: E402
 import build_upstream  # noqa: E402
 
-# one plain generation in a new interpreter; prints decode tokens/s as bench.py computes them
+# one plain generation in a new interpreter; prints decode tokens/s as bench.py's Ours.run computes
+# them.  Written out rather than imported: importing bench.py (numpy, the generator) before the
+# run was itself measured to slow plain decoding a little, and the point here is a cold process.
 OURS = """
 import sys
 sys.path.insert(0, {python!r})
