@@ -137,13 +137,38 @@ def extract_and_patch(root: Path, sdist: Path, patches: list[Path], phash: str) 
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def patched_paths(patch: Path) -> set[str]:
+    """Files a git-format patch touches, relative to the tree."""
+    paths = set()
+    for line in patch.read_text(errors="replace").splitlines():
+        if line.startswith(("--- a/", "+++ b/")):
+            paths.add(line[6:])
+    return paths
+
+
+def first_missing_patch(tree: Path, patches: list[Path]) -> Path | None:
+    """The newest patch the tree lacks, if any.  Patches may touch the same lines (a later one
+    editing what an earlier one added), so they are taken back one by one, newest first, on a
+    scratch copy of the files they touch; the user's tree is only read."""
+    with tempfile.TemporaryDirectory(prefix="mtpllama-check-") as scratch:
+        for rel in set().union(*(patched_paths(p) for p in patches)):
+            if (tree / rel).is_file():
+                (Path(scratch) / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(tree / rel, Path(scratch) / rel)
+        for p in reversed(patches):
+            if run_git_apply(Path(scratch), p.resolve(), "--reverse").returncode != 0:
+                return p
+    return None
+
+
 def check_user_tree(tree: Path, patches: list[Path]) -> str:
     if not (tree / "include" / "llama.h").exists():
         raise SystemExit(f"MTPLLAMA_LLAMA_CPP_DIR={tree} is not a llama.cpp source tree (no include/llama.h)")
-    missing = [p.name for p in patches if run_git_apply(tree, p, "--reverse", "--check").returncode != 0]
-    if missing:
-        raise SystemExit(f"MTPLLAMA_LLAMA_CPP_DIR={tree} lacks these mtpllama patches: {', '.join(missing)}. "
-                         f"Apply them with `git apply` from the repository's patches/ directory.")
+    missing = first_missing_patch(tree, patches)
+    if missing is not None:
+        raise SystemExit(f"MTPLLAMA_LLAMA_CPP_DIR={tree} lacks mtpllama's patch {missing.name} (or has it out of "
+                         f"order). Apply every patch in the repository's patches/ directory, in order, with "
+                         f"`git apply`.")
     r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tree, capture_output=True, text=True)
     return r.stdout.strip() if r.returncode == 0 else "unknown"
 
