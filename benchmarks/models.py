@@ -5,26 +5,32 @@
     python3 benchmarks/models.py dense-hi moe-lo    # just these
     python3 benchmarks/models.py --calibrate dense --noise 0.5 1.0 2.0   # acceptance vs noise
 
-Generating takes ~20 s (dense) / ~60 s and ~9 GB of memory (moe) per file.  Files are written with ``mtpllama.gguf_io.SyntheticSpec`` + ``write_synthetic`` and cached under
+Generating takes ~20 s (dense) / ~60 s and ~8-9 GB of memory (air, moe) per file.  Files are written with ``mtpllama.gguf_io.SyntheticSpec`` + ``write_synthetic`` and cached under
 ``~/.cache/mtpllama/bench-models`` (or ``$MTPLLAMA_CACHE_DIR/bench-models``), named after a hash
 of their spec, so a changed spec gives a new file; they are never committed.
 
-Three shapes (the vocabulary is the synthetic tokenizer's ~460 tokens, so nearly every byte is
-in the layers):
+Four shapes (the vocabulary is the synthetic tokenizer's ~460 tokens, so nearly every byte is
+in the layers).  Trunk pass costs are V(n)/V(1) for 1..5 tokens, batch invariance on, measured
+with benchmarks/verify_cost.py on the 2-core machines:
 
 * ``dense``: dense-dominated, Q8_0, 0.76B parameters (0.75 GiB), ~26 ms per token with 2
   threads.  Every trunk layer but the last is dense (big FFN); the last trunk layer and the
   NextN block are small MoE layers, so the MTP head costs a fraction of a trunk step.  A lone
-  row is memory-bound here and llamafile's Q8_0 kernel reads the weights once for up to 4 rows:
-  trunk pass cost 1, 1.6, 1.7, 1.9, 2.6x for 1..5 tokens (benchmarks/verify_cost.py).
+  row is memory-bound here and llamafile's Q8_0 kernel reads the weights once for up to 4 rows
+  (with patches/0005 prefetching them): 1, 1.07, 1.11, 1.30, 1.83x.
 * ``dense-q4``: the same shape as Q4_0 (0.40 GiB, ~14 ms per token), kept because Q4_0 is the
   common quantisation: on these AVX-512 machines Q4_0 is repacked for the CPU and its products
-  are compute-bound, so a pass costs 1, 1.8, 2.5-2.8, 2.3-2.6, 3.2x for 1..5 tokens (batches of
-  2-3 take the per-row path of the repacked kernels, 4 and more the tiled one): MTP pays less.
-* ``moe``: GLM-4.5-Air-like, Q8_0, 2.20B parameters (2.18 GiB), ~0.3B active per token.  One
-  leading dense layer, then MoE layers with 64 experts, 8 active, one shared expert.  A batch of
-  k tokens touches up to 8k experts, so verification cost grows almost linearly in k
-  (1, 2.1, 2.7, 3.5, 4.1x for 1..5 tokens): the hard case for MTP on CPU.
+  are compute-bound, so a pass costs 1, 1.8-2.0, 2.5-2.8, 2.3-2.6, 3.2x (batches of 2-3 take the
+  per-row path of the repacked kernels, 4 and more the tiled one): MTP pays less.
+* ``air``: GLM-4.5-Air's proportions, Q8_0, 1.87B parameters (1.85 GiB), ~0.42B read per token,
+  ~19 ms per token.  One leading dense layer, then 23 MoE layers with 64 experts, 8 active, one
+  shared expert, and attention three times as wide as n_embd (as Air's 96 heads of 128 over a
+  4096 hidden size): about 41% of the weights a token reads are attention, 52% routed experts.
+  A batch of n tokens reads ~8n experts but the attention weights once: 1, 1.6, 2.2, 2.5-2.6, 3.1x.
+* ``moe``: expert-heavy MoE, Q8_0, 2.20B parameters (2.18 GiB), ~0.3B active per token.  The
+  same layout with attention only as wide as n_embd and bigger experts, so routed experts are
+  ~79% of the weights a token reads and verification cost grows almost linearly in k
+  (1, 1.7-1.8, 2.3, 2.9, 3.3-3.6x): the hard case for MTP on CPU.
 
 Each shape comes at three MTP-head/trunk agreement levels, set with ``SyntheticSpec.noise``
 (the scale of the layers' contributions to the residual stream; larger = less agreement):
@@ -64,6 +70,15 @@ SHAPES: dict[str, SyntheticSpec] = {
         n_embd=1024, n_layer=14, n_dense_lead=1, n_head=8, n_head_kv=2, head_dim=128, n_rot=64,
         n_ff=4096, n_expert=64, n_expert_used=8, n_expert_shared=1, n_ff_exp=768,
         n_ctx_train=4096, dtype="q8_0", seed=12, name="mtpllama-bench-moe"),
+    # GLM-4.5-Air's proportions (hidden 4096, 96 heads x 128, 8 KV heads, expert FFN 1408, dense
+    # FFN 10944, 8 of 128 experts + 1 shared, first layer dense) at n_embd 1024: attention 3x as
+    # wide as n_embd, so ~41% of the weights a token reads are attention and ~52% routed experts.
+    # 64 experts instead of 128 keep the file at 1.85 GiB (a batch's expert overlap is the same).
+    # 1.87B parameters, ~0.42B read per token; ~19 ms per token with 2 threads
+    "air": SyntheticSpec(
+        n_embd=1024, n_layer=24, n_dense_lead=1, n_head=24, n_head_kv=2, head_dim=128, n_rot=64,
+        n_ff=2752, n_expert=64, n_expert_used=8, n_expert_shared=1, n_ff_exp=352,
+        n_ctx_train=4096, dtype="q8_0", seed=13, name="mtpllama-bench-air"),
 }
 
 # noise per shape and agreement level, calibrated with --calibrate (128 tokens, fixed k, p_min 0;
@@ -75,11 +90,14 @@ SHAPES: dict[str, SyntheticSpec] = {
 #          4.0 -> 0.88 (0.90 0.42 0.34) | 4.5 -> 0.54 | 5.0 -> 0.40 | 7.0 -> 0.29 | 8.0 -> 0.05
 #   moe:   2.0 -> 1.00 | 2.25 -> 0.95 (0.92 0.73 0.75) | 2.5 -> 0.90 (0.87 0.74 0.68) | 2.75 -> 0.65
 #          2.9 -> 0.27 | 3.0 -> 0.22 | 3.5 -> 0.18 | 4.5 -> 0.12
+#   air:   1.5 -> 0.98 | 1.6 -> 1.00 | 1.7 -> 0.92 (0.97 0.89 0.77) | 1.75 -> 0.87 (0.90 0.72 0.59)
+#          2.0 -> 0.77 | 2.25 -> 0.63 (0.65 0.38 0.21) | 2.5 -> 0.42 (0.51 0.28 0.01) | 3.0 -> 0.26 | 3.5 -> 0.15
 # (past ~noise 4 / 3 the trunk's greedy text falls into short loops: fewer distinct tokens)
 NOISE: dict[str, dict[str, float]] = {
     "dense": {"hi": 3.6, "mid": 5.0, "lo": 8.0},
     "dense-q4": {"hi": 3.5, "mid": 4.5, "lo": 7.0},
     "moe": {"hi": 2.25, "mid": 2.75, "lo": 3.0},
+    "air": {"hi": 1.7, "mid": 2.5, "lo": 3.0},
 }
 LEVELS = ("hi", "mid", "lo")
 
@@ -106,9 +124,11 @@ def all_names() -> list[str]:
 
 
 def default_names() -> list[str]:
-    """What bench.py runs by default: every level of the Q8_0 dense and MoE shapes, and the Q4_0
-    dense shape at high agreement (its other levels add little and take ~9 minutes each)."""
-    return [n for n in all_names() if not n.startswith("dense-q4-") or n == "dense-q4-hi"]
+    """What bench.py runs by default: every level of the Q8_0 dense shape and of the GLM-Air-shaped
+    MoE, and the Q4_0 dense shape and the expert-heavy MoE at high agreement only (their other
+    levels add little and take ~5-9 minutes each)."""
+    return [n for n in all_names()
+            if n.startswith(("dense-hi", "dense-mid", "dense-lo", "air-")) or n in ("dense-q4-hi", "moe-hi")]
 
 
 def spec_hash(spec: SyntheticSpec) -> str:
