@@ -254,17 +254,19 @@ void controller_simulate(const mtpl_controller_sim & sim, int32_t * out_k, doubl
     for (int32_t step = 0; step < sim.n_steps; ++step) {
         const int32_t k = controller_choose(c, sim.k_max);
         out_k[step] = k;
-        const double * accept = sim.switch_step >= 0 && step >= sim.switch_step ? sim.accept_after : sim.accept;
+        const bool after = sim.switch_step >= 0 && step >= sim.switch_step;
+        const double * accept = after ? sim.accept_after : sim.accept;
+        const double speed = after && sim.speed_after > 0.0 ? sim.speed_after : 1.0;
         int32_t n_acc = 0;
         while (n_acc < k && uniform01(rng) < accept[n_acc]) {
             ++n_acc;
         }
-        const double base = sim.cost_s[k] * std::max(0.5, 1.0 + sim.noise * normal(rng));
+        const double base = speed * sim.cost_s[k] * std::max(0.5, 1.0 + sim.noise * normal(rng));
         const bool steady = k == 0 || kept_up;
         const double catch_up = steady ? 0.0 : sim.catch_up_s * backlog;
         const double t = base + catch_up;
-        const double t_draft = k * sim.draft_s + catch_up;
-        controller_update(c, k, k, n_acc, k, t_draft, t - t_draft, t, 0.0, k > 0 ? sim.draft_s + catch_up : 0.0,
+        const double t_draft = k * speed * sim.draft_s + catch_up;
+        controller_update(c, k, k, n_acc, k, t_draft, t - t_draft, t, 0.0, k > 0 ? speed * sim.draft_s + catch_up : 0.0,
                           steady);
         kept_up = k > 0;
         backlog = (k > 0 ? 0 : backlog) + n_acc + 1;

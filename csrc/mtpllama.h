@@ -197,6 +197,7 @@ typedef struct mtpl_controller_sim {
     double noise;                   /* relative standard deviation of step times */
     double accept[16];
     double accept_after[16];
+    double speed_after;             /* step times are multiplied by this from switch_step on (0 = 1: no drift) */
     uint64_t seed;
 } mtpl_controller_sim;
 int32_t mtpl_controller_simulate(const mtpl_controller_sim * sim, int32_t * out_k, double * out_tokens,
