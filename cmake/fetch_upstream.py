@@ -155,8 +155,13 @@ def first_missing_patch(tree: Path, patches: list[Path]) -> Path | None:
             if (tree / rel).is_file():
                 (Path(scratch) / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(tree / rel, Path(scratch) / rel)
+        # not inside any repository (TMPDIR could be in one): git would take paths as relative
+        # to that repository's root and skip the ones outside the scratch directory
+        env = dict(os.environ, GIT_CEILING_DIRECTORIES=str(Path(scratch).parent))
         for p in reversed(patches):
-            if run_git_apply(Path(scratch), p.resolve(), "--reverse").returncode != 0:
+            r = subprocess.run(["git", "apply", "--reverse", str(p.resolve())], cwd=scratch, env=env,
+                               capture_output=True, text=True)
+            if r.returncode != 0:
                 return p
     return None
 

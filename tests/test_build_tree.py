@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,17 @@ def test_tree_missing_the_earlier_patch_is_refused_by_name(tmp_path):
     assert fu.first_missing_patch(tree, patches).name == "0001-p.patch"
     with pytest.raises(SystemExit, match="0001-p.patch"):
         fu.check_user_tree(tree, patches)
+
+
+def test_check_works_when_the_temporary_directory_is_inside_a_repository(tmp_path, monkeypatch):
+    """git run inside another repository would resolve the patch's paths against that
+    repository's root and skip them, so a missing patch would pass unnoticed."""
+    tree, patches, versions = _series(tmp_path)
+    outer = tmp_path / "outer"
+    outer.mkdir()
+    _git(outer, "init", "-q")
+    monkeypatch.setattr(tempfile, "tempdir", str(outer))
+    (tree / "src" / "a.c").write_text(versions[1])
+    assert fu.first_missing_patch(tree, patches).name == "0002-p.patch"
+    (tree / "src" / "a.c").write_text(versions[2])
+    assert fu.first_missing_patch(tree, patches) is None
