@@ -92,8 +92,8 @@ def fetch_sdist(root: Path) -> Path:
     return target
 
 
-def run_git_apply(tree: Path, patch: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", "apply", *extra, str(patch)], cwd=tree,
+def run_git_apply(tree: Path, patch: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "apply", *extra, str(patch)], cwd=tree, env=env,
                           capture_output=True, text=True)
 
 
@@ -159,9 +159,7 @@ def first_missing_patch(tree: Path, patches: list[Path]) -> Path | None:
         # to that repository's root and skip the ones outside the scratch directory
         env = dict(os.environ, GIT_CEILING_DIRECTORIES=str(Path(scratch).parent))
         for p in reversed(patches):
-            r = subprocess.run(["git", "apply", "--reverse", str(p.resolve())], cwd=scratch, env=env,
-                               capture_output=True, text=True)
-            if r.returncode != 0:
+            if run_git_apply(Path(scratch), p.resolve(), "--reverse", env=env).returncode != 0:
                 return p
     return None
 

@@ -72,13 +72,18 @@ def fixed_rates(cost_ms, accept):
 
 
 def efficiency(cost_ms, accept, n_steps, **kw):
-    """Median over seeds of the controller's tokens/s over the best fixed k's, and the choices."""
+    """Median over seeds of the controller's tokens/s over the best fixed k's, and the choices
+    (from the switch step on, when there is one).  With speed_after, the best fixed k runs
+    through the same change of speed."""
+    switch, speed = kw.get("switch", -1), kw.get("speed_after", 0.0) or 1.0
     best = max(fixed_rates(cost_ms, accept))
+    if switch >= 0:
+        best *= n_steps / (switch + speed * (n_steps - switch))
     effs, ks = [], Counter()
     for seed in range(9):
         k, tokens, seconds = simulate(cost_ms, accept, n_steps, seed=seed, **kw)
         effs.append(tokens / (seconds / MS) / best)
-        ks.update(k)
+        ks.update(k[max(switch, 0):])
     effs.sort()
     return effs[len(effs) // 2], ks
 
@@ -161,15 +166,8 @@ def test_noisy_costs():
 def test_machine_speed_changes(cost, speed):
     """The machine slows down or speeds up by ~30% a quarter of the way in (other load, memory
     bandwidth): every k's cost moves alike, and the controller keeps near the best fixed k."""
-    n, switch = 600, 150
-    best = max(fixed_rates(cost, HIGH)) * n / (switch + speed * (n - switch))
-    effs, ks = [], Counter()
-    for seed in range(9):
-        k, tokens, seconds = simulate(cost, HIGH, n, seed=seed, switch=switch, speed_after=speed, draft_ms=1.5)
-        effs.append(tokens / (seconds / MS) / best)
-        ks.update(k[switch:])
-    effs.sort()
-    assert effs[4] >= 0.96, (effs, ks)
+    eff, ks = efficiency(cost, HIGH, 600, switch=150, speed_after=speed, draft_ms=1.5)
+    assert eff >= 0.96, (eff, ks)
     # after the change it drafts at the best fixed depth (or the one as good as it on air) most of the time
     rates = fixed_rates(cost, HIGH)
     good = {k for k, r in enumerate(rates) if r >= 0.98 * max(rates)}
