@@ -316,6 +316,61 @@ def loadavg() -> float:
         return float("nan")
 
 
+def measure(ours: Ours, up: Upstream | None, engine: str, s: Setting, a, tag: str, loads: list[float]) -> Sample:
+    """One run, on a quiet machine if it gets quiet: rerun (up to --retries times) while other
+    processes used more than --busy-threshold of the machine during it."""
+    for attempt in range(a.retries + 1):
+        if a.wait_idle > 0:
+            CpuMeter.wait_idle(a.busy_threshold, a.wait_idle)
+        loads.append(loadavg())
+        c0 = CpuMeter.snap()
+        smp = ours.run(s, a.prompt, a.tokens) if engine == "mtpllama" else up.run(s, a.prompt, a.tokens)
+        smp.extra["foreign_cpu"] = CpuMeter.foreign(c0, CpuMeter.snap())
+        smp.extra["attempt"] = attempt
+        busy = smp.extra["foreign_cpu"] >= a.busy_threshold
+        print(f"  {tag} {engine:8s} {s.label:12s} {smp.tps:8.2f} t/s  {smp.tok_per_step:5.2f} tok/step  "
+              f"acc {' '.join(f'{x:.2f}' for x in smp.acc_pos):24s} other processes {smp.extra['foreign_cpu']:.0%}"
+              f"{'  (busy machine: retrying)' if busy and attempt < a.retries else ''}",
+              file=sys.stderr, flush=True)
+        if not busy:
+            break
+    return smp
+
+
+def confirm_adaptive(ours: Ours, sets: list[Setting], samples: list[Sample], a, loads: list[float]) -> dict:
+    """Adaptive against the best fixed settings, on fresh runs side by side.
+
+    The main rounds run ~20 configurations one after another, a minute or more per round, and the
+    best fixed setting is the maximum of their noisy medians: selected and measured on the same
+    samples, it is biased upwards (two settings doing identical work differ by 10-25% in one
+    round on these machines).  So the rounds only *select* the candidates (the best fixed
+    setting, and the best one at another draft length), and then --confirm rounds run adaptive
+    and the candidates back to back, the order rotating.  Reported: each candidate's median
+    over those rounds and the median over rounds of adaptive's speed over the candidate's."""
+    fixed = {}
+    for smp in samples:
+        if smp.engine == "mtpllama" and smp.setting.mode == "fixed":
+            fixed.setdefault(smp.setting, []).append(smp.tps)
+    ranked = sorted(fixed, key=lambda s: statistics.median(fixed[s]), reverse=True)
+    if not ranked:
+        return {}
+    cands = [ranked[0]] + [s for s in ranked if s.k != ranked[0].k][:1]
+    group = [Setting("adaptive")] + cands
+    out: list[Sample] = []
+    for r in range(a.confirm):
+        order = group[r % len(group):] + group[:r % len(group)]
+        rnd = {s: measure(ours, None, "mtpllama", s, a, f"confirm {r + 1}", loads) for s in order}
+        out += [rnd[s] for s in group]
+    tps = {s.label: [x.tps for x in out if x.setting == s] for s in group}
+    ad = tps["adaptive"]
+    paired = {s.label: statistics.median(x / y for x, y in zip(ad, tps[s.label])) for s in cands}
+    best = max(cands, key=lambda s: statistics.median(tps[s.label]))
+    return {"candidates": [s.label for s in cands], "rounds": a.confirm, "tps": tps,
+            "median": {k: statistics.median(v) for k, v in tps.items()}, "paired": paired,
+            "best": best.label, "x_best": statistics.median(ad) / statistics.median(tps[best.label]),
+            "x_best_paired": min(paired.values()), "samples": out}
+
+
 def bench_model(name: str, path: Path, a, bins: dict[str, str] | None) -> dict:
     ours = Ours(path, a.threads, a.ctx)
     up = Upstream(bins, path, a.threads, a.ctx, a.timeout) if bins else None
@@ -336,33 +391,25 @@ def bench_model(name: str, path: Path, a, bins: dict[str, str] | None) -> dict:
     for r in range(a.repeats):
         order = jobs if r % 2 == 0 else list(reversed(jobs))
         for engine, s in order:
-            for attempt in range(a.retries + 1):
-                if a.wait_idle > 0:
-                    CpuMeter.wait_idle(a.busy_threshold, a.wait_idle)
-                loads.append(loadavg())
-                c0 = CpuMeter.snap()
-                smp = ours.run(s, a.prompt, a.tokens) if engine == "mtpllama" else up.run(s, a.prompt, a.tokens)
-                smp.extra["foreign_cpu"] = CpuMeter.foreign(c0, CpuMeter.snap())
-                smp.extra["attempt"] = attempt
-                busy = smp.extra["foreign_cpu"] >= a.busy_threshold
-                print(f"  round {r + 1} {engine:8s} {s.label:12s} {smp.tps:8.2f} t/s  {smp.tok_per_step:5.2f} tok/step  "
-                      f"acc {' '.join(f'{x:.2f}' for x in smp.acc_pos):24s} other processes {smp.extra['foreign_cpu']:.0%}"
-                      f"{'  (busy machine: retrying)' if busy and attempt < a.retries else ''}",
-                      file=sys.stderr, flush=True)
-                if not busy:
-                    break
-            samples.append(smp)
+            samples.append(measure(ours, up, engine, s, a, f"round {r + 1}", loads))
+    confirm = confirm_adaptive(ours, sets, samples, a, loads) if want_adaptive and a.confirm > 0 else None
     elapsed = time.perf_counter() - t0
     ours.close()
     res = summarise(name, path, info, sets, samples, a)
+    if confirm:
+        res["confirm"] = confirm
     res["elapsed_s"] = elapsed
     res["loadavg_max"] = max(loads) if loads else None
     res["loadavg_median"] = statistics.median(loads) if loads else None
-    fc = [x.extra["foreign_cpu"] for x in samples]
+    fc = [x.extra["foreign_cpu"] for x in samples] + [x.extra["foreign_cpu"] for x in (confirm or {}).get("samples", [])]
     res["foreign_cpu_max"] = max(fc) if fc else None
     res["contended_samples"] = sum(f >= a.busy_threshold for f in fc)
     res["retried_samples"] = sum(x.extra["attempt"] > 0 for x in samples)
-    res["n_samples"] = len(samples)
+    res["retried_samples"] += sum(x.extra["attempt"] > 0 for x in (confirm or {}).get("samples", []))
+    res["n_samples"] = len(fc)
+    if confirm:
+        confirm["samples"] = [{"setting": x.setting.label, "tps": x.tps, "k_chosen": x.extra.get("k_chosen")}
+                              for x in confirm["samples"]]
     if a.adaptive and not ours.adaptive:
         res["notes"].append("adaptive skipped: this mtpllama's SpecConfig has no 'adaptive' field")
     return res
@@ -500,13 +547,16 @@ def table(res: dict) -> list[list[str]]:
 def overview(results: list[dict]) -> list[list[str]]:
     """One line per model: the numbers issue 7's acceptance criteria are about."""
     head = ["model", "plain: ours / upstream t/s", "plain ratio (paired)", "fixed k: ours / upstream (min .. max)",
-            "best fixed, ours", "best fixed, upstream", "adaptive x plain", "adaptive x best fixed (ours)"]
+            "fixed k, paired: median (min .. max)", "best fixed, ours", "best fixed, upstream", "adaptive x plain",
+            "adaptive x best fixed (ours)", "confirmation: adaptive x best fixed (paired)"]
     out = [head]
     for res in results:
         rows = {r["setting"]: r for r in res["rows"]}
         pl = rows.get("plain", {})
         o, u = pl.get("mtpllama"), pl.get("upstream")
         fx = [r["x_upstream"] for r in res["rows"] if r["mode"] == "fixed" and "x_upstream" in r]
+        fxp = [r["x_upstream_paired"] for r in res["rows"] if r["mode"] == "fixed" and r.get("x_upstream_paired")]
+        cf = res.get("confirm")
         bf = res["best_fixed"]
         ad = rows.get("adaptive", {}).get("mtpllama")
 
@@ -515,8 +565,11 @@ def overview(results: list[dict]) -> list[list[str]]:
             return f"{b['setting']}: {_f(b['x_plain'], '{:.2f}x')}" if b else "-"
         out.append([res["model"], f"{_f(o and o['median'], '{:.1f}')} / {_f(u and u['median'], '{:.1f}')}",
                     f"{_f(pl.get('x_upstream'), '{:.3f}x')} ({_f(pl.get('x_upstream_paired'), '{:.3f}x')})",
-                    f"{min(fx):.2f}x .. {max(fx):.2f}x" if fx else "-", best("mtpllama"), best("upstream"),
-                    _f(ad and ad.get("x_plain"), "{:.2f}x"), _f(ad and ad.get("x_best_fixed_mtpllama"), "{:.2f}x")])
+                    f"{min(fx):.2f}x .. {max(fx):.2f}x" if fx else "-",
+                    f"{statistics.median(fxp):.2f}x ({min(fxp):.2f}x .. {max(fxp):.2f}x)" if fxp else "-",
+                    best("mtpllama"), best("upstream"),
+                    _f(ad and ad.get("x_plain"), "{:.2f}x"), _f(ad and ad.get("x_best_fixed_mtpllama"), "{:.2f}x"),
+                    f"{cf['x_best']:.2f}x ({cf['x_best_paired']:.2f}x)" if cf else "-"])
     return out
 
 
@@ -553,6 +606,13 @@ def summary_lines(res: dict) -> list[str]:
             out.append(f"controller's estimates after the last adaptive run: trunk pass ms by tokens {{{ev}}}, "
                        f"draft step {1e3 * last.get('est_draft', 0):.2f} ms, acceptance by position "
                        f"{' '.join(f'{x:.2f}' for x in last.get('est_accept', [])[:4])}")
+    cf = res.get("confirm")
+    if cf:
+        med = ", ".join(f"{k} {v:.1f}" for k, v in cf["median"].items())
+        pr = ", ".join(f"{k} {v:.2f}x" for k, v in cf["paired"].items())
+        out.append(f"confirmation ({cf['rounds']} rounds of adaptive and the main rounds' best fixed settings, back to "
+                   f"back): medians t/s {med}; adaptive over each, paired by round: {pr}; adaptive x best of them "
+                   f"({cf['best']}): {cf['x_best']:.2f}x")
     reuse = []
     for r in res["rows"]:
         g = (r.get("mtpllama") or {}).get("graphs")
@@ -648,8 +708,13 @@ def write_md(path: Path, results: list[dict], a, cmdline: str, mach: dict, upstr
           "draft's top-10 softmax, ours to the full softmax, so p=0.85 rows can stop drafts at different places.", ""]
     L += ["## Overview", "", "Medians. *plain ratio*, *fixed k*: mtpllama's speed over upstream's at the same setting (in brackets: "
           "paired by round); "
+          "paired by round); *fixed k, paired*: the median, min and max over the fixed settings of their paired ratios; "
           "*best fixed*: the fastest fixed setting of each engine, against that engine's plain decoding; *adaptive*: "
-          "`SpecConfig()` defaults.", "", render_md(overview(results)), ""]
+          "`SpecConfig()` defaults; *confirmation*: after the rounds, adaptive and the two fastest fixed settings of "
+          "the rounds (the fastest, and the fastest at another k) run back to back for --confirm more rounds: "
+          "adaptive's median over the faster one's, and (in brackets) the lower of its paired medians against the two. "
+          "A maximum over ~16 noisy medians is biased upwards; fresh runs side by side are not.", "",
+          render_md(overview(results)), ""]
     for res in results:
         L += [f"## {res['model']}", "", model_line(res), "",
               render_md(table(res)), ""]
@@ -718,6 +783,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="also run mtpllama's adaptive controller with SpecConfig() defaults (default)")
     ap.add_argument("--no-adaptive", dest="adaptive", action="store_false")
     ap.add_argument("--no-upstream", action="store_true", help="only mtpllama")
+    ap.add_argument("--confirm", type=int, default=6,
+                    help="rounds of adaptive against the two best fixed settings of the main rounds, back to back "
+                         "(0: none)")
     ap.add_argument("--prompt", default=DEFAULT_PROMPT)
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per upstream run")
     ap.add_argument("--busy-threshold", type=float, default=0.15,
