@@ -7,6 +7,8 @@ Per model, in INTERLEAVED rounds (every configuration once per round, the mtplla
 runs of one setting next to each other, the order reversed every other round):
 
 * mtpllama plain: ``Model.generate(prompt, n, mtp=False)``
+* mtpllama plain, fresh process (--fresh, default): the same in a new Python process per run,
+  as every upstream run is, placed next to upstream's plain run
 * mtpllama fixed k: ``SpecConfig(draft_max=k, draft_p_min=p, adaptive=False)``, k in --ks, p in --p-mins
 * mtpllama adaptive: ``SpecConfig()`` (the defaults: the adaptive controller), if SpecConfig has
   an ``adaptive`` field (skipped with a note otherwise)
@@ -24,8 +26,12 @@ timing.  Reported: min and median tokens/s over the repeats, acceptance per draf
 (the fraction of decode steps whose draft token at that position was kept: upstream's
 ``#acc rate/pos``), mean tokens per decode step, ratios against plain decoding of the same
 engine and against upstream at the same setting.  Greedy outputs are compared (reported,
-never fatal).  mtpllama runs in this one long-lived process, upstream in a new process per run;
-plain decoding in both cold: plain_ab.py.
+never fatal).  mtpllama runs in this one long-lived process (but for the fresh-process plain
+row), upstream in a new process per run.  A process that alternates MTP sessions with a plain
+one was measured to decode plain 0-4% slower than a new process (noisy; a process running only
+plain decoding is not slower), so both plain rows are reported; the ratios against plain use the
+long-lived row, as they compare runs in one process.  After the rounds, --confirm rounds run
+adaptive back to back with the rounds' two best fixed settings (see confirm_adaptive).
 
 Outputs: a table on stdout, a JSON file with every run (--json, default
 ~/.cache/mtpllama/bench-results/results-DATE.json, outside the repository) and
@@ -72,7 +78,7 @@ DEFAULT_PROMPT = bench_models.PROMPT
 
 @dataclass(frozen=True)
 class Setting:
-    mode: str            # "plain", "fixed", "adaptive"
+    mode: str            # "plain", "fresh" (plain in a new process per run), "fixed", "adaptive"
     k: int = 0
     p: float = 0.0
 
@@ -80,6 +86,8 @@ class Setting:
     def label(self) -> str:
         if self.mode == "fixed":
             return f"k={self.k} p={self.p:g}"
+        if self.mode == "fresh":
+            return "plain, fresh process"
         return self.mode
 
 
@@ -104,11 +112,41 @@ def has_adaptive() -> bool:
 
 # --- mtpllama -------------------------------------------------------------------------
 
+# One plain generation in a new interpreter; prints decode tokens/s as Ours.run computes them, then
+# the token ids.  Written out rather than imported: the point is a cold process (importing numpy
+# and the model generator before the run was itself measured to slow plain decoding a little).
+FRESH_PLAIN = """
+import json, sys
+sys.path.insert(0, {python!r})
+import mtpllama
+cfg = mtpllama.SessionConfig(n_threads={threads}, n_ctx={ctx})
+with mtpllama.Model({path!r}, mtp=False, session_defaults=cfg) as m:
+    r = m.generate({prompt!r}, {tokens})
+st = r.stats
+print((st.generated_tokens - 1) / (st.t_draft + st.t_verify + st.t_other))
+print(json.dumps([st.generated_tokens, st.prompt_tokens, list(r.tokens)]))
+"""
+
+
+def fresh_plain(path: Path, threads: int, ctx: int, prompt: str, tokens: int) -> tuple[float, dict]:
+    """mtpllama plain decoding in a new Python process (as every upstream run is): tokens/s and
+    what else the process printed (generated and prompt token counts, the token ids)."""
+    code = FRESH_PLAIN.format(python=str(REPO / "python"), threads=threads, ctx=ctx, path=str(path), prompt=prompt,
+                              tokens=tokens)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    if p.returncode != 0:
+        raise RuntimeError(f"mtpllama run in a new process failed:\n{p.stderr[-2000:]}")
+    lines = p.stdout.strip().splitlines()
+    n_gen, n_prompt, ids = json.loads(lines[-1])
+    return float(lines[-2]), {"generated_tokens": n_gen, "prompt_tokens": n_prompt, "token_ids": ids}
+
+
 class Ours:
     def __init__(self, path: Path, threads: int, n_ctx: int) -> None:
         import mtpllama
 
         self.mtpllama = mtpllama
+        self.path, self.threads, self.n_ctx = path, threads, n_ctx
         self.model = mtpllama.Model(str(path), session_defaults=mtpllama.SessionConfig(n_threads=threads, n_ctx=n_ctx))
         self.adaptive = has_adaptive()
         self.sessions: dict = {}
@@ -142,6 +180,10 @@ class Ours:
         return sess
 
     def run(self, s: Setting, prompt: str, n: int) -> Sample:
+        if s.mode == "fresh":
+            tps, out = fresh_plain(self.path, self.threads, self.n_ctx, prompt, n)
+            return Sample("mtpllama", s, tps, out["generated_tokens"], out["generated_tokens"], [], 1.0, "",
+                          {"prompt_tokens": out["prompt_tokens"], "token_ids": out["token_ids"]})
         sess = self.session(s)
         if s.mode == "plain":
             r = sess.generate(prompt, n)
@@ -260,8 +302,8 @@ def resolve_model(name: str) -> tuple[str, Path]:
     return name, bench_models.ensure(name)
 
 
-def settings(ks: list[int], p_mins: list[float], adaptive: bool) -> list[Setting]:
-    out = [Setting("plain")] + [Setting("fixed", k, p) for p in p_mins for k in ks]
+def settings(ks: list[int], p_mins: list[float], adaptive: bool, fresh: bool = False) -> list[Setting]:
+    out = [Setting("plain")] + ([Setting("fresh")] if fresh else []) + [Setting("fixed", k, p) for p in p_mins for k in ks]
     if adaptive:
         out.append(Setting("adaptive"))
     return out
@@ -375,11 +417,11 @@ def bench_model(name: str, path: Path, a, bins: dict[str, str] | None) -> dict:
     ours = Ours(path, a.threads, a.ctx)
     up = Upstream(bins, path, a.threads, a.ctx, a.timeout) if bins else None
     want_adaptive = a.adaptive and ours.adaptive
-    sets = settings(a.ks, a.p_mins, want_adaptive)
+    sets = settings(a.ks, a.p_mins, want_adaptive, a.fresh)
     jobs: list[tuple[str, Setting]] = []
     for s in sets:
         jobs.append(("mtpllama", s))
-        if up and s.mode != "adaptive":
+        if up and s.mode not in ("adaptive", "fresh"):
             jobs.append(("upstream", s))
     info = ours.model.info
     print(f"\n== {name}: {path} ({info.n_params / 1e9:.2f}B params, {info.model_bytes / 2**30:.2f} GiB), "
@@ -452,6 +494,10 @@ def summarise(name: str, path: Path, info, sets: list[Setting], samples: list[Sa
         if "mtpllama" in row and "upstream" in row:
             row["x_upstream"] = row["mtpllama"]["median"] / row["upstream"]["median"]
             row["x_upstream_paired"] = paired_ratio(row)
+        elif s.mode == "fresh" and "mtpllama" in row and up_plain:  # against upstream plain, run next to it
+            pl = {"mtpllama": row["mtpllama"], "upstream": _agg(up_plain)}
+            row["x_upstream"] = row["mtpllama"]["median"] / pl["upstream"]["median"]
+            row["x_upstream_paired"] = paired_ratio(pl)
         rows.append(row)
     # best fixed settings, and adaptive against them
     fixed = [r for r in rows if r["mode"] == "fixed"]
@@ -547,12 +593,13 @@ def table(res: dict) -> list[list[str]]:
 def overview(results: list[dict]) -> list[list[str]]:
     """One line per model: the numbers issue 7's acceptance criteria are about."""
     head = ["model", "plain: ours / upstream t/s", "plain ratio (paired)", "fixed k: ours / upstream (min .. max)",
-            "fixed k, paired: median (min .. max)", "best fixed, ours", "best fixed, upstream", "adaptive x plain",
+            "plain, fresh process: ratio (paired)", "fixed k, paired: median (min .. max)", "best fixed, ours", "best fixed, upstream", "adaptive x plain",
             "adaptive x best fixed (ours)", "confirmation: adaptive x best fixed (paired)"]
     out = [head]
     for res in results:
         rows = {r["setting"]: r for r in res["rows"]}
         pl = rows.get("plain", {})
+        fr = rows.get(Setting("fresh").label, {})
         o, u = pl.get("mtpllama"), pl.get("upstream")
         fx = [r["x_upstream"] for r in res["rows"] if r["mode"] == "fixed" and "x_upstream" in r]
         fxp = [r["x_upstream_paired"] for r in res["rows"] if r["mode"] == "fixed" and r.get("x_upstream_paired")]
@@ -566,6 +613,7 @@ def overview(results: list[dict]) -> list[list[str]]:
         out.append([res["model"], f"{_f(o and o['median'], '{:.1f}')} / {_f(u and u['median'], '{:.1f}')}",
                     f"{_f(pl.get('x_upstream'), '{:.3f}x')} ({_f(pl.get('x_upstream_paired'), '{:.3f}x')})",
                     f"{min(fx):.2f}x .. {max(fx):.2f}x" if fx else "-",
+                    f"{_f(fr.get('x_upstream'), '{:.3f}x')} ({_f(fr.get('x_upstream_paired'), '{:.3f}x')})" if fr else "-",
                     f"{statistics.median(fxp):.2f}x ({min(fxp):.2f}x .. {max(fxp):.2f}x)" if fxp else "-",
                     best("mtpllama"), best("upstream"),
                     _f(ad and ad.get("x_plain"), "{:.2f}x"), _f(ad and ad.get("x_best_fixed_mtpllama"), "{:.2f}x"),
@@ -705,7 +753,9 @@ def write_md(path: Path, results: list[dict], a, cmdline: str, mach: dict, upstr
           "mtpllama: `(generated - 1) / (t_draft + t_verify + t_other)` from the engine's stats; upstream plain: "
           "`llama-completion`'s `eval time` (single-token decodes only, sampling excluded); upstream draft-mtp: "
           "`llama-speculative-simple`'s `decoded N tokens in S seconds`. Upstream's `--spec-draft-p-min` applies to the "
-          "draft's top-10 softmax, ours to the full softmax, so p=0.85 rows can stop drafts at different places.", ""]
+          "draft's top-10 softmax, ours to the full softmax, so p=0.85 rows can stop drafts at different places. "
+          "*plain, fresh process*: mtpllama's plain decoding in a new Python process per run, as every upstream run "
+          "is (run next to upstream's plain run; its ratio and paired ratio are against upstream plain).", ""]
     L += ["## Overview", "", "Medians. *plain ratio*, *fixed k*: mtpllama's speed over upstream's at the same setting (in brackets: "
           "paired by round); "
           "paired by round); *fixed k, paired*: the median, min and max over the fixed settings of their paired ratios; "
@@ -783,6 +833,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="also run mtpllama's adaptive controller with SpecConfig() defaults (default)")
     ap.add_argument("--no-adaptive", dest="adaptive", action="store_false")
     ap.add_argument("--no-upstream", action="store_true", help="only mtpllama")
+    ap.add_argument("--fresh", dest="fresh", action="store_true", default=True,
+                    help="also run mtpllama's plain decoding in a new process per run, next to upstream's plain run "
+                         "(upstream always runs that way; default)")
+    ap.add_argument("--no-fresh", dest="fresh", action="store_false")
     ap.add_argument("--confirm", type=int, default=6,
                     help="rounds of adaptive against the two best fixed settings of the main rounds, back to back "
                          "(0: none)")

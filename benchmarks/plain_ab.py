@@ -26,27 +26,8 @@ sys.path.insert(0, str(HERE))
 import bench  # noqa: E402
 import build_upstream  # noqa: E402
 
-# one plain generation in a new interpreter; prints decode tokens/s as bench.py's Ours.run computes
-# them.  Written out rather than imported: importing bench.py (numpy, the generator) before the
-# run was itself measured to slow plain decoding a little, and the point here is a cold process.
-OURS = """
-import sys
-sys.path.insert(0, {python!r})
-import mtpllama
-cfg = mtpllama.SessionConfig(n_threads={threads}, n_ctx={ctx})
-with mtpllama.Model({path!r}, mtp=False, session_defaults=cfg) as m:
-    st = m.generate({prompt!r}, {tokens}).stats
-print((st.generated_tokens - 1) / (st.t_draft + st.t_verify + st.t_other))
-"""
-
-
 def ours_tps(path: Path, a) -> float:
-    code = OURS.format(python=str(HERE.parent / "python"), threads=a.threads, ctx=a.ctx, path=str(path),
-                       prompt=a.prompt, tokens=a.tokens)
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
-    if p.returncode != 0:
-        raise RuntimeError(f"mtpllama run failed:\n{p.stderr[-2000:]}")
-    return float(p.stdout.strip().splitlines()[-1])
+    return bench.fresh_plain(path, a.threads, a.ctx, a.prompt, a.tokens)[0]
 
 
 def main(argv: list[str] | None = None) -> int:
