@@ -39,10 +39,10 @@ benchmarks/RESULTS.md (--results-md) with the tables, the command and the machin
 ``--render JSON`` rewrites the tables and RESULTS.md from an earlier run's JSON.
 
 Needs the engine: ``MTPLLAMA_LIBRARY=build/dev/libmtpllama.so PYTHONPATH=python`` in a checkout
-(or the installed package).  A full run (the 8 default models, 19 configurations, 4 rounds, 128
-tokens) takes about 37 minutes of rounds on the 2-core machines (the dense Q8_0 files ~5-6
-minutes each, the others ~4), plus ~4-7 minutes to build the upstream tools and ~5 minutes to
-generate the models the first time.
+(or the installed package).  A full run (the 8 default models, 20 configurations, 4 rounds, 128
+tokens, 6 confirmation rounds) takes about 46 minutes on the 2-core machines (the dense Q8_0
+files ~7 minutes each, the others ~5), plus ~4-7 minutes to build the upstream tools and ~5
+minutes to generate the models the first time.
 Models: names from models.py (generated and cached on demand) or paths of GGUF files.
 """
 from __future__ import annotations
