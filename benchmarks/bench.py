@@ -385,8 +385,8 @@ def confirm_adaptive(ours: Ours, samples: list[Sample], a, loads: list[float]) -
 
     The main rounds run ~20 configurations one after another, a minute or more per round, and the
     best fixed setting is the maximum of their noisy medians: selected and measured on the same
-    samples, it is biased upwards (two settings doing identical work differ by 10-25% in one
-    round on these machines).  So the rounds only *select* the candidates (the best fixed
+    samples, it is biased upwards (two settings doing identical work differed by up to 30% in one
+    round, 8% in their medians, on these machines).  So the rounds only *select* the candidates (the best fixed
     setting, and the best one at another draft length), and then --confirm rounds run adaptive
     and the candidates back to back, the order rotating.  Reported: each candidate's median
     over those rounds and the median over rounds of adaptive's speed over the candidate's."""
