@@ -158,6 +158,9 @@ int32_t mtpl_controller_simulate(const mtpl_controller_sim * sim, int32_t * out_
                 return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "cost_s[k] must be > 0 for k = 0..k_max");
             }
         }
+        if (!(sim->k_switch_s >= 0.0 && sim->k_switch_s < 1e6)) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "k_switch_s must be >= 0");
+        }
         if (!(sim->speed_after >= 0.0 && sim->speed_after < 1e6)) {
             return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "speed_after must be >= 0 (0: no drift)");
         }

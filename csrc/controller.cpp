@@ -33,10 +33,12 @@
 // acceptance estimate gets one more success, spaced so that a probe's expected
 // loss stays near 0.5% of the time (at least 16 steps apart, doubling to 512
 // while the choice holds); one deeper again, soon, after a probe whose drafts
-// were all accepted against the odds; and two steps shallower every 32 steps (256
-// while that is far behind), so a stale cost estimate cannot keep a cheaper k out
-// of use.  A step at another k than the one before also rebuilds compute graphs;
-// once its k has a sample, it counts only when faster than the estimate.
+// were all accepted against the odds; two steps shallower every 32 steps (256
+// while that is far behind), and two steps one deeper every 32 steps while that is
+// estimated within 10% of the choice, so a stale cost estimate cannot keep a
+// neighbouring k out of use.  A step at another k than the one before also
+// rebuilds compute graphs; once its k has a sample, it counts only when faster than
+// the estimate, so a probe alone never corrects an estimate that is too high.
 #include "engine.h"
 
 #include <algorithm>
@@ -75,6 +77,13 @@ double step_cost(const controller & c, int32_t k) {
     const double draft = c.n_draft > 0 ? c.t_draft : 0.0;
     const double row = c.n_timed[0] > 0 && c.n_timed[1] > 0 ? std::max(0.0, c.t_step[1] - c.t_step[0] - draft) : 0.0;
     return c.t_step[j] + (double) (k - j) * (draft + k_row_optimism * row);
+}
+
+// two steps at k: the first, a switch, counts only when faster than the estimate
+int32_t start_remeasure(controller & c, int32_t k) {
+    c.remeasuring = k;
+    c.remeasure_left = 1;
+    return k;
 }
 
 } // namespace
@@ -171,9 +180,13 @@ int32_t controller_choose(controller & c, int32_t k_max) {
     // estimated within 10% of best, every 256 while it is far behind (such a step costs)
     const int64_t remeasure = c.est_rate[best > 0 ? best - 1 : 0] > 0.9 * best_rate ? k_remeasure : 8 * k_remeasure;
     if (best > 0 && c.steps % remeasure == 0) {
-        c.remeasuring = best - 1;
-        c.remeasure_left = 1;  // two steps: the first, a switch, is not timed
-        return best - 1;
+        return start_remeasure(c, best - 1);
+    }
+    // likewise one deeper, halfway between, while it is estimated within 10% of best: its
+    // estimate is otherwise refreshed only by probes, whose switch keeps it from rising, so
+    // one slow early sample (or a machine that has sped up since) could keep it out of use
+    if (best < k_max && c.est_rate[best + 1] > 0.9 * best_rate && c.steps % k_remeasure == k_remeasure / 2) {
+        return start_remeasure(c, best + 1);
     }
     return best;
 }
@@ -251,6 +264,7 @@ void controller_simulate(const mtpl_controller_sim & sim, int32_t * out_k, doubl
     seconds = 0.0;
     int32_t backlog = sim.n_prompt;  // positions the MTP cache has not seen
     bool kept_up = false;
+    int32_t k_before = -1;
     for (int32_t step = 0; step < sim.n_steps; ++step) {
         const int32_t k = controller_choose(c, sim.k_max);
         out_k[step] = k;
@@ -264,7 +278,8 @@ void controller_simulate(const mtpl_controller_sim & sim, int32_t * out_k, doubl
         const double base = speed * sim.cost_s[k] * std::max(0.5, 1.0 + sim.noise * normal(rng));
         const bool steady = k == 0 || kept_up;
         const double catch_up = steady ? 0.0 : sim.catch_up_s * backlog;
-        const double t = base + catch_up;
+        const double t = base + catch_up + (k != k_before && k_before >= 0 ? sim.k_switch_s : 0.0);
+        k_before = k;
         const double t_draft = k * speed * sim.draft_s + catch_up;
         controller_update(c, k, k, n_acc, k, t_draft, t - t_draft, t, 0.0, k > 0 ? speed * sim.draft_s + catch_up : 0.0,
                           steady);

@@ -198,6 +198,7 @@ typedef struct mtpl_controller_sim {
     double accept[16];
     double accept_after[16];
     double speed_after;             /* step times are multiplied by this from switch_step on (0 = 1: no drift) */
+    double k_switch_s;              /* seconds added to a step whose k differs from the step before's (graph rebuilds) */
     uint64_t seed;
 } mtpl_controller_sim;
 int32_t mtpl_controller_simulate(const mtpl_controller_sim * sim, int32_t * out_k, double * out_tokens,
