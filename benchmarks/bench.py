@@ -758,8 +758,7 @@ def write_md(path: Path, results: list[dict], a, cmdline: str, mach: dict, upstr
           "*plain, fresh process*: mtpllama's plain decoding in a new Python process per run, as every upstream run "
           "is (run next to upstream's plain run; its ratio and paired ratio are against upstream plain).", ""]
     L += ["## Overview", "", "Medians. *plain ratio*, *fixed k*: mtpllama's speed over upstream's at the same setting (in brackets: "
-          "paired by round); "
-          "paired by round); *fixed k, paired*: the median, min and max over the fixed settings of their paired ratios; "
+          "paired by round; for fixed k, the lowest and highest over the 8 settings); *fixed k, paired*: the median, min and max over the fixed settings of their paired ratios; "
           "*best fixed*: the fastest fixed setting of each engine, against that engine's plain decoding; *adaptive*: "
           "`SpecConfig()` defaults; *confirmation*: after the rounds, adaptive and the two fastest fixed settings of "
           "the rounds (the fastest, and the fastest at another k) run back to back for --confirm more rounds: "
