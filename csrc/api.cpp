@@ -158,6 +158,11 @@ int32_t mtpl_controller_simulate(const mtpl_controller_sim * sim, int32_t * out_
                 return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "cost_s[k] must be > 0 for k = 0..k_max");
             }
         }
+        for (int32_t i = 0; i < MTPL_MAX_DRAFT; ++i) {
+            if (!(sim->p_drafted[i] >= 0.0 && sim->p_drafted[i] <= 1.0)) {
+                return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "p_drafted[i] must be in [0, 1] (0: always drafted)");
+            }
+        }
         if (!(sim->k_switch_s >= 0.0 && sim->k_switch_s < 1e6)) {
             return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "k_switch_s must be >= 0");
         }

@@ -1,7 +1,8 @@
 // How many tokens to draft next: the adaptive controller.
 //
 // Each step could draft k = 0..draft_max tokens.  With a_i the probability that
-// draft i is accepted given that drafts 1..i-1 were, a step is expected to emit
+// draft i is made (draft_p_min stops drafting where the head is unsure) and
+// accepted, given that drafts 1..i-1 were, a step asked for k is expected to emit
 //     E(k) = 1 + a_1 + a_1 a_2 + ... + a_1 ... a_k
 // tokens.  Its cost T(k) is measured, not modelled: the whole step's time when k
 // was asked for (trunk pass over k + 1 tokens, which is not linear in k on CPUs
@@ -235,7 +236,7 @@ void controller_update(controller & c, int32_t k, int32_t n_drafted, int32_t n_a
         c.probing = -1;
         // all drafts accepted where the estimates said that was unlikely: acceptance may have
         // risen, look again soon and one deeper
-        if (n_drafted > 0 && n_accepted == n_drafted && c.probe_p_full < 0.5) {
+        if (k > 0 && n_accepted == k && c.probe_p_full < 0.5) {
             c.follow_up_depth = k + 1;
             c.probe_every = k_probe_min;
             c.next_probe = c.steps + k_probe_min;
@@ -245,7 +246,9 @@ void controller_update(controller & c, int32_t k, int32_t n_drafted, int32_t n_a
     // from counts that age by the step, observed or not, so that after a long run of plain
     // steps what probes see outweighs what was seen long ago
     for (int32_t i = 0; i < MTPL_MAX_DRAFT; ++i) {
-        const bool observed = i < n_drafted && i <= n_accepted;
+        // a draft that draft_p_min kept from being made (i >= n_drafted) yields no token: it
+        // counts as rejected, so that E(k) is what asking for k drafts yields
+        const bool observed = i < k && i <= n_accepted;
         c.n_accepted[i] = k_accept_decay * c.n_accepted[i] + (observed && i < n_accepted ? 1.0 : 0.0);
         c.n_drafted[i] = k_accept_decay * c.n_drafted[i] + (observed ? 1.0 : 0.0);
         // the prior (weight 1): 1/2 for the first position, the position before for the others,
@@ -271,18 +274,27 @@ void controller_simulate(const mtpl_controller_sim & sim, int32_t * out_k, doubl
         const bool after = sim.switch_step >= 0 && step >= sim.switch_step;
         const double * accept = after ? sim.accept_after : sim.accept;
         const double speed = after && sim.speed_after > 0.0 ? sim.speed_after : 1.0;
+        // drafts are made until one falls below draft_p_min; the leading ones are accepted
+        int32_t n_drafted = 0;
+        while (n_drafted < k && !(sim.p_drafted[n_drafted] > 0.0 && uniform01(rng) >= sim.p_drafted[n_drafted])) {
+            ++n_drafted;
+        }
         int32_t n_acc = 0;
-        while (n_acc < k && uniform01(rng) < accept[n_acc]) {
+        while (n_acc < n_drafted && uniform01(rng) < accept[n_acc]) {
             ++n_acc;
         }
-        const double base = speed * sim.cost_s[k] * std::max(0.5, 1.0 + sim.noise * normal(rng));
+        // a step that stopped drafting early costs what drafting n_drafted costs, plus the MTP
+        // decode of the draft that was not made
+        const int32_t n_calls = std::min(k, n_drafted + 1);
+        const double base = speed * (sim.cost_s[n_drafted] + (n_calls - n_drafted) * sim.draft_s) *
+                            std::max(0.5, 1.0 + sim.noise * normal(rng));
         const bool steady = k == 0 || kept_up;
         const double catch_up = steady ? 0.0 : sim.catch_up_s * backlog;
         const double t = base + catch_up + (k != k_before && k_before >= 0 ? sim.k_switch_s : 0.0);
         k_before = k;
-        const double t_draft = k * speed * sim.draft_s + catch_up;
-        controller_update(c, k, k, n_acc, k, t_draft, t - t_draft, t, 0.0, k > 0 ? speed * sim.draft_s + catch_up : 0.0,
-                          steady);
+        const double t_draft = n_calls * speed * sim.draft_s + catch_up;
+        controller_update(c, k, n_drafted, n_acc, n_calls, t_draft, t - t_draft, t, 0.0,
+                          k > 0 ? speed * sim.draft_s + catch_up : 0.0, steady);
         kept_up = k > 0;
         backlog = (k > 0 ? 0 : backlog) + n_acc + 1;
         tokens += n_acc + 1;

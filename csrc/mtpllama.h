@@ -183,7 +183,9 @@ int32_t mtpl_get_batch_invariant(void);
    and tuning of its policy.  Each step it chooses k in 0..k_max; the step then takes
    cost_s[k] * (1 + noise * N(0, 1)) seconds (clamped at >= 0.5 cost_s[k]), plus catch_up_s per
    position the MTP cache missed when it drafts after plain steps (the first step pays for the
-   prompt's n_prompt positions); draft i is accepted with probability accept[i] (given drafts
+   prompt's n_prompt positions); draft i is made with probability p_drafted[i] (draft_p_min;
+   drafting stops at the first draft not made, and the step costs cost_s[n made] plus the MTP
+   decode that was not used) and, once made, accepted with probability accept[i] (given drafts
    before it were), or accept_after[i] from step switch_step on.  out_k[step] receives each
    choice (n_steps entries); *out_tokens and *out_seconds the totals. */
 typedef struct mtpl_controller_sim {
@@ -197,6 +199,7 @@ typedef struct mtpl_controller_sim {
     double noise;                   /* relative standard deviation of step times */
     double accept[16];
     double accept_after[16];
+    double p_drafted[16];           /* P(draft i passes draft_p_min | drafts before it did); 0 = 1 */
     double speed_after;             /* step times are multiplied by this from switch_step on (0 = 1: no drift) */
     double k_switch_s;              /* seconds added to a step whose k differs from the step before's (graph rebuilds) */
     uint64_t seed;

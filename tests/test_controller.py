@@ -38,7 +38,7 @@ LOW = [0.15, 0.10, 0.10, 0.10]
 
 
 def simulate(cost_ms, accept, n_steps, *, accept_after=None, switch=-1, noise=0.05, seed=0,
-             draft_ms=None, catch_up_ms=None, n_prompt=30, speed_after=0.0, switch_ms=0.0):
+             draft_ms=None, catch_up_ms=None, n_prompt=30, speed_after=0.0, switch_ms=0.0, p_drafted=None):
     # per MTP decode and per position caught up after plain steps, measured on the files
     moe = cost_ms[1:2] == MOE[1:2]
     draft_ms = draft_ms if draft_ms is not None else (1.5 if moe else 1.1)
@@ -57,6 +57,8 @@ def simulate(cost_ms, accept, n_steps, *, accept_after=None, switch=-1, noise=0.
         sim.accept[i] = a
     for i, a in enumerate(accept_after or accept):
         sim.accept_after[i] = a
+    for i, p in enumerate(p_drafted or []):
+        sim.p_drafted[i] = p
     sim.speed_after = speed_after
     sim.k_switch_s = switch_ms * MS
     sim.seed = seed
@@ -74,6 +76,24 @@ def fixed_rates(cost_ms, accept):
             run *= accept[k - 1]
             expected += run
         rates.append(expected / c)
+    return rates
+
+
+def truncated_rates(cost_ms, accept, p_drafted, draft_ms):
+    """E(k) / T(k) when draft_p_min stops drafting: draft i is made with probability p_drafted[i]
+    (given drafts before it were) and then accepted with probability accept[i]; a step that made
+    j < k drafts costs cost_ms[j] plus the MTP decode of the draft it did not make."""
+    rates = []
+    for k in range(len(cost_ms)):
+        expected, run, cost, p_made = 1.0, 1.0, 0.0, 1.0  # p_made: P(the first j drafts were made)
+        for j in range(k + 1):
+            stop = 1.0 - p_drafted[j] if j < k else 1.0  # P(drafting stops after j drafts | j made)
+            cost += p_made * stop * (cost_ms[j] + (draft_ms if j < k else 0.0))
+            if j < k:
+                run *= p_drafted[j] * accept[j]
+                expected += run
+                p_made *= p_drafted[j]
+        rates.append(expected / cost)
     return rates
 
 
@@ -199,6 +219,28 @@ def test_refreshes_a_stale_estimate_one_deeper(speed):
         assert tokens / (seconds / MS) / best >= 0.95, (seed, after)
 
 
+def test_drafts_not_made_count_as_rejected():
+    """draft_p_min stops drafting where the head is unsure: on the MoE file, half the steps
+    asked for a draft make none, and those cost about a plain step.  The drafts that are made
+    are accepted 90% of the time, yet asking for one yields only 1.5 tokens per step: the
+    controller must count a draft not made as a token not gained, or it drafts at a loss
+    (measured from the accepted drafts alone, E(1) = 1.9 against a cost of ~1.6 plain steps)."""
+    accept, p_drafted, draft_ms = [0.9] * 4, [0.55] * 4, 1.5
+    rates = truncated_rates(MOE, accept, p_drafted, draft_ms)
+    assert max(range(5), key=rates.__getitem__) == 0 and rates[1] < 0.95 * rates[0]
+    # E(1) measured from the drafts that were made would beat plain by over 10%
+    t1 = (1.0 + 0.55 * 0.9) / rates[1]
+    assert 1.9 / t1 > 1.1 * rates[0]
+    effs, ks = [], Counter()
+    for seed in range(9):
+        k, tokens, seconds = simulate(MOE, accept, 1000, p_drafted=p_drafted, draft_ms=draft_ms, seed=seed)
+        effs.append(tokens / (seconds / MS) / rates[0])
+        ks.update(k)
+    effs.sort()
+    assert effs[4] >= 0.97, (effs, ks)
+    assert ks[0] >= 0.9 * sum(ks.values()), ks
+
+
 def test_draft_max_zero_and_one():
     ks, tokens, _ = simulate(DENSE[:1], HIGH, 50)
     assert ks == [0] * 50 and tokens == 50
@@ -218,5 +260,7 @@ def test_bad_simulation_arguments():
         _lib.check(lib.mtpl_controller_simulate(ffi.NULL, ks, tokens, seconds))
     with pytest.raises(MtpllamaError, match="speed_after"):
         simulate([15.0, 20.0], HIGH, 10, speed_after=-1.0)
+    with pytest.raises(MtpllamaError, match="p_drafted"):
+        simulate([15.0, 20.0], HIGH, 10, p_drafted=[1.5])
     with pytest.raises(MtpllamaError, match="k_switch_s"):
         simulate([15.0, 20.0], HIGH, 10, switch_ms=-1.0)
