@@ -68,21 +68,12 @@ def simulate(cost_ms, accept, n_steps, *, accept_after=None, switch=-1, noise=0.
     return list(ks)[:n_steps], tokens[0], seconds[0]
 
 
-def fixed_rates(cost_ms, accept):
-    """Expected tokens per ms of drafting k every step: E(k) / T(k)."""
-    rates, expected, run = [], 1.0, 1.0
-    for k, c in enumerate(cost_ms):
-        if k > 0:
-            run *= accept[k - 1]
-            expected += run
-        rates.append(expected / c)
-    return rates
-
-
-def truncated_rates(cost_ms, accept, p_drafted, draft_ms):
-    """E(k) / T(k) when draft_p_min stops drafting: draft i is made with probability p_drafted[i]
-    (given drafts before it were) and then accepted with probability accept[i]; a step that made
-    j < k drafts costs cost_ms[j] plus the MTP decode of the draft it did not make."""
+def fixed_rates(cost_ms, accept, p_drafted=None, draft_ms=0.0):
+    """Expected tokens per ms of asking for k drafts every step: E(k) / T(k).  With p_drafted,
+    draft_p_min stops drafting: draft i is made with probability p_drafted[i] (given drafts
+    before it were) and then accepted with probability accept[i]; a step that made j < k drafts
+    costs cost_ms[j] plus the MTP decode of the draft it did not make."""
+    p_drafted = p_drafted or [1.0] * len(accept)
     rates = []
     for k in range(len(cost_ms)):
         expected, run, cost, p_made = 1.0, 1.0, 0.0, 1.0  # p_made: P(the first j drafts were made)
@@ -224,9 +215,9 @@ def test_drafts_not_made_count_as_rejected():
     asked for a draft make none, and those cost about a plain step.  The drafts that are made
     are accepted 90% of the time, yet asking for one yields only 1.5 tokens per step: the
     controller must count a draft not made as a token not gained, or it drafts at a loss
-    (measured from the accepted drafts alone, E(1) = 1.9 against a cost of ~1.6 plain steps)."""
+    (measured from the drafts made alone, E(1) = 1.9 against a cost of ~1.6 plain steps)."""
     accept, p_drafted, draft_ms = [0.9] * 4, [0.55] * 4, 1.5
-    rates = truncated_rates(MOE, accept, p_drafted, draft_ms)
+    rates = fixed_rates(MOE, accept, p_drafted, draft_ms)
     assert max(range(5), key=rates.__getitem__) == 0 and rates[1] < 0.95 * rates[0]
     # E(1) measured from the drafts that were made would beat plain by over 10%
     t1 = (1.0 + 0.55 * 0.9) / rates[1]
