@@ -121,7 +121,7 @@ import json, sys
 sys.path.insert(0, {python!r})
 import mtpllama
 cfg = mtpllama.SessionConfig(n_threads={threads}, n_ctx={ctx})
-with mtpllama.Model({path!r}, mtp=False, session_defaults=cfg) as m:
+with mtpllama.Model({path!r}, mtp=False, use_mmap={use_mmap!r}, session_defaults=cfg) as m:
     r = m.generate({prompt!r}, {tokens})
 st = r.stats
 print((st.generated_tokens - 1) / (st.t_draft + st.t_verify + st.t_other))
@@ -129,11 +129,25 @@ print(json.dumps([st.generated_tokens, st.prompt_tokens, list(r.tokens)]))
 """
 
 
-def fresh_plain(path: Path, threads: int, ctx: int, prompt: str, tokens: int) -> tuple[float, dict]:
+# --load: how each engine holds the file's weights.  "default" is each engine's own default:
+# mtpllama reads a file that fits into memory (ModelConfig.use_mmap=None), upstream maps it.
+LOADS = {"default": (None, []), "mmap": (True, ["-lm", "mmap"]), "memory": (False, ["-lm", "none"])}
+
+
+LOAD_NOTES = {
+    "default": "each engine's default (--load default): mtpllama reads a file that fits into memory "
+               "(`ModelConfig.use_mmap=None`), upstream maps it.",
+    "mmap": "both engines map the file (--load mmap; upstream `-lm mmap`).",
+    "memory": "both engines read the file into memory (--load memory; upstream `-lm none`).",
+}
+
+
+def fresh_plain(path: Path, threads: int, ctx: int, prompt: str, tokens: int,
+                load: str = "default") -> tuple[float, dict]:
     """mtpllama plain decoding in a new Python process (as every upstream run is): tokens/s and
     what else the process printed (generated and prompt token counts, the token ids)."""
     code = FRESH_PLAIN.format(python=str(REPO / "python"), threads=threads, ctx=ctx, path=str(path), prompt=prompt,
-                              tokens=tokens)
+                              tokens=tokens, use_mmap=LOADS[load][0])
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     if p.returncode != 0:
         raise RuntimeError(f"mtpllama run in a new process failed:\n{p.stderr[-2000:]}")
@@ -143,12 +157,13 @@ def fresh_plain(path: Path, threads: int, ctx: int, prompt: str, tokens: int) ->
 
 
 class Ours:
-    def __init__(self, path: Path, threads: int, n_ctx: int) -> None:
+    def __init__(self, path: Path, threads: int, n_ctx: int, load: str = "default") -> None:
         import mtpllama
 
         self.mtpllama = mtpllama
-        self.path, self.threads, self.n_ctx = path, threads, n_ctx
-        self.model = mtpllama.Model(str(path), session_defaults=mtpllama.SessionConfig(n_threads=threads, n_ctx=n_ctx))
+        self.path, self.threads, self.n_ctx, self.load = path, threads, n_ctx, load
+        self.model = mtpllama.Model(str(path), use_mmap=LOADS[load][0],
+                                    session_defaults=mtpllama.SessionConfig(n_threads=threads, n_ctx=n_ctx))
         self.adaptive = has_adaptive()
         self.sessions: dict = {}
 
@@ -182,7 +197,7 @@ class Ours:
 
     def run(self, s: Setting, prompt: str, n: int) -> Sample:
         if s.mode == "fresh":
-            tps, out = fresh_plain(self.path, self.threads, self.n_ctx, prompt, n)
+            tps, out = fresh_plain(self.path, self.threads, self.n_ctx, prompt, n, self.load)
             return Sample("mtpllama", s, tps, out["generated_tokens"], out["generated_tokens"], [], 1.0, "",
                           {"prompt_tokens": out["prompt_tokens"], "token_ids": out["token_ids"]})
         sess = self.session(s)
@@ -226,13 +241,15 @@ _RE_CALLS = re.compile(r"#calls\(b,g,a\) =\s*(\d+)\s+(\d+)\s+(\d+)")
 
 
 class Upstream:
-    def __init__(self, bins: dict[str, str], path: Path, threads: int, n_ctx: int, timeout: float) -> None:
+    def __init__(self, bins: dict[str, str], path: Path, threads: int, n_ctx: int, timeout: float,
+                 load: str = "default") -> None:
         self.bins, self.path, self.threads, self.n_ctx, self.timeout = bins, path, threads, n_ctx, timeout
+        self.load = load
 
     def common_args(self, prompt: str, n: int) -> list[str]:
         t = str(self.threads)
         return ["-m", str(self.path), "-p", prompt, "-n", str(n), "-t", t, "-tb", t, "-c", str(self.n_ctx),
-                "--temp", "0", "-s", "0"]
+                "--temp", "0", "-s", "0", *LOADS[self.load][1]]
 
     def command(self, s: Setting, prompt: str, n: int) -> list[str]:
         if s.mode == "plain":
@@ -415,8 +432,8 @@ def confirm_adaptive(ours: Ours, samples: list[Sample], a, loads: list[float]) -
 
 
 def bench_model(name: str, path: Path, a, bins: dict[str, str] | None) -> dict:
-    ours = Ours(path, a.threads, a.ctx)
-    up = Upstream(bins, path, a.threads, a.ctx, a.timeout) if bins else None
+    ours = Ours(path, a.threads, a.ctx, a.load)
+    up = Upstream(bins, path, a.threads, a.ctx, a.timeout, a.load) if bins else None
     want_adaptive = a.adaptive and ours.adaptive
     sets = settings(a.ks, a.p_mins, want_adaptive, a.fresh)
     jobs: list[tuple[str, Setting]] = []
@@ -542,6 +559,7 @@ def summarise(name: str, path: Path, info, sets: list[Setting], samples: list[Sa
     pt_ours = ours_plain[0].extra["prompt_tokens"] if ours_plain else None
     pt_up = {f"{s.label}": v[0].extra.get("prompt_tokens") for (e, s), v in by.items() if e == "upstream"}
     return {"model": name, "path": str(path), "n_params": info.n_params, "model_bytes": info.model_bytes,
+            "ours_use_mmap": info.use_mmap,
             "prompt_tokens_ours": pt_ours, "prompt_tokens_upstream": pt_up, "rows": rows, "best_fixed": best,
             "greedy_agreement": agree, "notes": notes,
             "sample_text": (ours_plain[0].text[:80] if ours_plain else "")}
@@ -744,7 +762,7 @@ def write_md(path: Path, results: list[dict], a, cmdline: str, mach: dict, upstr
          if json_path else "", "",
          f"Settings: {a.tokens} tokens, {a.repeats} interleaved rounds, {a.threads} threads, context {a.ctx}, greedy, "
          f"prompt {a.prompt!r}; mtpllama runs each setting in its own session, kept across the rounds "
-         f"(the adaptive controller learns from its own steps only).", ""]
+         f"(the adaptive controller learns from its own steps only). Weights: {LOAD_NOTES[getattr(a, 'load', 'default')]}", ""]
     L += ["Columns: tokens/s are decode speeds (prompt excluded), min / median over the rounds; "
           "*acc/pos*: fraction of decode steps whose draft token at position 1, 2, .. was accepted "
           "(upstream's `#acc rate/pos`); *tok/step*: tokens per decode step; *x plain*: median against the same "
@@ -827,6 +845,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ctx", type=int, default=2048, help="context size for both engines")
+    ap.add_argument("--load", choices=sorted(LOADS), default="default",
+                    help="how both engines hold the weights: each its own default (mtpllama reads a file that fits "
+                         "into memory, upstream maps it), or both the same: mmap (upstream -lm mmap) or memory "
+                         "(upstream -lm none)")
     ap.add_argument("--ks", type=int, nargs="*", default=[1, 2, 3, 4], help="fixed draft lengths (none: plain only)")
     ap.add_argument("--p-mins", type=float, nargs="*", default=[0.0, 0.85], help="fixed draft_p_min values")
     ap.add_argument("--adaptive", dest="adaptive", action="store_true", default=True,
@@ -891,7 +913,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nOverview (medians)")
         print(render_text(overview(results)))
     if upstream is not None:
-        ex = Upstream(bins, Path("MODEL.gguf"), a.threads, a.ctx, a.timeout)
+        ex = Upstream(bins, Path("MODEL.gguf"), a.threads, a.ctx, a.timeout, a.load)
         upstream["commands"] = [ex.command(Setting("plain"), "PROMPT", a.tokens),
                                 ex.command(Setting("fixed", 3, 0.85), "PROMPT", a.tokens)]
     doc = {"started_utc": started, "command": cmdline, "args": {k: (str(v) if isinstance(v, Path) else v)

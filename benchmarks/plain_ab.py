@@ -26,7 +26,7 @@ import bench  # noqa: E402
 import build_upstream  # noqa: E402
 
 def ours_tps(path: Path, a) -> float:
-    return bench.fresh_plain(path, a.threads, a.ctx, a.prompt, a.tokens)[0]
+    return bench.fresh_plain(path, a.threads, a.ctx, a.prompt, a.tokens, a.load)[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,13 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ctx", type=int, default=2048)
     ap.add_argument("--prompt", default=bench.DEFAULT_PROMPT)
+    ap.add_argument("--load", choices=sorted(bench.LOADS), default="default", help="as bench.py's --load")
     a = ap.parse_args(argv)
     built = build_upstream.build()
     bins = {k: built[k] for k in ("SPECULATIVE", "COMPLETION")}
     plain = bench.Setting("plain")
     for name in a.models:
         label, path = bench.resolve_model(name)
-        up = bench.Upstream(bins, path, a.threads, a.ctx, timeout=600)
+        up = bench.Upstream(bins, path, a.threads, a.ctx, timeout=600, load=a.load)
         ratios = []
         for r in range(a.rounds):
             runs = {}

@@ -1,6 +1,7 @@
 """Bad files and bad arguments raise clear exceptions instead of crashing."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -121,10 +122,51 @@ def test_bad_session_arguments(glm45, kwargs, exc):
     (dict(tensor_overrides=["blk\\.2\\..*=NoSuchDevice"]), mtpllama.InvalidArgumentError, "unknown"),
     (dict(tensor_overrides=["blk[=CPU"]), mtpllama.InvalidArgumentError, "regex"),
     (dict(n_gpu_layers=-7), ValueError, "n_gpu_layers"),
+    (dict(use_mmap=1), TypeError, "use_mmap"),
+    (dict(use_mmap="auto"), TypeError, "use_mmap"),
 ])
 def test_bad_model_arguments(model_files, kwargs, exc, match):
     with pytest.raises(exc, match=match):
         mtpllama.Model(model_files["glm45"], **kwargs)
+
+
+def _mapped(path: str) -> bool:
+    real = os.path.realpath(path)
+    with open("/proc/self/maps") as f:
+        return any(line.rstrip("\n").endswith(" " + real) for line in f)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs Linux's /proc")
+@pytest.mark.parametrize("use_mmap", [True, False, None])
+def test_use_mmap_maps_or_reads_the_file(model_files, use_mmap):
+    """use_mmap=True leaves the file mapped while the model lives; False reads it and maps nothing;
+    None reads a file this small (a few MB against the machine's free memory)."""
+    path = model_files["glm45"]
+    assert not _mapped(path)
+    with mtpllama.Model(path, use_mmap=use_mmap, session_defaults=ONE_THREAD) as m:
+        assert m.info.use_mmap is (use_mmap is True)
+        assert _mapped(path) is m.info.use_mmap
+        assert len(m.generate("x", 4, draft_max=2).tokens) == 4
+    assert not _mapped(path)
+
+
+@pytest.mark.parametrize("size_gib, available_gib, expect", [
+    (1, 8, False),     # reads a file that fits
+    (6, 8, False),     # 3/4 of what is available still fits
+    (6.5, 8, True),    # more than that is mapped
+    (1, None, True),   # the available memory is unknown: map, as llama.cpp does
+])
+def test_use_mmap_none_reads_only_what_fits(tmp_path, size_gib, available_gib, expect):
+    path = tmp_path / "sparse.gguf"
+    with open(path, "wb") as f:
+        f.truncate(int(size_gib * 2**30))   # a sparse file: only its size matters here
+    cfg = mtpllama.ModelConfig(str(path))
+    assert mtpllama.config.resolve_use_mmap(cfg, None if available_gib is None else available_gib * 2**30) is expect
+    if available_gib is None:
+        return
+    # an explicit choice wins over the rule
+    assert mtpllama.config.resolve_use_mmap(mtpllama.ModelConfig(str(path), use_mmap=not expect),
+                                            available_gib * 2**30) is (not expect)
 
 
 def test_tensor_override_to_cpu_works(model_files):

@@ -16,7 +16,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="place tensors matching REGEX on DEVICE (repeatable, or comma-separated)")
     p.add_argument("-t", "--threads", type=int, default=0)
     p.add_argument("-c", "--ctx-size", type=int, default=0)
-    p.add_argument("--no-mmap", action="store_true")
+    mm = p.add_mutually_exclusive_group()
+    mm.add_argument("--mmap", dest="use_mmap", action="store_const", const=True, default=None,
+                    help="memory-map the file (default: read it into memory when it fits, see ModelConfig.use_mmap)")
+    mm.add_argument("--no-mmap", dest="use_mmap", action="store_const", const=False,
+                    help="read the file into memory")
     p.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's log")
 
 
@@ -41,7 +45,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     from . import Model, SessionConfig, SpecConfig
 
     with Model(a.model, mtp=not a.no_mtp, n_gpu_layers=a.n_gpu_layers,
-               tensor_overrides=_overrides(a.override_tensor), use_mmap=not a.no_mmap) as model:
+               tensor_overrides=_overrides(a.override_tensor), use_mmap=a.use_mmap) as model:
         with model.session(SessionConfig(n_ctx=a.ctx_size, n_threads=a.threads)) as s:
             spec = None if a.no_mtp else SpecConfig(a.draft_max, a.draft_p_min, adaptive=not a.no_adaptive)
             prompt = a.prompt if a.prompt is not None else sys.stdin.read()
@@ -64,7 +68,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     rates: dict[str, list[float]] = {name: [] for name, _ in settings}
     acc: dict[str, list[float]] = {}
     with Model(a.model, n_gpu_layers=a.n_gpu_layers, tensor_overrides=_overrides(a.override_tensor),
-               use_mmap=not a.no_mmap, session_defaults=SessionConfig(n_ctx=a.ctx_size, n_threads=a.threads)) as m:
+               use_mmap=a.use_mmap, session_defaults=SessionConfig(n_ctx=a.ctx_size, n_threads=a.threads)) as m:
         m.generate(a.prompt, 8, mtp=False)  # warm-up
         for _ in range(a.repeats):  # A/B/C/... per round, not all A then all B
             for name, spec in settings:

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field, replace
 
 from . import _lib
 from ._lib import ffi, lib
-from .config import GREEDY, MAX_DRAFT, PLAIN, VERIFY_MODES, ModelConfig, SamplingConfig, SessionConfig, SpecConfig
+from .config import (GREEDY, MAX_DRAFT, PLAIN, VERIFY_MODES, ModelConfig, SamplingConfig, SessionConfig, SpecConfig,
+                     mem_available, resolve_use_mmap)
 from .errors import MtpllamaError, SessionBusyError
 
 _STOP_NAMES = {0: "none", 1: "eos", 2: "length", 3: "context"}
@@ -43,6 +44,8 @@ class ModelInfo:
     """Bytes of the file's tensors (llama.cpp's model size; see Session.memory() for what was loaded)."""
     nextn_bytes_file: int
     n_params: int
+    use_mmap: bool
+    """The file is memory-mapped (False: its tensors were read into memory); see ModelConfig.use_mmap."""
 
 
 @dataclass
@@ -145,7 +148,7 @@ class Model(_Closeable):
     """A loaded GGUF model.  Use as a context manager or call close()."""
 
     def __init__(self, path: str | None = None, *, mtp: bool = True, n_gpu_layers: int = 0,
-                 tensor_overrides: Sequence[str] = (), use_mmap: bool = True,
+                 tensor_overrides: Sequence[str] = (), use_mmap: bool | None = None,
                  config: ModelConfig | None = None, session_defaults: SessionConfig | None = None) -> None:
         """session_defaults: the SessionConfig of sessions opened by generate()/stream() and by
         session() without arguments (e.g. SessionConfig(n_threads=4, n_ctx=8192))."""
@@ -165,9 +168,10 @@ class Model(_Closeable):
         self._lock = threading.Lock()
         path_b = ffi.new("char[]", config.path.encode())
         ot_b = ffi.new("char[]", "\n".join(config.tensor_overrides).encode()) if config.tensor_overrides else ffi.NULL
+        use_mmap = resolve_use_mmap(config, mem_available())
         params = ffi.new("mtpl_model_params *", {
             "path": path_b, "mtp": int(config.mtp), "n_gpu_layers": config.n_gpu_layers,
-            "tensor_overrides": ot_b, "use_mmap": int(config.use_mmap)})
+            "tensor_overrides": ot_b, "use_mmap": int(use_mmap)})
         out = ffi.new("mtpl_model **")
         _lib.check(lib.mtpl_model_load(params, out))
         self._handle = out[0]
@@ -179,7 +183,7 @@ class Model(_Closeable):
             n_ctx_train=info.n_ctx_train, file_has_mtp=bool(info.file_has_mtp), mtp_loaded=bool(info.mtp_loaded),
             n_tensors_file=info.n_tensors_file, n_tensors_nextn_file=info.n_tensors_nextn_file,
             token_eos=info.token_eos, model_bytes=info.model_bytes, nextn_bytes_file=info.nextn_bytes_file,
-            n_params=info.n_params)
+            n_params=info.n_params, use_mmap=use_mmap)
 
     # -- lifetime ---------------------------------------------------------------
     def _ptr(self):
