@@ -129,16 +129,20 @@ print(json.dumps([st.generated_tokens, st.prompt_tokens, list(r.tokens)]))
 """
 
 
-# --load: how each engine holds the file's weights.  "default" is each engine's own default:
-# mtpllama reads a file that fits into memory (ModelConfig.use_mmap=None), upstream maps it.
-LOADS = {"default": (None, []), "mmap": (True, ["-lm", "mmap"]), "memory": (False, ["-lm", "none"])}
+# --load: how each engine holds the file's weights: mtpllama's use_mmap, upstream's extra arguments
+# and environment.  "default" is each engine's own default: mtpllama reads a file that fits into
+# memory (ModelConfig.use_mmap=None) on huge pages (patches/0007), upstream maps it.  "memory" gives
+# upstream huge pages too: glibc then advises its large blocks as mtpllama advises its buffers.
+LOADS = {"default": (None, [], {}), "mmap": (True, ["-lm", "mmap"], {}),
+         "memory": (False, ["-lm", "none"], {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"})}
 
 
 LOAD_NOTES = {
     "default": "each engine's default (--load default): mtpllama reads a file that fits into memory "
-               "(`ModelConfig.use_mmap=None`), upstream maps it.",
+               "(`ModelConfig.use_mmap=None`) on transparent huge pages (patches/0007), upstream maps it.",
     "mmap": "both engines map the file (--load mmap; upstream `-lm mmap`).",
-    "memory": "both engines read the file into memory (--load memory; upstream `-lm none`).",
+    "memory": "both engines read the file into memory on huge pages (--load memory; upstream `-lm none` with "
+              "`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`).",
 }
 
 
@@ -262,6 +266,7 @@ class Upstream:
     def run(self, s: Setting, prompt: str, n: int) -> Sample:
         cmd = self.command(s, prompt, n)
         p = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           env={**os.environ, **LOADS[self.load][2]},
                            timeout=self.timeout)
         out = p.stdout.decode("utf-8", errors="replace")
         err = p.stderr.decode("utf-8", errors="replace")

@@ -10,6 +10,7 @@
 #include <new>
 
 #include "ggml.h"
+#include "ggml-backend.h"
 #include "ggml-cpu.h"
 
 #ifndef MTPLLAMA_VERSION
@@ -123,6 +124,9 @@ void ensure_backend() {
         // decoding computes it alone, or near-ties flip and greedy MTP output differs from plain
         // output (patches/0003).
         ggml_cpu_set_batch_invariant(MTPL_MAX_DRAFT + 1);
+        // Decoding streams every weight once per step; on 2 MiB pages it ran 6-8% faster on
+        // the CPU benchmark files than on 4 KiB pages (patches/0007).
+        ggml_backend_cpu_buffer_set_huge_pages(true);
     });
 }
 
@@ -183,6 +187,17 @@ int32_t mtpl_set_batch_invariant(int32_t enabled) {
 int32_t mtpl_get_batch_invariant(void) {
     mtpl::ensure_backend();
     return ggml_cpu_batch_invariant(1) ? 1 : 0;
+}
+
+int32_t mtpl_set_huge_pages(int32_t enabled) {
+    mtpl::ensure_backend();
+    ggml_backend_cpu_buffer_set_huge_pages(enabled != 0);
+    return MTPL_OK;
+}
+
+int32_t mtpl_get_huge_pages(void) {
+    mtpl::ensure_backend();
+    return ggml_backend_cpu_buffer_huge_pages() ? 1 : 0;
 }
 
 int32_t mtpl_model_load(const mtpl_model_params * params, mtpl_model ** out) {

@@ -179,6 +179,12 @@ int32_t mtpl_set_log(mtpl_log_fn fn, void * user_data, int32_t min_level);
 int32_t mtpl_set_batch_invariant(int32_t enabled);
 int32_t mtpl_get_batch_invariant(void);
 
+/* Huge pages (process-wide, on by default; Linux): CPU buffers of 2 MiB and more allocated after
+   the call (weights read into memory, KV caches, compute buffers) are advised to the kernel as
+   transparent huge pages (patches/0007).  A mapped file's weights are unaffected. */
+int32_t mtpl_set_huge_pages(int32_t enabled);
+int32_t mtpl_get_huge_pages(void);
+
 /* The adaptive draft-length controller against a simulated model, without any model: for tests
    and tuning of its policy.  Each step it chooses k in 0..k_max; the step then takes
    cost_s[k] * (1 + noise * N(0, 1)) seconds (clamped at >= 0.5 cost_s[k]), plus catch_up_s per

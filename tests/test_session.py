@@ -159,3 +159,48 @@ def test_mtp_context_reserves_ffn_for_output_rows_only(tmp_path):
     per_row = (big - small) / (256 - 32)
     assert 0 < per_row < ffn_row, (small, big, per_row, ffn_row)
     assert r.tokens == plain.tokens and sum(r.stats.accepted) > 0
+
+
+def _thp_mode() -> str | None:
+    try:
+        text = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    except OSError:
+        return None
+    return text[text.index("[") + 1:text.index("]")]
+
+
+def _anon_huge_kib() -> int:
+    with open("/proc/self/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("AnonHugePages:"):
+                return int(line.split()[1])
+    return 0
+
+
+@pytest.mark.skipif(_thp_mode() in (None, "never"), reason="no transparent huge pages here")
+def test_weights_read_into_memory_sit_on_huge_pages(tmp_path):
+    """patches/0007: with huge pages on (the default), the buffer that weights are read into is
+    advised as huge pages, so the kernel backs it with 2 MiB pages; off, it stays on 4 KiB pages
+    (where THP is "madvise" only advised memory gets them)."""
+    from mtpllama.gguf_io import SyntheticSpec, write_synthetic
+
+    spec = SyntheticSpec(n_embd=256, n_ff=1024, n_ff_exp=256, head_dim=64, seed=5)
+    path = str(write_synthetic(tmp_path / "big.gguf", spec))
+    assert mtpllama.huge_pages(), "huge pages must be on by default"
+
+    def growth() -> tuple[int, int]:
+        before = _anon_huge_kib()
+        with mtpllama.Model(path, use_mmap=False) as m:
+            return _anon_huge_kib() - before, m.info.model_bytes
+
+    grew, weights = growth()
+    assert weights >= 6 * 2**20
+    assert grew >= 2048, f"AnonHugePages grew by {grew} KiB while {weights} bytes of weights were loaded"
+    if _thp_mode() == "madvise":
+        try:
+            mtpllama.set_huge_pages(False)
+            assert not mtpllama.huge_pages()
+            grew_off, _ = growth()
+        finally:
+            mtpllama.set_huge_pages(True)
+        assert grew_off == 0

@@ -23,7 +23,8 @@ from .errors import (
     SessionBusyError,
     UnsupportedArchitectureError,
 )
-from .model import GenerationResult, GenerationStats, Model, ModelInfo, Session, batch_invariant, set_batch_invariant
+from .model import (GenerationResult, GenerationStats, Model, ModelInfo, Session, batch_invariant, huge_pages,
+                    set_batch_invariant, set_huge_pages)
 
 logging.getLogger("mtpllama").addHandler(logging.NullHandler())
 
@@ -33,4 +34,5 @@ __all__ = [
     "MtpllamaError", "ModelLoadError", "ModelNotFoundError", "NotGGUFError", "UnsupportedArchitectureError",
     "NoMtpHeadError", "ContextOverflowError", "DecodeError", "SessionBusyError", "Cancelled",
     "InvalidArgumentError", "set_batch_invariant", "batch_invariant",
+    "set_huge_pages", "huge_pages",
 ]

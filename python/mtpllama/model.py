@@ -322,6 +322,21 @@ def batch_invariant() -> bool:
     return bool(lib.mtpl_get_batch_invariant())
 
 
+def set_huge_pages(enabled: bool) -> None:
+    """Process-wide: advise CPU buffers of 2 MiB and more, allocated from now on, as transparent huge
+    pages (on by default; Linux, where /sys/kernel/mm/transparent_hugepage/enabled is not "never").
+
+    Decoding reads every weight once per step; from 2 MiB pages that was 6-8% faster than from
+    4 KiB pages on the CPU benchmark files.  It covers weights read into memory (see
+    ModelConfig.use_mmap), KV caches and compute buffers, not a memory-mapped file."""
+    _lib.check(lib.mtpl_set_huge_pages(1 if enabled else 0), "set_huge_pages")
+
+
+def huge_pages() -> bool:
+    """Whether new CPU buffers are advised as transparent huge pages."""
+    return bool(lib.mtpl_get_huge_pages())
+
+
 def _bad_token(t: int, n_vocab: int) -> bytes:
     raise ValueError(f"token id {t} is outside the vocabulary [0, {n_vocab})")
 
