@@ -18,6 +18,10 @@ runs of one setting next to each other, the order reversed every other round):
 
 all on the same GGUF file, thread count, context size, prompt and token count, greedy.  Both
 upstream tools are built from the package's own pinned, patched tree (build_upstream.py).
+Each engine holds the weights its own default way (--load default): mtpllama reads a file that
+fits into memory, on transparent huge pages (ModelConfig.use_mmap, patches/0007), upstream maps
+the file.  --load memory (both read, upstream with glibc advising huge pages) and --load mmap
+(both map) compare the engines like for like.
 
 Speeds are decode speeds, prompt processing excluded: for mtpllama ``(generated - 1) /
 (t_draft + t_verify + t_other)`` (the first token comes out of the prompt pass, whose time is

@@ -4,13 +4,11 @@
     python3 benchmarks/plain_ab.py dense-hi moe-lo [--rounds 6] [--tokens 128] [--threads 2]
 
 bench.py keeps one mtpllama process for all of a model's settings (so that the adaptive
-controller keeps what it learned), while every upstream run is a new process.  A long-lived
-process that has run (and freed) an MTP session decodes plain ~2-5% slower on the memory-bound
-dense Q8_0 files than a fresh one, which biases bench.py's plain ratio against mtpllama.
-(Freeing raises glibc's dynamic mmap threshold, so ggml-cpu's work buffer, a plain `new[]`,
-then lands elsewhere on the heap; allocated aligned, or with the threshold fixed, the gap goes.)
-Here both engines start cold on every run, in alternating order, and the ratio is taken per
-round (the two runs back to back).  Upstream's command, and how its speed is read, are bench.py's.
+controller keeps what it learned), while every upstream run is a new process.  Here both
+engines start cold on every run, in alternating order, and the ratio is taken per round (the
+two runs back to back).  --load as bench.py's: each engine's default (mtpllama reads the file
+into memory on huge pages, upstream maps it), or both the same way (memory, mmap).
+Upstream's command, and how its speed is read, are bench.py's.
 """
 from __future__ import annotations
 
