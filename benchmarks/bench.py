@@ -857,7 +857,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--load", choices=sorted(LOADS), default="default",
                     help="how both engines hold the weights: each its own default (mtpllama reads a file that fits "
                          "into memory, upstream maps it), or both the same: mmap (upstream -lm mmap) or memory "
-                         "(upstream -lm none)")
+                         "(upstream -lm none, with glibc's huge pages)")
     ap.add_argument("--ks", type=int, nargs="*", default=[1, 2, 3, 4], help="fixed draft lengths (none: plain only)")
     ap.add_argument("--p-mins", type=float, nargs="*", default=[0.0, 0.85], help="fixed draft_p_min values")
     ap.add_argument("--adaptive", dest="adaptive", action="store_true", default=True,
