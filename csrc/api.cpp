@@ -170,6 +170,9 @@ int32_t mtpl_controller_simulate(const mtpl_controller_sim * sim, int32_t * out_
         if (!(sim->k_switch_s >= 0.0 && sim->k_switch_s < 1e6)) {
             return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "k_switch_s must be >= 0");
         }
+        if (sim->burst_steps < 0 || (sim->burst_steps > 0 && !(sim->burst_speed > 0.0 && sim->burst_speed < 1e6))) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "burst_steps must be >= 0, and burst_speed > 0 with it");
+        }
         if (!(sim->speed_after >= 0.0 && sim->speed_after < 1e6)) {
             return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "speed_after must be >= 0 (0: no drift)");
         }

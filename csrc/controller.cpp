@@ -26,8 +26,13 @@
 // at one draft.
 //
 // Acceptance counts age by the step, observed or not, so after a long run of
-// plain steps what probes see outweighs what was seen long ago.  Timings are
-// running means, then exponential moving averages.
+// plain steps what probes see outweighs what was seen long ago.  Step times age
+// too: T(k) is the mean of k's samples weighted by age (each step multiplies a
+// weight by 0.95), so a k chosen step after step averages about its last 20
+// steps, while an estimate not refreshed for a hundred steps yields to its next
+// sample: a k timed while the machine was busy (the noisy spells of shared
+// machines last seconds) is not kept out of use by that for long.  Draft and
+// verification times are running means, then exponential moving averages.
 //
 // It keeps probing so it notices when acceptance or costs change: now and then
 // one step deeper than its choice, at the depth whose rate is best when every
@@ -37,24 +42,31 @@
 // were all accepted against the odds; two steps shallower every 32 steps (256
 // while that is far behind), and two steps one deeper every 32 steps while that is
 // estimated within 10% of the choice, so a stale cost estimate cannot keep a
-// neighbouring k out of use.  A step at another k than the one before also
-// rebuilds compute graphs; once its k has a sample, it counts only when faster than
-// the estimate, so a probe alone never corrects an estimate that is too high.
+// neighbouring k out of use; and two steps at each k shallower than those (plain
+// steps included) once its timing is 256-1024 steps old, so that no estimate of
+// a shallower k, plain decoding's above all, stays as it was timed long ago.  A
+// step at another k than the one before also rebuilds compute graphs; once its k
+// has a sample, it counts only when faster than the estimate, so a probe alone
+// never corrects an estimate that is too low (the re-measurements' second steps
+// do), and the first step of a re-measurement of an old estimate is not timed.
 #include "engine.h"
 
 #include <algorithm>
+#include <cmath>
 
 namespace mtpl {
 namespace {
 
 constexpr double k_accept_decay = 0.99;   // acceptance counts age by this factor per step (half-life ~70)
 constexpr double k_alpha_time = 0.1;      // EMA weight of a new timing (after the first few: their mean)
-constexpr double k_alpha_remeasure = 0.5; // ... of a deliberate re-measurement
+constexpr double k_time_decay = 0.95;     // step times: a sample's weight ages by this per step (half-life ~14)
 constexpr int64_t k_probe_min = 16;      // steps between probes while drafting pays
 constexpr int64_t k_probe_max = 512;     // ... backing off to this while it does not
 constexpr double k_probe_budget = 0.005; // a probe's expected loss, in steps at the choice, per step
 constexpr double k_row_optimism = 0.5;   // an untimed k's extra rows cost this share of the timed ones'
 constexpr int64_t k_remeasure = 32;      // steps between re-measurements of best - 1
+constexpr int64_t k_refresh_min = 256;   // ... and at least this many between those of k < best - 1
+constexpr int64_t k_refresh_max = 1024;  // ... at most this many (an old estimate is always re-measured)
 
 // running mean for the first few samples, then an exponential moving average
 void ema(double & est, double obs, double alpha, int64_t n_before) {
@@ -183,6 +195,22 @@ int32_t controller_choose(controller & c, int32_t k_max) {
     if (best > 0 && c.steps % remeasure == 0) {
         return start_remeasure(c, best - 1);
     }
+    // and shallower still (k = 0 .. best - 2), which nothing else visits: a cost timed early on (a
+    // cold cache, a machine slower then) would stand for good and could keep the controller
+    // drafting deeper than plain decoding pays.  Each is re-measured once its last timing is
+    // 256..1024 steps old, spaced so that its expected loss stays near the probe budget, over two
+    // steps of which only the second is timed: the first, a switch, would count only when faster
+    // than the estimate, and with drafts that draft_p_min stops, step times vary so much that
+    // such a one-sided sample pulls the estimate low.
+    for (int32_t k = 0; k + 2 <= best; ++k) {
+        const double loss = 2.0 * std::max(0.0, cost[k] - expected[k] / best_rate) / cost[best];
+        const int64_t wait = std::clamp((int64_t) (loss / k_probe_budget), k_refresh_min, k_refresh_max);
+        if (c.steps - c.refreshed[k] >= wait) {
+            c.refreshed[k] = c.steps;
+            c.refreshing = true;
+            return start_remeasure(c, k);
+        }
+    }
     // likewise one deeper, halfway between, while it is estimated within 10% of best: its
     // estimate is otherwise refreshed only by probes, whose switch keeps it from rising, so
     // one slow early sample (or a machine that has sped up since) could keep it out of use
@@ -211,12 +239,18 @@ void controller_update(controller & c, int32_t k, int32_t n_drafted, int32_t n_a
     if (switched && c.n_timed[k] > 0 && t_steady >= c.t_step[k]) {
         t_steady = -1.0;
     }
+    if (c.refreshing && k == c.remeasuring && c.remeasure_left > 0) {
+        t_steady = -1.0;
+    }
     if (t_steady > 0.0) {
-        // one outlier (a preempted step) moves the estimate at most to 3x its value; a deliberate
-        // re-measurement of a shallower k replaces a stale estimate faster
+        // one outlier (a preempted step) moves the estimate at most to 3x its value; the older
+        // the estimate, the more a new sample counts
         const double obs = c.n_timed[k] == 0 ? t_steady : std::min(t_steady, 3.0 * c.t_step[k]);
-        ema(c.t_step[k], obs, k == c.remeasuring ? k_alpha_remeasure : k_alpha_time, c.n_timed[k]);
+        c.w_step[k] = c.w_step[k] * std::pow(k_time_decay, (double) (c.steps - c.timed_at[k])) + 1.0;
+        c.t_step[k] += (obs - c.t_step[k]) / c.w_step[k];
+        c.timed_at[k] = c.steps;
         c.n_timed[k]++;
+        c.refreshed[k] = c.steps;
     }
     if (steady && n_mtp_calls > 0) {
         ema(c.t_draft, t_draft / n_mtp_calls, k_alpha_time, c.n_draft);
@@ -224,6 +258,7 @@ void controller_update(controller & c, int32_t k, int32_t n_drafted, int32_t n_a
     }
     if (c.remeasure_left == 0) {
         c.remeasuring = -1;
+        c.refreshing = false;
     }
     if (t_gap >= 0.0) {
         ema(c.t_gap, t_gap, k_alpha_time, c.n_gap);
@@ -273,7 +308,8 @@ void controller_simulate(const mtpl_controller_sim & sim, int32_t * out_k, doubl
         out_k[step] = k;
         const bool after = sim.switch_step >= 0 && step >= sim.switch_step;
         const double * accept = after ? sim.accept_after : sim.accept;
-        const double speed = after && sim.speed_after > 0.0 ? sim.speed_after : 1.0;
+        const bool burst = step >= sim.burst_start && step < sim.burst_start + sim.burst_steps;
+        const double speed = (after && sim.speed_after > 0.0 ? sim.speed_after : 1.0) * (burst ? sim.burst_speed : 1.0);
         // drafts are made until one falls below draft_p_min; the leading ones are accepted
         int32_t n_drafted = 0;
         while (n_drafted < k && !(sim.p_drafted[n_drafted] > 0.0 && uniform01(rng) >= sim.p_drafted[n_drafted])) {

@@ -80,6 +80,9 @@ struct controller {
     double t_step[MTPL_MAX_DRAFT + 1] = {};      // seconds of a whole step that asked for k drafts
     int64_t n_step[MTPL_MAX_DRAFT + 1] = {};     // steps that asked for k drafts
     int64_t n_timed[MTPL_MAX_DRAFT + 1] = {};    // ... of which timed into t_step (steady-state steps)
+    double w_step[MTPL_MAX_DRAFT + 1] = {};      // weight behind t_step: samples aged by the step
+    int64_t timed_at[MTPL_MAX_DRAFT + 1] = {};   // step of the last sample in t_step
+    int64_t refreshed[MTPL_MAX_DRAFT + 1] = {};  // step of the last timing (or re-measurement) of k
     double t_gap = 0.0;                          // seconds the caller spends between steps
     int64_t n_gap = 0;
     int64_t steps = 0;
@@ -89,6 +92,7 @@ struct controller {
     int32_t probing = -1;                        // k of the probe step in flight, or -1
     int32_t remeasuring = -1;                    // k being re-measured, or -1
     int32_t remeasure_left = 0;                  // its steps still to come
+    bool refreshing = false;                     // ... to refresh an old estimate: its first step is not timed
     int32_t last_k = -1;                         // k of the step before
     int32_t follow_up_depth = 0;                 // > 0: depth of the next probe, soon (the last was fully accepted)
     double probe_p_full = 1.0;                   // estimated chance that the probe in flight is fully accepted

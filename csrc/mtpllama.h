@@ -192,8 +192,9 @@ int32_t mtpl_get_huge_pages(void);
    prompt's n_prompt positions); draft i is made with probability p_drafted[i] (draft_p_min;
    drafting stops at the first draft not made, and the step costs cost_s[n made] plus the MTP
    decode that was not used) and, once made, accepted with probability accept[i] (given drafts
-   before it were), or accept_after[i] from step switch_step on.  out_k[step] receives each
-   choice (n_steps entries); *out_tokens and *out_seconds the totals. */
+   before it were), or accept_after[i] from step switch_step on.  Step times are multiplied by
+   speed_after from switch_step on, and by burst_speed during a slow spell of burst_steps steps.
+   out_k[step] receives each choice (n_steps entries); *out_tokens and *out_seconds the totals. */
 typedef struct mtpl_controller_sim {
     int32_t k_max;                  /* 0..16 */
     int32_t n_steps;
@@ -208,6 +209,9 @@ typedef struct mtpl_controller_sim {
     double p_drafted[16];           /* P(draft i passes draft_p_min | drafts before it did); 0 = 1 */
     double speed_after;             /* step times are multiplied by this from switch_step on (0 = 1: no drift) */
     double k_switch_s;              /* seconds added to a step whose k differs from the step before's (graph rebuilds) */
+    int32_t burst_start;            /* a slow spell (other load): steps burst_start .. + burst_steps - 1 */
+    int32_t burst_steps;            /* ... (0: none) */
+    double burst_speed;             /* ... take this many times as long */
     uint64_t seed;
 } mtpl_controller_sim;
 int32_t mtpl_controller_simulate(const mtpl_controller_sim * sim, int32_t * out_k, double * out_tokens,

@@ -38,7 +38,8 @@ LOW = [0.15, 0.10, 0.10, 0.10]
 
 
 def simulate(cost_ms, accept, n_steps, *, accept_after=None, switch=-1, noise=0.05, seed=0,
-             draft_ms=None, catch_up_ms=None, n_prompt=30, speed_after=0.0, switch_ms=0.0, p_drafted=None):
+             draft_ms=None, catch_up_ms=None, n_prompt=30, speed_after=0.0, switch_ms=0.0, p_drafted=None,
+             burst=(0, 0, 1.0)):
     # per MTP decode and per position caught up after plain steps, measured on the files
     moe = cost_ms[1:2] == MOE[1:2]
     draft_ms = draft_ms if draft_ms is not None else (1.5 if moe else 1.1)
@@ -61,6 +62,7 @@ def simulate(cost_ms, accept, n_steps, *, accept_after=None, switch=-1, noise=0.
         sim.p_drafted[i] = p
     sim.speed_after = speed_after
     sim.k_switch_s = switch_ms * MS
+    sim.burst_start, sim.burst_steps, sim.burst_speed = burst
     sim.seed = seed
     ks = ffi.new("int32_t[]", max(n_steps, 1))
     tokens, seconds = ffi.new("double *"), ffi.new("double *")
@@ -210,6 +212,48 @@ def test_refreshes_a_stale_estimate_one_deeper(speed):
         assert tokens / (seconds / MS) / best >= 0.95, (seed, after)
 
 
+@pytest.mark.parametrize("cost, accept, best_k, share", [(DENSE_Q8, HIGH, 3, 0.75), (AIR, HIGH, 2, 0.75),
+                                                         (MOE_HI, MOE_HI_ACCEPT, 2, 0.6)],
+                         ids=["dense-q8", "air", "moe-hi"])
+def test_a_slow_spell_does_not_keep_the_best_k_out_of_use(cost, accept, best_k, share):
+    """The machine runs 1.6x slower for 40 steps (other load on a shared machine; the benchmark
+    machines have such spells, lasting seconds) while the controller is still climbing.  A k first
+    timed in that spell looks 60% dearer than it is; before step times aged, the controller kept
+    drafting one shallower for the rest of the run (dense-q8: k = 2 in 798 of 800 steps, 0.88-0.90
+    of the best fixed k in every seed).  Now the next sample replaces such an estimate.  (On
+    moe-hi, k = 1..3 are within 4% of each other and plain within 7%: it mixes them.)"""
+    rates = fixed_rates(cost, accept)
+    assert max(range(5), key=rates.__getitem__) == best_k
+    n, start, steps, slow = 1000, 150, 40, 1.6
+    best = max(rates) * n / (n + (slow - 1.0) * steps)
+    for seed in range(9):
+        ks, tokens, seconds = simulate(cost, accept, n, burst=(start, steps, slow), draft_ms=1.5, switch_ms=1.5,
+                                       seed=seed)
+        after = Counter(ks[start + steps + 100:])
+        assert tokens / (seconds / MS) / best >= 0.95, (seed, after)
+        good = {k for k, r in enumerate(rates) if r >= 0.96 * max(rates)}
+        assert sum(after[k] for k in good) >= share * sum(after.values()), (seed, after, good)
+
+
+def test_refreshes_old_estimates_of_shallower_k():
+    """An expert-heavy file (moe-hi's shape) where one draft per step beats plain by 7% and two
+    to four drafts only match it.  The machine gets 15% faster at step 40, after plain steps and
+    one draft per step were first timed.  Once drafting deeper, nothing visited those two again:
+    their estimates stayed 15% too high, and in one seed of twelve the controller drafted 3-4 per
+    step for 400-900 of the 960 steps after the change (0.92-0.93 of the best fixed k).  Every k
+    below the choice is now re-measured once its timing is old."""
+    cost = [13.2, 24.1, 36.6, 45.5, 53.3]
+    accept = MOE_HI_ACCEPT
+    rates = fixed_rates(cost, accept, draft_ms=1.3)
+    assert max(range(5), key=rates.__getitem__) == 1 and max(rates[2:]) < 0.95 * rates[1]
+    n, switch, speed = 1000, 40, 0.85
+    best = max(rates) * n / (switch + speed * (n - switch))
+    for seed in range(12):
+        ks, tokens, seconds = simulate(cost, accept, n, switch=switch, speed_after=speed, draft_ms=1.3,
+                                       switch_ms=1.5, seed=seed)
+        assert tokens / (seconds / MS) / best >= 0.95, (seed, Counter(ks[switch:]))
+
+
 def test_drafts_not_made_count_as_rejected():
     """draft_p_min stops drafting where the head is unsure: on the MoE file, half the steps
     asked for a draft make none, and those cost about a plain step.  The drafts that are made
@@ -229,7 +273,9 @@ def test_drafts_not_made_count_as_rejected():
         ks.update(k)
     effs.sort()
     assert effs[4] >= 0.97, (effs, ks)
-    assert ks[0] >= 0.9 * sum(ks.values()), ks
+    # mostly plain steps: step times that vary this much (a step asked for k drafts costs anything
+    # from a plain step to a full k) send it drafting now and then, for a fifth of the steps at most
+    assert ks[0] >= 0.8 * sum(ks.values()), ks
 
 
 def test_draft_max_zero_and_one():
@@ -255,3 +301,5 @@ def test_bad_simulation_arguments():
         simulate([15.0, 20.0], HIGH, 10, p_drafted=[1.5])
     with pytest.raises(MtpllamaError, match="k_switch_s"):
         simulate([15.0, 20.0], HIGH, 10, switch_ms=-1.0)
+    with pytest.raises(MtpllamaError, match="burst"):
+        simulate([15.0, 20.0], HIGH, 10, burst=(0, 5, 0.0))
