@@ -42,7 +42,7 @@ SHAPES = {"dense": (DENSE, HIGH), "dense-q8": (DENSE_Q8, HIGH), "air": (AIR, HIG
 def run(cost, accept, steps, seeds, *, slower_steps=0.0, **kw):
     """Efficiencies over seeds against the best fixed k, and the worst seed's choices.
     slower_steps: step-equivalents the disturbance adds to a fixed-k run of `steps` steps."""
-    best = max(fixed_rates(cost, accept, kw.get("p_drafted"), kw.get("draft_ms", 0.0) if kw.get("p_drafted") else 0.0))
+    best = max(fixed_rates(cost, accept, kw.get("p_drafted"), kw.get("draft_ms", 0.0)))
     best *= steps / (steps + slower_steps)
     out = []
     for seed in range(seeds):
