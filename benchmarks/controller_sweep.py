@@ -35,6 +35,9 @@ from test_controller import (AIR, DENSE, DENSE_Q8, HIGH, MEDIUM, MOE, MOE_HI, MO
 
 # expert-heavy shape where one draft per step beats plain by 7% and deeper ones only match it
 MOE_HI_FLAT = [13.2, 24.1, 36.6, 45.5, 53.3]
+# the dense Q8_0 file at low agreement (benchmarks/models.py, dense-lo): one draft per step about
+# breaks even with plain decoding, deeper drafts lose
+LOW_Q8 = [0.14, 0.05, 0.02, 0.02]
 SHAPES = {"dense": (DENSE, HIGH), "dense-q8": (DENSE_Q8, HIGH), "air": (AIR, HIGH),
           "moe-hi": (MOE_HI, MOE_HI_ACCEPT), "dense-medium": (DENSE, MEDIUM)}
 
@@ -42,7 +45,7 @@ SHAPES = {"dense": (DENSE, HIGH), "dense-q8": (DENSE_Q8, HIGH), "air": (AIR, HIG
 def run(cost, accept, steps, seeds, *, slower_steps=0.0, **kw):
     """Efficiencies over seeds against the best fixed k, and the worst seed's choices.
     slower_steps: step-equivalents the disturbance adds to a fixed-k run of `steps` steps."""
-    best = max(fixed_rates(cost, accept, kw.get("p_drafted"), kw.get("draft_ms", 0.0)))
+    best = max(fixed_rates(cost, accept, kw.get("p_drafted"), kw.get("draft_ms", 0.0), kw.get("switch_ms", 0.0)))
     best *= steps / (steps + slower_steps)
     out = []
     for seed in range(seeds):
@@ -98,13 +101,19 @@ def main() -> None:
     summary("speed-up", group)
 
     group = []
-    print("p-min: drafts made with p 0.55, accepted 0.9, on the MoE shape (best: plain)")
+    print("p-min: draft_p_min stops drafts (drafts made with p, accepted with a once made)")
     out = run(MOE, [0.9] * 4, n, 3 * seeds, p_drafted=[0.55] * 4, draft_ms=1.5)
-    report("moe p_drafted 0.55", out, group)
+    report("moe p 0.55 a 0.9 (best: plain)", out, group)
     plain = statistics.mean(k[0] / n for _, k in out)
     print(f"  mean share of plain steps: {plain:.3f}")
+    for name, (cost, acc), made in (("dense", SHAPES["dense"], [0.95, 0.9, 0.85, 0.8]),
+                                    ("dense-q8", SHAPES["dense-q8"], [0.9, 0.8, 0.7, 0.7]),
+                                    ("air", SHAPES["air"], [0.9, 0.85, 0.8, 0.8]),
+                                    ("dense-q8 low", (DENSE_Q8, LOW_Q8), [0.85, 0.8, 0.5, 0.5])):
+        out = run(cost, [min(1.0, a / m) for a, m in zip(acc, made)], n, seeds, p_drafted=made, draft_ms=1.5,
+                  switch_ms=1.5)
+        report(f"{name} p {made[0]}..{made[-1]}", out, group)
     summary("p-min", group)
-
 
 if __name__ == "__main__":
     main()

@@ -4,33 +4,42 @@
 // draft i is made (draft_p_min stops drafting where the head is unsure) and
 // accepted, given that drafts 1..i-1 were, a step asked for k is expected to emit
 //     E(k) = 1 + a_1 + a_1 a_2 + ... + a_1 ... a_k
-// tokens.  Its cost T(k) is measured, not modelled: the whole step's time when k
-// was asked for (trunk pass over k + 1 tokens, which is not linear in k on CPUs
-// and MoE models, the MTP decodes, bookkeeping), plus the time the caller spends
+// tokens.  Its cost T(k) is measured, not modelled (a trunk pass over k + 1 tokens
+// is not linear in k on CPUs and MoE models), plus the time the caller spends
 // between steps.  The controller picks the k with the highest E(k) / T(k).  k = 0
 // is a plain step that does not touch the MTP head at all, so a head that never
 // pays costs nothing beyond rare probes.
 //
-// T(k) is timed as if the MTP cache were in step: after plain steps (or a prompt)
-// the first MTP evaluation also catches the cache up over every position it
-// missed, a one-off cost of leaving plain decoding; its excess over a typical MTP
-// decode is taken out before the step's time counts.
+// What is timed is each step's outcome: a plain step, or a drafting step that
+// made j drafts (trunk pass over j + 1 tokens, j MTP decodes, bookkeeping).  A
+// step asked for k that draft_p_min stopped after j < k drafts also decoded the
+// draft it did not make; that decode is taken out and the step counts as outcome
+// j, whatever k was asked for.  T(k) is then the expectation over how many drafts
+// asking for k makes, with m_i = P(draft i made | drafts before it made), counted
+// like acceptance.  Timed per k asked for instead, one step's time would range
+// from a plain step to a full k, and a few early stops in a row would make a deep
+// k look cheap; this way every step also refreshes the shallower outcomes.
+//
+// Steps are timed as if the MTP cache were in step: after plain steps (or a
+// prompt) the first MTP evaluation also catches the cache up over every position
+// it missed, a one-off cost of leaving plain decoding; its excess over a typical
+// MTP decode is taken out before the step's time counts.
 //
 // It starts shallow: one draft per step until one is timed, then plain steps
-// until one is timed (the first plain step allocates its graph and is not).  A k
-// never timed is costed optimistically: the deepest timed k below it, plus per
-// extra draft one MTP decode and half of what a verified row added from k = 0 to
-// k = 1 (batched kernels often make further rows cheaper).  A draft position
-// seldom observed is taken to be accepted like the one before it.  So it climbs
-// one k at a time while deeper drafts might pay, and at low acceptance it stays
-// at one draft.
+// until one is timed (the first plain step allocates its graph and is not).  An
+// outcome never timed is costed optimistically: the nearest timed one below it,
+// plus per extra draft one MTP decode and half of what a verified row added from
+// 0 to 1 draft made (batched kernels often make further rows cheaper).  A draft
+// position seldom observed is taken to be accepted like the one before it.  So it
+// climbs one k at a time while deeper drafts might pay, and at low acceptance it
+// stays at one draft.
 //
 // Acceptance counts age by the step, observed or not, so after a long run of
 // plain steps what probes see outweighs what was seen long ago.  Step times age
-// too: T(k) is the mean of k's samples weighted by age (each step multiplies a
-// weight by 0.95), so a k chosen step after step averages about its last 20
-// steps, while an estimate not refreshed for a hundred steps yields to its next
-// sample: a k timed while the machine was busy (the noisy spells of shared
+// too: an outcome's time is the mean of its samples weighted by age (each step
+// multiplies a weight by 0.95), so one seen step after step averages about its
+// last 20 steps, while an estimate not refreshed for a hundred steps yields to its
+// next sample: an outcome timed while the machine was busy (the noisy spells of shared
 // machines last seconds) is not kept out of use by that for long.  Draft and
 // verification times are running means, then exponential moving averages.
 //
@@ -45,8 +54,8 @@
 // neighbouring k out of use; and two steps at each k shallower than those (plain
 // steps included) once its timing is 256-1024 steps old, so that no estimate of
 // a shallower k, plain decoding's above all, stays as it was timed long ago.  A
-// step at another k than the one before also rebuilds compute graphs; once its k
-// has a sample, it counts only when faster than the estimate, so a probe alone
+// step at another k than the one before also rebuilds compute graphs; once its
+// outcome has a sample, it counts only when faster than that, so a probe alone
 // never corrects an estimate that is too low (the re-measurements' second steps
 // do), and the first step of a re-measurement of an old estimate is not timed.
 #include "engine.h"
@@ -63,7 +72,7 @@ constexpr double k_time_decay = 0.95;     // step times: a sample's weight ages 
 constexpr int64_t k_probe_min = 16;      // steps between probes while drafting pays
 constexpr int64_t k_probe_max = 512;     // ... backing off to this while it does not
 constexpr double k_probe_budget = 0.005; // a probe's expected loss, in steps at the choice, per step
-constexpr double k_row_optimism = 0.5;   // an untimed k's extra rows cost this share of the timed ones'
+constexpr double k_row_optimism = 0.5;   // an untimed outcome's extra rows cost this share of the timed ones'
 constexpr int64_t k_remeasure = 32;      // steps between re-measurements of best - 1
 constexpr int64_t k_refresh_min = 256;   // ... and at least this many between those of k < best - 1
 constexpr int64_t k_refresh_max = 1024;  // ... at most this many (an old estimate is always re-measured)
@@ -73,23 +82,48 @@ void ema(double & est, double obs, double alpha, int64_t n_before) {
     est = n_before == 0 ? obs : est + std::max(alpha, 1.0 / (double) (n_before + 1)) * (obs - est);
 }
 
-// T(k): timed, else the optimistic extrapolation described above
-double step_cost(const controller & c, int32_t k) {
-    if (c.n_timed[k] > 0) {
-        return c.t_step[k];
+// P(draft i is made | drafts before it were): draft_p_min stops drafting where the head is
+// unsure.  Prior: made (weight 1), so with draft_p_min = 0 this is exactly 1.
+double p_made(const controller & c, int32_t i) {
+    return (c.n_made[i] + 1.0) / (c.n_tried[i] + 1.0);
+}
+
+// seconds of outcome o (0: a plain step; 1 + j: a drafting step that made j drafts): sampled,
+// else extrapolated from the nearest sampled outcome below it, optimistically: per extra draft
+// one MTP decode and a share of what a verified row cost between 0 and 1 drafts made (batched
+// kernels often make further rows cheaper)
+double outcome_cost(const controller & c, int32_t o) {
+    if (c.n_out[o] > 0) {
+        return c.t_out[o];
     }
-    int32_t j = k - 1;
-    while (j >= 0 && c.n_timed[j] == 0) {
-        --j;
+    int32_t i = o - 1;
+    while (i >= 0 && c.n_out[i] == 0) {
+        --i;
     }
-    if (j < 0) {
+    if (i < 0) {
         return 0.0;
     }
-    // per extra draft: one MTP decode, and a share of what a verified row cost between the
-    // timed k = 0 and k = 1 (batched kernels often make further rows cheaper)
+    const auto drafts = [](int32_t x) { return std::max(0, x - 1); };
     const double draft = c.n_draft > 0 ? c.t_draft : 0.0;
-    const double row = c.n_timed[0] > 0 && c.n_timed[1] > 0 ? std::max(0.0, c.t_step[1] - c.t_step[0] - draft) : 0.0;
-    return c.t_step[j] + (double) (k - j) * (draft + k_row_optimism * row);
+    const int32_t base = c.n_out[1] > 0 ? 1 : 0;
+    const double row = c.n_out[base] > 0 && c.n_out[2] > 0 ? std::max(0.0, c.t_out[2] - c.t_out[base] - draft) : 0.0;
+    return c.t_out[i] + (double) (drafts(o) - drafts(i)) * (draft + k_row_optimism * row);
+}
+
+// T(k): the expected time of a step asked for k drafts, over how many of them are made (a step
+// that stops after j < k also decoded the draft it did not make)
+double step_cost(const controller & c, int32_t k) {
+    if (k == 0) {
+        return outcome_cost(c, 0);
+    }
+    const double draft = c.n_draft > 0 ? c.t_draft : 0.0;
+    double cost = 0.0, p = 1.0;  // p: P(the first j drafts were made)
+    for (int32_t j = 0; j < k; ++j) {
+        const double m = p_made(c, j);
+        cost += p * (1.0 - m) * (outcome_cost(c, 1 + j) + draft);
+        p *= m;
+    }
+    return cost + p * outcome_cost(c, 1 + k);
 }
 
 // two steps at k: the first, a switch, counts only when faster than the estimate
@@ -225,8 +259,8 @@ void controller_update(controller & c, int32_t k, int32_t n_drafted, int32_t n_a
                        bool steady) {
     // A step at another k than the step before rebuilds compute graphs for its batch shapes
     // (and the first plain step allocates for them), so switches (probes, re-measurements)
-    // would make a k look dearer than it is when chosen step after step: once a k has a
-    // sample, such a step only counts when it is faster than the estimate.
+    // would make a k look dearer than it is when chosen step after step: once the step's
+    // outcome has a sample, such a step only counts when it is faster than the estimate.
     const bool first_plain = c.n_step[k]++ == 0 && k == 0;
     const bool switched = k != c.last_k;
     c.last_k = k;
@@ -236,7 +270,13 @@ void controller_update(controller & c, int32_t k, int32_t n_drafted, int32_t n_a
     if (!steady && !first_plain) {
         t_steady = c.n_draft > 0 ? t_step - std::max(0.0, t_catch_up - c.t_draft) : -1.0;
     }
-    if (switched && c.n_timed[k] > 0 && t_steady >= c.t_step[k]) {
+    // the step's outcome, and its time as if it had decoded only the drafts it made
+    const int32_t o = k == 0 ? 0 : 1 + n_drafted;
+    if (t_steady > 0.0 && n_mtp_calls > n_drafted && k > 0) {
+        const double per_call = c.n_draft > 0 ? c.t_draft : t_draft / n_mtp_calls;
+        t_steady = std::max(1e-9, t_steady - (double) (n_mtp_calls - n_drafted) * per_call);
+    }
+    if (switched && c.n_out[o] > 0 && t_steady >= c.t_out[o]) {
         t_steady = -1.0;
     }
     if (c.refreshing && k == c.remeasuring && c.remeasure_left > 0) {
@@ -245,12 +285,16 @@ void controller_update(controller & c, int32_t k, int32_t n_drafted, int32_t n_a
     if (t_steady > 0.0) {
         // one outlier (a preempted step) moves the estimate at most to 3x its value; the older
         // the estimate, the more a new sample counts
-        const double obs = c.n_timed[k] == 0 ? t_steady : std::min(t_steady, 3.0 * c.t_step[k]);
-        c.w_step[k] = c.w_step[k] * std::pow(k_time_decay, (double) (c.steps - c.timed_at[k])) + 1.0;
-        c.t_step[k] += (obs - c.t_step[k]) / c.w_step[k];
-        c.timed_at[k] = c.steps;
+        const double obs = c.n_out[o] == 0 ? t_steady : std::min(t_steady, 3.0 * c.t_out[o]);
+        c.w_out[o] = c.w_out[o] * std::pow(k_time_decay, (double) (c.steps - c.out_at[o])) + 1.0;
+        c.t_out[o] += (obs - c.t_out[o]) / c.w_out[o];
+        c.out_at[o] = c.steps;
+        c.n_out[o]++;
         c.n_timed[k]++;
-        c.refreshed[k] = c.steps;
+        // fresh: a plain step's estimate, or that of asking for the j drafts made (j > 0)
+        if (o == 0 || n_drafted > 0) {
+            c.refreshed[n_drafted] = c.steps;
+        }
     }
     if (steady && n_mtp_calls > 0) {
         ema(c.t_draft, t_draft / n_mtp_calls, k_alpha_time, c.n_draft);
@@ -277,6 +321,12 @@ void controller_update(controller & c, int32_t k, int32_t n_drafted, int32_t n_a
             c.next_probe = c.steps + k_probe_min;
         }
     }
+    // draft i was tried when k reached it and the drafts before it were made
+    for (int32_t i = 0; i < MTPL_MAX_DRAFT; ++i) {
+        const bool tried = i < k && i <= n_drafted;
+        c.n_made[i] = k_accept_decay * c.n_made[i] + (tried && i < n_drafted ? 1.0 : 0.0);
+        c.n_tried[i] = k_accept_decay * c.n_tried[i] + (tried ? 1.0 : 0.0);
+    }
     // draft i's acceptance is observed only when drafts before it were accepted; estimate it
     // from counts that age by the step, observed or not, so that after a long run of plain
     // steps what probes see outweighs what was seen long ago
@@ -302,7 +352,7 @@ void controller_simulate(const mtpl_controller_sim & sim, int32_t * out_k, doubl
     seconds = 0.0;
     int32_t backlog = sim.n_prompt;  // positions the MTP cache has not seen
     bool kept_up = false;
-    int32_t k_before = -1;
+    int32_t rows_before = -1;  // drafts made by the step before
     for (int32_t step = 0; step < sim.n_steps; ++step) {
         const int32_t k = controller_choose(c, sim.k_max);
         out_k[step] = k;
@@ -326,8 +376,9 @@ void controller_simulate(const mtpl_controller_sim & sim, int32_t * out_k, doubl
                             std::max(0.5, 1.0 + sim.noise * normal(rng));
         const bool steady = k == 0 || kept_up;
         const double catch_up = steady ? 0.0 : sim.catch_up_s * backlog;
-        const double t = base + catch_up + (k != k_before && k_before >= 0 ? sim.k_switch_s : 0.0);
-        k_before = k;
+        // compute graphs are rebuilt when the verification batch changes shape (drafts made)
+        const double t = base + catch_up + (n_drafted != rows_before && rows_before >= 0 ? sim.k_switch_s : 0.0);
+        rows_before = n_drafted;
         const double t_draft = n_calls * speed * sim.draft_s + catch_up;
         controller_update(c, k, n_drafted, n_acc, n_calls, t_draft, t - t_draft, t, 0.0,
                           k > 0 ? speed * sim.draft_s + catch_up : 0.0, steady);

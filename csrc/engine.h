@@ -76,12 +76,18 @@ struct controller {
     int64_t n_verify[MTPL_MAX_DRAFT + 2] = {};
     double t_draft = 0.0;                        // seconds of one MTP decode
     int64_t n_draft = 0;
+    double n_made[MTPL_MAX_DRAFT] = {};          // decayed counts: draft i made (draft_p_min let it through) ...
+    double n_tried[MTPL_MAX_DRAFT] = {};         // ... of the steps that asked for it with drafts before it made
     double est_rate[MTPL_MAX_DRAFT + 1] = {};    // expected tokens per second by k (last choice)
-    double t_step[MTPL_MAX_DRAFT + 1] = {};      // seconds of a whole step that asked for k drafts
+    // Step times by outcome o: o = 0 a plain step; o = 1 + j a drafting step that made j drafts,
+    // as if it had called the MTP head j times (a step that stopped early also paid for the
+    // draft it did not make).  T(k) is their expectation over how many drafts k yields.
+    double t_out[MTPL_MAX_DRAFT + 2] = {};       // seconds: the mean of samples aged by the step
+    double w_out[MTPL_MAX_DRAFT + 2] = {};       // weight behind t_out
+    int64_t n_out[MTPL_MAX_DRAFT + 2] = {};      // samples in t_out
+    int64_t out_at[MTPL_MAX_DRAFT + 2] = {};     // step of the last sample in t_out
     int64_t n_step[MTPL_MAX_DRAFT + 1] = {};     // steps that asked for k drafts
-    int64_t n_timed[MTPL_MAX_DRAFT + 1] = {};    // ... of which timed into t_step (steady-state steps)
-    double w_step[MTPL_MAX_DRAFT + 1] = {};      // weight behind t_step: samples aged by the step
-    int64_t timed_at[MTPL_MAX_DRAFT + 1] = {};   // step of the last sample in t_step
+    int64_t n_timed[MTPL_MAX_DRAFT + 1] = {};    // ... of which were timed (steady-state steps)
     int64_t refreshed[MTPL_MAX_DRAFT + 1] = {};  // step of the last timing (or re-measurement) of k
     double t_gap = 0.0;                          // seconds the caller spends between steps
     int64_t n_gap = 0;

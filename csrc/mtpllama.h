@@ -208,7 +208,8 @@ typedef struct mtpl_controller_sim {
     double accept_after[16];
     double p_drafted[16];           /* P(draft i passes draft_p_min | drafts before it did); 0 = 1 */
     double speed_after;             /* step times are multiplied by this from switch_step on (0 = 1: no drift) */
-    double k_switch_s;              /* seconds added to a step whose k differs from the step before's (graph rebuilds) */
+    double k_switch_s;              /* seconds added to a step that made another number of drafts than the step
+                                       before (its verification batch has another shape: graph rebuilds) */
     int32_t burst_start;            /* a slow spell (other load): steps burst_start .. + burst_steps - 1 */
     int32_t burst_steps;            /* ... (0: none) */
     double burst_speed;             /* ... take this many times as long */

@@ -70,23 +70,26 @@ def simulate(cost_ms, accept, n_steps, *, accept_after=None, switch=-1, noise=0.
     return list(ks)[:n_steps], tokens[0], seconds[0]
 
 
-def fixed_rates(cost_ms, accept, p_drafted=None, draft_ms=0.0):
+def fixed_rates(cost_ms, accept, p_drafted=None, draft_ms=0.0, switch_ms=0.0):
     """Expected tokens per ms of asking for k drafts every step: E(k) / T(k).  With p_drafted,
     draft_p_min stops drafting: draft i is made with probability p_drafted[i] (given drafts
     before it were) and then accepted with probability accept[i]; a step that made j < k drafts
-    costs cost_ms[j] plus the MTP decode of the draft it did not make."""
+    costs cost_ms[j] plus the MTP decode of the draft it did not make, and switch_ms more when
+    the step before made another number (the simulator's graph rebuilds)."""
     p_drafted = p_drafted or [1.0] * len(accept)
     rates = []
     for k in range(len(cost_ms)):
         expected, run, cost, p_made = 1.0, 1.0, 0.0, 1.0  # p_made: P(the first j drafts were made)
+        p_same = 0.0  # P(two steps in a row make as many drafts)
         for j in range(k + 1):
             stop = 1.0 - p_drafted[j] if j < k else 1.0  # P(drafting stops after j drafts | j made)
             cost += p_made * stop * (cost_ms[j] + (draft_ms if j < k else 0.0))
+            p_same += (p_made * stop) ** 2
             if j < k:
                 run *= p_drafted[j] * accept[j]
                 expected += run
                 p_made *= p_drafted[j]
-        rates.append(expected / cost)
+        rates.append(expected / (cost + (1.0 - p_same) * switch_ms))
     return rates
 
 
@@ -273,10 +276,31 @@ def test_drafts_not_made_count_as_rejected():
         effs.append(tokens / (seconds / MS) / rates[0])
         ks.update(k)
     effs.sort()
-    assert effs[4] >= 0.97, (effs, ks)
-    # mostly plain steps: step times that vary this much (a step asked for k drafts costs anything
-    # from a plain step to a full k) send it drafting now and then, for a fifth of the steps at most
-    assert ks[0] >= 0.8 * sum(ks.values()), ks
+    assert effs[0] >= 0.97 and effs[4] >= 0.98, (effs, ks)
+    # plain steps nearly throughout: a step asked for k drafts costs anything from a plain step to
+    # a full k, so its time is counted for the drafts it made (timed per k asked for, such
+    # varying samples sent the controller drafting in 16% of the steps, at 0.976 of plain)
+    assert ks[0] >= 0.95 * sum(ks.values()), ks
+
+
+def test_step_times_count_for_the_drafts_made():
+    """Where drafting pays and draft_p_min stops a draft now and then, asking for k yields steps
+    of every length up to k; each is timed as the outcome it was, so T(k) is known as the mix
+    that asking for k gives, and deeper k are not chosen on a mix of cheap early stops."""
+    made = [0.9, 0.8, 0.7, 0.7]
+    accept = [min(1.0, a / m) for a, m in zip(HIGH, made)]
+    rates = fixed_rates(DENSE_Q8, accept, made, 1.5, 1.5)
+    best = max(range(5), key=rates.__getitem__)
+    assert best == 3 and rates[4] < 0.95 * rates[3]
+    effs, ks = [], Counter()
+    for seed in range(9):
+        k, tokens, seconds = simulate(DENSE_Q8, accept, 1000, p_drafted=made, draft_ms=1.5, switch_ms=1.5, seed=seed)
+        effs.append(tokens / (seconds / MS) / rates[best])
+        ks.update(k)
+    effs.sort()
+    assert effs[4] >= 0.985, (effs, ks)
+    # timed per k asked for, k = 4 looked as cheap as k = 3 often enough to take 18% of the steps
+    assert ks[3] >= 0.88 * sum(ks.values()), ks
 
 
 def test_draft_max_zero_and_one():
