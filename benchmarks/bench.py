@@ -228,7 +228,7 @@ class Ours:
         if s.mode != "plain":
             sp = self.spec(s)
             extra["spec"] = {f.name: getattr(sp, f.name) for f in dataclasses.fields(sp)}
-        for name in ("k_chosen", "est_accept", "est_verify", "est_draft"):
+        for name in ("k_chosen", "est_accept", "est_made", "est_step", "est_verify", "est_draft"):
             if hasattr(st, name):
                 v = getattr(st, name)
                 extra[name] = {str(a): b for a, b in v.items()} if isinstance(v, dict) else v

@@ -514,6 +514,10 @@ int32_t mtpl_session_get_stats(const mtpl_session * session, mtpl_stats * out) {
         for (int i = 0; i < MTPL_MAX_DRAFT; ++i) out->est_accept[i] = c.accept[i];
         for (int i = 0; i <= MTPL_MAX_DRAFT; ++i) out->est_verify_s[i] = c.n_verify[i] ? c.t_verify[i] : 0.0;
         out->est_draft_s = c.t_draft;
+        for (int i = 0; i < MTPL_MAX_DRAFT; ++i) out->est_made[i] = mtpl::controller_p_made(c, i);
+        for (int k = 0; k <= MTPL_MAX_DRAFT; ++k) {
+            out->est_step_s[k] = session->mtp && k <= session->gen.draft_max ? mtpl::controller_step_seconds(c, k) : 0.0;
+        }
         // llama.cpp counts graph reuses per context; report those since the last stats reset
         out->n_trunk_graphs_reused = llama_perf_context(session->trunk).n_reused - session->reused_base_trunk;
         out->n_mtp_graphs_reused =

@@ -135,6 +135,15 @@ int32_t start_remeasure(controller & c, int32_t k) {
 
 } // namespace
 
+double controller_p_made(const controller & c, int32_t i) {
+    return p_made(c, i);
+}
+
+double controller_step_seconds(const controller & c, int32_t k) {
+    const double t = step_cost(c, k);
+    return t > 0.0 ? t + c.t_gap : 0.0;
+}
+
 void controller_reset(controller & c) {
     c = controller{};
     for (double & a : c.accept) a = 0.5;  // the prior: no observation yet

@@ -107,6 +107,10 @@ void controller_reset(controller & c);
 // the controller against a simulated model (mtpl_controller_simulate)
 void controller_simulate(const mtpl_controller_sim & sim, int32_t * out_k, double & tokens, double & seconds);
 int32_t controller_choose(controller & c, int32_t k_max);
+// the controller's estimates: P(draft i is made | drafts before it were), and the expected
+// seconds of a step asked for k drafts with the caller's time between steps (0: nothing timed yet)
+double controller_p_made(const controller & c, int32_t i);
+double controller_step_seconds(const controller & c, int32_t k);
 // t_gap < 0: unknown (the first step after a feed).  t_catch_up: seconds of the step's first
 // MTP evaluation.  steady: the step's MTP work was what drafting every step costs (the MTP
 // cache was in step with the previous step), so its time is a sample of T(k); after plain

@@ -137,6 +137,11 @@ typedef struct mtpl_stats {
     double est_draft_s;             /* controller: estimated seconds of one MTP decode */
     int64_t n_trunk_graphs_reused;  /* trunk evaluations that reused the previous compute graph */
     int64_t n_mtp_graphs_reused;    /* MTP evaluations that reused the previous compute graph */
+    double est_made[16];            /* controller: estimated P(draft i is made | drafts before it were); below 1
+                                       where draft_p_min stops drafting */
+    double est_step_s[17];          /* controller: expected seconds of a step asked for k drafts, the caller's
+                                       time between steps included, for k = 0..draft_max (0: nothing timed
+                                       yet; a k not yet timed is extrapolated, optimistically) */
 } mtpl_stats;
 
 /* Debug event log (tests only; costs one branch per row when off).  Every row a

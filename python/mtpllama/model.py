@@ -73,6 +73,13 @@ class GenerationStats:
     """Controller's estimate of the seconds of a trunk pass over n tokens, by n (measured ones)."""
     est_draft: float = 0.0
     """Controller's estimate of the seconds of one MTP decode."""
+    est_made: list[float] = field(default_factory=list)
+    """Controller's estimate of the chance that the draft at each position is made, given the drafts
+    before it were (below 1 where draft_p_min stops drafting)."""
+    est_step: dict[int, float] = field(default_factory=dict)
+    """Controller's expected seconds of a step asked for k drafts (the time between steps included),
+    by k = 0..draft_max: what it weighs against the tokens k is expected to yield.  Empty before a
+    step is timed; a k not yet timed is extrapolated from shorter ones, optimistically."""
     trunk_graphs_reused: int = 0
     """Trunk evaluations that reused llama.cpp's previous compute graph (of trunk_calls)."""
     mtp_graphs_reused: int = 0
@@ -111,7 +118,9 @@ class GenerationStats:
             k_chosen=[int(st.k_chosen[i]) for i in range(MAX_DRAFT + 1)],
             est_accept=[float(st.est_accept[i]) for i in range(MAX_DRAFT)],
             est_verify={n: float(st.est_verify_s[n]) for n in range(MAX_DRAFT + 1) if st.est_verify_s[n] > 0},
-            est_draft=float(st.est_draft_s), trunk_graphs_reused=int(st.n_trunk_graphs_reused),
+            est_draft=float(st.est_draft_s), est_made=[float(st.est_made[i]) for i in range(MAX_DRAFT)],
+            est_step={k: float(st.est_step_s[k]) for k in range(MAX_DRAFT + 1) if st.est_step_s[k] > 0},
+            trunk_graphs_reused=int(st.n_trunk_graphs_reused),
             mtp_graphs_reused=int(st.n_mtp_graphs_reused))
 
 
