@@ -36,7 +36,8 @@ MTP sessions, measured 1-8% slower than in a new process (median 3.5% over the 8
 outside the harness 0.96-1.03x paired, and a process running only plain decoding is not slower),
 so both plain rows are reported; the ratios against plain use the
 long-lived row, as they compare runs in one process.  After the rounds, --confirm rounds run
-adaptive back to back with the rounds' two best fixed settings (see confirm_adaptive).
+adaptive back to back with the rounds' two best fixed settings and plain decoding (see
+confirm_adaptive).
 
 Outputs: a table on stdout, a JSON file with every run (--json, default
 ~/.cache/mtpllama/bench-results/results-DATE.json, outside the repository) and
@@ -45,7 +46,7 @@ benchmarks/RESULTS.md (--results-md) with the tables, the command and the machin
 
 Needs the engine: ``MTPLLAMA_LIBRARY=build/dev/libmtpllama.so PYTHONPATH=python`` in a checkout
 (or the installed package).  A full run (the 8 default models, 20 configurations, 4 rounds, 128
-tokens, 6 confirmation rounds) takes about 46 minutes on the 2-core machines (the dense Q8_0
+tokens, 6 confirmation rounds) takes about 50 minutes on the 2-core machines (the dense Q8_0
 files ~7 minutes each, the others ~5), plus ~4-7 minutes to build the upstream tools and ~5
 minutes to generate the models the first time.
 Models: names from models.py (generated and cached on demand) or paths of GGUF files.
@@ -415,7 +416,8 @@ def confirm_adaptive(ours: Ours, samples: list[Sample], a, loads: list[float]) -
     round, 8% in their medians, on these machines).  So the rounds only *select* the candidates (the best fixed
     setting, and the best one at another draft length), and then --confirm rounds run adaptive
     and the candidates back to back, the order rotating.  Reported: each candidate's median
-    over those rounds and the median over rounds of adaptive's speed over the candidate's."""
+    over those rounds and the median over rounds of adaptive's speed over the candidate's; and the
+    same against plain decoding, which runs in those rounds too."""
     fixed = {}
     for smp in samples:
         if smp.engine == "mtpllama" and smp.setting.mode == "fixed":
@@ -424,7 +426,10 @@ def confirm_adaptive(ours: Ours, samples: list[Sample], a, loads: list[float]) -
     if not ranked:
         return {}
     cands = [ranked[0]] + [s for s in ranked if s.k != ranked[0].k][:1]
-    group = [Setting("adaptive")] + cands
+    # plain decoding runs alongside too: at low acceptance plain is the one to beat, and the main
+    # rounds run ~20 configurations between adaptive and plain, so drift moves them apart
+    plain = Setting("plain")
+    group = [Setting("adaptive")] + cands + [plain]
     out: list[Sample] = []
     for r in range(a.confirm):
         order = group[r % len(group):] + group[:r % len(group)]
@@ -437,7 +442,9 @@ def confirm_adaptive(ours: Ours, samples: list[Sample], a, loads: list[float]) -
     return {"candidates": [s.label for s in cands], "rounds": a.confirm, "tps": tps,
             "median": {k: statistics.median(v) for k, v in tps.items()}, "paired": paired,
             "best": best.label, "x_best": statistics.median(ad) / statistics.median(tps[best.label]),
-            "x_best_paired": min(paired.values()), "samples": out}
+            "x_best_paired": min(paired.values()),
+            "x_plain": statistics.median(ad) / statistics.median(tps[plain.label]),
+            "x_plain_paired": statistics.median(x / y for x, y in zip(ad, tps[plain.label])), "samples": out}
 
 
 def bench_model(name: str, path: Path, a, bins: dict[str, str] | None) -> dict:
@@ -622,7 +629,8 @@ def overview(results: list[dict]) -> list[list[str]]:
     """One line per model: the numbers issue 7's acceptance criteria are about."""
     head = ["model", "plain: ours / upstream t/s", "plain ratio (paired)", "fixed k: ours / upstream (min .. max)",
             "plain, fresh process: ratio (paired)", "fixed k, paired: median (min .. max)", "best fixed, ours", "best fixed, upstream", "adaptive x plain",
-            "adaptive x best fixed (ours)", "confirmation: adaptive x best fixed (paired)"]
+            "adaptive x best fixed (ours)", "confirmation: adaptive x best fixed (paired)",
+            "confirmation: adaptive x plain (paired)"]
     out = [head]
     for res in results:
         rows = {r["setting"]: r for r in res["rows"]}
@@ -645,7 +653,8 @@ def overview(results: list[dict]) -> list[list[str]]:
                     f"{statistics.median(fxp):.2f}x ({min(fxp):.2f}x .. {max(fxp):.2f}x)" if fxp else "-",
                     best("mtpllama"), best("upstream"),
                     _f(ad and ad.get("x_plain"), "{:.2f}x"), _f(ad and ad.get("x_best_fixed_mtpllama"), "{:.2f}x"),
-                    f"{cf['x_best']:.2f}x ({cf['x_best_paired']:.2f}x)" if cf else "-"])
+                    f"{cf['x_best']:.2f}x ({cf['x_best_paired']:.2f}x)" if cf else "-",
+                    f"{cf['x_plain']:.2f}x ({cf['x_plain_paired']:.2f}x)" if cf and "x_plain" in cf else "-"])
     return out
 
 
@@ -681,14 +690,21 @@ def summary_lines(res: dict) -> list[str]:
             ev = ", ".join(f"{n}: {1e3 * v:.1f}" for n, v in sorted(last["est_verify"].items(), key=lambda kv: int(kv[0])))
             out.append(f"controller's estimates after the last adaptive run: trunk pass ms by tokens {{{ev}}}, "
                        f"draft step {1e3 * last.get('est_draft', 0):.2f} ms, acceptance by position "
-                       f"{' '.join(f'{x:.2f}' for x in last.get('est_accept', [])[:4])}")
+                       f"{' '.join(f'{x:.2f}' for x in last.get('est_accept', [])[:4])}"
+                       + (f", drafts made by position {' '.join(f'{x:.2f}' for x in last['est_made'][:4])}"
+                          if last.get("est_made") else "")
+                       + (", step ms by k asked for {" + ", ".join(
+                           f"{k}: {1e3 * v:.1f}" for k, v in sorted(last["est_step"].items(), key=lambda kv: int(kv[0])))
+                          + "}" if last.get("est_step") else ""))
     cf = res.get("confirm")
     if cf:
         med = ", ".join(f"{k} {v:.1f}" for k, v in cf["median"].items())
         pr = ", ".join(f"{k} {v:.2f}x" for k, v in cf["paired"].items())
-        out.append(f"confirmation ({cf['rounds']} rounds of adaptive and the main rounds' best fixed settings, back to "
-                   f"back): medians t/s {med}; adaptive over each, paired by round: {pr}; adaptive x best of them "
-                   f"({cf['best']}): {cf['x_best']:.2f}x")
+        pl = (f"; adaptive x plain: {cf['x_plain']:.2f}x, paired by round {cf['x_plain_paired']:.2f}x"
+              if "x_plain" in cf else "")
+        out.append(f"confirmation ({cf['rounds']} rounds of adaptive and the main rounds' best fixed settings"
+                   f"{', and plain' if pl else ''}, back to back): medians t/s {med}; adaptive over each fixed setting, "
+                   f"paired by round: {pr}; adaptive x best of them ({cf['best']}): {cf['x_best']:.2f}x{pl}")
     reuse = []
     for r in res["rows"]:
         g = (r.get("mtpllama") or {}).get("graphs")
@@ -789,7 +805,9 @@ def write_md(path: Path, results: list[dict], a, cmdline: str, mach: dict, upstr
           "*best fixed*: the fastest fixed setting of each engine, against that engine's plain decoding; *adaptive*: "
           "`SpecConfig()` defaults; *confirmation*: after the rounds, adaptive and the two fastest fixed settings of "
           "the rounds (the fastest, and the fastest at another k) run back to back for --confirm more rounds: "
-          "adaptive's median over the faster one's, and (in brackets) the lower of its paired medians against the two. "
+          "adaptive's median over the faster one's, and (in brackets) the lower of its paired medians against the two; "
+          "plain decoding runs in those rounds too, and *confirmation: adaptive x plain* is adaptive's median over "
+          "plain's there (in brackets: paired by round). "
           "A maximum over ~16 noisy medians is biased upwards; fresh runs side by side are not.", "",
           render_md(overview(results)), ""]
     for res in results:
