@@ -115,5 +115,6 @@ def main() -> None:
         report(f"{name} p {made[0]}..{made[-1]}", out, group)
     summary("p-min", group)
 
+
 if __name__ == "__main__":
     main()

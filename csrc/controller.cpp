@@ -82,12 +82,6 @@ void ema(double & est, double obs, double alpha, int64_t n_before) {
     est = n_before == 0 ? obs : est + std::max(alpha, 1.0 / (double) (n_before + 1)) * (obs - est);
 }
 
-// P(draft i is made | drafts before it were): draft_p_min stops drafting where the head is
-// unsure.  Prior: made (weight 1), so with draft_p_min = 0 this is exactly 1.
-double p_made(const controller & c, int32_t i) {
-    return (c.n_made[i] + 1.0) / (c.n_tried[i] + 1.0);
-}
-
 // seconds of outcome o (0: a plain step; 1 + j: a drafting step that made j drafts): sampled,
 // else extrapolated from the nearest sampled outcome below it, optimistically: per extra draft
 // one MTP decode and a share of what a verified row cost between 0 and 1 drafts made (batched
@@ -119,7 +113,7 @@ double step_cost(const controller & c, int32_t k) {
     const double draft = c.n_draft > 0 ? c.t_draft : 0.0;
     double cost = 0.0, p = 1.0;  // p: P(the first j drafts were made)
     for (int32_t j = 0; j < k; ++j) {
-        const double m = p_made(c, j);
+        const double m = controller_p_made(c, j);
         cost += p * (1.0 - m) * (outcome_cost(c, 1 + j) + draft);
         p *= m;
     }
@@ -135,8 +129,10 @@ int32_t start_remeasure(controller & c, int32_t k) {
 
 } // namespace
 
+// draft_p_min stops drafting where the head is unsure.  Prior: made (weight 1), so with
+// draft_p_min = 0 this is exactly 1.
 double controller_p_made(const controller & c, int32_t i) {
-    return p_made(c, i);
+    return (c.n_made[i] + 1.0) / (c.n_tried[i] + 1.0);
 }
 
 double controller_step_seconds(const controller & c, int32_t k) {
@@ -330,16 +326,14 @@ void controller_update(controller & c, int32_t k, int32_t n_drafted, int32_t n_a
             c.next_probe = c.steps + k_probe_min;
         }
     }
-    // draft i was tried when k reached it and the drafts before it were made
-    for (int32_t i = 0; i < MTPL_MAX_DRAFT; ++i) {
-        const bool tried = i < k && i <= n_drafted;
-        c.n_made[i] = k_accept_decay * c.n_made[i] + (tried && i < n_drafted ? 1.0 : 0.0);
-        c.n_tried[i] = k_accept_decay * c.n_tried[i] + (tried ? 1.0 : 0.0);
-    }
     // draft i's acceptance is observed only when drafts before it were accepted; estimate it
     // from counts that age by the step, observed or not, so that after a long run of plain
     // steps what probes see outweighs what was seen long ago
     for (int32_t i = 0; i < MTPL_MAX_DRAFT; ++i) {
+        // draft i was tried when k reached it and the drafts before it were made
+        const bool tried = i < k && i <= n_drafted;
+        c.n_made[i] = k_accept_decay * c.n_made[i] + (tried && i < n_drafted ? 1.0 : 0.0);
+        c.n_tried[i] = k_accept_decay * c.n_tried[i] + (tried ? 1.0 : 0.0);
         // a draft that draft_p_min kept from being made (i >= n_drafted) yields no token: it
         // counts as rejected, so that E(k) is what asking for k drafts yields
         const bool observed = i < k && i <= n_accepted;
