@@ -11,8 +11,8 @@ must be below TOL_F32 = 2e-3 (f32 weights) or TOL_F16 = 5e-3 (f16 weights).
 The reference models llama.cpp's f16 KV cache and its CPU flash-attention f16
 accumulator (see reference_glm4moe.py); what is left is f32 arithmetic and the
 occasional one-ulp f16 rounding flip it causes: about 1e-4 typical and 6e-4 at
-worst for f32 weights, 1.3e-3 for f16 weights (2.6e-3 seen on a CPU with AVX512-FP16).  A broken reference (a mix-up of
-the kind a port makes) is off by 0.05 to 2.5.
+worst for f32 weights, 1.3e-3 for f16 weights (2.6e-3 on a CPU with AVX512-FP16).
+A broken reference (a mix-up of the kind a port makes) is off by 0.05 to 2.5.
 
 Two upstream bugs were found here and are fixed by our patches (these tests fail
 without them):
@@ -85,8 +85,8 @@ FLAVOURS = {
                                               expert_weights_scale=2.5, norm_noise=0.3, seed=32),
                                 LONG_PROMPT, 150, 0.2, TOL_F32),
     # f16 weights: a product sees f16-rounded activations, so (as for the trained model below) a
-    # router margin under 1e-3 is within rounding.  Seed 36's run has none; seed 33's had one of 5e-5,
-    # which a CPU with AVX512-FP16 and AMX decided the other way.
+    # router margin under 1e-3 is within rounding.  No such near-tie flips in seed 36's run; in seed 33's
+    # one of 5e-5 did, early, on a CPU with AVX512-FP16 and AMX.
     "f16_dense2_shexp2": Flavour(SyntheticSpec(nextn="own", qk_norm=True, n_layer=3, n_dense_lead=2, n_head=4,
                                                n_head_kv=2, n_expert_used=3, n_expert_shared=2, dtype="f16",
                                                norm_noise=0.3, seed=36), PROMPT, 180, 0.0, TOL_F16, near_tie=1e-3),
