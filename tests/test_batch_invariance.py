@@ -42,6 +42,10 @@ def files(tmp_path_factory):
         spec = SyntheticSpec(nextn="own", dtype=dtype, n_embd=128, n_ff=256, n_ff_exp=64, head_dim=32,
                              norm_noise=0.3, seed=41)
         out[dtype] = str(write_synthetic(d / f"{dtype}.gguf", spec))
+    # K-quant blocks hold 256 values: every matrix's rows must be a multiple of that long
+    spec = SyntheticSpec(nextn="own", dtype="q4_k", n_embd=256, n_ff=512, n_ff_exp=256, head_dim=32,
+                         norm_noise=0.3, seed=41)
+    out["q4_k"] = str(write_synthetic(d / "q4_k.gguf", spec))
     return out
 
 
@@ -76,14 +80,34 @@ def compare(model, prompt, n: int, k: int, threads: int) -> tuple[int, int]:
     return same, diff
 
 
-@pytest.mark.parametrize("dtype", ["f32", "f16", "q8_0", "q4_0"])
+@pytest.mark.parametrize("dtype", ["f32", "f16", "q8_0", "q4_0", "q4_k"])
 @pytest.mark.parametrize("k", [1, 2, 3, 4])
 def test_verified_rows_equal_lone_rows(files, dtype, k):
     """Batches of 2..5 rows.  Q8_0/Q4_0 products keep llamafile's tiled kernels in this mode on
-    AVX2 builds (patches/0003): every tile shape of them must give a lone row's bits."""
+    AVX2 builds (patches/0003): every tile shape of them must give a lone row's bits.  Q4_K
+    weights are repacked on AVX2 builds, and the repacked gemm for each 4 rows of a batch summed
+    differently from gemv (patches/0009: 4- and 5-row batches failed without it)."""
     with mtpllama.Model(files[dtype]) as m:
         same, diff = compare(m, PROMPT, 48, k, threads=1)
     assert same >= 20 and diff == 0, (same, diff)
+
+
+def test_q4_k_file_holds_q4_k_blocks(files):
+    """The Q4_K file is what it says (mtpllama.gguf_io.quantize_q4_k, checked against the gguf
+    package's dequantizer), so the Q4_K rows above test K-quant kernels."""
+    import gguf
+
+    from mtpllama.gguf_io import quantize_q4_k
+
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(files["q4_k"]).tensors}
+    assert types["blk.0.attn_q.weight"] == gguf.GGMLQuantizationType.Q4_K
+    assert sum(t == gguf.GGMLQuantizationType.Q4_K for t in types.values()) >= 10
+    x = np.random.default_rng(0).standard_normal((16, 512)).astype(np.float32) * np.linspace(0.1, 3, 512)
+    y = gguf.quants.dequantize(quantize_q4_k(x), gguf.GGMLQuantizationType.Q4_K)
+    step = (x.reshape(16, -1, 32).max(axis=2) - np.minimum(x.reshape(16, -1, 32).min(axis=2), 0)) / 15
+    err = np.abs(y - x).reshape(16, -1, 32).max(axis=2)
+    # half a code step, widened by the 6-bit scales (rounded up): no value clipped (about 1 step)
+    assert np.all(err <= 0.75 * step), float((err / step).max())
 
 
 def test_without_invariance_rows_differ(files, invariance):

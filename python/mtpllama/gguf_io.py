@@ -184,7 +184,7 @@ class SyntheticSpec:
     norm_noise: float = 0.0          # > 0: every RMS-norm weight is multiplied by 1 + N(0, norm_noise) (not all ones),
                                      # so that a pre-/post-norm mix-up changes results (own random stream: the other
                                      # weights stay those of norm_noise=0)
-    dtype: str = "f32"               # "f32", "f16", "q8_0", "q4_0" for the large matrices
+    dtype: str = "f32"               # "f32", "f16", "q8_0", "q4_0", "q4_k" for the large matrices
     n_merges: int = 200
     seed: int = 0
     name: str = "mtpllama-synthetic"
@@ -293,10 +293,44 @@ def _store(arr: np.ndarray, dtype: str):
         return arr.astype(np.float32), None
     if dtype == "f16":
         return arr.astype(np.float16), None
+    if dtype == "q4_k":
+        if arr.shape[-1] % 256:
+            return arr.astype(np.float16), None
+        return quantize_q4_k(arr), gguf.GGMLQuantizationType.Q4_K
     qtype = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0}[dtype]
     if arr.shape[-1] % 32:
         return arr.astype(np.float16), None
     return gguf.quants.quantize(arr, qtype), qtype
+
+
+def quantize_q4_k(arr: np.ndarray) -> np.ndarray:
+    """Q4_K blocks (the gguf package dequantizes K-quants but does not quantize them).
+
+    Per 256 values: f16 d and dmin, twelve bytes packing eight 6-bit scales and mins (one per
+    32 values), and 128 bytes of 4-bit codes; a value is d*scale*q - dmin*min.  A plain
+    min/max fit per 32 values, not llama.cpp's search: these files exist to exercise the
+    kernels, and the round trip is checked against gguf's dequantizer in the tests."""
+    shape = arr.shape
+    sub = arr.reshape(-1, 8, 32).astype(np.float32)
+    lo = np.minimum(sub.min(axis=2), 0.0)
+    hi = sub.max(axis=2)
+    # 6-bit mins and scales rounded up, so that every value lies inside its sub-block's 16 codes
+    dmin = (-lo.min(axis=1) / 62.0).astype(np.float16).astype(np.float32)
+    mn = np.clip(np.ceil(-lo / np.where(dmin > 0, dmin, 1.0)[:, None]), 0, 63).astype(np.uint8)
+    step = np.maximum(hi + dmin[:, None] * mn, 1e-12) / 15.0        # per 32 values
+    d = (step.max(axis=1) / 62.0).astype(np.float16).astype(np.float32)
+    d = np.where(d > 0, d, np.float32(6e-8))
+    sc = np.clip(np.ceil(step / d[:, None]), 1, 63).astype(np.uint8)
+    q = np.round((sub + (dmin[:, None] * mn)[..., None]) / (d[:, None] * sc)[..., None])
+    q = np.clip(q, 0, 15).astype(np.uint8)
+    packed = np.empty((sub.shape[0], 12), np.uint8)
+    packed[:, 0:4] = sc[:, 0:4] | ((sc[:, 4:8] >> 4) << 6)          # 6 low bits, then the high 2 of 4..7
+    packed[:, 4:8] = mn[:, 0:4] | ((mn[:, 4:8] >> 4) << 6)
+    packed[:, 8:12] = (sc[:, 4:8] & 0xF) | ((mn[:, 4:8] & 0xF) << 4)
+    codes = (q[:, 0::2, :] | (q[:, 1::2, :] << 4)).reshape(-1, 128)  # pairs of 32: low nibble, high nibble
+    blocks = np.concatenate([d.astype(np.float16).view(np.uint8).reshape(-1, 2),
+                             dmin.astype(np.float16).view(np.uint8).reshape(-1, 2), packed, codes], axis=1)
+    return blocks.reshape(*shape[:-1], shape[-1] // 256 * 144)
 
 
 def write_synthetic(path: str | Path, spec: SyntheticSpec = SyntheticSpec(), tok: Tokenizer | None = None,
