@@ -106,7 +106,7 @@ def test_q4_k_file_holds_q4_k_blocks(files):
     y = gguf.quants.dequantize(quantize_q4_k(x), gguf.GGMLQuantizationType.Q4_K)
     step = (x.reshape(16, -1, 32).max(axis=2) - np.minimum(x.reshape(16, -1, 32).min(axis=2), 0)) / 15
     err = np.abs(y - x).reshape(16, -1, 32).max(axis=2)
-    # half a code step, widened by the 6-bit scales (rounded up): no value clipped (about 1 step)
+    # half a code step, widened by the 6-bit scales (rounded up); a clipped value would be a step off
     assert np.all(err <= 0.75 * step), float((err / step).max())
 
 
