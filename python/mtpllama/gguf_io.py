@@ -293,13 +293,12 @@ def _store(arr: np.ndarray, dtype: str):
         return arr.astype(np.float32), None
     if dtype == "f16":
         return arr.astype(np.float16), None
-    if dtype == "q4_k":
-        if arr.shape[-1] % 256:
-            return arr.astype(np.float16), None
-        return quantize_q4_k(arr), gguf.GGMLQuantizationType.Q4_K
-    qtype = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0}[dtype]
-    if arr.shape[-1] % 32:
+    qtype = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0,
+             "q4_k": gguf.GGMLQuantizationType.Q4_K}[dtype]
+    if arr.shape[-1] % gguf.GGML_QUANT_SIZES[qtype][0]:       # rows not whole blocks: f16
         return arr.astype(np.float16), None
+    if qtype == gguf.GGMLQuantizationType.Q4_K:
+        return quantize_q4_k(arr), qtype
     return gguf.quants.quantize(arr, qtype), qtype
 
 
