@@ -19,7 +19,7 @@ runs of one setting next to each other, the order reversed every other round):
 all on the same GGUF file, thread count, context size, prompt and token count, greedy.  Both
 upstream tools are built from the package's own pinned, patched tree (build_upstream.py).
 Each engine holds the weights its own default way (--load default): mtpllama reads a file that
-fits into memory, on transparent huge pages (ModelConfig.use_mmap, patches/0007), upstream maps
+fits into memory, on transparent huge pages (ModelConfig.use_mmap, patches/0007, 0010), upstream maps
 the file.  --load memory (both read, upstream with glibc advising huge pages) and --load mmap
 (both map) compare the engines like for like.
 
@@ -136,7 +136,7 @@ print(json.dumps([st.generated_tokens, st.prompt_tokens, list(r.tokens)]))
 
 # --load: how each engine holds the file's weights: mtpllama's use_mmap, upstream's extra arguments
 # and environment.  "default" is each engine's own default: mtpllama reads a file that fits into
-# memory (ModelConfig.use_mmap=None) on huge pages (patches/0007), upstream maps it.  "memory" gives
+# memory (ModelConfig.use_mmap=None) on huge pages (patches/0007, 0010), upstream maps it.  "memory" gives
 # upstream huge pages too: glibc then advises its large blocks as mtpllama advises its buffers.
 LOADS = {"default": (None, [], {}), "mmap": (True, ["-lm", "mmap"], {}),
          "memory": (False, ["-lm", "none"], {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"})}
@@ -144,7 +144,7 @@ LOADS = {"default": (None, [], {}), "mmap": (True, ["-lm", "mmap"], {}),
 
 LOAD_NOTES = {
     "default": "each engine's default (--load default): mtpllama reads a file that fits into memory "
-               "(`ModelConfig.use_mmap=None`) on transparent huge pages (patches/0007), upstream maps it.",
+               "(`ModelConfig.use_mmap=None`) on transparent huge pages (patches/0007, 0010), upstream maps it.",
     "mmap": "both engines map the file (--load mmap; upstream `-lm mmap`).",
     "memory": "both engines read the file into memory on huge pages (--load memory; upstream `-lm none` with "
               "`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`).",

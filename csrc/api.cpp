@@ -125,7 +125,8 @@ void ensure_backend() {
         // output (patches/0003).
         ggml_cpu_set_batch_invariant(MTPL_MAX_DRAFT + 1);
         // Decoding streams every weight once per step; from 2 MiB pages it ran 1.5-3% faster
-        // than from 4 KiB pages on the dense CPU benchmark file (patches/0007).
+        // than from 4 KiB pages on the dense CPU benchmark file (patches/0007), 7-8% on a CPU with AMX,
+        // whose weight buffers patches/0010 covers.
         ggml_backend_cpu_buffer_set_huge_pages(true);
     });
 }

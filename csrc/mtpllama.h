@@ -185,8 +185,8 @@ int32_t mtpl_set_batch_invariant(int32_t enabled);
 int32_t mtpl_get_batch_invariant(void);
 
 /* Huge pages (process-wide, on by default; Linux): CPU buffers of 2 MiB and more allocated after
-   the call (weights read into memory, KV caches, compute buffers) are advised to the kernel as
-   transparent huge pages (patches/0007).  A mapped file's weights are unaffected. */
+   the call (weights read into memory, AMX weight buffers, KV caches, compute buffers) are advised to
+   the kernel as transparent huge pages (patches/0007, 0010).  A mapped file's weights are unaffected. */
 int32_t mtpl_set_huge_pages(int32_t enabled);
 int32_t mtpl_get_huge_pages(void);
 
