@@ -122,8 +122,8 @@ void controller_update(controller & c, int32_t k, int32_t n_drafted, int32_t n_a
 
 // --- verification helpers (verify.cpp) ----------------------------------------
 int32_t argmax(const float * logits, int32_t n_vocab);
-// probability of the arg-max token under softmax(logits)
-float top_prob(const float * logits, int32_t n_vocab, int32_t top);
+// whether the arg-max token `top` has probability below p_min (> 0) under softmax(logits)
+bool top_prob_below(const float * logits, int32_t n_vocab, int32_t top, float p_min);
 // Greedy acceptance: number of drafts d[i] equal to the target's choice g[i].
 int32_t accept_greedy(const int32_t * drafts, const int32_t * target, int32_t n_drafts);
 bool is_greedy(const mtpl_gen_params & g);

@@ -187,7 +187,7 @@ int32_t draft(mtpl_session * s, int32_t k, std::vector<int32_t> & drafts) {
         int32_t tok;
         if (plain_greedy) {
             tok = argmax(logits, s->n_vocab);
-            if (g.draft_p_min > 0.0f && top_prob(logits, s->n_vocab, tok) < g.draft_p_min) {
+            if (g.draft_p_min > 0.0f && top_prob_below(logits, s->n_vocab, tok, g.draft_p_min)) {
                 break;
             }
         } else {

@@ -218,6 +218,45 @@ def test_engine_matches_reference(runs, name):
         assert worst.err < fl.tol, f"{name} {cat}: {worst}"
 
 
+def test_draft_p_min_stops_where_the_head_is_unsure(runs):
+    """Greedy drafting with draft_p_min: each step drafts the head's arg-max while its softmax
+    probability is >= draft_p_min and stops at the first draft below it.  Checked against that
+    probability computed here in float64 from the head's recorded logits (the engine sums a fast
+    exp over the vocabulary, stopping once the sum shows the draft is below the floor)."""
+    fl = FLAVOURS["glm46_qknorm_mha"]
+    run = runs("glm46_qknorm_mha")
+    calls: list[list[dict]] = []  # events grouped by call
+    for e in run.events:
+        if calls and (calls[-1][0]["kind"], calls[-1][0]["call"]) == (e["kind"], e["call"]):
+            calls[-1].append(e)
+        else:
+            calls.append([e])
+
+    def p_top(logits: np.ndarray) -> tuple[int, float]:
+        z = np.exp(logits.astype(np.float64) - logits.max())
+        return int(np.argmax(logits)), float(z.max() / z.sum())
+
+    heads: list[tuple[int, float]] = []  # the step's MTP calls: (arg-max, its probability)
+    stops = full = 0
+    for c in calls:
+        kind = c[0]["kind"]
+        if kind == "mtp" and c[-1]["logits"] is not None:
+            heads.append(p_top(c[-1]["logits"]))
+        elif kind == "trunk" and heads:
+            drafts = [e["token"] for e in c[1:]]
+            assert len(drafts) <= len(heads)
+            for (tok, p), d in zip(heads, drafts):  # drafts made: confident arg-maxes
+                assert d == tok and p >= fl.p_min - 1e-5, (c[0]["call"], heads, drafts)
+            if len(drafts) < len(heads):  # a stop: the next draft was below the floor
+                assert heads[len(drafts)][1] < fl.p_min + 1e-5, (c[0]["call"], heads, drafts)
+                stops += 1
+            else:
+                full += 1
+            heads = []
+    # both outcomes seen often: the floor is in the middle of this head's confidence
+    assert stops >= 10 and full >= 10, (stops, full)
+
+
 @pytest.mark.parametrize("name", GOOD[:1])
 def test_mtp_output_state_of_multi_row_batch(runs, name):
     """The MTP output state of the head row of a multi-row MTP batch (the state the next
