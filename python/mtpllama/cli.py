@@ -25,7 +25,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _spec_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--draft-max", type=int, default=4, help="most tokens drafted per step")
+    p.add_argument("--draft-max", type=int, default=6, help="most tokens drafted per step")
     p.add_argument("--draft-p-min", type=float, default=0.5)
     p.add_argument("--no-adaptive", action="store_true", help="always draft --draft-max tokens")
     p.add_argument("--no-mtp", action="store_true", help="plain decoding (the NextN block is not loaded)")

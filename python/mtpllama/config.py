@@ -106,7 +106,7 @@ def _check_float(name: str, value: object, lo: float, hi: float, lo_open: bool =
 class SpecConfig:
     """Speculative decoding with the MTP head."""
 
-    draft_max: int = 4
+    draft_max: int = 6
     """Most tokens drafted per step (0 = plain decoding); the upper bound of the adaptive controller."""
     draft_p_min: float = 0.5
     """Stop drafting when the MTP head's top probability falls below this (full softmax, after
