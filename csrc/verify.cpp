@@ -38,7 +38,7 @@ namespace {
 typedef float f4 __attribute__((vector_size(16)));
 typedef int32_t i4 __attribute__((vector_size(16)));
 
-// exp(x) lane by lane for x <= 0 (below -87, exp(-87)), to ~2e-6 relative: x = n ln 2 + r with
+// exp(x) lane by lane for x <= 0 (below -87, exp(-87)), to 3e-7 relative: x = n ln 2 + r with
 // |r| <= ln 2 / 2, exp(r) by its Taylor series to r^6, 2^n put straight into the exponent bits
 f4 exp_nonpositive(f4 x) {
     x = x > -87.0f ? x : -87.0f;
