@@ -25,8 +25,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _spec_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--draft-max", type=int, default=6, help="most tokens drafted per step")
-    p.add_argument("--draft-p-min", type=float, default=0.5)
+    from .config import SpecConfig  # one place holds the defaults
+
+    p.add_argument("--draft-max", type=int, default=SpecConfig.draft_max, help="most tokens drafted per step")
+    p.add_argument("--draft-p-min", type=float, default=SpecConfig.draft_p_min)
     p.add_argument("--no-adaptive", action="store_true", help="always draft --draft-max tokens")
     p.add_argument("--no-mtp", action="store_true", help="plain decoding (the NextN block is not loaded)")
 
