@@ -65,6 +65,8 @@ SHAPES: dict[str, SyntheticSpec] = {
     "dense": _DENSE,
     # the same as Q4_0: 0.40 GiB; ~14 ms per token with 2 threads
     "dense-q4": replace(_DENSE, dtype="q4_0", name="mtpllama-bench-dense-q4"),
+    # the same as Q4_K, the quantisation most GLM files use (Q4_K_M); not in the default run
+    "dense-q4k": replace(_DENSE, dtype="q4_k", name="mtpllama-bench-dense-q4k"),
     # 2.20B parameters, 2.18 GiB as Q8_0; ~0.3B active per token; ~14 ms per token with 2 threads
     "moe": SyntheticSpec(
         n_embd=1024, n_layer=14, n_dense_lead=1, n_head=8, n_head_kv=2, head_dim=128, n_rot=64,
@@ -96,6 +98,7 @@ SHAPES: dict[str, SyntheticSpec] = {
 NOISE: dict[str, dict[str, float]] = {
     "dense": {"hi": 3.6, "mid": 5.0, "lo": 8.0},
     "dense-q4": {"hi": 3.5, "mid": 4.5, "lo": 7.0},
+    "dense-q4k": {"hi": 3.5, "mid": 4.5, "lo": 7.0},  # dense-q4's levels, not calibrated
     "moe": {"hi": 2.25, "mid": 2.75, "lo": 3.0},
     "air": {"hi": 1.7, "mid": 2.5, "lo": 3.0},
 }
