@@ -5,7 +5,7 @@
     python3 benchmarks/models.py dense-hi moe-lo    # just these
     python3 benchmarks/models.py --calibrate dense --noise 0.5 1.0 2.0   # acceptance vs noise
 
-Generating takes ~20 s (dense) / ~60 s and ~8-9 GB of memory (air, moe) per file.  Files are written with ``mtpllama.gguf_io.SyntheticSpec`` + ``write_synthetic`` and cached under
+Generating takes ~20 s (dense) / ~60 s and ~8-9 GB of memory (air, moe) per file.  Files are written with ``mtpllama.testing.SyntheticSpec`` + ``write_synthetic`` and cached under
 ``~/.cache/mtpllama/bench-models`` (or ``$MTPLLAMA_CACHE_DIR/bench-models``), named after a hash
 of their spec, so a changed spec gives a new file; they are never committed.
 
@@ -53,7 +53,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "python"))
 
-from mtpllama.gguf_io import SyntheticSpec, synthetic_weights, train_bpe, write_synthetic  # noqa: E402
+from mtpllama.testing import SyntheticSpec, synthetic_weights, train_bpe, write_synthetic  # noqa: E402
 
 # Decode-step cost targets 10-30 ms with 2 threads on the 2-core benchmark machines.
 # 0.76B parameters, 0.75 GiB as Q8_0; ~26 ms per token with 2 threads

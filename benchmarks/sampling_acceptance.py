@@ -1,6 +1,6 @@
-"""Drafts accepted per step by verification method and temperature (issue 4).
+"""Drafts accepted per step by verification method and temperature.
 
-    PYTHONPATH=python python3 benchmarks/sampling_acceptance.py [--runs 100]
+    python3 benchmarks/sampling_acceptance.py [--runs 100]
 
 Two synthetic models: the test suite's GLM-4.5-style file (its head is sharper
 than the trunk's next-token distribution) and the same shape with two equally
@@ -10,17 +10,14 @@ length 3, 48 tokens per run, one prompt and seed per run.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-import mtpllama  # noqa: E402
-from conftest import PROMPTS, SPECS  # noqa: E402
-from mtpllama import SamplingConfig, SessionConfig, SpecConfig  # noqa: E402
-from mtpllama.gguf_io import add_second_successor, synthetic_weights, train_bpe, write_synthetic  # noqa: E402
+import mtpllama
+from mtpllama import SamplingConfig, SessionConfig, SpecConfig
+from mtpllama.testing import add_second_successor, synthetic_weights, train_bpe, write_synthetic
+from mtpllama.testing.fixtures import PROMPTS, SPECS
 
 
 def measure(path: str, temps, methods, runs: int) -> dict:

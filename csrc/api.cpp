@@ -1,17 +1,22 @@
 // The C surface: argument checks, status codes, the thread-local last error, and
 // the log hook.  Everything that can be checked here is checked before llama.cpp
 // sees it, because upstream aborts the process on many failed asserts.
-#include "engine.h"
-
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <exception>
 #include <mutex>
 #include <new>
+#include <vector>
 
+#include "controller_sim.h"
 #include "ggml.h"
 #include "ggml-backend.h"
 #include "ggml-cpu.h"
+#include "inspect.h"
+#include "session.h"
+#include "util.h"
+#include "verify.h"
 
 #ifndef MTPLLAMA_VERSION
 #define MTPLLAMA_VERSION "0.0.0+unknown"
@@ -156,7 +161,7 @@ int32_t mtpl_controller_simulate(const mtpl_controller_sim * sim, int32_t * out_
             return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "sim, out_k, out_tokens and out_seconds must not be NULL");
         }
         if (sim->k_max < 0 || sim->k_max > MTPL_MAX_DRAFT || sim->n_steps < 0 || sim->n_prompt < 1) {
-            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "k_max must be in 0..16, n_steps >= 0, n_prompt >= 1");
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "k_max must be in 0.." + std::to_string(MTPL_MAX_DRAFT) + ", n_steps >= 0, n_prompt >= 1");
         }
         for (int32_t k = 0; k <= sim->k_max; ++k) {
             if (!(sim->cost_s[k] > 0.0)) {
@@ -202,6 +207,31 @@ int32_t mtpl_set_huge_pages(int32_t enabled) {
 int32_t mtpl_get_huge_pages(void) {
     mtpl::ensure_backend();
     return ggml_backend_cpu_buffer_huge_pages() ? 1 : 0;
+}
+
+int32_t mtpl_file_inspect(const char * path, mtpl_file_info * out) {
+    return guarded([&]() -> int32_t {
+        if (!path || !*path || !out) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "path must be a non-empty string and out not NULL");
+        }
+        mtpl::ensure_backend();
+        mtpl::file_facts f;
+        if (int32_t st = mtpl::read_file_facts(path, f); st != MTPL_OK) {
+            return st;
+        }
+        *out = mtpl_file_info{};
+        std::snprintf(out->arch, sizeof(out->arch), "%s", f.arch.c_str());
+        std::snprintf(out->name, sizeof(out->name), "%s", f.name.c_str());
+        out->supported = f.def ? 1 : 0;
+        out->block_count = (int32_t) f.block_count;
+        out->n_layer_nextn = (int32_t) f.nextn;
+        out->n_tensors = f.n_tensors;
+        out->n_tensors_nextn = f.n_tensors_nextn;
+        out->nextn_bytes = f.nextn_bytes;
+        out->has_mtp = f.has_mtp ? 1 : 0;
+        std::snprintf(out->mtp_problem, sizeof(out->mtp_problem), "%s", f.mtp_problem.c_str());
+        return MTPL_OK;
+    });
 }
 
 int32_t mtpl_model_load(const mtpl_model_params * params, mtpl_model ** out) {
@@ -429,9 +459,9 @@ int32_t mtpl_session_configure(mtpl_session * session, const mtpl_gen_params * p
         if (params->penalty_last_n < -1) {
             return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "penalty_last_n must be >= -1");
         }
-        if (params->verify < MTPL_VERIFY_REJECTION || params->verify > MTPL_VERIFY_COUPLED) {
-            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT,
-                              "verify must be 0 (rejection), 1 (exact), 2 (accept all) or 3 (coupled)");
+        if (!mtpl::known_verify_mode(params->verify)) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "verify must be a value of enum mtpl_verify, got " +
+                                                             std::to_string(params->verify));
         }
         if (params->draft_max > 0 && !session->mtp) {
             return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT,
@@ -456,7 +486,7 @@ int32_t mtpl_session_step(mtpl_session * session, int32_t n_max, int32_t * out_t
         if (cap < session->gen.draft_max + 2) {
             return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "out_tokens needs room for draft_max + 2 tokens");
         }
-        return mtpl::session_step(session, n_max, out_tokens, cap, result);
+        return mtpl::session_step(session, n_max, out_tokens, result);
     });
 }
 
@@ -510,38 +540,21 @@ int32_t mtpl_session_get_stats(const mtpl_session * session, mtpl_stats * out) {
         if (!session || !out) {
             return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "session and out must not be NULL");
         }
-        *out = session->stats;
-        const mtpl::controller & c = session->ctl;
-        for (int i = 0; i < MTPL_MAX_DRAFT; ++i) out->est_accept[i] = c.accept[i];
-        for (int i = 0; i <= MTPL_MAX_DRAFT; ++i) out->est_verify_s[i] = c.n_verify[i] ? c.t_verify[i] : 0.0;
-        out->est_draft_s = c.t_draft;
-        for (int i = 0; i < MTPL_MAX_DRAFT; ++i) out->est_made[i] = mtpl::controller_p_made(c, i);
-        for (int k = 0; k <= MTPL_MAX_DRAFT; ++k) {
-            out->est_step_s[k] = session->mtp && k <= session->gen.draft_max ? mtpl::controller_step_seconds(c, k) : 0.0;
-        }
-        // llama.cpp counts graph reuses per context; report those since the last stats reset
-        out->n_trunk_graphs_reused = llama_perf_context(session->trunk).n_reused - session->reused_base_trunk;
-        out->n_mtp_graphs_reused =
-            session->mtp ? llama_perf_context(session->mtp).n_reused - session->reused_base_mtp : 0;
+        mtpl::session_stats(session, *out);
         return MTPL_OK;
     });
 }
 
 int32_t mtpl_session_reset_stats(mtpl_session * session) {
     return with_session(session, [&]() -> int32_t {
-        session->stats = mtpl_stats{};
-        session->reused_base_trunk = llama_perf_context(session->trunk).n_reused;
-        session->reused_base_mtp = session->mtp ? llama_perf_context(session->mtp).n_reused : 0;
+        mtpl::session_reset_stats(session);
         return MTPL_OK;
     });
 }
 
 int32_t mtpl_session_debug(mtpl_session * session, int32_t enable) {
     return with_session(session, [&]() -> int32_t {
-        session->debug = enable != 0;
-        session->debug_call = 0;
-        session->debug_events.clear();
-        session->debug_floats.clear();
+        session->tr.start(enable != 0);
         return MTPL_OK;
     });
 }
@@ -551,12 +564,12 @@ int32_t mtpl_session_debug_events(const mtpl_session * session, mtpl_debug_event
         if (!session || !n_out || cap < 0 || (cap > 0 && !out)) {
             return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "bad arguments to mtpl_session_debug_events");
         }
-        const int32_t n = (int32_t) session->debug_events.size();
+        const int32_t n = (int32_t) session->tr.events.size();
         *n_out = n;
         if (n > cap) {
             return mtpl::fail(MTPL_ERR_BUFFER_TOO_SMALL, "event buffer too small");
         }
-        std::memcpy(out, session->debug_events.data(), sizeof(mtpl_debug_event) * (size_t) n);
+        std::memcpy(out, session->tr.events.data(), sizeof(mtpl_debug_event) * (size_t) n);
         return MTPL_OK;
     });
 }
@@ -566,12 +579,44 @@ int32_t mtpl_session_debug_floats(const mtpl_session * session, float * out, int
         if (!session || !n_out || cap < 0 || (cap > 0 && !out)) {
             return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "bad arguments to mtpl_session_debug_floats");
         }
-        const int64_t n = (int64_t) session->debug_floats.size();
+        const int64_t n = (int64_t) session->tr.floats.size();
         *n_out = n;
         if (n > cap) {
             return mtpl::fail(MTPL_ERR_BUFFER_TOO_SMALL, "float buffer too small");
         }
-        std::memcpy(out, session->debug_floats.data(), sizeof(float) * (size_t) n);
+        std::memcpy(out, session->tr.floats.data(), sizeof(float) * (size_t) n);
+        return MTPL_OK;
+    });
+}
+
+int32_t mtpl_test_verify(const float * rows, int32_t n_vocab, const int32_t * tokens, int32_t n_before,
+                         int32_t n_drafts, const float * q_probs, const mtpl_gen_params * params, uint64_t seed,
+                         int32_t * n_accepted, int32_t * next) {
+    return guarded([&]() -> int32_t {
+        if (!rows || n_vocab < 1 || !tokens || n_before < 1 || n_drafts < 0 || n_drafts > MTPL_MAX_DRAFT || !params ||
+            !n_accepted || !next || !mtpl::known_verify_mode(params->verify)) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "bad arguments to mtpl_test_verify");
+        }
+        std::vector<const float *> row_ptrs((size_t) n_drafts + 1);
+        for (int32_t i = 0; i <= n_drafts; ++i) {
+            row_ptrs[(size_t) i] = rows + (size_t) i * (size_t) n_vocab;
+        }
+        std::vector<mtpl::dist> q((size_t) n_drafts);
+        for (int32_t i = 0; i < n_drafts && q_probs; ++i) {
+            for (int32_t t = 0; t < n_vocab; ++t) {
+                const float pr = q_probs[(size_t) i * (size_t) n_vocab + (size_t) t];
+                if (pr > 0.0f) {
+                    q[(size_t) i].ids.push_back(t);
+                    q[(size_t) i].probs.push_back(pr);
+                }
+            }
+        }
+        mtpl::sampler_scratch scratch;
+        mtpl::rng_type rng(seed);
+        const mtpl::verify_result v = mtpl::verify(row_ptrs.data(), n_vocab, tokens, (size_t) n_before, n_drafts,
+                                                   q.data(), *params, scratch, rng);
+        *n_accepted = v.n_accepted;
+        *next = v.next;
         return MTPL_OK;
     });
 }

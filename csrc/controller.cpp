@@ -58,12 +58,49 @@
 // outcome has a sample, it counts only when faster than that, so a probe alone
 // never corrects an estimate that is too low (the re-measurements' second steps
 // do), and the first step of a re-measurement of an old estimate is not timed.
-#include "engine.h"
+#include "controller.h"
 
 #include <algorithm>
 #include <cmath>
 
 namespace mtpl {
+
+struct controller {
+    double accept[MTPL_MAX_DRAFT] = {};          // P(draft i accepted | drafts before it accepted)
+    double n_accepted[MTPL_MAX_DRAFT] = {};      // decayed counts behind `accept`
+    double n_drafted[MTPL_MAX_DRAFT] = {};
+    double t_verify[MTPL_MAX_DRAFT + 2] = {};    // seconds of a trunk pass over n tokens
+    int64_t n_verify[MTPL_MAX_DRAFT + 2] = {};
+    double t_draft = 0.0;                        // seconds of one MTP decode
+    int64_t n_draft = 0;
+    double n_made[MTPL_MAX_DRAFT] = {};          // decayed counts: draft i made (draft_p_min let it through) ...
+    double n_tried[MTPL_MAX_DRAFT] = {};         // ... of the steps that asked for it with drafts before it made
+    double est_rate[MTPL_MAX_DRAFT + 1] = {};    // expected tokens per second by k (last choice)
+    // Step times by outcome o: o = 0 a plain step; o = 1 + j a drafting step that made j drafts,
+    // as if it had called the MTP head j times (a step that stopped early also paid for the
+    // draft it did not make).  T(k) is their expectation over how many drafts k yields.
+    double t_out[MTPL_MAX_DRAFT + 2] = {};       // seconds: the mean of samples aged by the step
+    double w_out[MTPL_MAX_DRAFT + 2] = {};       // weight behind t_out
+    int64_t n_out[MTPL_MAX_DRAFT + 2] = {};      // samples in t_out
+    int64_t out_at[MTPL_MAX_DRAFT + 2] = {};     // step of the last sample in t_out
+    int64_t n_step[MTPL_MAX_DRAFT + 1] = {};     // steps that asked for k drafts
+    int64_t n_timed[MTPL_MAX_DRAFT + 1] = {};    // ... of which were timed (steady-state steps)
+    int64_t refreshed[MTPL_MAX_DRAFT + 1] = {};  // step of the last timing (or re-measurement) of k
+    double t_gap = 0.0;                          // seconds the caller spends between steps
+    int64_t n_gap = 0;
+    int64_t steps = 0;
+    int64_t next_probe = 0;
+    int64_t probe_every = 16;
+    int32_t last_best = -1;
+    int32_t probing = -1;                        // k of the probe step in flight, or -1
+    int32_t remeasuring = -1;                    // k being re-measured, or -1
+    int32_t remeasure_left = 0;                  // its steps still to come
+    bool refreshing = false;                     // ... to refresh an old estimate: its first step is not timed
+    int32_t last_k = -1;                         // k of the step before
+    int32_t follow_up_depth = 0;                 // > 0: depth of the next probe, soon (the last was fully accepted)
+    double probe_p_full = 1.0;                   // estimated chance that the probe in flight is fully accepted
+};
+
 namespace {
 
 constexpr double k_accept_decay = 0.99;   // acceptance counts age by this factor per step (half-life ~70)
@@ -104,6 +141,12 @@ double outcome_cost(const controller & c, int32_t o) {
     return c.t_out[i] + (double) (drafts(o) - drafts(i)) * (draft + k_row_optimism * row);
 }
 
+// P(draft i is made | drafts before it were): draft_p_min stops drafting where the head is
+// unsure.  Prior: made (weight 1), so with draft_p_min = 0 this is exactly 1.
+double p_made(const controller & c, int32_t i) {
+    return (c.n_made[i] + 1.0) / (c.n_tried[i] + 1.0);
+}
+
 // T(k): the expected time of a step asked for k drafts, over how many of them are made (a step
 // that stops after j < k also decoded the draft it did not make)
 double step_cost(const controller & c, int32_t k) {
@@ -113,7 +156,7 @@ double step_cost(const controller & c, int32_t k) {
     const double draft = c.n_draft > 0 ? c.t_draft : 0.0;
     double cost = 0.0, p = 1.0;  // p: P(the first j drafts were made)
     for (int32_t j = 0; j < k; ++j) {
-        const double m = controller_p_made(c, j);
+        const double m = p_made(c, j);
         cost += p * (1.0 - m) * (outcome_cost(c, 1 + j) + draft);
         p *= m;
     }
@@ -127,25 +170,7 @@ int32_t start_remeasure(controller & c, int32_t k) {
     return k;
 }
 
-} // namespace
-
-// draft_p_min stops drafting where the head is unsure.  Prior: made (weight 1), so with
-// draft_p_min = 0 this is exactly 1.
-double controller_p_made(const controller & c, int32_t i) {
-    return (c.n_made[i] + 1.0) / (c.n_tried[i] + 1.0);
-}
-
-double controller_step_seconds(const controller & c, int32_t k) {
-    const double t = step_cost(c, k);
-    return t > 0.0 ? t + c.t_gap : 0.0;
-}
-
-void controller_reset(controller & c) {
-    c = controller{};
-    for (double & a : c.accept) a = 0.5;  // the prior: no observation yet
-}
-
-int32_t controller_choose(controller & c, int32_t k_max) {
+int32_t choose(controller & c, int32_t k_max) {
     c.steps++;
     if (k_max <= 0) {
         return 0;
@@ -259,9 +284,8 @@ int32_t controller_choose(controller & c, int32_t k_max) {
     return best;
 }
 
-void controller_update(controller & c, int32_t k, int32_t n_drafted, int32_t n_accepted, int32_t n_mtp_calls,
-                       double t_draft, double t_verify, double t_step, double t_gap, double t_catch_up,
-                       bool steady) {
+void update(controller & c, int32_t k, int32_t n_drafted, int32_t n_accepted, int32_t n_mtp_calls,
+            double t_draft, double t_verify, double t_step, double t_gap, double t_catch_up, bool steady) {
     // A step at another k than the step before rebuilds compute graphs for its batch shapes
     // (and the first plain step allocates for them), so switches (probes, re-measurements)
     // would make a k look dearer than it is when chosen step after step: once the step's
@@ -346,49 +370,44 @@ void controller_update(controller & c, int32_t k, int32_t n_drafted, int32_t n_a
     }
 }
 
-void controller_simulate(const mtpl_controller_sim & sim, int32_t * out_k, double & tokens, double & seconds) {
-    controller c;
+} // namespace
+
+controller * controller_new() {
+    auto * c = new controller();
     controller_reset(c);
-    rng_type rng(sim.seed);
-    std::normal_distribution<double> normal(0.0, 1.0);
-    tokens = 0.0;
-    seconds = 0.0;
-    int32_t backlog = sim.n_prompt;  // positions the MTP cache has not seen
-    bool kept_up = false;
-    int32_t rows_before = -1;  // drafts made by the step before
-    for (int32_t step = 0; step < sim.n_steps; ++step) {
-        const int32_t k = controller_choose(c, sim.k_max);
-        out_k[step] = k;
-        const bool after = sim.switch_step >= 0 && step >= sim.switch_step;
-        const double * accept = after ? sim.accept_after : sim.accept;
-        const bool burst = step >= sim.burst_start && step < sim.burst_start + sim.burst_steps;
-        const double speed = (after && sim.speed_after > 0.0 ? sim.speed_after : 1.0) * (burst ? sim.burst_speed : 1.0);
-        // drafts are made until one falls below draft_p_min; the leading ones are accepted
-        int32_t n_drafted = 0;
-        while (n_drafted < k && !(sim.p_drafted[n_drafted] > 0.0 && uniform01(rng) >= sim.p_drafted[n_drafted])) {
-            ++n_drafted;
-        }
-        int32_t n_acc = 0;
-        while (n_acc < n_drafted && uniform01(rng) < accept[n_acc]) {
-            ++n_acc;
-        }
-        // a step that stopped drafting early costs what drafting n_drafted costs, plus the MTP
-        // decode of the draft that was not made
-        const int32_t n_calls = std::min(k, n_drafted + 1);
-        const double base = speed * (sim.cost_s[n_drafted] + (n_calls - n_drafted) * sim.draft_s) *
-                            std::max(0.5, 1.0 + sim.noise * normal(rng));
-        const bool steady = k == 0 || kept_up;
-        const double catch_up = steady ? 0.0 : sim.catch_up_s * backlog;
-        // compute graphs are rebuilt when the verification batch changes shape (drafts made)
-        const double t = base + catch_up + (n_drafted != rows_before && rows_before >= 0 ? sim.k_switch_s : 0.0);
-        rows_before = n_drafted;
-        const double t_draft = n_calls * speed * sim.draft_s + catch_up;
-        controller_update(c, k, n_drafted, n_acc, n_calls, t_draft, t - t_draft, t, 0.0,
-                          k > 0 ? speed * sim.draft_s + catch_up : 0.0, steady);
-        kept_up = k > 0;
-        backlog = (k > 0 ? 0 : backlog) + n_acc + 1;
-        tokens += n_acc + 1;
-        seconds += t;
+    return c;
+}
+
+void controller_free(controller * c) {
+    delete c;
+}
+
+void controller_reset(controller * c) {
+    *c = controller{};
+    for (double & a : c->accept) a = 0.5;  // the prior: no observation yet
+}
+
+step_plan controller_plan(controller * c, int32_t k_max) {
+    return {choose(*c, k_max)};
+}
+
+void controller_update(controller * c, const step_record & r) {
+    update(*c, r.k, r.n_drafted, r.n_accepted, r.n_mtp_calls, r.t_draft, r.t_verify, r.t_step, r.t_gap,
+           r.t_catch_up, r.steady);
+}
+
+void controller_report(const controller * c, int32_t draft_max, mtpl_stats & out) {
+    for (int i = 0; i < MTPL_MAX_DRAFT; ++i) {
+        out.est_accept[i] = c->accept[i];
+        out.est_made[i] = p_made(*c, i);
+    }
+    for (int n = 0; n <= MTPL_MAX_DRAFT; ++n) {
+        out.est_verify_s[n] = c->n_verify[n] ? c->t_verify[n] : 0.0;
+    }
+    out.est_draft_s = c->t_draft;
+    for (int k = 0; k <= MTPL_MAX_DRAFT; ++k) {
+        const double t = k <= draft_max ? step_cost(*c, k) : 0.0;
+        out.est_step_s[k] = t > 0.0 ? t + c->t_gap : 0.0;
     }
 }
 

@@ -7,6 +7,7 @@
  * Every call returns an mtpl_status; on failure mtpl_last_error() gives a
  * message for the calling thread that a user can act on.
  */
+#pragma once
 
 typedef struct mtpl_model mtpl_model;
 typedef struct mtpl_session mtpl_session;
@@ -30,7 +31,7 @@ enum mtpl_status {
 /* Why a generation step stopped emitting tokens. */
 enum mtpl_stop {
     MTPL_STOP_NONE = 0,      /* more tokens may follow */
-    MTPL_STOP_EOG = 1,       /* an end-of-generation token was emitted (it is the last one) */
+    MTPL_STOP_EOS = 1,       /* an end-of-generation token (EOS, EOT, ...) was emitted (it is the last one) */
     MTPL_STOP_LENGTH = 2,    /* the step's token budget is used up */
     MTPL_STOP_CONTEXT = 3    /* the context window is full */
 };
@@ -85,7 +86,7 @@ typedef struct mtpl_session_params {
 enum mtpl_verify {
     MTPL_VERIFY_REJECTION = 0,      /* rejection sampling: lossless in distribution, accepts the most */
     MTPL_VERIFY_EXACT = 1,          /* sample the trunk and compare with the (arg-max) draft, as upstream does */
-    MTPL_VERIFY_ACCEPT_ALL = 2,     /* trust every draft: NOT lossless; a test hook (the statistical test's power) */
+    MTPL_VERIFY_TEST_ACCEPT_ALL = 2, /* a test hook, not lossless: trust every draft (the statistical tests' power) */
     MTPL_VERIFY_COUPLED = 3         /* Gumbel-max sampling keyed by (seed, position): drafts and trunk share the
                                        noise, so the output equals plain sampling with the same seed, token for
                                        token, whatever the draft lengths */
@@ -125,46 +126,25 @@ typedef struct mtpl_stats {
     int64_t n_steps;                /* trunk passes whose tokens were emitted (the prompt pass counts once) */
     int64_t n_trunk_calls;          /* trunk graph evaluations, prompt chunks included */
     int64_t n_mtp_calls;            /* MTP graph evaluations */
-    int64_t drafted[16];            /* drafts proposed at position i (1-based position i+1) */
-    int64_t accepted[16];           /* drafts accepted at position i */
+    int64_t drafted[MTPL_MAX_DRAFT];            /* drafts proposed at position i (1-based position i+1) */
+    int64_t accepted[MTPL_MAX_DRAFT];           /* drafts accepted at position i */
     double t_prefill_s;             /* seconds evaluating fed tokens */
     double t_draft_s;               /* seconds in the MTP head */
     double t_verify_s;              /* seconds in trunk verification passes */
     double t_other_s;               /* seconds in the step outside the three above */
-    int64_t k_chosen[17];           /* steps that chose to draft k tokens (before budget/context limits) */
-    double est_accept[16];          /* controller: estimated acceptance at draft position i */
-    double est_verify_s[17];        /* controller: estimated seconds of a trunk pass over n tokens (0: unmeasured) */
+    int64_t k_chosen[MTPL_MAX_DRAFT + 1];           /* steps that chose to draft k tokens (before budget/context limits) */
+    double est_accept[MTPL_MAX_DRAFT];          /* controller: estimated acceptance at draft position i */
+    double est_verify_s[MTPL_MAX_DRAFT + 1];        /* controller: estimated seconds of a trunk pass over n tokens (0: unmeasured) */
     double est_draft_s;             /* controller: estimated seconds of one MTP decode */
     int64_t n_trunk_graphs_reused;  /* trunk evaluations that reused the previous compute graph */
     int64_t n_mtp_graphs_reused;    /* MTP evaluations that reused the previous compute graph */
-    double est_made[16];            /* controller: estimated P(draft i is made | drafts before it were); below 1
+    double est_made[MTPL_MAX_DRAFT];            /* controller: estimated P(draft i is made | drafts before it were); below 1
                                        where draft_p_min stops drafting */
-    double est_step_s[17];          /* controller: expected seconds of a step asked for k drafts, the caller's
+    double est_step_s[MTPL_MAX_DRAFT + 1];          /* controller: expected seconds of a step asked for k drafts, the caller's
                                        time between steps included, for k = 0..draft_max (0: nothing timed
                                        yet; a k not yet timed is extrapolated, optimistically) */
 } mtpl_stats;
 
-/* Debug event log (tests only; costs one branch per row when off).  Every row a
-   session evaluates in either context is recorded with its inputs and outputs,
-   and every rollback of a cache, so a reference implementation can replay the
-   exact cache contents: numerical checks of the real generation path. */
-enum mtpl_debug_kind {
-    MTPL_DEBUG_TRUNK_ROW = 0,       /* trunk evaluated token at pos; logits if output; h_out = state handed to MTP */
-    MTPL_DEBUG_MTP_ROW = 1,         /* MTP block evaluated (token, h_in) at pos; logits and h_out if output */
-    MTPL_DEBUG_TRUNK_FORGET = 2,    /* trunk cache dropped positions >= pos */
-    MTPL_DEBUG_MTP_FORGET = 3,      /* MTP cache dropped positions >= pos */
-    MTPL_DEBUG_RESET = 4            /* both caches cleared */
-};
-
-typedef struct mtpl_debug_event {
-    int32_t kind;
-    int32_t pos;
-    int32_t token;
-    int32_t call;                   /* index of the graph evaluation (rows of one batch share it) */
-    int64_t h_in;                   /* offset of n_embd floats in the float arena, or -1 */
-    int64_t logits;                 /* offset of n_vocab floats, or -1 */
-    int64_t h_out;                  /* offset of n_embd floats, or -1 */
-} mtpl_debug_event;
 
 /* library identity, for the loader's version handshake */
 const char * mtpl_version(void);
@@ -190,40 +170,26 @@ int32_t mtpl_get_batch_invariant(void);
 int32_t mtpl_set_huge_pages(int32_t enabled);
 int32_t mtpl_get_huge_pages(void);
 
-/* The adaptive draft-length controller against a simulated model, without any model: for tests
-   and tuning of its policy.  Each step it chooses k in 0..k_max; the step then takes
-   cost_s[k] * (1 + noise * N(0, 1)) seconds (clamped at >= 0.5 cost_s[k]), plus catch_up_s per
-   position the MTP cache missed when it drafts after plain steps (the first step pays for the
-   prompt's n_prompt positions); draft i is made with probability p_drafted[i] (draft_p_min;
-   drafting stops at the first draft not made, and the step costs cost_s[n made] plus the MTP
-   decode that was not used) and, once made, accepted with probability accept[i] (given drafts
-   before it were), or accept_after[i] from step switch_step on.  Step times are multiplied by
-   speed_after from switch_step on, and by burst_speed during a slow spell of burst_steps steps.
-   out_k[step] receives each choice (n_steps entries); *out_tokens and *out_seconds the totals. */
-typedef struct mtpl_controller_sim {
-    int32_t k_max;                  /* 0..16 */
-    int32_t n_steps;
-    int32_t n_prompt;
-    int32_t switch_step;            /* -1: accept throughout */
-    double cost_s[17];              /* seconds of a step that drafts k, by k (steady state) */
-    double draft_s;                 /* seconds of one MTP decode (part of cost_s[k], k per step) */
-    double catch_up_s;              /* seconds per missed position on leaving plain steps */
-    double noise;                   /* relative standard deviation of step times */
-    double accept[16];
-    double accept_after[16];
-    double p_drafted[16];           /* P(draft i passes draft_p_min | drafts before it did); 0 = 1 */
-    double speed_after;             /* step times are multiplied by this from switch_step on (0 = 1: no drift) */
-    double k_switch_s;              /* seconds added to a step that made another number of drafts than the step
-                                       before (its verification batch has another shape: graph rebuilds) */
-    int32_t burst_start;            /* a slow spell (other load): steps burst_start .. + burst_steps - 1 */
-    int32_t burst_steps;            /* ... (0: none) */
-    double burst_speed;             /* ... take this many times as long */
-    uint64_t seed;
-} mtpl_controller_sim;
-int32_t mtpl_controller_simulate(const mtpl_controller_sim * sim, int32_t * out_k, double * out_tokens,
-                                 double * out_seconds);
 
-/* load a GLM4-MoE GGUF file; validates it before llama.cpp sees it */
+/* What a GGUF file holds, as the engine sees it, without loading it (mtpl_file_inspect). */
+typedef struct mtpl_file_info {
+    char arch[64];                  /* general.architecture */
+    char name[128];                 /* general.name */
+    int32_t supported;              /* the engine runs this architecture */
+    int32_t block_count;            /* <arch>.block_count: trunk and NextN blocks */
+    int32_t n_layer_nextn;          /* NextN blocks declared */
+    int32_t n_tensors;
+    int32_t n_tensors_nextn;        /* tensors in NextN blocks */
+    int64_t nextn_bytes;            /* their bytes */
+    int32_t has_mtp;                /* a usable NextN block: what a model loaded with mtp = 1 needs */
+    char mtp_problem[256];          /* why has_mtp is 0 */
+} mtpl_file_info;
+
+/* describe a GGUF file; fails as mtpl_model_load would on a missing, corrupt or inconsistent file
+   (a file of an unsupported architecture is described, with supported = 0) */
+int32_t mtpl_file_inspect(const char * path, mtpl_file_info * out);
+
+/* load a GGUF file of a supported architecture; validates it before llama.cpp sees it */
 int32_t mtpl_model_load(const mtpl_model_params * params, mtpl_model ** out);
 /* free a model; fails with MTPL_ERR_BUSY while sessions on it are open */
 int32_t mtpl_model_free(mtpl_model * model);
@@ -245,7 +211,8 @@ int32_t mtpl_session_new(mtpl_model * model, const mtpl_session_params * params,
 int32_t mtpl_session_free(mtpl_session * session);
 /* drop everything in the context */
 int32_t mtpl_session_reset(mtpl_session * session);
-/* evaluate tokens after the current context and choose the next token (greedy); it is emitted by the next step */
+/* evaluate tokens after the current context and choose the next token (as the last configure says:
+   greedy or sampled); the next step emits it */
 int32_t mtpl_session_feed(mtpl_session * session, const int32_t * tokens, int32_t n_tokens);
 /* set drafting and sampling for the following steps (a generation starts: clears a pending cancel) */
 int32_t mtpl_session_configure(mtpl_session * session, const mtpl_gen_params * params);
@@ -262,10 +229,77 @@ int32_t mtpl_session_n_ctx(const mtpl_session * session, int32_t * out);
 int32_t mtpl_session_memory(const mtpl_session * session, int64_t * weights, int64_t * kv, int64_t * compute);
 int32_t mtpl_session_get_stats(const mtpl_session * session, mtpl_stats * out);
 int32_t mtpl_session_reset_stats(mtpl_session * session);
+/* ask the running (or next) feed/step of this session to stop soon (thread-safe): that call returns
+   MTPL_ERR_CANCELLED within one graph evaluation and leaves the session consistent */
+int32_t mtpl_session_cancel(mtpl_session * session);
+
+/* --- test hooks: for the test suite and tuning tools, not for applications ------------------- */
+
+/* Debug event log (tests only; costs one branch per row when off).  Every row a
+   session evaluates in either context is recorded with its inputs and outputs,
+   and every rollback of a cache, so a reference implementation can replay the
+   exact cache contents: numerical checks of the real generation path. */
+enum mtpl_debug_kind {
+    MTPL_DEBUG_TRUNK_ROW = 0,       /* trunk evaluated token at pos; logits if output; h_out = state handed to MTP */
+    MTPL_DEBUG_MTP_ROW = 1,         /* MTP block evaluated (token, h_in) at pos; logits and h_out if output */
+    MTPL_DEBUG_TRUNK_FORGET = 2,    /* trunk cache dropped positions >= pos */
+    MTPL_DEBUG_MTP_FORGET = 3,      /* MTP cache dropped positions >= pos */
+    MTPL_DEBUG_RESET = 4            /* both caches cleared */
+};
+
+typedef struct mtpl_debug_event {
+    int32_t kind;
+    int32_t pos;
+    int32_t token;
+    int32_t call;                   /* index of the graph evaluation (rows of one batch share it) */
+    int64_t h_in;                   /* offset of n_embd floats in the float arena, or -1 */
+    int64_t logits;                 /* offset of n_vocab floats, or -1 */
+    int64_t h_out;                  /* offset of n_embd floats, or -1 */
+} mtpl_debug_event;
+
 /* start (1, clearing the log) or stop (0) recording debug events */
 int32_t mtpl_session_debug(mtpl_session * session, int32_t enable);
 int32_t mtpl_session_debug_events(const mtpl_session * session, mtpl_debug_event * out, int32_t cap, int32_t * n_out);
 int32_t mtpl_session_debug_floats(const mtpl_session * session, float * out, int64_t cap, int64_t * n_out);
-/* ask the running (or next) feed/step of this session to stop soon (thread-safe): that call returns
-   MTPL_ERR_CANCELLED within one graph evaluation and leaves the session consistent */
-int32_t mtpl_session_cancel(mtpl_session * session);
+
+/* The adaptive draft-length controller against a simulated model, without any model: for tests
+   and tuning of its policy.  Each step it chooses k in 0..k_max; the step then takes
+   cost_s[k] * (1 + noise * N(0, 1)) seconds (clamped at >= 0.5 cost_s[k]), plus catch_up_s per
+   position the MTP cache missed when it drafts after plain steps (the first step pays for the
+   prompt's n_prompt positions); draft i is made with probability p_drafted[i] (draft_p_min;
+   drafting stops at the first draft not made, and the step costs cost_s[n made] plus the MTP
+   decode that was not used) and, once made, accepted with probability accept[i] (given drafts
+   before it were), or accept_after[i] from step switch_step on.  Step times are multiplied by
+   speed_after from switch_step on, and by burst_speed during a slow spell of burst_steps steps.
+   out_k[step] receives each choice (n_steps entries); *out_tokens and *out_seconds the totals. */
+typedef struct mtpl_controller_sim {
+    int32_t k_max;                  /* 0..MTPL_MAX_DRAFT */
+    int32_t n_steps;
+    int32_t n_prompt;
+    int32_t switch_step;            /* -1: accept throughout */
+    double cost_s[MTPL_MAX_DRAFT + 1];              /* seconds of a step that drafts k, by k (steady state) */
+    double draft_s;                 /* seconds of one MTP decode (part of cost_s[k], k per step) */
+    double catch_up_s;              /* seconds per missed position on leaving plain steps */
+    double noise;                   /* relative standard deviation of step times */
+    double accept[MTPL_MAX_DRAFT];
+    double accept_after[MTPL_MAX_DRAFT];
+    double p_drafted[MTPL_MAX_DRAFT];           /* P(draft i passes draft_p_min | drafts before it did); 0 = 1 */
+    double speed_after;             /* step times are multiplied by this from switch_step on (0 = 1: no drift) */
+    double k_switch_s;              /* seconds added to a step that made another number of drafts than the step
+                                       before (its verification batch has another shape: graph rebuilds) */
+    int32_t burst_start;            /* a slow spell (other load): steps burst_start .. + burst_steps - 1 */
+    int32_t burst_steps;            /* ... (0: none) */
+    double burst_speed;             /* ... take this many times as long */
+    uint64_t seed;
+} mtpl_controller_sim;
+int32_t mtpl_controller_simulate(const mtpl_controller_sim * sim, int32_t * out_k, double * out_tokens,
+                                 double * out_seconds);
+
+/* Verification alone, on hand-made rows: n_drafts + 1 trunk logit rows (row i follows
+   tokens[0, n_before + i)), tokens[n_before, n_before + n_drafts) the drafts, q_probs the dense
+   draft distributions (n_drafts rows of n_vocab probabilities; read by rejection sampling only,
+   may be NULL otherwise), with a generator seeded by seed.  Returns the drafts accepted and the
+   next token. */
+int32_t mtpl_test_verify(const float * rows, int32_t n_vocab, const int32_t * tokens, int32_t n_before,
+                         int32_t n_drafts, const float * q_probs, const mtpl_gen_params * params, uint64_t seed,
+                         int32_t * n_accepted, int32_t * next);

@@ -5,7 +5,7 @@
 //
 // The same function turns trunk logits into p and MTP logits into q, so the
 // rejection sampler compares distributions after identical transforms.
-#include "engine.h"
+#include "sampler.h"
 
 #include <algorithm>
 #include <cmath>
@@ -61,6 +61,22 @@ void penalty_counts(const mtpl_gen_params & g, const int32_t * context, size_t n
         const int32_t t = i < (int64_t) n_context ? context[i] : extra[i - (int64_t) n_context];
         counts[t]++;
     }
+}
+
+bool is_greedy(const mtpl_gen_params & g) {
+    return g.temperature <= 0.0f;
+}
+
+int32_t argmax(const float * logits, int32_t n_vocab) {
+    int32_t best = 0;
+    float best_v = logits[0];
+    for (int32_t i = 1; i < n_vocab; ++i) {
+        if (logits[i] > best_v) {  // strict: the lowest id wins ties
+            best_v = logits[i];
+            best = i;
+        }
+    }
+    return best;
 }
 
 bool penalties_active(const mtpl_gen_params & g) {
@@ -191,6 +207,21 @@ int32_t sample_keyed(const dist & d, uint64_t seed, int64_t pos) {
         }
     }
     return best;
+}
+
+int32_t choose_token(const float * logits, int32_t n_vocab, const mtpl_gen_params & g, const int32_t * context,
+                     size_t n_context, sampler_scratch & scratch, rng_type & rng) {
+    if (plain_greedy(g)) {
+        return argmax(logits, n_vocab);
+    }
+    penalty_counts(g, context, n_context, nullptr, 0, scratch.counts);
+    build_dist(logits, n_vocab, g, scratch.counts, scratch.logits, scratch.p);
+    if (is_greedy(g)) {
+        return scratch.p.top();
+    }
+    // the chosen token goes to position n_context
+    return g.verify == MTPL_VERIFY_COUPLED ? sample_keyed(scratch.p, g.seed, (int64_t) n_context)
+                                           : sample(scratch.p, rng);
 }
 
 } // namespace mtpl

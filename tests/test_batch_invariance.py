@@ -19,7 +19,7 @@ import pytest
 
 import mtpllama
 from mtpllama import SessionConfig, SpecConfig
-from mtpllama.gguf_io import SyntheticSpec, write_synthetic
+from mtpllama.testing import SyntheticSpec, write_synthetic
 
 PROMPT = "def fibonacci(n):\n    a, b = 0, 1\n"
 
@@ -93,11 +93,11 @@ def test_verified_rows_equal_lone_rows(files, dtype, k):
 
 
 def test_q4_k_file_holds_q4_k_blocks(files):
-    """The Q4_K file is what it says (mtpllama.gguf_io.quantize_q4_k, checked against the gguf
+    """The Q4_K file is what it says (mtpllama.testing.quantize_q4_k, checked against the gguf
     package's dequantizer), so the Q4_K rows above test K-quant kernels."""
     import gguf
 
-    from mtpllama.gguf_io import quantize_q4_k
+    from mtpllama.testing import quantize_q4_k
 
     types = {t.name: t.tensor_type for t in gguf.GGUFReader(files["q4_k"]).tensors}
     assert types["blk.0.attn_q.weight"] == gguf.GGMLQuantizationType.Q4_K

@@ -1,4 +1,4 @@
-"""Issue 5: the shipped default model (python/mtpllama/models/default.gguf), trained by
+"""The shipped default model (python/mtpllama/models/default.gguf), trained by
 training/train.py on the Python standard library.
 
 It is the most realistic model of the suite: trained activations, an MTP head that
@@ -58,8 +58,8 @@ def test_shipped_file_is_the_trained_one():
     assert len(data) <= 32 * 2**20
     assert hashlib.sha256(data).hexdigest() == MANIFEST["sha256"]
     assert default_model_path() == MODEL
-    s = mtpllama.gguf_io.inspect(MODEL)
-    assert s.arch == "glm4moe" and s.has_mtp and s.nextn_predict_layers == 1
+    s = mtpllama.inspect(MODEL)
+    assert s.arch == "glm4moe" and s.supported and s.has_mtp and s.n_layer_nextn == 1
 
 
 def test_model_shape(model):
@@ -140,7 +140,7 @@ def test_greedy_mtp_equals_plain_on_trained_model(model, draft_max):
 
 
 def test_mtp_head_is_accepted(model):
-    """First-position acceptance on held-out functions >= 40% (issue 5), as in the manifest."""
+    """First-position acceptance on held-out functions >= 40%, as in the manifest."""
     drafted, accepted = [0] * 3, [0] * 3
     with model.session() as s:
         for p in function_prompts(held_out_texts()):

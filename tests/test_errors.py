@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import mtpllama
-from conftest import ONE_THREAD
+from mtpllama.testing.fixtures import ONE_THREAD
 
 
 def test_missing_path(tmp_path):
@@ -77,57 +77,6 @@ def test_mtp_false_loads_no_nextn_tensor(model_files):
         # the weights allocated without MTP lack the NextN block's bytes (buffers add alignment padding)
         missing = wa - wb
         assert abs(missing - a.info.nextn_bytes_file) <= 64 * a.info.n_tensors_nextn_file, (wa, wb)
-
-
-@pytest.mark.parametrize("kwargs, exc", [
-    (dict(max_tokens=0), ValueError),
-    (dict(max_tokens=-5), ValueError),
-    (dict(max_tokens=1.5), TypeError),
-    (dict(draft_max=-1), ValueError),
-    (dict(draft_max=17), ValueError),
-    (dict(draft_p_min=1.5), ValueError),
-    (dict(draft_p_min=-0.1), ValueError),
-    (dict(prompt=""), ValueError),
-    (dict(prompt=[]), ValueError),
-    (dict(prompt=[10**6]), mtpllama.InvalidArgumentError),
-    (dict(prompt=[-1]), mtpllama.InvalidArgumentError),
-    (dict(prompt=3.0), TypeError),
-    (dict(stop=[3]), TypeError),
-])
-def test_bad_generate_arguments(glm45, kwargs, exc):
-    args = dict(prompt="def foo(x):", max_tokens=4)
-    args.update(kwargs)
-    prompt = args.pop("prompt")
-    max_tokens = args.pop("max_tokens")
-    with pytest.raises(exc):
-        glm45.generate(prompt, max_tokens, **args)
-    assert len(glm45.generate("x", 2).tokens) == 2  # the model stays usable
-
-
-@pytest.mark.parametrize("kwargs, exc", [
-    (dict(n_ctx=-1), ValueError),
-    (dict(n_ctx=10**7), mtpllama.InvalidArgumentError),
-    (dict(n_ctx=4), mtpllama.InvalidArgumentError),
-    (dict(n_threads=-2), ValueError),
-    (dict(n_batch=4), mtpllama.InvalidArgumentError),
-    (dict(n_ctx="big"), TypeError),
-])
-def test_bad_session_arguments(glm45, kwargs, exc):
-    with pytest.raises(exc):
-        glm45.session(**kwargs)
-
-
-@pytest.mark.parametrize("kwargs, exc, match", [
-    (dict(tensor_overrides=["nonsense"]), ValueError, "REGEX=DEVICE"),
-    (dict(tensor_overrides=["blk\\.2\\..*=NoSuchDevice"]), mtpllama.InvalidArgumentError, "unknown"),
-    (dict(tensor_overrides=["blk[=CPU"]), mtpllama.InvalidArgumentError, "regex"),
-    (dict(n_gpu_layers=-7), ValueError, "n_gpu_layers"),
-    (dict(use_mmap=1), TypeError, "use_mmap"),
-    (dict(use_mmap="auto"), TypeError, "use_mmap"),
-])
-def test_bad_model_arguments(model_files, kwargs, exc, match):
-    with pytest.raises(exc, match=match):
-        mtpllama.Model(model_files["glm45"], **kwargs)
 
 
 def _mapped(path: str) -> bool:

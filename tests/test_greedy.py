@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import PROMPTS
+from mtpllama.testing.fixtures import PROMPTS
 from mtpllama import SpecConfig
 
 
@@ -102,8 +102,8 @@ def test_controller_reports_drafts_made_and_step_costs(glm45):
 def test_adaptive_turns_drafting_off_when_it_cannot_pay(tmp_path):
     """A head that is never right: the controller settles on plain steps (k = 0)."""
     import mtpllama
-    from conftest import ONE_THREAD
-    from mtpllama.gguf_io import SyntheticSpec, synthetic_weights, train_bpe, write_synthetic
+    from mtpllama.testing.fixtures import ONE_THREAD
+    from mtpllama.testing import SyntheticSpec, synthetic_weights, train_bpe, write_synthetic
     import numpy as np
 
     spec = SyntheticSpec(nextn="own", seed=21, noise=0.5)

@@ -1,4 +1,4 @@
-"""Issue 3: numerical correctness of the trunk and the MTP head.
+"""Numerical correctness of the trunk and the MTP head.
 
 What the engine computed during real generations (its debug event log: every
 row it evaluated, every cache rollback) is replayed through an independent
@@ -40,7 +40,7 @@ import pytest
 import mtpllama
 import reference_glm4moe as R
 from mtpllama import SessionConfig, SpecConfig
-from mtpllama.gguf_io import SyntheticSpec, write_synthetic
+from mtpllama.testing import SyntheticSpec, write_synthetic
 
 TOL_F32 = 2e-3
 TOL_F16 = 5e-3
@@ -93,7 +93,7 @@ FLAVOURS = {
     "no_shared_expert": Flavour(SyntheticSpec(nextn="tied", n_expert_shared=0, norm_noise=0.3, seed=34),
                                 PROMPT, 180, 0.0, TOL_F32),
 }
-# The shipped default model (issue 5): trained weights, f16, 8 experts of which 2 per token,
+# The shipped default model: trained weights, f16, 8 experts of which 2 per token,
 # a trained tokenizer; its prompt is Python it did not see in training.
 DEFAULT_MODEL = Path(mtpllama.__file__).resolve().parent / "models" / "default.gguf"
 TRAINED_PROMPT = ("    def _format_usage(self, usage, actions, groups, prefix):\n"

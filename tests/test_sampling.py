@@ -9,43 +9,19 @@ The same test fails for a deliberately wrong verifier (accept every draft).
 """
 from __future__ import annotations
 
-import math
 from collections import Counter
 
 import pytest
 
 import mtpllama
-from conftest import ONE_THREAD
+from mtpllama.testing.fixtures import ONE_THREAD
 from mtpllama import SamplingConfig, SpecConfig
+from mtpllama.testing.hooks import spec_with_verify
+from mtpllama.testing.stats import two_sample_chi2
 
 N = 20_000
 ALPHA = 1e-3
 PROMPT = [40, 41, 42, 43]
-
-
-def chi2_sf(x: float, k: int) -> float:
-    """Upper tail of the chi-square distribution (Wilson-Hilferty; accurate for k >= 10)."""
-    if k <= 0:
-        return 1.0
-    z = ((x / k) ** (1 / 3) - (1 - 2 / (9 * k))) / math.sqrt(2 / (9 * k))
-    return 0.5 * math.erfc(z / math.sqrt(2))
-
-
-def two_sample_chi2(a: Counter, b: Counter) -> tuple[float, int, float]:
-    """(statistic, degrees of freedom, p-value) for equal-size samples a and b."""
-    stat, cells, pool_a, pool_b = 0.0, 0, 0, 0
-    for c in set(a) | set(b):
-        x, y = a.get(c, 0), b.get(c, 0)
-        if x + y < 10:
-            pool_a += x
-            pool_b += y
-            continue
-        stat += (x - y) ** 2 / (x + y)
-        cells += 1
-    if pool_a + pool_b > 0:
-        stat += (pool_a - pool_b) ** 2 / (pool_a + pool_b)
-        cells += 1
-    return stat, cells - 1, chi2_sf(stat, cells - 1)
 
 
 def draw(session, n, spec, sampling, seed0):
@@ -97,7 +73,7 @@ def test_wrong_verifier_is_detected(sessions):
     plain, mtp = sessions
     cfg = CONFIGS["top_k"]
     a = draw(plain, N, SpecConfig(0, 0.0, adaptive=False), cfg, seed0=1)
-    b = draw(mtp, N, SpecConfig(3, 0.0, verify="accept_all", adaptive=False), cfg, seed0=2 * 10**6)
+    b = draw(mtp, N, spec_with_verify(SpecConfig(3, 0.0, adaptive=False), "test_accept_all"), cfg, seed0=2 * 10**6)
     stat, df, p = two_sample_chi2(a, b)
     assert p < 1e-6, f"chi2={stat:.1f} df={df} p={p:.2e}"
 
@@ -157,8 +133,8 @@ def acceptance_per_step(session, prompts, spec, temperature, n_runs=100):
 def test_rejection_sampling_accepts_more_than_exact_match(tmp_path):
     from dataclasses import replace
 
-    from conftest import PROMPTS, SPECS
-    from mtpllama.gguf_io import add_second_successor, synthetic_weights, train_bpe, write_synthetic
+    from mtpllama.testing.fixtures import PROMPTS, SPECS
+    from mtpllama.testing import add_second_successor, synthetic_weights, train_bpe, write_synthetic
 
     spec = replace(SPECS["glm45"], noise=0.5)
     tok = train_bpe()
@@ -172,7 +148,7 @@ def test_rejection_sampling_accepts_more_than_exact_match(tmp_path):
 
 @pytest.mark.parametrize("temperature", [0.5, 1.0])
 def test_coupled_sampling_equals_plain_sampling_token_for_token(glm45, temperature):
-    from conftest import PROMPTS
+    from mtpllama.testing.fixtures import PROMPTS
 
     for i, prompt in enumerate(PROMPTS[:10]):
         s = SamplingConfig(temperature=temperature, top_k=20, seed=1000 + i)

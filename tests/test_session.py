@@ -6,7 +6,7 @@ import gc
 import pytest
 
 import mtpllama
-from conftest import ONE_THREAD
+from mtpllama.testing.fixtures import ONE_THREAD
 from mtpllama import SpecConfig
 
 
@@ -51,7 +51,7 @@ def test_stop_string_cuts_text_and_context(glm45):
 
 
 def test_eos_stops_generation(tmp_path):
-    from mtpllama.gguf_io import SyntheticSpec, synthetic_weights, train_bpe, write_synthetic
+    from mtpllama.testing import SyntheticSpec, synthetic_weights, train_bpe, write_synthetic
 
     spec = SyntheticSpec(nextn="own", seed=5, noise=0.5)
     tok = train_bpe()
@@ -140,7 +140,7 @@ def test_mtp_context_reserves_ffn_for_output_rows_only(tmp_path):
     The MTP context's compute buffer, reserved for a full batch, must therefore grow with
     n_batch by attention-sized rows, not by the routed experts' intermediates of every row.
     """
-    from mtpllama.gguf_io import SyntheticSpec, synthetic_weights, train_bpe, write_synthetic
+    from mtpllama.testing import SyntheticSpec, synthetic_weights, train_bpe, write_synthetic
 
     # a MoE head whose per-row FFN intermediates dwarf its attention rows
     spec = SyntheticSpec(n_expert=8, n_expert_used=4, n_ff_exp=512, seed=3)
@@ -187,7 +187,7 @@ def test_weights_read_into_memory_sit_on_huge_pages(tmp_path, dtype):
     (where THP is "madvise" only advised memory gets them).  patches/0010: on a CPU with AMX the
     Q8_0 matrices live in the AMX buffer type's buffer, which must be on huge pages too (without
     the patch only the few weights the CPU buffer type holds were)."""
-    from mtpllama.gguf_io import SyntheticSpec, write_synthetic
+    from mtpllama.testing import SyntheticSpec, write_synthetic
 
     if dtype == "f32":
         spec = SyntheticSpec(n_embd=256, n_ff=1024, n_ff_exp=256, head_dim=64, seed=5)

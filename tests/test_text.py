@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import PROMPTS
+from mtpllama.testing.fixtures import PROMPTS
 from mtpllama import _lib
 from mtpllama._lib import ffi, lib
 

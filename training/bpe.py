@@ -1,6 +1,6 @@
 """Byte-level BPE for the default model, learnt on the pieces llama.cpp's pre-tokenizer for
 GLM-4 files (``tokenizer.ggml.pre = "glm4"``) cuts the text into, so that merges are learnt on
-what llama.cpp will see.  The merge learning itself is mtpllama.gguf_io.bpe_from_words (the
+what llama.cpp will see.  The merge learning itself is mtpllama.testing.bpe_from_words (the
 same code that makes the test models' tokenizers).
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections import Counter
 
 import regex
 
-from mtpllama.gguf_io import SPECIAL_TOKENS, Tokenizer, bpe_from_words
+from mtpllama.testing import SPECIAL_TOKENS, Tokenizer, bpe_from_words
 
 # llama.cpp's LLAMA_VOCAB_PRE_TYPE_CHATGLM4 expression (src/llama-vocab.cpp), in the syntax of `regex`
 GLM4_PRETOKENIZE = regex.compile(

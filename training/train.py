@@ -31,7 +31,7 @@ import bpe  # noqa: E402
 import corpus as corpus_mod  # noqa: E402
 from glm4moe_torch import GLM4MoE, Shape  # noqa: E402
 import mtpllama  # noqa: E402
-from mtpllama.gguf_io import SyntheticSpec, Tokenizer, write_synthetic  # noqa: E402
+from mtpllama.testing import SyntheticSpec, Tokenizer, write_synthetic  # noqa: E402
 
 DEFAULT_OUT = HERE.parent / "python" / "mtpllama" / "models" / "default.gguf"
 

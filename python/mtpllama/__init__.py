@@ -1,4 +1,4 @@
-"""mtpllama: Multi-Token-Prediction speculative decoding for GLM-4.5/4.6/4.7 MoE models.
+"""mtpllama: fast, lossless Multi-Token-Prediction speculative decoding on llama.cpp.
 
     import mtpllama
     with mtpllama.Model("GLM-4.5-Air-Q4.gguf") as model:
@@ -11,7 +11,7 @@ import logging
 from ._version import __version__
 from .config import ModelConfig, SamplingConfig, SessionConfig, SpecConfig
 from .errors import (
-    Cancelled,
+    CancelledError,
     ContextOverflowError,
     DecodeError,
     InvalidArgumentError,
@@ -23,6 +23,7 @@ from .errors import (
     SessionBusyError,
     UnsupportedArchitectureError,
 )
+from .fileinfo import FileInfo, inspect
 from .model import (GenerationResult, GenerationStats, Model, ModelInfo, Session, batch_invariant, huge_pages,
                     set_batch_invariant, set_huge_pages)
 
@@ -32,7 +33,7 @@ __all__ = [
     "__version__", "Model", "Session", "ModelInfo", "GenerationResult", "GenerationStats",
     "ModelConfig", "SessionConfig", "SpecConfig", "SamplingConfig",
     "MtpllamaError", "ModelLoadError", "ModelNotFoundError", "NotGGUFError", "UnsupportedArchitectureError",
-    "NoMtpHeadError", "ContextOverflowError", "DecodeError", "SessionBusyError", "Cancelled",
+    "NoMtpHeadError", "ContextOverflowError", "DecodeError", "SessionBusyError", "CancelledError",
     "InvalidArgumentError", "set_batch_invariant", "batch_invariant",
-    "set_huge_pages", "huge_pages",
+    "set_huge_pages", "huge_pages", "inspect", "FileInfo",
 ]

@@ -1,6 +1,6 @@
 """Finds the native library, declares its C API to cffi from csrc/mtpllama.h
-itself, checks that library and package belong together, and maps status codes
-to exceptions."""
+itself, checks that library and package belong together, reads the header's
+constants and maps status codes to exceptions."""
 from __future__ import annotations
 
 import logging
@@ -16,7 +16,6 @@ from . import _version
 from .errors import STATUS_ERRORS, MtpllamaError
 
 _HERE = Path(__file__).resolve().parent
-BUFFER_TOO_SMALL = 11
 
 
 def _header_text(path: Path) -> str:
@@ -67,12 +66,30 @@ def _handshake(ffi, lib, libpath: Path) -> None:
 ffi, lib = _load()
 
 
+# --- the header's constants ----------------------------------------------------------------
+def enum_names(enum: str, prefix: str) -> dict[int, str]:
+    """value -> lower-case name without prefix, for every constant of the header's enum."""
+    return {v: k[len(prefix):].lower() for k, v in ffi.typeof(f"enum {enum}").relements.items()}
+
+
+MAX_DRAFT: int = lib.MTPL_MAX_DRAFT
+OK: int = lib.MTPL_OK
+BUFFER_TOO_SMALL: int = lib.MTPL_ERR_BUFFER_TOO_SMALL
+CANCELLED: int = lib.MTPL_ERR_CANCELLED
+STOP_REASONS: dict[int, str] = enum_names("mtpl_stop", "MTPL_STOP_")
+VERIFY_MODES_ALL: dict[str, int] = {n: v for v, n in enum_names("mtpl_verify", "MTPL_VERIFY_").items()}
+VERIFY_MODES: dict[str, int] = {n: v for n, v in VERIFY_MODES_ALL.items() if not n.startswith("test_")}
+"""The public verify modes (test hooks, MTPL_VERIFY_TEST_*, left out)."""
+_STATUS_CLASSES: dict[int, type[MtpllamaError]] = {
+    v: STATUS_ERRORS[name.upper()] for v, name in enum_names("mtpl_status", "MTPL_ERR_").items() if v != OK}
+
+
 def last_error() -> str:
     return ffi.string(lib.mtpl_last_error()).decode("utf-8", "replace")
 
 
 def raise_for(status: int, context: str = "") -> NoReturn:
-    cls = STATUS_ERRORS.get(status, MtpllamaError)
+    cls = _STATUS_CLASSES.get(status, MtpllamaError)
     msg = last_error() or f"native call failed with status {status}"
     raise cls(f"{context}: {msg}" if context else msg)
 
@@ -84,7 +101,8 @@ def check(status: int, context: str = "") -> None:
 
 # --- llama.cpp log -> logging --------------------------------------------------
 _log = logging.getLogger("mtpllama.llama_cpp")
-_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+_LEVELS = {lib.MTPL_LOG_DEBUG: logging.DEBUG, lib.MTPL_LOG_INFO: logging.INFO, lib.MTPL_LOG_WARN: logging.WARNING,
+           lib.MTPL_LOG_ERROR: logging.ERROR}
 _log_lock = threading.Lock()
 
 
@@ -100,7 +118,7 @@ def _log_callback(level, text, _user):  # never raises into C
 
 def route_log(min_level: int = logging.WARNING) -> None:
     """Forward llama.cpp log lines at or above min_level to the 'mtpllama.llama_cpp' logger."""
-    native = 1 if min_level <= logging.DEBUG else 2 if min_level <= logging.INFO else 3 if min_level <= logging.WARNING else 4
+    native = min((n for n, level in _LEVELS.items() if level >= min_level), default=lib.MTPL_LOG_ERROR)
     with _log_lock:
         lib.mtpl_set_log(_log_callback, ffi.NULL, native)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-m", "--model", required=True, help="GGUF file (glm4moe)")
+    p.add_argument("-m", "--model", required=True, help="GGUF file")
     p.add_argument("-ngl", "--n-gpu-layers", type=int, default=0)
     p.add_argument("-ot", "--override-tensor", action="append", default=[], metavar="REGEX=DEVICE",
                    help="place tensors matching REGEX on DEVICE (repeatable, or comma-separated)")
@@ -87,22 +87,26 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 
 def cmd_inspect(a: argparse.Namespace) -> int:
-    from .gguf_io import inspect
+    from . import inspect
 
     s = inspect(a.file)
     if a.json:
-        print(json.dumps({**s.__dict__, "has_mtp": s.has_mtp, "nextn_bytes": s.nextn_bytes}, indent=2))
+        print(json.dumps(s.__dict__, indent=2))
         return 0
     print(f"file:          {s.path}")
-    print(f"architecture:  {s.arch}  ({s.name})")
-    print(f"blocks:        {s.block_count} ({s.block_count - s.nextn_predict_layers} trunk + "
-          f"{s.nextn_predict_layers} NextN declared)")
-    print(f"tensors:       {s.n_tensors} ({len(s.nextn_tensors)} in NextN blocks, {s.nextn_bytes / 2**20:.1f} MiB)")
-    print(f"MTP usable:    {'yes' if s.has_mtp else 'no (trunk-only file)' if s.nextn_predict_layers else 'no'}")
-    if s.has_mtp:
-        print(f"embed_tokens:  {s.embed_tokens}   shared_head_head: {s.shared_head_head}")
-        for name, (typ, shape, nbytes) in sorted(s.nextn_tensors.items()):
-            print(f"  {name:48s} {typ:6s} {str(list(shape)):22s} {nbytes / 1024:10.1f} KiB")
+    print(f"architecture:  {s.arch}  ({s.name}){'' if s.supported else '  -- not supported by mtpllama'}")
+    print(f"blocks:        {s.block_count} ({s.block_count - s.n_layer_nextn} trunk + {s.n_layer_nextn} NextN declared)")
+    print(f"tensors:       {s.n_tensors} ({s.n_tensors_nextn} in NextN blocks, {s.nextn_bytes / 2**20:.1f} MiB)")
+    print(f"MTP usable:    {'yes' if s.has_mtp else 'no: ' + s.mtp_problem}")
+    if s.has_mtp and a.tensors:
+        import gguf
+
+        first = s.block_count - s.n_layer_nextn
+        for t in gguf.GGUFReader(s.path).tensors:
+            blk = t.name.split(".")[1] if t.name.startswith("blk.") else ""
+            if blk.isdigit() and int(blk) >= first:
+                print(f"  {t.name:48s} {t.tensor_type.name:6s} {str([int(x) for x in t.shape]):22s} "
+                      f"{int(t.n_bytes) / 1024:10.1f} KiB")
     return 0
 
 
@@ -169,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     i = sub.add_parser("inspect", help="describe a GGUF file and its MTP block")
     i.add_argument("file")
     i.add_argument("--json", action="store_true")
+    i.add_argument("--tensors", action="store_true", help="list the NextN block's tensors")
     i.set_defaults(func=cmd_inspect)
     d = sub.add_parser("demo", help="run the default model with and without MTP (the default command)")
     d.add_argument("-n", "--n-predict", type=int, default=96)

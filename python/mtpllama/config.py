@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-MAX_DRAFT = 16
+from ._lib import MAX_DRAFT, VERIFY_MODES
 
 READ_INTO_MEMORY_FRACTION = 0.75
 """use_mmap=None reads a file into memory when it is at most this fraction of the available memory."""
@@ -23,7 +23,7 @@ class ModelConfig:
     """How to load a GGUF file."""
 
     path: str
-    """Path of the GGUF file (GLM-4.5/4.6/4.7, llama.cpp architecture 'glm4moe')."""
+    """Path of the GGUF file (an architecture mtpllama supports: see mtpllama.inspect)."""
     mtp: bool = True
     """Load the NextN (MTP) block.  False skips its tensors entirely: plain decoding only."""
     n_gpu_layers: int = 0
@@ -91,9 +91,6 @@ class SessionConfig:
         _check_int("n_threads", self.n_threads, 0)
 
 
-VERIFY_MODES = {"rejection": 0, "exact": 1, "accept_all": 2, "coupled": 3}
-
-
 def _check_float(name: str, value: object, lo: float, hi: float, lo_open: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a float, got {type(value).__name__}")
@@ -120,11 +117,12 @@ class SpecConfig:
     token-for-token the output of plain sampling with the same seed, whatever the draft lengths
     (reproducible with adaptive=True); accepts a little less than "rejection".
     "exact": sample the trunk and compare with the arg-max draft (upstream llama.cpp's way).
-    "accept_all": keeps every draft; NOT lossless, for testing only.
     Greedy decoding ignores it: drafts are kept when they equal the trunk's arg-max."""
     adaptive: bool = True
-    """Choose each step's draft length (0..draft_max) from measured acceptance and measured costs,
-    so that MTP never runs slower than plain decoding; False drafts draft_max every step."""
+    """Choose each step's draft length (0..draft_max) from measured acceptance and measured step
+    costs, drafting less or not at all where it does not pay (how close that comes to plain speed
+    and to the best fixed setting is measured in benchmarks/RESULTS.md); False drafts draft_max
+    every step."""
     draft_temperature: float | None = None
     """Rejection sampling: temperature of the MTP head's draft distribution q (None: the sampling
     temperature; 0: arg-max drafts).  Any q keeps the output distribution exact; a q sharper than

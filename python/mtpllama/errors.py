@@ -1,4 +1,5 @@
-"""The exception hierarchy; native status codes are mapped to it in one place."""
+"""The exception hierarchy.  _lib maps the engine's status codes (enum mtpl_status) to it, by the
+names below."""
 from __future__ import annotations
 
 
@@ -7,7 +8,7 @@ class MtpllamaError(Exception):
 
 
 class ModelLoadError(MtpllamaError):
-    """The file could not be loaded as a GLM4-MoE model (corrupt, truncated, inconsistent)."""
+    """The file could not be loaded (corrupt, truncated, inconsistent)."""
 
 
 class ModelNotFoundError(ModelLoadError, FileNotFoundError):
@@ -38,7 +39,7 @@ class SessionBusyError(MtpllamaError, RuntimeError):
     """The object is in use by another thread (or still has open sessions)."""
 
 
-class Cancelled(MtpllamaError):
+class CancelledError(MtpllamaError):
     """The call was cancelled through cancel()."""
 
 
@@ -46,18 +47,18 @@ class InvalidArgumentError(MtpllamaError, ValueError):
     """An argument was rejected by the native engine."""
 
 
-# status code (csrc/mtpllama.h, enum mtpl_status) -> exception class
-STATUS_ERRORS: dict[int, type[MtpllamaError]] = {
-    1: InvalidArgumentError,
-    2: ModelNotFoundError,
-    3: NotGGUFError,
-    4: ModelLoadError,
-    5: UnsupportedArchitectureError,
-    6: NoMtpHeadError,
-    7: ContextOverflowError,
-    8: DecodeError,
-    9: SessionBusyError,
-    10: Cancelled,
-    11: MtpllamaError,
-    12: MtpllamaError,
+# MTPL_ERR_<name> (csrc/mtpllama.h, enum mtpl_status) -> exception class
+STATUS_ERRORS: dict[str, type[MtpllamaError]] = {
+    "INVALID_ARGUMENT": InvalidArgumentError,
+    "FILE_NOT_FOUND": ModelNotFoundError,
+    "NOT_GGUF": NotGGUFError,
+    "MODEL_LOAD": ModelLoadError,
+    "UNSUPPORTED_ARCH": UnsupportedArchitectureError,
+    "NO_MTP_HEAD": NoMtpHeadError,
+    "CONTEXT_FULL": ContextOverflowError,
+    "DECODE": DecodeError,
+    "BUSY": SessionBusyError,
+    "CANCELLED": CancelledError,
+    "BUFFER_TOO_SMALL": MtpllamaError,
+    "INTERNAL": MtpllamaError,
 }

@@ -15,13 +15,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 from . import _lib
-from ._lib import ffi, lib
-from .config import (GREEDY, MAX_DRAFT, PLAIN, VERIFY_MODES, ModelConfig, SamplingConfig, SessionConfig, SpecConfig,
-                     mem_available, resolve_use_mmap)
+from ._lib import CANCELLED, MAX_DRAFT, STOP_REASONS, VERIFY_MODES_ALL, ffi, lib
+from .config import (GREEDY, PLAIN, ModelConfig, SamplingConfig, SessionConfig, SpecConfig, mem_available,
+                     resolve_use_mmap)
 from .errors import MtpllamaError, SessionBusyError
-
-_STOP_NAMES = {0: "none", 1: "eos", 2: "length", 3: "context"}
-CANCELLED = 10  # mtpl_status MTPL_ERR_CANCELLED
 
 
 @dataclass(frozen=True)
@@ -101,8 +98,11 @@ class GenerationStats:
 
     @property
     def decode_tokens_per_second(self) -> float:
+        """Decode speed: the tokens decoding steps emitted (the first generated token comes out of
+        the prompt pass and is not counted) over the seconds of those steps.  The one definition
+        used by the CLI and the benchmarks."""
         t = self.t_draft + self.t_verify + self.t_other
-        return self.generated_tokens / t if t > 0 else 0.0
+        return max(0, self.generated_tokens - 1) / t if t > 0 else 0.0
 
     @classmethod
     def _from_native(cls, st) -> "GenerationStats":
@@ -163,6 +163,9 @@ class Model(_Closeable):
         session() without arguments (e.g. SessionConfig(n_threads=4, n_ctx=8192))."""
         self._handle = ffi.NULL
         self.session_defaults = session_defaults or SessionConfig()
+        if config is not None and (path is not None or mtp is not True or n_gpu_layers != 0 or tensor_overrides
+                                   or use_mmap is not None):
+            raise TypeError("pass either a ModelConfig or a path with keyword arguments, not both")
         if config is None:
             if path is None:
                 raise TypeError("Model() needs a path or a config")
@@ -348,6 +351,19 @@ def huge_pages() -> bool:
     return bool(lib.mtpl_get_huge_pages())
 
 
+def gen_params(spec: SpecConfig, sampling: SamplingConfig):
+    """The engine's mtpl_gen_params for a generation with these settings."""
+    sm = sampling
+    return ffi.new("mtpl_gen_params *", {
+        "draft_max": spec.draft_max, "draft_p_min": float(spec.draft_p_min), "verify": VERIFY_MODES_ALL[spec.verify],
+        "draft_temperature": -1.0 if spec.draft_temperature is None else float(spec.draft_temperature),
+        "adaptive": int(spec.adaptive),
+        "temperature": float(sm.temperature), "top_k": sm.top_k, "top_p": float(sm.top_p),
+        "min_p": float(sm.min_p), "repeat_penalty": float(sm.repeat_penalty),
+        "presence_penalty": float(sm.presence_penalty), "frequency_penalty": float(sm.frequency_penalty),
+        "penalty_last_n": sm.penalty_last_n, "seed": sm.seed})
+
+
 def _bad_token(t: int, n_vocab: int) -> bytes:
     raise ValueError(f"token id {t} is outside the vocabulary [0, {n_vocab})")
 
@@ -512,16 +528,7 @@ class Session(_Closeable):
         """Feed the prompt, then yield (tokens, stop) per verification step."""
         h = self._ptr()
         _lib.check(lib.mtpl_session_reset_stats(h))
-        sm = sampling
-        gp = ffi.new("mtpl_gen_params *", {
-            "draft_max": spec.draft_max, "draft_p_min": float(spec.draft_p_min), "verify": VERIFY_MODES[spec.verify],
-            "draft_temperature": -1.0 if spec.draft_temperature is None else float(spec.draft_temperature),
-            "adaptive": int(spec.adaptive),
-            "temperature": float(sm.temperature), "top_k": sm.top_k, "top_p": float(sm.top_p),
-            "min_p": float(sm.min_p), "repeat_penalty": float(sm.repeat_penalty),
-            "presence_penalty": float(sm.presence_penalty), "frequency_penalty": float(sm.frequency_penalty),
-            "penalty_last_n": sm.penalty_last_n, "seed": sm.seed})
-        _lib.check(lib.mtpl_session_configure(h, gp), "configure")
+        _lib.check(lib.mtpl_session_configure(h, gen_params(spec, sampling)), "configure")
         # the prompt goes in chunks so that Ctrl-C (handled between foreign calls) stays responsive
         chunk = self.config.n_batch or 512
         for i in range(0, len(tokens), chunk):
@@ -542,7 +549,7 @@ class Session(_Closeable):
                 _lib.raise_for(st, "generate")
             got = ffi.unpack(out, res.n_tokens)
             remaining -= res.n_tokens
-            stop = _STOP_NAMES[res.stop]
+            stop = STOP_REASONS[res.stop]
             yield got, stop
             if stop != "none":
                 return

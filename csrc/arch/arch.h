@@ -1,0 +1,34 @@
+// What is specific to one architecture, one file each (arch/<name>.cpp), registered in one
+// table (arch/registry.cpp).  Adding an architecture: a new file defining its arch_def, and a
+// line in the table.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "gguf.h"
+
+namespace mtpl {
+
+struct arch_def {
+    const char * name;              // general.architecture, as llama.cpp names it
+    const char * models;            // the models users know it by, for messages
+    const char * tokenizer;         // tokenizer.ggml.model its files use
+    // Hyperparameters llama.cpp asserts on (aborting the process) or loops over: "" when the
+    // file's are consistent, else what is wrong.  n_block: <arch>.block_count, n_nextn: its
+    // NextN blocks.
+    std::string (*check_hparams)(const gguf_context * g, uint32_t n_block, uint32_t n_nextn);
+    // the tensors every NextN block holds (names after "blk.N."), ending with nullptr
+    const char * const * nextn_tensors;
+    uint32_t max_nextn;             // NextN blocks the engine can draft with
+    // the trunk keeps per-sequence state (recurrent layers) that dropping a cache tail cannot
+    // roll back: a rollback must restore a snapshot instead
+    bool recurrent;
+};
+
+// the architecture named so, or null
+const arch_def * find_arch(const std::string & name);
+// the supported names, comma-separated
+std::string arch_names();
+
+} // namespace mtpl

@@ -1,0 +1,30 @@
+// The table of supported architectures: one line per arch/<name>.cpp.
+#include "arch/registry.h"
+
+namespace mtpl {
+namespace {
+
+const arch_def * const k_archs[] = {
+    &arch_glm4moe,
+};
+
+} // namespace
+
+const arch_def * find_arch(const std::string & name) {
+    for (const arch_def * a : k_archs) {
+        if (name == a->name) {
+            return a;
+        }
+    }
+    return nullptr;
+}
+
+std::string arch_names() {
+    std::string out;
+    for (const arch_def * a : k_archs) {
+        out += (out.empty() ? "" : ", ") + std::string(a->name) + " (" + a->models + ")";
+    }
+    return out;
+}
+
+} // namespace mtpl

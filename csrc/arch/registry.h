@@ -1,0 +1,10 @@
+// The architectures the engine drafts with (one arch/<name>.cpp each).
+#pragma once
+
+#include "arch/arch.h"
+
+namespace mtpl {
+
+extern const arch_def arch_glm4moe;
+
+} // namespace mtpl

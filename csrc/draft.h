@@ -1,0 +1,64 @@
+// The proposer: the MTP context, its KV cache kept in step with the trunk's, and drafting.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <vector>
+
+#include "llama.h"
+#include "sampler.h"
+#include "trace.h"
+
+namespace mtpl {
+
+// Positions.  The trunk has evaluated tokens[0, n_trunk); tokens[n_trunk] is the pending token.
+// The MTP block pairs token t_p with the trunk's state h_{p-1}: fed (t_p, h_{p-1}) at position p
+// it outputs logits for position p + 1.  Its cache holds positions [0, n_past); for each position
+// p in [n_past, n_trunk) the backlog keeps h_{p-1}, and h_last is h_{n_trunk-1}.  n_past ==
+// n_trunk + 1 means the head entry (pending token, h_last) is already in the cache.
+struct proposer {
+    llama_context * ctx = nullptr;
+    llama_batch_ext * batch = nullptr;
+    int32_t n_embd = 0;
+    int32_t n_vocab = 0;
+    int32_t n_batch = 0;
+    int32_t n_past = 0;
+    std::vector<float> backlog;
+    std::vector<float> h_last;
+    std::vector<float> h_scratch;
+    bool kept_up = false;       // the last step called the MTP head (its backlog is one step's rows)
+    std::vector<dist> q;        // the distributions this step's drafts were drawn from (sampled decoding)
+    sampler_scratch scratch;
+    trace * tr = nullptr;
+};
+
+// What drafting cost the caller needs to know.
+struct draft_outcome {
+    int32_t n_calls = 0;        // MTP graph evaluations
+    double t_catch_up = 0.0;    // seconds of the first one (the backlog and the head entry)
+    bool steady = false;        // the MTP cache was in step before this step (see controller.h)
+};
+
+// Create the MTP context on the trunk's model (cp: the trunk's context parameters).
+bool proposer_init(proposer & p, llama_model * model, llama_context_params cp, int32_t n_embd, int32_t n_vocab,
+                   trace * tr);
+void proposer_free(proposer & p);
+void proposer_reset(proposer & p);
+// The trunk's last pass evaluated rows [0, n_rows) from position pos0: their states join the
+// backlog (where the MTP cache lacks the position) and the last becomes h_last.
+void proposer_observe(proposer & p, llama_context * trunk, int32_t pos0, int32_t n_rows);
+// Drop MTP cache entries from position pos on.
+void proposer_forget(proposer & p, int32_t pos);
+// The trunk's context was cut to n_keep tokens and its last row re-evaluated (state h_last).
+void proposer_truncate(proposer & p, int32_t n_keep, const float * h_last);
+// Draft up to k tokens after tokens (whose last, at position n_trunk, is the pending one):
+// each draft is drawn from the head's distribution (as the verify mode wants), fed back with the
+// head's own output state; drafting stops early below draft_p_min.
+int32_t proposer_draft(proposer & p, const std::vector<int32_t> & tokens, int32_t n_trunk, int32_t k,
+                       const mtpl_gen_params & g, rng_type & rng, std::atomic<bool> & cancel,
+                       std::vector<int32_t> & drafts, draft_outcome & out);
+
+// whether the arg-max token `top` has probability below p_min (> 0) under softmax(logits)
+bool top_prob_below(const float * logits, int32_t n_vocab, int32_t top, float p_min);
+
+} // namespace mtpl

@@ -1,0 +1,46 @@
+// Reading GGUF metadata the way llama.cpp reads it, before llama.cpp sees the file.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "gguf.h"
+
+namespace mtpl {
+
+// a string value, "" if absent or of another type
+inline std::string get_str(const gguf_context * g, const std::string & key) {
+    const int64_t id = gguf_find_key(g, key.c_str());
+    if (id < 0 || gguf_get_kv_type(g, id) != GGUF_TYPE_STRING) {
+        return "";
+    }
+    return gguf_get_val_str(g, id);
+}
+
+// an unsigned integer of any width (or a non-negative int32); false if absent or of another type
+inline bool get_uint(const gguf_context * g, const std::string & key, uint32_t & out) {
+    const int64_t id = gguf_find_key(g, key.c_str());
+    if (id < 0) {
+        return false;
+    }
+    switch (gguf_get_kv_type(g, id)) {
+        case GGUF_TYPE_UINT8:  out = gguf_get_val_u8(g, id); return true;
+        case GGUF_TYPE_UINT16: out = gguf_get_val_u16(g, id); return true;
+        case GGUF_TYPE_UINT32: out = gguf_get_val_u32(g, id); return true;
+        case GGUF_TYPE_INT32: {
+            const int32_t v = gguf_get_val_i32(g, id);
+            if (v < 0) return false;
+            out = (uint32_t) v;
+            return true;
+        }
+        default: return false;
+    }
+}
+
+// a key that, when present, must be an unsigned integer scalar
+inline bool uint_or_absent(const gguf_context * g, const std::string & key) {
+    uint32_t v = 0;
+    return gguf_find_key(g, key.c_str()) < 0 || get_uint(g, key, v);
+}
+
+} // namespace mtpl

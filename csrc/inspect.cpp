@@ -1,0 +1,160 @@
+// File inspection: structure, vocabulary and the architecture's hyperparameters are checked
+// here, because llama.cpp asserts (aborting the process) or loops on many inconsistencies.
+#include "inspect.h"
+
+#include <cstdio>
+#include <cstring>
+#include <sys/stat.h>
+#include <unordered_set>
+
+#include "gguf_read.h"
+#include "util.h"
+
+namespace mtpl {
+namespace {
+
+// The vocabulary as llama.cpp's loader trusts it: "" when fine, else what is wrong.
+std::string check_vocab(const gguf_context * g, const arch_def & def) {
+    const int64_t tok_id = gguf_find_key(g, "tokenizer.ggml.tokens");
+    if (tok_id < 0 || gguf_get_kv_type(g, tok_id) != GGUF_TYPE_ARRAY || gguf_get_arr_type(g, tok_id) != GGUF_TYPE_STRING) {
+        return "tokenizer.ggml.tokens missing";
+    }
+    const size_t n_vocab = gguf_get_arr_n(g, tok_id);
+    if (n_vocab == 0 || n_vocab > (1u << 24)) return "vocabulary size out of range";
+    if (get_str(g, "tokenizer.ggml.model") != def.tokenizer) {
+        return "tokenizer.ggml.model must be '" + std::string(def.tokenizer) + "' for " + def.name + ", got '" +
+               get_str(g, "tokenizer.ggml.model") + "'";
+    }
+    {  // llama.cpp asserts that token strings are unique
+        std::unordered_set<std::string> seen;
+        seen.reserve(n_vocab);
+        for (size_t i = 0; i < n_vocab; ++i) {
+            if (!seen.insert(gguf_get_arr_str(g, tok_id, i)).second) {
+                return "token " + std::to_string(i) + " duplicates an earlier token string";
+            }
+        }
+    }
+    for (const char * key : {"tokenizer.ggml.token_type", "tokenizer.ggml.scores"}) {
+        const int64_t id = gguf_find_key(g, key);
+        if (id >= 0 && (gguf_get_kv_type(g, id) != GGUF_TYPE_ARRAY || gguf_get_arr_n(g, id) != n_vocab ||
+                        gguf_get_arr_type(g, id) != (std::string(key).back() == 'e' ? GGUF_TYPE_INT32 : GGUF_TYPE_FLOAT32))) {
+            return std::string(key) + " must be an array with one entry per token";
+        }
+    }
+    for (const char * key : {"tokenizer.ggml.eos_token_id", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eot_token_id",
+                             "tokenizer.ggml.padding_token_id", "tokenizer.ggml.unknown_token_id"}) {
+        uint32_t id = 0;
+        if (gguf_find_key(g, key) >= 0 && (!get_uint(g, key, id) || id >= n_vocab)) {
+            return std::string(key) + " is not a token of the vocabulary";
+        }
+    }
+    return "";
+}
+
+// Whether the NextN blocks (the last `nextn` blocks) are usable: "" if so, else why not.
+std::string nextn_problem(const gguf_context * g, const file_facts & f) {
+    if (f.nextn == 0) {
+        return "the file declares no NextN (MTP) layers (" + f.arch + ".nextn_predict_layers is 0 or absent)";
+    }
+    if (f.nextn > f.def->max_nextn) {
+        return "the file has " + std::to_string(f.nextn) + " NextN layers; " + f.arch + " MTP supports " +
+               std::to_string(f.def->max_nextn);
+    }
+    for (uint32_t b = f.block_count - f.nextn; b < f.block_count; ++b) {
+        const std::string p = "blk." + std::to_string(b) + ".";
+        for (const char * const * t = f.def->nextn_tensors; *t; ++t) {
+            if (gguf_find_tensor(g, (p + *t).c_str()) < 0) {
+                return "the NextN block's tensors are missing (no " + p + *t + "); the file is 'trunk-only'";
+            }
+        }
+    }
+    return "";
+}
+
+} // namespace
+
+int32_t read_file_facts(const std::string & path, file_facts & out) {
+    struct stat st {};
+    if (stat(path.c_str(), &st) != 0) {
+        return fail(MTPL_ERR_FILE_NOT_FOUND, "model file not found: " + path);
+    }
+    if (!S_ISREG(st.st_mode)) {
+        return fail(MTPL_ERR_FILE_NOT_FOUND, "model path is not a regular file: " + path);
+    }
+    {
+        FILE * f = std::fopen(path.c_str(), "rb");
+        if (!f) {
+            return fail(MTPL_ERR_FILE_NOT_FOUND, "cannot open model file: " + path);
+        }
+        char magic[4] = {0, 0, 0, 0};
+        const size_t n = std::fread(magic, 1, 4, f);
+        std::fclose(f);
+        if (n != 4 || std::memcmp(magic, "GGUF", 4) != 0) {
+            return fail(MTPL_ERR_NOT_GGUF, "not a GGUF file (wrong magic bytes): " + path);
+        }
+    }
+    clear_upstream_error();
+    gguf_init_params gp{};
+    gp.no_alloc = true;
+    gp.ctx = nullptr;
+    gguf_context * g = gguf_init_from_file(path.c_str(), gp);
+    if (!g) {
+        const std::string why = upstream_error();
+        return fail(MTPL_ERR_MODEL_LOAD, "corrupt or truncated GGUF file " + path + (why.empty() ? "" : ": " + why));
+    }
+    struct closer { gguf_context * g; ~closer() { gguf_free(g); } } c{g};
+
+    // every tensor's data must lie inside the file
+    const uint64_t data_off = gguf_get_data_offset(g);
+    out.n_tensors = (int32_t) gguf_get_n_tensors(g);
+    for (int64_t i = 0; i < out.n_tensors; ++i) {
+        const uint64_t end = data_off + gguf_get_tensor_offset(g, i) + gguf_get_tensor_size(g, i);
+        if (end > (uint64_t) st.st_size) {
+            return fail(MTPL_ERR_MODEL_LOAD, std::string("truncated GGUF file: data of tensor '") +
+                                                 gguf_get_tensor_name(g, i) + "' extends past the end of " + path);
+        }
+    }
+
+    out.arch = get_str(g, "general.architecture");
+    out.name = get_str(g, "general.name");
+    out.def = find_arch(out.arch);
+    if (!out.def) {
+        out.mtp_problem = "mtpllama does not run architecture '" + out.arch + "'";
+        return MTPL_OK;
+    }
+    if (!get_uint(g, out.arch + ".block_count", out.block_count) || out.block_count == 0) {
+        return fail(MTPL_ERR_MODEL_LOAD, "GGUF file lacks " + out.arch + ".block_count: " + path);
+    }
+    if (!get_uint(g, out.arch + ".nextn_predict_layers", out.nextn)) {
+        out.nextn = 0;
+    }
+    if (out.nextn >= out.block_count) {
+        return fail(MTPL_ERR_MODEL_LOAD, "GGUF file declares " + std::to_string(out.nextn) +
+                                             " NextN layers but only " + std::to_string(out.block_count) + " blocks");
+    }
+    if (out.block_count > 512) {
+        return fail(MTPL_ERR_MODEL_LOAD, "invalid GGUF metadata in " + path + ": block_count " +
+                                             std::to_string(out.block_count) + " exceeds 512");
+    }
+    std::string bad = out.def->check_hparams(g, out.block_count, out.nextn);
+    if (bad.empty()) {
+        bad = check_vocab(g, *out.def);
+    }
+    if (!bad.empty()) {
+        return fail(MTPL_ERR_MODEL_LOAD, "invalid GGUF metadata in " + path + ": " + bad);
+    }
+
+    const uint32_t first_nextn = out.block_count - out.nextn;
+    for (int64_t i = 0; i < out.n_tensors; ++i) {
+        unsigned blk = 0;
+        if (out.nextn > 0 && std::sscanf(gguf_get_tensor_name(g, i), "blk.%u.", &blk) == 1 && blk >= first_nextn) {
+            out.n_tensors_nextn++;
+            out.nextn_bytes += (int64_t) gguf_get_tensor_size(g, i);
+        }
+    }
+    out.mtp_problem = nextn_problem(g, out);
+    out.has_mtp = out.mtp_problem.empty();
+    return MTPL_OK;
+}
+
+} // namespace mtpl

@@ -1,0 +1,36 @@
+// Thin helpers over llama.cpp calls shared by the session and the proposer.
+#include "llama_ops.h"
+
+#include <string>
+
+#include "util.h"
+
+namespace mtpl {
+
+void batch_add(llama_batch_ext * b, int32_t token, int32_t pos, bool output, const float * h, int32_t n_embd) {
+    const int32_t idx = llama_batch_ext_add_token(b, 0, token);
+    llama_batch_ext_set_pos(b, idx, &pos);
+    llama_batch_ext_set_output_logits(b, idx, output);
+    if (h) {
+        llama_batch_ext_set_embd_token(b, idx, llama_embd{h, 1, (size_t) n_embd});
+    }
+}
+
+int32_t process(llama_context * ctx, llama_batch_ext * b, std::atomic<bool> & cancel, const char * what) {
+    const int32_t rc = llama_process(ctx, LLAMA_PROCESS_TYPE_DECODE, b);
+    if (rc == 0) {
+        return MTPL_OK;
+    }
+    if (rc == 2 || cancel.load()) {
+        cancel.store(false);
+        return fail(MTPL_ERR_CANCELLED, std::string(what) + " was cancelled");
+    }
+    if (rc == 1) {
+        return fail(MTPL_ERR_CONTEXT_FULL, std::string(what) + ": no room left in the KV cache");
+    }
+    const std::string why = upstream_error();
+    return fail(MTPL_ERR_DECODE, std::string(what) + " failed (llama_process returned " + std::to_string(rc) + ")" +
+                                     (why.empty() ? "" : ": " + why));
+}
+
+} // namespace mtpl

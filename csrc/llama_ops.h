@@ -1,0 +1,18 @@
+// Thin helpers over llama.cpp calls shared by the session and the proposer.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+#include "llama.h"
+
+namespace mtpl {
+
+// Add one token to a batch; h (n_embd floats) is the MTP input state, or null.
+void batch_add(llama_batch_ext * b, int32_t token, int32_t pos, bool output, const float * h, int32_t n_embd);
+// Evaluate a batch.  A failure returns its status with a message naming `what`: MTPL_ERR_CANCELLED
+// (cancel was requested: the request is consumed), MTPL_ERR_CONTEXT_FULL or MTPL_ERR_DECODE.  The
+// caller drops what the failed call may have left in the cache.
+int32_t process(llama_context * ctx, llama_batch_ext * b, std::atomic<bool> & cancel, const char * what);
+
+} // namespace mtpl

@@ -1,0 +1,32 @@
+// A loaded model, behind the C API's opaque handle.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "arch/arch.h"
+#include "llama.h"
+
+extern "C" {
+#include "mtpllama.h"
+}
+
+struct mtpl_model {
+    llama_model * model = nullptr;
+    const llama_vocab * vocab = nullptr;
+    const mtpl::arch_def * arch = nullptr;
+    mtpl_model_info info{};
+    std::vector<std::string> override_patterns;
+    std::vector<llama_model_tensor_buft_override> overrides;
+    std::atomic<int32_t> n_sessions{0};
+};
+
+namespace mtpl {
+
+// validate the file (inspect.cpp), then load it with llama.cpp
+int32_t model_load(const mtpl_model_params & p, mtpl_model ** out);
+void model_destroy(mtpl_model * m);
+
+} // namespace mtpl

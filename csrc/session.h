@@ -1,0 +1,64 @@
+// A session, behind the C API's opaque handle: the trunk context, the proposer, the controller,
+// and one generation step.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "controller.h"
+#include "draft.h"
+#include "llama.h"
+#include "model.h"
+#include "sampler.h"
+#include "trace.h"
+
+struct mtpl_session {
+    mtpl_model * model = nullptr;
+    llama_context * trunk = nullptr;
+    llama_batch_ext * trunk_batch = nullptr;
+    bool mtp = false;                   // the session drafts: prop and ctl are set up
+    mtpl::proposer prop;
+    mtpl::controller_ptr ctl;
+    int32_t n_ctx = 0;
+    int32_t n_batch = 0;
+    int32_t n_vocab = 0;
+    mtpl_gen_params gen{};
+
+    // The context: tokens[0, n_past) are in the trunk KV cache; when has_pending,
+    // tokens.back() is the chosen next token that the trunk has not evaluated yet.
+    std::vector<int32_t> tokens;
+    int32_t n_past = 0;
+    bool has_pending = false;
+    bool pending_emitted = false;
+
+    mtpl::rng_type rng{0};
+    mtpl::sampler_scratch scratch;
+    std::vector<int32_t> drafts;        // this step's
+    std::vector<const float *> rows;    // this step's trunk logit rows
+    std::chrono::steady_clock::time_point last_step_end{};  // for the controller's between-steps time
+    bool last_step_valid = false;
+
+    mtpl::trace tr;
+    std::atomic<bool> busy{false};
+    std::atomic<bool> cancel{false};
+    mtpl_stats stats{};
+    int64_t reused_base_trunk = 0;      // llama.cpp's graph-reuse counters when stats were last reset
+    int64_t reused_base_mtp = 0;
+};
+
+namespace mtpl {
+
+int32_t session_create(mtpl_model * model, const mtpl_session_params & p, mtpl_session ** out);
+void session_destroy(mtpl_session * s);
+int32_t session_reset(mtpl_session * s);
+int32_t session_feed(mtpl_session * s, const int32_t * tokens, int32_t n);
+int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, mtpl_step_result * res);
+int32_t session_truncate(mtpl_session * s, int32_t n_keep);
+void session_stats(const mtpl_session * s, mtpl_stats & out);
+void session_reset_stats(mtpl_session * s);
+void session_memory(const mtpl_session * s, int64_t * weights, int64_t * kv, int64_t * compute);
+
+} // namespace mtpl

@@ -1,0 +1,29 @@
+// Engine-wide helpers: the thread-local last error, upstream's last logged error, clocks.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+extern "C" {
+#include "mtpllama.h"
+}
+
+namespace mtpl {
+
+// Record msg as this thread's last error and return status (api.cpp).
+int32_t fail(int32_t status, const std::string & msg);
+void clear_error();
+// The last ERROR line llama.cpp/ggml logged on this thread (used to explain failures).
+std::string upstream_error();
+void clear_upstream_error();
+// Install our log hook and initialise the llama.cpp backend once per process.
+void ensure_backend();
+
+using clock_type = std::chrono::steady_clock;
+
+inline double seconds_since(clock_type::time_point t0) {
+    return std::chrono::duration<double>(clock_type::now() - t0).count();
+}
+
+} // namespace mtpl

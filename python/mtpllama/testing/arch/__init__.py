@@ -1,0 +1,15 @@
+"""Test-file writers, one module per architecture, registered in WRITERS.
+
+Each module defines ``ARCH`` (llama.cpp's architecture name), ``SyntheticSpec`` (shape and
+behaviour of a file), ``synthetic_weights(spec, tok)`` and ``write_synthetic(path, spec, tok=None,
+weights=None)``, laying out keys and tensors as llama.cpp's converter does for that architecture.
+"""
+from __future__ import annotations
+
+from types import ModuleType
+
+from . import glm4moe
+
+WRITERS: dict[str, ModuleType] = {
+    glm4moe.ARCH: glm4moe,
+}
