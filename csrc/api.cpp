@@ -129,9 +129,8 @@ void ensure_backend() {
         // decoding computes it alone, or near-ties flip and greedy MTP output differs from plain
         // output (patches/0003).
         ggml_cpu_set_batch_invariant(MTPL_MAX_DRAFT + 1);
-        // Decoding streams every weight once per step; from 2 MiB pages it ran 1.5-3% faster
-        // than from 4 KiB pages on the dense CPU benchmark file (patches/0007), 7-8% on a CPU with AMX,
-        // whose weight buffers patches/0010 covers.
+        // Decoding streams every weight once per step: 2 MiB pages spare TLB misses (patches/0007,
+        // 0010; the gain is in benchmarks/RESULTS.md).
         ggml_backend_cpu_buffer_set_huge_pages(true);
     });
 }

@@ -2,15 +2,37 @@
 from __future__ import annotations
 
 import logging
+import os
+
+import pytest
 
 import mtpllama
-from mtpllama import SpecConfig, _lib, model as model_mod
+from mtpllama import SpecConfig, _lib, errors, model as model_mod
 
 
 def test_version_handshake():
     assert _lib.ffi.string(_lib.lib.mtpl_version()).decode() == mtpllama.__version__
     commit = _lib.ffi.string(_lib.lib.mtpl_upstream_commit()).decode()
-    assert commit == "0c1e57098bba43ac29e6e3b677cdceebdd22334f" or commit  # a user's own checkout may differ
+    from mtpllama import _build_info
+    assert commit == _build_info.UPSTREAM_COMMIT
+    if os.environ.get("MTPLLAMA_LLAMA_CPP_DIR"):
+        pytest.skip("built against a checkout of the user's (MTPLLAMA_LLAMA_CPP_DIR)")
+    # the pinned tree of cmake/fetch_upstream.py
+    assert commit == "0c1e57098bba43ac29e6e3b677cdceebdd22334f"
+
+
+def test_constants_come_from_the_header():
+    """The Python tables are the header's enums: every status maps to an exception class, the
+    stop reasons and verify modes are the enums' names, and test hooks stay out of the public modes."""
+    statuses = _lib.ffi.typeof("enum mtpl_status").relements
+    for name, value in statuses.items():
+        if value != _lib.OK:
+            cls = _lib._STATUS_CLASSES[value]
+            assert issubclass(cls, mtpllama.MtpllamaError) and cls is errors.STATUS_ERRORS[name[len("MTPL_ERR_"):]]
+    assert set(_lib.STOP_REASONS.values()) == {"none", "eos", "length", "context"}
+    assert set(_lib.VERIFY_MODES) == {"rejection", "exact", "coupled"}
+    assert "test_accept_all" in _lib.VERIFY_MODES_ALL
+    assert _lib.MAX_DRAFT == len(_lib.ffi.new("mtpl_stats *").drafted) == len(_lib.ffi.new("mtpl_stats *").k_chosen) - 1
 
 
 class CountingLib:

@@ -257,6 +257,33 @@ def test_draft_p_min_stops_where_the_head_is_unsure(runs):
     assert stops >= 10 and full >= 10, (stops, full)
 
 
+def test_stop_string_rollback_matches_reference(tmp_path):
+    """A stop string cuts the context by rolling both caches back and evaluating the last kept
+    token alone; the conversation then goes on.  Replayed through the reference, every row of
+    both contexts stays within tolerance and every MTP input has its provenance (replay raises
+    otherwise): the MTP cache and its backlog hold what a fresh context would."""
+    fl = FLAVOURS["glm45_gqa4"]
+    path = write_synthetic(tmp_path / "stop.gguf", fl.spec)
+    hp, W, f16 = R.load_gguf(path)
+    spec = spec_config(4, 0.0)
+    with mtpllama.Model(str(path), session_defaults=ONE_THREAD) as model:
+        prompt = model.tokenize(fl.prompt)
+        with model.session() as s:
+            full = s.generate(prompt, 60, spec=spec)
+        with model.session() as s:
+            s.debug_record()
+            for cut in (20, 45):  # two cuts, the second after a continuation
+                stop = model.detokenize(full.tokens[cut:cut + 3])
+                r = s.generate(prompt if cut == 20 else " x", 60, spec=spec, stop=[stop])
+                assert r.stop_reason == "stop" and r.stats.generated_tokens > len(r.tokens)  # tokens were cut
+            s.generate(" y", 30, spec=spec)
+            events = s.debug_events()
+    res = R.replay(R.Reference(hp, W, f16), events)
+    assert not any(e["kind"] == "reset" for e in events)  # rolled back, not rebuilt
+    for cat in ("trunk_logits", "trunk_h", "mtp_logits", "mtp_h"):
+        assert res.select(cat) and res.max_err(cat) < fl.tol, (cat, res.worst(cat))
+
+
 @pytest.mark.parametrize("name", GOOD[:1])
 def test_mtp_output_state_of_multi_row_batch(runs, name):
     """The MTP output state of the head row of a multi-row MTP batch (the state the next

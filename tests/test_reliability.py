@@ -16,6 +16,7 @@ from mtpllama import SessionConfig, SpecConfig
 FUZZ_CASES = int(os.environ.get("MTPLLAMA_FUZZ_CASES", "1500"))
 
 
+@pytest.mark.slow
 def test_fuzzed_files_never_crash_or_hang(model_files):
     import fuzz_gguf
 

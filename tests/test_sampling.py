@@ -47,6 +47,7 @@ CONFIGS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_rejection_sampling_matches_plain_sampling(sessions, name):
     plain, mtp = sessions
@@ -59,6 +60,7 @@ def test_rejection_sampling_matches_plain_sampling(sessions, name):
     assert p > ALPHA, f"{name}: chi2={stat:.1f} df={df} p={p:.2e}"
 
 
+@pytest.mark.slow
 def test_exact_match_verification_matches_plain_sampling(sessions):
     plain, mtp = sessions
     cfg = CONFIGS["top_k"]
@@ -68,6 +70,7 @@ def test_exact_match_verification_matches_plain_sampling(sessions):
     assert p > ALPHA, f"chi2={stat:.1f} df={df} p={p:.2e}"
 
 
+@pytest.mark.slow
 def test_wrong_verifier_is_detected(sessions):
     """The test has power: accepting every draft changes the distribution and is caught."""
     plain, mtp = sessions
@@ -167,6 +170,7 @@ def test_coupled_sampling_equals_plain_sampling_token_for_token(glm45, temperatu
     assert a.tokens != b.tokens
 
 
+@pytest.mark.slow
 def test_coupled_plain_sampling_has_the_sampler_distribution(sessions):
     """Keyed Gumbel-max sampling is a sampler of p: same chi-square test against the RNG sampler."""
     plain, _ = sessions

@@ -50,6 +50,37 @@ def test_stop_string_cuts_text_and_context(glm45):
         assert len(again.tokens) == 5
 
 
+@pytest.mark.parametrize("n_context", [100, 1500])
+def test_stop_string_costs_one_row_at_any_context(glm45, n_context):
+    """A stop string cuts the context by rolling both caches back: the trunk evaluates the last
+    kept token once more (for the next token's logits and the MTP head's input), whatever the
+    context's length, instead of evaluating the kept context again."""
+    base = glm45.tokenize("def foo(x):\n    return x + 1\n\n")
+    prompt = (base * (n_context // len(base) + 1))[:n_context]
+    spec = SpecConfig(3, 0.0, adaptive=False)
+    with glm45.session(n_ctx=2048) as s:
+        full = s.generate(prompt, 40, spec=spec)
+    # a stop string that starts at a token boundary, early: the tokens after it are cut
+    n_kept = next(i for i in range(3, 30) if full.text.find(glm45.detokenize(full.tokens[i:i + 2]))
+                  == len(glm45.detokenize(full.tokens[:i])))
+    stop = glm45.detokenize(full.tokens[n_kept:n_kept + 2])
+    with glm45.session(n_ctx=2048) as s:
+        s.debug_record()
+        r = s.generate(prompt, 40, spec=spec, stop=[stop])
+        rows = sum(e["kind"] == "trunk" for e in s.debug_events())
+        st = r.stats
+        assert r.stop_reason == "stop" and r.tokens == full.tokens[:n_kept]
+        assert len(s.tokens) == n_context + n_kept + 1 < n_context + st.generated_tokens + 1  # cut, plus a next token
+        # the prompt, one row per verification pass and per draft, and one row for the cut
+        assert rows == st.prompt_tokens + (st.steps - 1) + sum(st.drafted) + 1
+        # the caches stay right: continuing equals a fresh context holding the same tokens
+        ctx = s.tokens[:-1]  # without the chosen next token, which the next prompt replaces
+        more = s.generate(" import os", 20, spec=spec)
+    with glm45.session(n_ctx=2048) as fresh:
+        ref = fresh.generate(ctx + glm45.tokenize(" import os"), 20, spec=spec)
+    assert more.tokens == ref.tokens
+
+
 def test_eos_stops_generation(tmp_path):
     from mtpllama.testing import SyntheticSpec, synthetic_weights, train_bpe, write_synthetic
 

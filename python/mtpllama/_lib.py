@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-import re
+import sys
 import threading
 from pathlib import Path
 from typing import NoReturn
@@ -28,6 +28,10 @@ def _find_library() -> Path:
     override = os.environ.get("MTPLLAMA_LIBRARY")
     if override:
         return Path(override)
+    # next to this file, or (an editable install) in another directory of the package's path
+    for d in [_HERE, *map(Path, getattr(sys.modules.get(__package__), "__path__", []))]:
+        if (d / "libmtpllama.so").exists():
+            return d / "libmtpllama.so"
     return _HERE / "libmtpllama.so"
 
 

@@ -33,10 +33,9 @@ class ModelConfig:
     use_mmap: bool | None = None
     """True: memory-map the file (llama.cpp's default).  False: read it into memory.  None (default):
     read it when it takes at most 3/4 of the memory available now (Linux's MemAvailable), map it
-    otherwise, or where that cannot be read.  Decoding from memory read in (on huge pages, see
-    set_huge_pages) was measured 6-8% faster than from the mapped file on the CPU benchmark
-    files (a decode step streams every weight once); a mapping loads at once and lets the
-    kernel page a file out under pressure.
+    otherwise, or where that cannot be read.  A decode step streams every weight once, which runs
+    faster from memory read in (on huge pages, see set_huge_pages) than from a mapped file; a
+    mapping loads at once and lets the kernel page a file out under pressure.
     Model.info.use_mmap says which was used."""
 
     def __post_init__(self) -> None:

@@ -339,9 +339,7 @@ def set_huge_pages(enabled: bool) -> None:
     pages (on by default; Linux, where /sys/kernel/mm/transparent_hugepage/enabled is not "never").
 
     Decoding reads every weight once per step: fewer TLB misses, and the prefetchers are not
-    stopped every 4 KiB.  On the dense CPU benchmark file (fresh processes, 8 rounds) plain
-    decoding ran 3% and 3 drafts per step 1.5% faster than from the same memory on 4 KiB pages.
-    It covers weights read into memory (see ModelConfig.use_mmap), KV caches and compute
+    stopped every 4 KiB.  It covers weights read into memory (see ModelConfig.use_mmap), KV caches and compute
     buffers, not a memory-mapped file."""
     _lib.check(lib.mtpl_set_huge_pages(1 if enabled else 0), "set_huge_pages")
 
@@ -569,13 +567,15 @@ class Session(_Closeable):
         reason = "length"
         for piece, toks, reason in self._run(prompt, max_tokens, spec, sampling, stop):
             parts.append(piece)
-            tokens.extend(toks)
+            tokens = list(toks) if reason == "stop" else tokens + toks
         stats = self.stats()
         stats.wall = time.perf_counter() - t0
         return GenerationResult("".join(parts), tokens, reason, stats)
 
     def _run(self, prompt, max_tokens, spec, sampling, stop) -> Iterator[tuple[str, list[int], str]]:
-        """Yield (text piece, tokens, stop reason) per step, holding the session for the duration."""
+        """Yield (text piece, tokens, stop reason) per step, holding the session for the duration.
+        The tokens are the step's, but with reason 'stop' every token kept since the start: tokens
+        yielded before whose text lies past the stop string are dropped."""
         if not self._busy.acquire(blocking=False):
             raise SessionBusyError("this session is generating in another thread (or an unfinished stream "
                                    "holds it); use one session per thread")
@@ -611,7 +611,7 @@ class Session(_Closeable):
             cut = _find_stop(text, pending, stops)
             if cut is not None:
                 keep = self._trim_after_stop(emitted, text + pending[:cut])
-                yield pending[:cut], got[:max(0, keep - (len(emitted) - len(got)))], "stop"
+                yield pending[:cut], emitted[:keep], "stop"
                 return
             # hold back a tail that could start a stop string
             if reason != "none" or hold == 0:
@@ -626,12 +626,17 @@ class Session(_Closeable):
     def _trim_after_stop(self, emitted: list[int], text: str) -> int:
         """Drop from the context the tokens emitted after those that produce text
         (which ends where a stop string begins); returns how many are kept."""
-        keep, n_bytes = 0, 0
-        target = len(text.encode("utf-8"))
+        # count decoded characters as the stream decoded them (bytes that are not valid UTF-8
+        # became one U+FFFD each), counting bytes the decoder still holds as flushed
         pieces = self.model.pieces
-        while keep < len(emitted) and n_bytes < target:
-            n_bytes += len(pieces[emitted[keep]])
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        keep, n_chars, held = 0, 0, 0
+        while keep < len(emitted) and n_chars + held < len(text):
+            n_chars += len(decoder.decode(pieces[emitted[keep]]))
             keep += 1
+            state = decoder.getstate()
+            held = len(decoder.decode(b"", final=True))
+            decoder.setstate(state)
         ctx = len(self.tokens)  # the last emitted token is the context's last
         n_keep = ctx - len(emitted) + keep
         if n_keep < ctx:
