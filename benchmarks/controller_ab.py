@@ -22,14 +22,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from fixtures import PROMPT, resolve_model
+from runners import PACKAGE_ROOT
 
-import bench  # noqa: E402
-
+# One configuration's server: a session kept across the rounds; each input line runs it once and
+# prints decode tokens/s and the steps at k = 0..4.  k: 0 plain, -1 adaptive (SpecConfig()), else fixed.
 SERVER = r'''
 import json, sys
-sys.path.insert(0, {python!r})
+sys.path.insert(0, {package_root!r})
 import mtpllama
 m = mtpllama.Model({path!r}, session_defaults=mtpllama.SessionConfig(n_threads={threads}, n_ctx={ctx}))
 k = {k}
@@ -39,14 +39,13 @@ s = m.session(mtp=spec is not None)
 for line in sys.stdin:
     s.reset()
     st = s.generate({prompt!r}, {tokens}, spec=spec).stats
-    tps = (st.generated_tokens - 1) / (st.t_draft + st.t_verify + st.t_other)
-    print(json.dumps([tps, list(getattr(st, "k_chosen", []))[:5]]), flush=True)
+    print(json.dumps([st.decode_tokens_per_second, st.k_chosen[:5]]), flush=True)
 '''
 
 
 class Server:
     def __init__(self, lib: str, k: int, path: Path, a) -> None:
-        code = SERVER.format(python=str(HERE.parent / "python"), path=str(path), threads=a.threads, ctx=a.ctx, k=k,
+        code = SERVER.format(package_root=PACKAGE_ROOT, path=str(path), threads=a.threads, ctx=a.ctx, k=k,
                              prompt=a.prompt, tokens=a.tokens)
         self.p = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ, MTPLLAMA_LIBRARY=lib),
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -75,10 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ctx", type=int, default=2048)
-    ap.add_argument("--prompt", default=bench.DEFAULT_PROMPT)
+    ap.add_argument("--prompt", default=PROMPT)
     a = ap.parse_args(argv)
     libs = dict(item.split("=", 1) for item in a.lib)
-    _, path = bench.resolve_model(a.model)
+    _, path = resolve_model(a.model)
     first = next(iter(libs.values()))
     configs = {f"adaptive {n}": (lib, -1) for n, lib in libs.items()}
     configs.update({f"k={k}": (first, k) for k in a.fixed})

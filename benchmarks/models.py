@@ -1,204 +1,40 @@
 #!/usr/bin/env python3
-"""Benchmark GGUF files: synthetic ``glm4moe`` models big enough to time, generated on demand.
+"""Generate, list and calibrate the benchmark models (fixtures.py describes them).
 
     python3 benchmarks/models.py                    # generate (if needed) and list every model
     python3 benchmarks/models.py dense-hi moe-lo    # just these
     python3 benchmarks/models.py --calibrate dense --noise 0.5 1.0 2.0   # acceptance vs noise
 
-Generating takes ~20 s (dense) / ~60 s and ~8-9 GB of memory (air, moe) per file.  Files are written with ``mtpllama.testing.SyntheticSpec`` + ``write_synthetic`` and cached under
-``~/.cache/mtpllama/bench-models`` (or ``$MTPLLAMA_CACHE_DIR/bench-models``), named after a hash
-of their spec, so a changed spec gives a new file; they are never committed.
-
-Four shapes (the vocabulary is the synthetic tokenizer's ~460 tokens, so nearly every byte is
-in the layers).  Trunk pass costs are V(n)/V(1) for 1..5 tokens, batch invariance on, measured
-with benchmarks/verify_cost.py on the 2-core machines:
-
-* ``dense``: dense-dominated, Q8_0, 0.76B parameters (0.75 GiB), ~26 ms per token with 2
-  threads.  Every trunk layer but the last is dense (big FFN); the last trunk layer and the
-  NextN block are small MoE layers, so the MTP head costs a fraction of a trunk step.  A lone
-  row is memory-bound here and llamafile's Q8_0 kernel reads the weights once for up to 4 rows
-  (with patches/0005 prefetching them): 1, 1.07, 1.11, 1.30, 1.83x.
-* ``dense-q4``: the same shape as Q4_0 (0.40 GiB, ~14 ms per token), kept because Q4_0 is the
-  common quantisation: on these AVX-512 machines Q4_0 is repacked for the CPU and its products
-  are compute-bound, so a pass costs 1, 1.8-2.0, 2.5-2.8, 2.3-2.6, 3.2x (batches of 2-3 take the
-  per-row path of the repacked kernels, 4 and more the tiled one): MTP pays less.
-* ``air``: GLM-4.5-Air's proportions, Q8_0, 1.87B parameters (1.85 GiB), ~0.42B read per token,
-  ~19 ms per token.  One leading dense layer, then 23 MoE layers with 64 experts, 8 active, one
-  shared expert, and attention three times as wide as n_embd (as Air's 96 heads of 128 over a
-  4096 hidden size): about 41% of the weights a token reads are attention, 52% routed experts.
-  A batch of n tokens reads ~8n experts but the attention weights once: 1, 1.6, 2.2, 2.5-2.6, 3.1x.
-* ``moe``: expert-heavy MoE, Q8_0, 2.20B parameters (2.18 GiB), ~0.3B active per token.  The
-  same layout with attention only as wide as n_embd and bigger experts, so routed experts are
-  ~79% of the weights a token reads and verification cost grows almost linearly in k
-  (1, 1.7-1.8, 2.3, 2.9, 3.3-3.6x): the hard case for MTP on CPU.
-
-Each shape comes at three MTP-head/trunk agreement levels, set with ``SyntheticSpec.noise``
-(the scale of the layers' contributions to the residual stream; larger = less agreement):
-``-hi`` (~0.9 first-position greedy acceptance), ``-mid`` (~0.5), ``-lo`` (~0.1-0.3).  The noise
-values were calibrated with ``--calibrate`` (which measures the acceptance with the engine);
-the table in RESULTS.md reports the acceptance each run actually measured.
+Files are cached under ``~/.cache/mtpllama/bench-models`` (or ``$MTPLLAMA_CACHE_DIR/bench-models``)
+and never committed.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
 import sys
 import tempfile
-import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "python"))
-
-from mtpllama.testing import SyntheticSpec, synthetic_weights, train_bpe, write_synthetic  # noqa: E402
-
-# Decode-step cost targets 10-30 ms with 2 threads on the 2-core benchmark machines.
-# 0.76B parameters, 0.75 GiB as Q8_0; ~26 ms per token with 2 threads
-_DENSE = SyntheticSpec(
-    n_embd=2048, n_layer=12, n_dense_lead=11, n_head=16, n_head_kv=4, head_dim=128, n_rot=64,
-    n_ff=8192, n_expert=8, n_expert_used=2, n_expert_shared=1, n_ff_exp=512,
-    n_ctx_train=4096, dtype="q8_0", seed=11, name="mtpllama-bench-dense")
-SHAPES: dict[str, SyntheticSpec] = {
-    "dense": _DENSE,
-    # the same as Q4_0: 0.40 GiB; ~14 ms per token with 2 threads
-    "dense-q4": replace(_DENSE, dtype="q4_0", name="mtpllama-bench-dense-q4"),
-    # the same as Q4_K, the quantisation most GLM files use (Q4_K_M); not in the default run
-    "dense-q4k": replace(_DENSE, dtype="q4_k", name="mtpllama-bench-dense-q4k"),
-    # 2.20B parameters, 2.18 GiB as Q8_0; ~0.3B active per token; ~14 ms per token with 2 threads
-    "moe": SyntheticSpec(
-        n_embd=1024, n_layer=14, n_dense_lead=1, n_head=8, n_head_kv=2, head_dim=128, n_rot=64,
-        n_ff=4096, n_expert=64, n_expert_used=8, n_expert_shared=1, n_ff_exp=768,
-        n_ctx_train=4096, dtype="q8_0", seed=12, name="mtpllama-bench-moe"),
-    # GLM-4.5-Air's proportions (hidden 4096, 96 heads x 128, 8 KV heads, expert FFN 1408, dense
-    # FFN 10944, 8 of 128 experts + 1 shared, first layer dense) at n_embd 1024: attention 3x as
-    # wide as n_embd, so ~41% of the weights a token reads are attention and ~52% routed experts.
-    # 64 experts instead of 128 keep the file at 1.85 GiB (a batch's expert overlap is the same).
-    # 1.87B parameters, ~0.42B read per token; ~19 ms per token with 2 threads
-    "air": SyntheticSpec(
-        n_embd=1024, n_layer=24, n_dense_lead=1, n_head=24, n_head_kv=2, head_dim=128, n_rot=64,
-        n_ff=2752, n_expert=64, n_expert_used=8, n_expert_shared=1, n_ff_exp=352,
-        n_ctx_train=4096, dtype="q8_0", seed=13, name="mtpllama-bench-air"),
-}
-
-# noise per shape and agreement level, calibrated with --calibrate (128 tokens, fixed k, p_min 0;
-# first-position acceptance with k=1, and per position with k=3):
-#   dense (Q8_0): 3.5 -> 0.98 (1.00 0.97 0.94; a short loop, 15 distinct tokens) | 3.6 -> 0.94 (0.94 0.83 0.77)
-#          3.65 -> 0.91 (0.95 0.78 0.68) | 3.75 -> 0.76 | 4.0 -> 0.75 | 4.25 -> 0.26 | 4.5 -> 0.19
-#          5.0 -> 0.54 (0.55 0.28 0.14) | 6.0 -> 0.33 | 7.0 -> 0.42 | 8.0 -> 0.12
-#   dense-q4 (Q4_0): 1.0-2.5 -> 1.00 | 3.0 -> 0.98 | 3.5 -> 0.97 (0.97 0.86 0.82) | 3.75 -> 0.94 (0.98 0.59 0.51)
-#          4.0 -> 0.88 (0.90 0.42 0.34) | 4.5 -> 0.54 | 5.0 -> 0.40 | 7.0 -> 0.29 | 8.0 -> 0.05
-#   moe:   2.0 -> 1.00 | 2.25 -> 0.95 (0.92 0.73 0.75) | 2.5 -> 0.90 (0.87 0.74 0.68) | 2.75 -> 0.65
-#          2.9 -> 0.27 | 3.0 -> 0.22 | 3.5 -> 0.18 | 4.5 -> 0.12
-#   air:   1.5 -> 0.98 | 1.6 -> 1.00 | 1.7 -> 0.92 (0.97 0.89 0.77) | 1.75 -> 0.87 (0.90 0.72 0.59)
-#          2.0 -> 0.77 | 2.25 -> 0.63 (0.65 0.38 0.21) | 2.5 -> 0.42 (0.51 0.28 0.01) | 3.0 -> 0.26 | 3.5 -> 0.15
-# (past ~noise 4 / 3 the trunk's greedy text falls into short loops: fewer distinct tokens)
-NOISE: dict[str, dict[str, float]] = {
-    "dense": {"hi": 3.6, "mid": 5.0, "lo": 8.0},
-    "dense-q4": {"hi": 3.5, "mid": 4.5, "lo": 7.0},
-    "dense-q4k": {"hi": 3.5, "mid": 4.5, "lo": 7.0},  # dense-q4's levels, not calibrated
-    "moe": {"hi": 2.25, "mid": 2.75, "lo": 3.0},
-    "air": {"hi": 1.7, "mid": 2.5, "lo": 3.0},
-}
-LEVELS = ("hi", "mid", "lo")
-
-PROMPT = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n"
-
-
-def cache_dir() -> Path:
-    if os.environ.get("MTPLLAMA_CACHE_DIR"):
-        root = Path(os.environ["MTPLLAMA_CACHE_DIR"]).expanduser()
-    else:
-        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mtpllama"
-    return root / "bench-models"
-
-
-def spec_of(name: str) -> SyntheticSpec:
-    shape, _, level = name.rpartition("-")
-    if shape not in SHAPES or level not in NOISE[shape]:
-        raise KeyError(f"unknown benchmark model {name!r}; known: {', '.join(all_names())}")
-    return replace(SHAPES[shape], noise=NOISE[shape][level], name=f"mtpllama-bench-{name}")
-
-
-def all_names() -> list[str]:
-    return [f"{s}-{lv}" for s in SHAPES for lv in LEVELS]
-
-
-def default_names() -> list[str]:
-    """What bench.py runs by default: every level of the Q8_0 dense shape and of the GLM-Air-shaped
-    MoE, and the Q4_0 dense shape and the expert-heavy MoE at high agreement only (their other
-    levels add little and take ~5-9 minutes each)."""
-    return [n for n in all_names() if n.rpartition("-")[0] in ("dense", "air") or n in ("dense-q4-hi", "moe-hi")]
-
-
-def spec_hash(spec: SyntheticSpec) -> str:
-    return hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:12]
-
-
-class _Consume(dict):
-    """A dict whose items() hands each entry over and drops it: the float32 weights are freed
-    one tensor at a time while write_synthetic quantizes them."""
-
-    def items(self):  # type: ignore[override]
-        while self:
-            k = next(iter(self))
-            yield k, self.pop(k)
-
-
-def generate(spec: SyntheticSpec, path: Path, quiet: bool = False) -> Path:
-    t0 = time.perf_counter()
-    tok = train_bpe(n_merges=spec.n_merges)
-    W = _Consume(synthetic_weights(spec, tok))
-    n_params = sum(a.size for a in W.values())
-    t1 = time.perf_counter()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    write_synthetic(tmp, spec, tok, weights=W)
-    os.replace(tmp, path)
-    if not quiet:
-        print(f"[models] {path.name}: {n_params / 1e9:.2f}B parameters, {path.stat().st_size / 2**30:.2f} GiB, "
-              f"weights {t1 - t0:.0f} s + quantise/write {time.perf_counter() - t1:.0f} s", file=sys.stderr)
-    return path
-
-
-def ensure(name: str) -> Path:
-    """Path of the named benchmark model, generating it when it is not cached."""
-    spec = spec_of(name)
-    path = cache_dir() / f"{name}-{spec_hash(spec)}.gguf"
-    if not path.exists():
-        print(f"[models] generating {name} -> {path}", file=sys.stderr, flush=True)
-        generate(spec, path)
-    return path
-
-
-def fixed_spec(k: int, p_min: float):
-    """SpecConfig drafting exactly k tokens per step (the adaptive controller off, where it exists)."""
-    import dataclasses
-
-    import mtpllama
-
-    extra = {"adaptive": False} if "adaptive" in {f.name for f in dataclasses.fields(mtpllama.SpecConfig)} else {}
-    return mtpllama.SpecConfig(draft_max=k, draft_p_min=p_min, **extra)
+import mtpllama
+from fixtures import PROMPT, SHAPES, all_names, cache_dir, ensure, fixed_spec, generate
 
 
 def measure_acceptance(path: Path, n_tokens: int = 128, threads: int = 2, draft_max: int = 3) -> dict:
     """Greedy acceptance per draft position (fixed k, draft_p_min 0) and plain ms per token."""
-    import mtpllama
-
     with mtpllama.Model(str(path), session_defaults=mtpllama.SessionConfig(n_threads=threads)) as m:
         plain = m.generate(PROMPT, n_tokens, mtp=False)
         r1 = m.generate(PROMPT, n_tokens, spec=fixed_spec(1, 0.0))
         rk = m.generate(PROMPT, n_tokens, spec=fixed_spec(draft_max, 0.0))
-        st = plain.stats
         return {"acc_k1": r1.stats.acceptance, f"acc_k{draft_max}": rk.stats.acceptance,
-                "plain_ms_per_token": 1e3 * (st.t_draft + st.t_verify + st.t_other) / max(1, st.generated_tokens),
+                "plain_ms_per_token": 1e3 / plain.stats.decode_tokens_per_second,
                 "distinct_tokens": len(set(plain.tokens)), "lossless": plain.tokens == rk.tokens == r1.tokens,
                 "text": plain.text[:60]}
 
 
 def calibrate(shape: str, noises: list[float], n_tokens: int, threads: int = 2) -> None:
+    """Throw-away files of one shape at each noise level, and their acceptance."""
     for g in noises:
         spec = replace(SHAPES[shape], noise=g)
         with tempfile.TemporaryDirectory(dir=cache_dir().parent) as d:

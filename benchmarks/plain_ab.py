@@ -8,23 +8,16 @@ controller keeps what it learned), while every upstream run is a new process.  H
 engines start cold on every run, in alternating order, and the ratio is taken per round (the
 two runs back to back).  --load as bench.py's: each engine's default (mtpllama reads the file
 into memory on huge pages, upstream maps it), or both the same way (memory, mmap).
-Upstream's command, and how its speed is read, are bench.py's.
+Both engines run as in bench.py (runners.py).
 """
 from __future__ import annotations
 
 import argparse
 import statistics
 import sys
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-import bench  # noqa: E402
-import build_upstream  # noqa: E402
-
-def ours_tps(path: Path, a) -> float:
-    return bench.fresh_plain(path, a.threads, a.ctx, a.prompt, a.tokens, a.load)[0]
+from fixtures import PLAIN, PROMPT, resolve_model
+from runners import LOADS, Upstream, build_upstream_tools, fresh_plain
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,20 +27,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ctx", type=int, default=2048)
-    ap.add_argument("--prompt", default=bench.DEFAULT_PROMPT)
-    ap.add_argument("--load", choices=sorted(bench.LOADS), default="default", help="as bench.py's --load")
+    ap.add_argument("--prompt", default=PROMPT)
+    ap.add_argument("--load", choices=sorted(LOADS), default="default", help="as bench.py's --load")
     a = ap.parse_args(argv)
-    built = build_upstream.build()
-    bins = {k: built[k] for k in ("SPECULATIVE", "COMPLETION")}
-    plain = bench.Setting("plain")
+    tools = build_upstream_tools()
     for name in a.models:
-        label, path = bench.resolve_model(name)
-        up = bench.Upstream(bins, path, a.threads, a.ctx, timeout=600, load=a.load)
+        label, path = resolve_model(name)
+        up = Upstream(tools, path, a.threads, a.ctx, timeout=600, load=a.load)
         ratios = []
         for r in range(a.rounds):
             runs = {}
             for engine in (("mtpllama", "upstream") if r % 2 == 0 else ("upstream", "mtpllama")):
-                runs[engine] = ours_tps(path, a) if engine == "mtpllama" else up.run(plain, a.prompt, a.tokens).tps
+                smp = (fresh_plain(path, a.threads, a.ctx, a.prompt, a.tokens, a.load) if engine == "mtpllama"
+                       else up.run(PLAIN, a.prompt, a.tokens))
+                runs[engine] = smp.tps
             ratios.append(runs["mtpllama"] / runs["upstream"])
             print(f"{label} round {r + 1}: mtpllama {runs['mtpllama']:.2f} t/s, upstream {runs['upstream']:.2f} t/s, "
                   f"ratio {ratios[-1]:.3f}", flush=True)

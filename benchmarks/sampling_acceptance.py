@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Drafts accepted per step by verification method and temperature.
 
     python3 benchmarks/sampling_acceptance.py [--runs 100]
@@ -42,7 +43,7 @@ def measure(path: str, temps, methods, runs: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=100)
     a = ap.parse_args()
     temps, methods = (0.3, 0.8, 1.2), ("rejection", "coupled", "exact")

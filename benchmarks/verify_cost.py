@@ -17,60 +17,63 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "python"))
-
-import models as bench_models  # noqa: E402
-
-import mtpllama  # noqa: E402
+import mtpllama
+from fixtures import PROMPT, fixed_spec, resolve_model
 
 
-def verify_seconds(st) -> float:
+@dataclass
+class VerifyCost:
+    """Medians over the repeats, by (batch invariance on, k)."""
+
+    verify_s: dict[tuple[bool, int], float]  # seconds of a decode-phase trunk pass over k + 1 rows
+    tps: dict[tuple[bool, int], float]       # decode tokens/s
+    lossless: bool                           # with invariance, every k's greedy tokens are the same
+
+
+def verify_seconds(st: mtpllama.GenerationStats) -> float:
     passes = st.steps - 1  # the prompt pass is a step, timed as prefill
     return st.t_verify / passes if passes > 0 else float("nan")
 
 
-def measure(path: Path, tokens: int, repeats: int, threads: int, ks: list[int]) -> dict:
-    prompt = bench_models.PROMPT
+def measure(path: Path, tokens: int, repeats: int, threads: int, ks: list[int]) -> VerifyCost:
     v: dict[tuple[bool, int], list[float]] = {}
     rate: dict[tuple[bool, int], list[float]] = {}
     equal = True
     with mtpllama.Model(str(path), session_defaults=mtpllama.SessionConfig(n_threads=threads)) as m:
-        m.generate(prompt, 8, mtp=False)
+        m.generate(PROMPT, 8, mtp=False)
         ref = None
         for _ in range(repeats):
             for k in ks:
                 for inv in (True, False):
                     mtpllama.set_batch_invariant(inv)
-                    spec = bench_models.fixed_spec(k, 0.0) if k else None
-                    r = m.generate(prompt, tokens, spec=spec, mtp=k > 0)
+                    r = m.generate(PROMPT, tokens, spec=fixed_spec(k, 0.0) if k else None, mtp=k > 0)
                     if inv:
                         ref = ref or r.tokens
                         equal &= r.tokens == ref
                     v.setdefault((inv, k), []).append(verify_seconds(r.stats))
                     rate.setdefault((inv, k), []).append(r.stats.decode_tokens_per_second)
     mtpllama.set_batch_invariant(True)
-    return {"v": {key: statistics.median(x) for key, x in v.items()},
-            "rate": {key: statistics.median(x) for key, x in rate.items()}, "invariant_lossless": equal}
+    return VerifyCost({key: statistics.median(x) for key, x in v.items()},
+                      {key: statistics.median(x) for key, x in rate.items()}, equal)
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("models", nargs="+")
+    ap.add_argument("models", nargs="+", help="benchmark model names (models.py) or GGUF paths")
     ap.add_argument("--tokens", type=int, default=96)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ks", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     a = ap.parse_args(argv)
     for name in a.models:
-        path = Path(name) if name.endswith(".gguf") else bench_models.ensure(name)
+        _, path = resolve_model(name)
         res = measure(path, a.tokens, a.repeats, a.threads, a.ks)
-        v, rate = res["v"], res["rate"]
+        v, rate = res.verify_s, res.tps
         v1 = {inv: v[(inv, a.ks[0])] for inv in (True, False)}
-        print(f"\n{name} ({path.name}); greedy output identical across k with invariance: {res['invariant_lossless']}")
+        print(f"\n{name} ({path.name}); greedy output identical across k with invariance: {res.lossless}")
         print(f"{'rows':>4s} {'V/V1 inv':>9s} {'V/V1 off':>9s} {'inv/off':>8s} {'tok/s inv':>10s} {'tok/s off':>10s} {'inv/off':>8s}")
         for k in a.ks:
             print(f"{k + 1:4d} {v[(True, k)] / v1[True]:9.2f} {v[(False, k)] / v1[False]:9.2f} "
