@@ -208,7 +208,7 @@ class Adaptive:
     summary: EngineSummary
     x_best_ours: float | None
     x_best_upstream: float | None
-    k_chosen: list[int]        # steps at k = 0, 1, .. over all rounds
+    drafts_per_step: list[int]  # steps that verified k = 0, 1, .. drafts, over all rounds
     last: GenerationStats      # the last run's, with the controller's estimates
 
 
@@ -304,12 +304,12 @@ def _adaptive(run: ModelRun, row: Row | None, samples: list[Sample], best_ours: 
               best_up: BestFixed | None) -> Adaptive | None:
     if not row or not row.ours:
         return None
-    k_chosen = [sum(x) for x in zip(*(s.stats.k_chosen for s in samples))]
-    while k_chosen and k_chosen[-1] == 0:
-        k_chosen.pop()
+    per_step = [sum(x) for x in zip(*(s.stats.drafts_per_step for s in samples))]
+    while per_step and per_step[-1] == 0:
+        per_step.pop()
     med = row.ours.median
     return Adaptive(run.adaptive_spec, row.ours, med / best_ours.median if best_ours else None,
-                    med / best_up.median if best_up else None, k_chosen, samples[-1].stats)
+                    med / best_up.median if best_up else None, per_step, samples[-1].stats)
 
 
 def confirm_candidates(samples: list[Sample]) -> list[Setting]:

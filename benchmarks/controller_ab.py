@@ -39,7 +39,7 @@ s = m.session(mtp=spec is not None)
 for line in sys.stdin:
     s.reset()
     st = s.generate({prompt!r}, {tokens}, spec=spec).stats
-    print(json.dumps([st.decode_tokens_per_second, st.k_chosen[:5]]), flush=True)
+    print(json.dumps([st.decode_tokens_per_second, st.drafts_per_step[:7]]), flush=True)
 '''
 
 

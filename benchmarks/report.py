@@ -107,15 +107,15 @@ def _adaptive_lines(res: ModelResult) -> list[str]:
                          ("upstream", ad.x_best_upstream, res.best_upstream)):
         if best:
             s += f", {_f(x, '{:.2f}x')} best fixed {eng}"
-    if ad.k_chosen:
-        s += f"; draft lengths chosen (k=0,1,..), all rounds: {ad.k_chosen}"
+    if ad.drafts_per_step:
+        s += f"; steps by drafts verified (0, 1, ..), all rounds: {ad.drafts_per_step}"
     out = [s]
     st = ad.last
     if st.est_verify:
-        out.append(f"controller's estimates after the last adaptive run: trunk pass ms by tokens "
-                   f"{_ms_by(st.est_verify)}, draft step {1e3 * st.est_draft:.2f} ms, acceptance by position {_acc(st.est_accept[:4])}"
-                   + (f", drafts made by position {_acc(st.est_made[:4])}" if st.est_made else "")
-                   + (f", step ms by k asked for {_ms_by(st.est_step)}" if st.est_step else ""))
+        out.append(f"controller's estimates after the last adaptive run: trunk pass ms by drafts "
+                   f"{_ms_by(st.est_verify)}, head {1e3 * st.est_head:.2f} ms, further draft {1e3 * st.est_draft:.2f} ms, "
+                   f"acceptance by position {_acc(st.est_accept[:4])}, first-draft acceptance by head confidence "
+                   + " ".join(f"{lo:.2f}:{a:.2f}" for lo, a, w in st.calibration if w >= 1.0))
     return out
 
 

@@ -153,35 +153,31 @@ int32_t mtpl_set_log(mtpl_log_fn fn, void * user_data, int32_t min_level) {
     return MTPL_OK;
 }
 
-int32_t mtpl_controller_simulate(const mtpl_controller_sim * sim, int32_t * out_k, double * out_tokens,
+int32_t mtpl_controller_simulate(const mtpl_controller_sim * sim, int32_t * out_drafts, double * out_tokens,
                                  double * out_seconds) {
     return guarded([&]() -> int32_t {
-        if (!sim || !out_k || !out_tokens || !out_seconds) {
-            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "sim, out_k, out_tokens and out_seconds must not be NULL");
+        if (!sim || !out_drafts || !out_tokens || !out_seconds) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "sim, out_drafts, out_tokens and out_seconds must not be NULL");
         }
-        if (sim->k_max < 0 || sim->k_max > MTPL_MAX_DRAFT || sim->n_steps < 0 || sim->n_prompt < 1) {
-            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "k_max must be in 0.." + std::to_string(MTPL_MAX_DRAFT) + ", n_steps >= 0, n_prompt >= 1");
+        if (sim->k_max < 0 || sim->k_max > MTPL_MAX_DRAFT || sim->n_steps < 0) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "k_max must be in 0.." + std::to_string(MTPL_MAX_DRAFT) +
+                                                             " and n_steps >= 0");
         }
+        const auto time_ok = [](double t) { return t >= 0.0 && t < 1e6; };
+        bool ok = time_ok(sim->head_s) && time_ok(sim->draft_s) && time_ok(sim->other_s) && time_ok(sim->catch_up_s) &&
+                  time_ok(sim->noise) && time_ok(sim->speed_after) && sim->burst_steps >= 0 &&
+                  (sim->burst_steps == 0 || (sim->burst_speed > 0.0 && sim->burst_speed < 1e6));
         for (int32_t k = 0; k <= sim->k_max; ++k) {
-            if (!(sim->cost_s[k] > 0.0)) {
-                return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "cost_s[k] must be > 0 for k = 0..k_max");
-            }
+            ok = ok && sim->verify_s[k] > 0.0 && sim->verify_s[k] < 1e6;
         }
         for (int32_t i = 0; i < MTPL_MAX_DRAFT; ++i) {
-            if (!(sim->p_drafted[i] >= 0.0 && sim->p_drafted[i] <= 1.0)) {
-                return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "p_drafted[i] must be in [0, 1] (0: always drafted)");
-            }
+            ok = ok && sim->conf_lo[i] >= 0.0 && sim->conf_lo[i] <= sim->conf_hi[i] && sim->conf_hi[i] <= 1.0;
         }
-        if (!(sim->k_switch_s >= 0.0 && sim->k_switch_s < 1e6)) {
-            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "k_switch_s must be >= 0");
+        if (!ok) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "times must be in [0, 1e6), verify_s[k] > 0 for k <= k_max, "
+                                                         "0 <= conf_lo[i] <= conf_hi[i] <= 1");
         }
-        if (sim->burst_steps < 0 || (sim->burst_steps > 0 && !(sim->burst_speed > 0.0 && sim->burst_speed < 1e6))) {
-            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "burst_steps must be >= 0, and burst_speed > 0 with it");
-        }
-        if (!(sim->speed_after >= 0.0 && sim->speed_after < 1e6)) {
-            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "speed_after must be >= 0 (0: no drift)");
-        }
-        mtpl::controller_simulate(*sim, out_k, *out_tokens, *out_seconds);
+        mtpl::controller_simulate(*sim, out_drafts, *out_tokens, *out_seconds);
         return MTPL_OK;
     });
 }
@@ -600,13 +596,13 @@ int32_t mtpl_test_verify(const float * rows, int32_t n_vocab, const int32_t * to
         for (int32_t i = 0; i <= n_drafts; ++i) {
             row_ptrs[(size_t) i] = rows + (size_t) i * (size_t) n_vocab;
         }
-        std::vector<mtpl::dist> q((size_t) n_drafts);
+        std::vector<mtpl::draft_dist> q((size_t) n_drafts);
         for (int32_t i = 0; i < n_drafts && q_probs; ++i) {
             for (int32_t t = 0; t < n_vocab; ++t) {
                 const float pr = q_probs[(size_t) i * (size_t) n_vocab + (size_t) t];
                 if (pr > 0.0f) {
-                    q[(size_t) i].ids.push_back(t);
-                    q[(size_t) i].probs.push_back(pr);
+                    q[(size_t) i].base.ids.push_back(t);
+                    q[(size_t) i].base.probs.push_back(pr);
                 }
             }
         }

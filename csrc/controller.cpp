@@ -1,373 +1,253 @@
-// How many tokens to draft next: the adaptive controller.
+// How deep each step drafts, and with which draft distribution: the adaptive controller.
 //
-// Each step could draft k = 0..draft_max tokens.  With a_i the probability that
-// draft i is made (draft_p_min stops drafting where the head is unsure) and
-// accepted, given that drafts 1..i-1 were, a step asked for k is expected to emit
-//     E(k) = 1 + a_1 + a_1 a_2 + ... + a_1 ... a_k
-// tokens.  Its cost T(k) is measured, not modelled (a trunk pass over k + 1 tokens
-// is not linear in k on CPUs and MoE models), plus the time the caller spends
-// between steps.  The controller picks the k with the highest E(k) / T(k).  k = 0
-// is a plain step that does not touch the MTP head at all, so a head that never
-// pays costs nothing beyond rare probes.
+// Objective.  Tokens per second.  With R the best rate the estimates promise, a step is worth
+// (tokens it emits) - R * (seconds it takes), and the controller takes every decision that raises
+// that worth (for a renewal process, the policy maximising it at R = its own rate maximises the
+// rate).  R is the best rate of a fixed draft length under the current estimates; the adaptive
+// policy does at least as well, so decisions against R err towards drafting a little more.
 //
-// What is timed is each step's outcome: a plain step, or a drafting step that
-// made j drafts (trunk pass over j + 1 tokens, j MTP decodes, bookkeeping).  A
-// step asked for k that draft_p_min stopped after j < k drafts also decoded the
-// draft it did not make; that decode is taken out and the step counts as outcome
-// j, whatever k was asked for.  T(k) is then the expectation over how many drafts
-// asking for k makes, with m_i = P(draft i made | drafts before it made), counted
-// like acceptance.  Timed per k asked for instead, one step's time would range
-// from a plain step to a full k, and a few early stops in a row would make a deep
-// k look cheap; this way every step also refreshes the shallower outcomes.
+// Draft by draft.  Draft i is verified only if some depth n > i is worth reaching from here:
+//     reach * a_i * (1 + a_{i+1} + a_{i+1} a_{i+2} + ...)  >  R * (V(n) - V(i) + (n - 1 - i) D)
+// where reach is the chance that every draft before i is accepted, a_i the chance that draft i is
+// accepted given its head confidence (the head's probability of its token), a_j for later drafts
+// the expected acceptance at position j, V(k) the seconds of a trunk pass over k drafts and D of
+// one MTP decode.  The head is run once more for draft i + 1 under the same test with draft i
+// kept.  Looking at every depth, not one step ahead, follows cost curves that are not convex
+// (on CPUs a pass over 4 rows can cost less than one over 3).
 //
-// Steps are timed as if the MTP cache were in step: after plain steps (or a
-// prompt) the first MTP evaluation also catches the cache up over every position
-// it missed, a one-off cost of leaving plain decoding; its excess over a typical
-// MTP decode is taken out before the step's time counts.
+// Calibration is learnt, not assumed: acceptance is counted by draft position and by confidence
+// bucket, so a head that is right but unsure keeps drafting and a calibrated one stops where its
+// confidence says.  A bucket seldom seen borrows its position's overall acceptance, and decisions
+// on the draft in hand add half an acceptance to its counts (optimism that shrinks as counts grow),
+// so an unlucky start does not close a bucket for good.  Counts age by the step (x0.99).
 //
-// It starts shallow: one draft per step until one is timed, then plain steps
-// until one is timed (the first plain step allocates its graph and is not).  An
-// outcome never timed is costed optimistically: the nearest timed one below it,
-// plus per extra draft one MTP decode and half of what a verified row added from
-// 0 to 1 draft made (batched kernels often make further rows cheaper).  A draft
-// position seldom observed is taken to be accepted like the one before it.  So it
-// climbs one k at a time while deeper drafts might pay, and at low acceptance it
-// stays at one draft.
+// Costs are measured, never modelled: V(k) per k, the head call, a further decode, and the rest
+// of a step (bookkeeping, the caller's time between steps), each a mean of samples aged by the
+// step (x0.95), so one new sample replaces an estimate that went stale.  A k never measured is
+// costed optimistically (the nearest measured k below it plus half the cheapest measured row per
+// extra row), and an estimate not refreshed for a while looks up to 15% cheaper (after 512 steps),
+// so the policy tries it again: no cost, once timed in a slow spell, keeps a k out of use.
 //
-// Acceptance counts age by the step, observed or not, so after a long run of
-// plain steps what probes see outweighs what was seen long ago.  Step times age
-// too: an outcome's time is the mean of its samples weighted by age (each step
-// multiplies a weight by 0.95), so one seen step after step averages about its
-// last 20 steps, while an estimate not refreshed for a hundred steps yields to its
-// next sample: an outcome timed while the machine was busy (the noisy spells of shared
-// machines last seconds) is not kept out of use by that for long.  Draft and
-// verification times are running means, then exponential moving averages.
+// Plain steps.  A step drafts at all only if some depth is worth the head call at the expected
+// acceptance; otherwise it is a plain step that leaves the MTP head alone (its cache catches up in
+// one batch when drafting resumes).  While plain, a probe drafts now and then to see whether the
+// head got better: at least 16 steps apart, doubling to 512 while probes confirm, and spaced so
+// that a probe's expected loss stays near 0.5% of the time.
 //
-// It keeps probing so it notices when acceptance or costs change: now and then
-// one step deeper than its choice, at the depth whose rate is best when every
-// acceptance estimate gets one more success, spaced so that a probe's expected
-// loss stays near 0.5% of the time (at least 16 steps apart, doubling to 512
-// while the choice holds); one deeper again, soon, after a probe whose drafts
-// were all accepted against the odds; two steps shallower every 32 steps (256
-// while that is far behind), and two steps one deeper every 32 steps while that is
-// estimated within 10% of the choice, so a stale cost estimate cannot keep a
-// neighbouring k out of use; and two steps at each k shallower than those (plain
-// steps included) once its timing is 256-1024 steps old, so that no estimate of
-// a shallower k, plain decoding's above all, stays as it was timed long ago.  A
-// step at another k than the one before also rebuilds compute graphs; once its
-// outcome has a sample, it counts only when faster than that, so a probe alone
-// never corrects an estimate that is too low (the re-measurements' second steps
-// do), and the first step of a re-measurement of an old estimate is not timed.
+// Sampled decoding.  Rejection sampling is lossless for any draft distribution q; its acceptance
+// at a position is sum_x min(p(x), q(x)).  The verifier computes that overlap for each mixture of
+// k_mix_grid at every reached row (a counterfactual: no exploration needed), and each position
+// drafts with the mixture whose mean overlap is highest.  Mixture 0 is the head's distribution at
+// the sampling temperature; 1 its arg-max, which accepts as often as exact-match verification.
 #include "controller.h"
+
+#include "sampler.h"
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <limits>
 
 namespace mtpl {
+namespace {
+
+constexpr int32_t K = MTPL_MAX_DRAFT;
+constexpr int32_t NB = MTPL_CONF_BUCKETS;
+// lower edges of the confidence buckets
+constexpr float k_bucket_lo[NB] = {0.0f, 0.05f, 0.1f, 0.2f, 0.3f, 0.4f, 0.5f, 0.6f, 0.7f, 0.8f, 0.9f, 0.97f};
+
+constexpr double k_accept_decay = 0.99;   // acceptance counts age by this per drafting step
+constexpr double k_prior_weight = 2.0;    // a bucket's counts against its position's acceptance
+constexpr double k_optimism = 0.5;        // acceptances added to the draft in hand's bucket
+constexpr double k_time_decay = 0.95;     // a timing sample's weight ages by this per step
+constexpr double k_row_optimism = 0.5;    // an unmeasured k's extra rows cost this share of the cheapest row
+constexpr int64_t k_stale_steps = 512;    // an estimate this old ...
+constexpr double k_stale_bonus = 0.15;    // ... looks this much cheaper
+constexpr int64_t k_probe_min = 16;
+constexpr int64_t k_probe_max = 512;
+constexpr double k_probe_budget = 0.005;  // a probe's expected loss, as a share of the time between probes
+constexpr double k_min_overlap_rows = 8;  // a position chooses its own mixture after this many rows
+constexpr int32_t k_mix_start = 1;        // ... before that, the first position's is this one of k_mix_grid
+constexpr double k_mix_forget = 0.3;      // a position's acceptance counts are kept at this weight when its mixture changes
+
+int32_t bucket_of(float conf) {
+    int32_t b = 0;
+    while (b + 1 < NB && conf >= k_bucket_lo[b + 1]) {
+        ++b;
+    }
+    return b;
+}
+
+// a mean of samples whose weights age by the step
+struct timing {
+    double mean = 0.0;
+    double weight = 0.0;
+    int64_t n = 0;
+    int64_t at = 0;         // step of the last sample
+
+    void add(double obs, int64_t step) {
+        if (!(obs > 0.0)) {
+            return;
+        }
+        if (n > 0) {
+            obs = std::min(obs, 3.0 * mean);  // a preempted step moves the estimate at most to 3x
+        }
+        weight = weight * std::pow(k_time_decay, (double) (step - at)) + 1.0;
+        mean += (obs - mean) / weight;
+        at = step;
+        n++;
+    }
+};
+
+// decayed counts of outcomes
+struct tally {
+    double hit = 0.0;
+    double n = 0.0;
+    void add(bool h) { hit += h ? 1.0 : 0.0; n += 1.0; }
+    void age(double f) { hit *= f; n *= f; }
+    double mean(double prior, double w) const { return (hit + prior * w) / (n + w); }
+};
+
+} // namespace
 
 struct controller {
-    double accept[MTPL_MAX_DRAFT] = {};          // P(draft i accepted | drafts before it accepted)
-    double n_accepted[MTPL_MAX_DRAFT] = {};      // decayed counts behind `accept`
-    double n_drafted[MTPL_MAX_DRAFT] = {};
-    double t_verify[MTPL_MAX_DRAFT + 2] = {};    // seconds of a trunk pass over n tokens
-    int64_t n_verify[MTPL_MAX_DRAFT + 2] = {};
-    double t_draft = 0.0;                        // seconds of one MTP decode
-    int64_t n_draft = 0;
-    double n_made[MTPL_MAX_DRAFT] = {};          // decayed counts: draft i made (draft_p_min let it through) ...
-    double n_tried[MTPL_MAX_DRAFT] = {};         // ... of the steps that asked for it with drafts before it made
-    double est_rate[MTPL_MAX_DRAFT + 1] = {};    // expected tokens per second by k (last choice)
-    // Step times by outcome o: o = 0 a plain step; o = 1 + j a drafting step that made j drafts,
-    // as if it had called the MTP head j times (a step that stopped early also paid for the
-    // draft it did not make).  T(k) is their expectation over how many drafts k yields.
-    double t_out[MTPL_MAX_DRAFT + 2] = {};       // seconds: the mean of samples aged by the step
-    double w_out[MTPL_MAX_DRAFT + 2] = {};       // weight behind t_out
-    int64_t n_out[MTPL_MAX_DRAFT + 2] = {};      // samples in t_out
-    int64_t out_at[MTPL_MAX_DRAFT + 2] = {};     // step of the last sample in t_out
-    int64_t n_step[MTPL_MAX_DRAFT + 1] = {};     // steps that asked for k drafts
-    int64_t n_timed[MTPL_MAX_DRAFT + 1] = {};    // ... of which were timed (steady-state steps)
-    int64_t refreshed[MTPL_MAX_DRAFT + 1] = {};  // step of the last timing (or re-measurement) of k
-    double t_gap = 0.0;                          // seconds the caller spends between steps
-    int64_t n_gap = 0;
     int64_t steps = 0;
+    timing verify[K + 1];           // trunk pass over k drafts (k + 1 rows), by k
+    timing head;                    // the step's first MTP evaluation, in steady state
+    timing decode;                  // one further MTP evaluation
+    timing other;                   // the rest of a step, the caller's time between steps included
+    tally cell[K][NB];              // draft i accepted, by its confidence bucket
+    tally pos[K];                   // draft i accepted, any confidence
+    double seen[K][NB] = {};        // confidences of the drafts made at position i (aged counts)
+    double acc[K][NB] = {};         // estimates (estimate()): acceptance by bucket, ...
+    double prior[K][NB] = {};       // ... the prior behind it ...
+    double pi[K][NB] = {};          // ... and the share of drafts in the bucket
+    double overlap[K][k_n_mix] = {};  // summed acceptance chance of each mixture at position i (aged)
+    double overlap_n[K] = {};
+    int32_t mix_idx[K] = {};        // each position's mixture (index into k_mix_grid), -1 until chosen
+
+    // derived in plan, used by keep and extend
+    bool adaptive = true;
+    int32_t k_max = 0;
+    double rate = 0.0;              // R, tokens per second
+    double a_mean[K] = {};          // expected acceptance at position i
+    double a_draw[K] = {};          // ... a draw from what it could be, given the observations (Thompson sampling)
+    double acc_draw[NB] = {};       // the first position's acceptance by bucket, drawn likewise
+    rng_type rng{0x6d74706c};
+    double v[K + 1] = {};           // V(k) as decisions see it
+    double d = 0.0;                 // D
+    double reach = 1.0;             // chance that the drafts kept so far are all accepted
+    int32_t n_conf = 0;             // drafts made this step
+    int32_t bucket[K] = {};
+    bool probing = false;
     int64_t next_probe = 0;
-    int64_t probe_every = 16;
-    int32_t last_best = -1;
-    int32_t probing = -1;                        // k of the probe step in flight, or -1
-    int32_t remeasuring = -1;                    // k being re-measured, or -1
-    int32_t remeasure_left = 0;                  // its steps still to come
-    bool refreshing = false;                     // ... to refresh an old estimate: its first step is not timed
-    int32_t last_k = -1;                         // k of the step before
-    int32_t follow_up_depth = 0;                 // > 0: depth of the next probe, soon (the last was fully accepted)
-    double probe_p_full = 1.0;                   // estimated chance that the probe in flight is fully accepted
+    int64_t probe_every = k_probe_min;
 };
 
 namespace {
 
-constexpr double k_accept_decay = 0.99;   // acceptance counts age by this factor per step (half-life ~70)
-constexpr double k_alpha_time = 0.1;      // EMA weight of a new timing (after the first few: their mean)
-constexpr double k_time_decay = 0.95;     // step times: a sample's weight ages by this per step (half-life ~14)
-constexpr int64_t k_probe_min = 16;      // steps between probes while drafting pays
-constexpr int64_t k_probe_max = 512;     // ... backing off to this while it does not
-constexpr double k_probe_budget = 0.005; // a probe's expected loss, in steps at the choice, per step
-constexpr double k_row_optimism = 0.5;   // an untimed outcome's extra rows cost this share of the timed ones'
-constexpr int64_t k_remeasure = 32;      // steps between re-measurements of best - 1
-constexpr int64_t k_refresh_min = 256;   // ... and at least this many between those of k < best - 1
-constexpr int64_t k_refresh_max = 1024;  // ... at most this many (an old estimate is always re-measured)
-
-// running mean for the first few samples, then an exponential moving average
-void ema(double & est, double obs, double alpha, int64_t n_before) {
-    est = n_before == 0 ? obs : est + std::max(alpha, 1.0 / (double) (n_before + 1)) * (obs - est);
+// a draw from Beta(a (n + 1), (1 - a) (n + 1)): acceptance a as uncertain as n observations make it
+double draw_accept(double a, double n, rng_type & rng) {
+    std::gamma_distribution<double> x(std::max(1e-3, a * (n + 1.0))), y(std::max(1e-3, (1.0 - a) * (n + 1.0)));
+    const double gx = x(rng), gy = y(rng);
+    return gx + gy > 0.0 ? gx / (gx + gy) : a;
 }
 
-// seconds of outcome o (0: a plain step; 1 + j: a drafting step that made j drafts): sampled,
-// else extrapolated from the nearest sampled outcome below it, optimistically: per extra draft
-// one MTP decode and a share of what a verified row cost between 0 and 1 drafts made (batched
-// kernels often make further rows cheaper)
-double outcome_cost(const controller & c, int32_t o) {
-    if (c.n_out[o] > 0) {
-        return c.t_out[o];
+// Acceptance by position and confidence bucket, and how confidences fall at each position.  A
+// position seldom observed is taken to be like the one before it: its buckets' acceptance and its
+// confidences start from that position's (weight k_prior_weight), the first position's from a coin.
+void estimate(controller & c) {
+    for (int32_t i = 0; i < K; ++i) {
+        double seen = 0.0;
+        for (int32_t b = 0; b < NB; ++b) {
+            seen += c.seen[i][b];
+        }
+        // sampled decoding: the chosen mixture's mean overlap is the expected acceptance here
+        const bool sampled = c.mix_idx[i] >= 0;
+        const double pos_prior = sampled ? c.overlap[i][c.mix_idx[i]] / c.overlap_n[i] : c.pos[0].mean(0.5, 1.0);
+        for (int32_t b = 0; b < NB; ++b) {
+            c.prior[i][b] = i == 0 || sampled ? pos_prior : c.acc[i - 1][b];
+            c.acc[i][b] = c.cell[i][b].mean(c.prior[i][b], k_prior_weight);
+            const double pi_prior = i == 0 ? 1.0 / NB : c.pi[i - 1][b];
+            c.pi[i][b] = (c.seen[i][b] + k_prior_weight * pi_prior) / (seen + k_prior_weight);
+        }
     }
-    int32_t i = o - 1;
-    while (i >= 0 && c.n_out[i] == 0) {
-        --i;
-    }
-    if (i < 0) {
-        return 0.0;
-    }
-    const auto drafts = [](int32_t x) { return std::max(0, x - 1); };
-    const double draft = c.n_draft > 0 ? c.t_draft : 0.0;
-    const int32_t base = c.n_out[1] > 0 ? 1 : 0;
-    const double row = c.n_out[base] > 0 && c.n_out[2] > 0 ? std::max(0.0, c.t_out[2] - c.t_out[base] - draft) : 0.0;
-    return c.t_out[i] + (double) (drafts(o) - drafts(i)) * (draft + k_row_optimism * row);
 }
 
-// P(draft i is made | drafts before it were): draft_p_min stops drafting where the head is
-// unsure.  Prior: made (weight 1), so with draft_p_min = 0 this is exactly 1.
-double p_made(const controller & c, int32_t i) {
-    return (c.n_made[i] + 1.0) / (c.n_tried[i] + 1.0);
+// expected acceptance at position i over its confidences
+double mean_accept(const controller & c, int32_t i) {
+    double s = 0.0;
+    for (int32_t b = 0; b < NB; ++b) {
+        s += c.pi[i][b] * c.acc[i][b];
+    }
+    return s;
 }
 
-// T(k): the expected time of a step asked for k drafts, over how many of them are made (a step
-// that stops after j < k also decoded the draft it did not make)
-double step_cost(const controller & c, int32_t k) {
-    if (k == 0) {
-        return outcome_cost(c, 0);
-    }
-    const double draft = c.n_draft > 0 ? c.t_draft : 0.0;
-    double cost = 0.0, p = 1.0;  // p: P(the first j drafts were made)
-    for (int32_t j = 0; j < k; ++j) {
-        const double m = p_made(c, j);
-        cost += p * (1.0 - m) * (outcome_cost(c, 1 + j) + draft);
-        p *= m;
-    }
-    return cost + p * outcome_cost(c, 1 + k);
+double staleness(const controller & c, const timing & t) {
+    return 1.0 - k_stale_bonus * std::min(1.0, (double) (c.steps - t.at) / (double) k_stale_steps);
 }
 
-// two steps at k: the first, a switch, counts only when faster than the estimate
-int32_t start_remeasure(controller & c, int32_t k) {
-    c.remeasuring = k;
-    c.remeasure_left = 1;
-    return k;
+// V(k) as decisions see it (0 before anything is measured)
+double verify_cost(const controller & c, int32_t k) {
+    if (c.verify[k].n > 0) {
+        return c.verify[k].mean * staleness(c, c.verify[k]);
+    }
+    // the cheapest row measured: per extra row over a plain pass
+    double row = std::numeric_limits<double>::infinity();
+    for (int32_t j = 1; j <= K && c.verify[0].n > 0; ++j) {
+        if (c.verify[j].n > 0) {
+            row = std::min(row, std::max(0.0, c.verify[j].mean - c.verify[0].mean) / j);
+        }
+    }
+    int32_t j = k - 1;
+    while (j >= 0 && c.verify[j].n == 0) {
+        --j;
+    }
+    if (j < 0) {  // nothing below: the nearest above, or nothing at all
+        for (j = k + 1; j <= K && c.verify[j].n == 0; ++j) {
+        }
+        return j <= K ? c.verify[j].mean : 0.0;
+    }
+    return c.verify[j].mean + (std::isfinite(row) ? k_row_optimism * row * (k - j) : 0.0);
 }
 
-int32_t choose(controller & c, int32_t k_max) {
-    c.steps++;
-    if (k_max <= 0) {
-        return 0;
-    }
-    // start shallow: time one draft per step, then plain steps
-    if (c.n_timed[1] == 0) {
-        return 1;
-    }
-    if (c.n_timed[0] == 0) {
-        return 0;
-    }
-    if (c.remeasure_left > 0 && c.remeasuring >= 0 && c.remeasuring <= k_max) {
-        c.remeasure_left--;
-        return c.remeasuring;
-    }
-    int32_t best = 0;
-    double best_rate = 0.0, expected[MTPL_MAX_DRAFT + 1], cost[MTPL_MAX_DRAFT + 1];
-    double run = 1.0;
-    expected[0] = 1.0;
-    for (int32_t k = 0; k <= k_max; ++k) {
-        if (k > 0) {
-            run *= c.accept[k - 1];
-            expected[k] = expected[k - 1] + run;
-        }
-        cost[k] = step_cost(c, k) + c.t_gap;
-        const double rate = expected[k] / std::max(cost[k], 1e-9);
-        c.est_rate[k] = rate;
-        if (rate > best_rate) {
-            best_rate = rate;
-            best = k;
-        }
-    }
-    // probe one deeper now and then: acceptance beyond `best` is otherwise never observed.
-    // A probe costs (a graph switch, the MTP cache catch-up after plain steps, tokens below
-    // the best rate), so the next one waits until its expected loss is ~0.5% of the steps in
-    // between, and at least probe_every steps, which doubles (16..512) while probes confirm
-    // `best`.  A probe whose drafts were all accepted against the odds says acceptance may
-    // have risen: then the next probe comes k_probe_min steps later, one deeper than that one.
-    // where to probe: the deeper k with the best rate when every acceptance estimate is given
-    // one more success (an upper estimate): past an unpromising k = best + 1 (on CPUs a
-    // verified row can cost nearly a plain step) the gain may lie deeper, unobserved
-    const auto probe_depth = [&] {
-        int32_t depth = best + 1;
-        double upper_rate = 0.0, e = 1.0, run = 1.0, prior = 0.5;
-        for (int32_t k = 1; k <= k_max; ++k) {
-            const double a = std::min(1.0, (c.n_accepted[k - 1] + prior + 1.0) / (c.n_drafted[k - 1] + 2.0));
-            prior = a;
-            run *= a;
-            e += run;
-            if (k > best && e / cost[k] > upper_rate) {
-                upper_rate = e / cost[k];
-                depth = k;
-            }
-        }
-        return depth;
-    };
-    const auto schedule_probe = [&] {
-        const int32_t p = probe_depth();
-        // expected loss of a probe, in steps at `best`: its time minus what its tokens are worth
-        const double loss = std::max(0.0, cost[p] - expected[p] / best_rate) / cost[best];
-        const auto wait = std::max(c.probe_every, (int64_t) (loss / k_probe_budget));
-        c.next_probe = c.steps + std::min(wait, k_probe_max);
-    };
-    if (best != c.last_best) {
-        c.last_best = best;
-        c.probe_every = k_probe_min;
-        if (best < k_max && c.follow_up_depth == 0) {
-            schedule_probe();
-        }
-    }
-    if (best < k_max && c.steps >= c.next_probe) {
-        c.probing = std::min(k_max, std::max(probe_depth(), c.follow_up_depth));
-        c.follow_up_depth = 0;
-        c.probe_p_full = 1.0;
-        for (int32_t i = 0; i < c.probing; ++i) {
-            c.probe_p_full *= c.accept[i];
-        }
-        c.probe_every = std::min(c.probe_every * 2, k_probe_max);
-        schedule_probe();
-        return c.probing;
-    }
-    // and now and then one shallower, so the cost of smaller k is re-measured too (a single
-    // slow step must not keep a k out of use for long): every 32 steps while best - 1 is
-    // estimated within 10% of best, every 256 while it is far behind (such a step costs)
-    const int64_t remeasure = c.est_rate[best > 0 ? best - 1 : 0] > 0.9 * best_rate ? k_remeasure : 8 * k_remeasure;
-    if (best > 0 && c.steps % remeasure == 0) {
-        return start_remeasure(c, best - 1);
-    }
-    // and shallower still (k = 0 .. best - 2), which nothing else visits: a cost timed early on (a
-    // cold cache, a machine slower then) would stand for good and could keep the controller
-    // drafting deeper than plain decoding pays.  Each is re-measured once its last timing is
-    // 256..1024 steps old, spaced so that its expected loss stays near the probe budget, over two
-    // steps of which only the second is timed: the first, a switch, would count only when faster
-    // than the estimate, and with drafts that draft_p_min stops, step times vary so much that
-    // such a one-sided sample pulls the estimate low.
-    for (int32_t k = 0; k + 2 <= best; ++k) {
-        const double loss = 2.0 * std::max(0.0, cost[k] - expected[k] / best_rate) / cost[best];
-        const int64_t wait = std::clamp((int64_t) (loss / k_probe_budget), k_refresh_min, k_refresh_max);
-        if (c.steps - c.refreshed[k] >= wait) {
-            c.refreshed[k] = c.steps;
-            c.refreshing = true;
-            return start_remeasure(c, k);
-        }
-    }
-    // likewise one deeper, halfway between, while it is estimated within 10% of best: its
-    // estimate is otherwise refreshed only by probes, whose switch keeps it from rising, so
-    // one slow early sample (or a machine that has sped up since) could keep it out of use
-    if (best < k_max && c.est_rate[best + 1] > 0.9 * best_rate && c.steps % k_remeasure == k_remeasure / 2) {
-        return start_remeasure(c, best + 1);
+// seconds of a step that verifies n drafts (n = 0: a plain step)
+double step_seconds(const controller & c, int32_t n) {
+    const double mtp = n > 0 ? c.head.mean + (n - 1) * c.d : 0.0;
+    return c.v[n] + mtp + c.other.mean;
+}
+
+// the best gain over the depths n in (from, k_max] of verifying drafts from..n-1, where draft
+// `from` is accepted with chance a_first, the later ones with a[j], and the step already holds
+// `from` drafts (cost V(from))
+double best_gain(const controller & c, int32_t from, double reach, double a_first, const double * a) {
+    double best = -std::numeric_limits<double>::infinity(), tokens = 0.0, p = reach;
+    for (int32_t n = from + 1; n <= c.k_max; ++n) {
+        p *= n == from + 1 ? a_first : a[n - 1];
+        tokens += p;
+        const double cost = c.v[n] - c.v[from] + (n - 1 - from) * c.d;
+        best = std::max(best, tokens - c.rate * cost);
     }
     return best;
 }
 
-void update(controller & c, int32_t k, int32_t n_drafted, int32_t n_accepted, int32_t n_mtp_calls,
-            double t_draft, double t_verify, double t_step, double t_gap, double t_catch_up, bool steady) {
-    // A step at another k than the step before rebuilds compute graphs for its batch shapes
-    // (and the first plain step allocates for them), so switches (probes, re-measurements)
-    // would make a k look dearer than it is when chosen step after step: once the step's
-    // outcome has a sample, such a step only counts when it is faster than the estimate.
-    const bool first_plain = c.n_step[k]++ == 0 && k == 0;
-    const bool switched = k != c.last_k;
-    c.last_k = k;
-    // the step's time as if the MTP cache had been in step: the first MTP evaluation's excess
-    // over a typical one is the catch-up (unknown before any steady step timed a typical one)
-    double t_steady = first_plain ? -1.0 : t_step;
-    if (!steady && !first_plain) {
-        t_steady = c.n_draft > 0 ? t_step - std::max(0.0, t_catch_up - c.t_draft) : -1.0;
+// each position's mixture: the best mean overlap, or the position before's while it has few rows
+void choose_mixes(const controller & c, float * mix) {
+    for (int32_t i = 0; i < K; ++i) {
+        mix[i] = c.mix_idx[i] >= 0 ? k_mix_grid[c.mix_idx[i]] : i > 0 ? mix[i - 1] : k_mix_grid[k_mix_start];
     }
-    // the step's outcome, and its time as if it had decoded only the drafts it made
-    const int32_t o = k == 0 ? 0 : 1 + n_drafted;
-    if (t_steady > 0.0 && n_mtp_calls > n_drafted && k > 0) {
-        const double per_call = c.n_draft > 0 ? c.t_draft : t_draft / n_mtp_calls;
-        t_steady = std::max(1e-9, t_steady - (double) (n_mtp_calls - n_drafted) * per_call);
+}
+
+// the worth of computing draft `from` (the step holds `from` drafts, reached with chance reach):
+// over the confidences seen at that position, the best gain where it is kept, 0 where it is not;
+// acc: the acceptance by confidence bucket at that position
+double draft_worth(const controller & c, int32_t from, double reach, const double * acc) {
+    double s = 0.0;
+    for (int32_t b = 0; b < NB; ++b) {
+        s += c.pi[from][b] * std::max(0.0, best_gain(c, from, reach, acc[b], c.a_draw));
     }
-    if (switched && c.n_out[o] > 0 && t_steady >= c.t_out[o]) {
-        t_steady = -1.0;
-    }
-    if (c.refreshing && k == c.remeasuring && c.remeasure_left > 0) {
-        t_steady = -1.0;
-    }
-    if (t_steady > 0.0) {
-        // one outlier (a preempted step) moves the estimate at most to 3x its value; the older
-        // the estimate, the more a new sample counts
-        const double obs = c.n_out[o] == 0 ? t_steady : std::min(t_steady, 3.0 * c.t_out[o]);
-        c.w_out[o] = c.w_out[o] * std::pow(k_time_decay, (double) (c.steps - c.out_at[o])) + 1.0;
-        c.t_out[o] += (obs - c.t_out[o]) / c.w_out[o];
-        c.out_at[o] = c.steps;
-        c.n_out[o]++;
-        c.n_timed[k]++;
-        // fresh: a plain step's estimate, or that of asking for the j drafts made (j > 0)
-        if (o == 0 || n_drafted > 0) {
-            c.refreshed[n_drafted] = c.steps;
-        }
-    }
-    if (steady && n_mtp_calls > 0) {
-        ema(c.t_draft, t_draft / n_mtp_calls, k_alpha_time, c.n_draft);
-        c.n_draft++;
-    }
-    if (c.remeasure_left == 0) {
-        c.remeasuring = -1;
-        c.refreshing = false;
-    }
-    if (t_gap >= 0.0) {
-        ema(c.t_gap, t_gap, k_alpha_time, c.n_gap);
-        c.n_gap++;
-    }
-    const int32_t n = n_drafted + 1;
-    ema(c.t_verify[n], t_verify, k_alpha_time, c.n_verify[n]);
-    c.n_verify[n]++;
-    if (c.probing == k) {
-        c.probing = -1;
-        // all drafts accepted where the estimates said that was unlikely: acceptance may have
-        // risen, look again soon and one deeper
-        if (k > 0 && n_accepted == k && c.probe_p_full < 0.5) {
-            c.follow_up_depth = k + 1;
-            c.probe_every = k_probe_min;
-            c.next_probe = c.steps + k_probe_min;
-        }
-    }
-    // draft i's acceptance is observed only when drafts before it were accepted; estimate it
-    // from counts that age by the step, observed or not, so that after a long run of plain
-    // steps what probes see outweighs what was seen long ago
-    for (int32_t i = 0; i < MTPL_MAX_DRAFT; ++i) {
-        // draft i was tried when k reached it and the drafts before it were made
-        const bool tried = i < k && i <= n_drafted;
-        c.n_made[i] = k_accept_decay * c.n_made[i] + (tried && i < n_drafted ? 1.0 : 0.0);
-        c.n_tried[i] = k_accept_decay * c.n_tried[i] + (tried ? 1.0 : 0.0);
-        // a draft that draft_p_min kept from being made (i >= n_drafted) yields no token: it
-        // counts as rejected, so that E(k) is what asking for k drafts yields
-        const bool observed = i < k && i <= n_accepted;
-        c.n_accepted[i] = k_accept_decay * c.n_accepted[i] + (observed && i < n_accepted ? 1.0 : 0.0);
-        c.n_drafted[i] = k_accept_decay * c.n_drafted[i] + (observed ? 1.0 : 0.0);
-        // the prior (weight 1): 1/2 for the first position, the position before for the others,
-        // so a position seldom observed is taken to be like the one before it
-        const double prior = i == 0 ? 0.5 : c.accept[i - 1];
-        c.accept[i] = (c.n_accepted[i] + prior) / (c.n_drafted[i] + 1.0);
-    }
+    return s;
 }
 
 } // namespace
@@ -384,30 +264,185 @@ void controller_free(controller * c) {
 
 void controller_reset(controller * c) {
     *c = controller{};
-    for (double & a : c->accept) a = 0.5;  // the prior: no observation yet
+    std::fill(std::begin(c->mix_idx), std::end(c->mix_idx), -1);
 }
 
-step_plan controller_plan(controller * c, int32_t k_max) {
-    return {choose(*c, k_max)};
+step_plan controller_plan(controller * c, int32_t k_max, bool adaptive) {
+    c->steps++;
+    c->adaptive = adaptive;
+    c->k_max = std::clamp(k_max, 0, K);
+    c->reach = 1.0;
+    c->n_conf = 0;
+    c->probing = false;
+    step_plan plan{c->k_max, {}};
+    if (adaptive) {
+        choose_mixes(*c, plan.mix);
+    }
+    estimate(*c);
+    for (int32_t i = 0; i < c->k_max; ++i) {
+        c->a_mean[i] = mean_accept(*c, i);
+        c->a_draw[i] = i == 0 ? draw_accept(c->a_mean[i], c->pos[i].n, c->rng) : c->a_mean[i];
+    }
+    for (int32_t k = 0; k <= c->k_max; ++k) {
+        c->v[k] = verify_cost(*c, k);
+    }
+    c->d = c->decode.n > 0 ? c->decode.mean : c->head.mean;
+    // R: the best fixed draft length under the estimates
+    double tokens = 1.0, p = 1.0;
+    c->rate = 0.0;
+    for (int32_t n = 0; n <= c->k_max; ++n) {
+        if (n > 0) {
+            p *= c->a_mean[n - 1];
+            tokens += p;
+        }
+        const double t = step_seconds(*c, n);
+        c->rate = std::max(c->rate, t > 0.0 ? tokens / t : 0.0);
+    }
+    if (std::getenv("MTPL_DEBUG_CTL") && (c->steps % 100 == 0 || c->steps < 12)) {
+        std::fprintf(stderr, "step %lld rate %.4f/ms head %.2f d %.2f other %.2f | v:", (long long) c->steps, c->rate * 1e-3,
+                     c->head.mean * 1e3, c->d * 1e3, c->other.mean * 1e3);
+        for (int32_t k = 0; k <= c->k_max; ++k) std::fprintf(stderr, " %.1f(%lld)", c->v[k] * 1e3, (long long) c->verify[k].n);
+        std::fprintf(stderr, " | a:");
+        for (int32_t k = 0; k < c->k_max; ++k) std::fprintf(stderr, " %.2f", c->a_mean[k]);
+        std::fprintf(stderr, "\n");
+        for (int32_t i = 0; i < 2; ++i) {
+            std::fprintf(stderr, "  pos %d:", i);
+            for (int32_t b = 0; b < NB; ++b) std::fprintf(stderr, " %.2f/%.0f/%.0f", c->acc[i][b], c->cell[i][b].n, c->seen[i][b]);
+            std::fprintf(stderr, "\n");
+        }
+    }
+    if (!adaptive || c->k_max == 0) {
+        return plan;
+    }
+    // start: time a step verifying one draft (kept whatever its confidence), then a plain one
+    if (c->head.n == 0 || c->verify[1].n == 0) {
+        plan.k_max = 1;
+        c->probing = true;
+        return plan;
+    }
+    if (c->verify[0].n == 0) {
+        plan.k_max = 0;
+        return plan;
+    }
+    // draft if some depth is worth the head call at the expected acceptance
+    for (int32_t b = 0; b < NB; ++b) {
+        c->acc_draw[b] = draw_accept(c->acc[0][b], c->cell[0][b].n + k_prior_weight, c->rng);
+    }
+    const double gain = draft_worth(*c, 0, 1.0, c->acc_draw) - c->rate * c->head.mean;
+    if (gain > 0.0) {
+        c->probe_every = k_probe_min;
+        c->next_probe = c->steps + k_probe_min;
+        return plan;
+    }
+    if (c->steps >= c->next_probe) {
+        // a probe verifies one draft at least; its expected loss, in plain steps, sets when the next one comes
+        const double t0 = step_seconds(*c, 0);
+        const double loss = std::max(0.0, c->rate * (c->v[1] - c->v[0] + c->head.mean) - c->a_mean[0]) /
+                            std::max(c->rate * t0, 1e-12);
+        const int64_t wait = std::max(c->probe_every, (int64_t) (loss / k_probe_budget));
+        c->next_probe = c->steps + std::min(wait, k_probe_max);
+        c->probe_every = std::min(c->probe_every * 2, k_probe_max);
+        c->probing = true;
+        return plan;
+    }
+    plan.k_max = 0;
+    return plan;
+}
+
+bool controller_keep(controller * c, int32_t i, float conf) {
+    const int32_t b = bucket_of(conf);
+    c->bucket[i] = b;
+    c->n_conf = i + 1;
+    if (!c->adaptive) {
+        return true;
+    }
+    const tally & t = c->cell[i][b];
+    const double a = (t.hit + k_prior_weight * c->prior[i][b] + k_optimism) / (t.n + k_prior_weight + k_optimism);
+    const bool keep = (c->probing && i == 0) || best_gain(*c, i, c->reach, a, c->a_draw) > 0.0;
+    if (keep) {
+        c->reach *= a;
+    }
+    return keep;
+}
+
+bool controller_extend(controller * c, int32_t i) {
+    if (!c->adaptive) {
+        return true;
+    }
+    if (i + 1 >= c->k_max) {
+        return false;
+    }
+    return draft_worth(*c, i + 1, c->reach, c->acc[i + 1]) - c->rate * c->d > 0.0;
 }
 
 void controller_update(controller * c, const step_record & r) {
-    update(*c, r.k, r.n_drafted, r.n_accepted, r.n_mtp_calls, r.t_draft, r.t_verify, r.t_step, r.t_gap,
-           r.t_catch_up, r.steady);
+    for (int32_t i = 0; i < K && r.n_mtp_calls > 0; ++i) {
+        c->pos[i].age(k_accept_decay);
+        for (int32_t b = 0; b < NB; ++b) {
+            c->cell[i][b].age(k_accept_decay);
+            c->seen[i][b] *= k_accept_decay;
+        }
+        for (int32_t j = 0; j < k_n_mix; ++j) {
+            c->overlap[i][j] *= k_accept_decay;
+        }
+        c->overlap_n[i] *= k_accept_decay;
+    }
+    // draft i's outcome is observed when the drafts before it were accepted
+    for (int32_t i = 0; i < r.n_drafted && i <= r.n_accepted; ++i) {
+        const bool hit = i < r.n_accepted;
+        c->pos[i].add(hit);
+        c->cell[i][c->bucket[i]].add(hit);
+    }
+    for (int32_t i = 0; i < c->n_conf; ++i) {
+        c->seen[i][c->bucket[i]] += 1.0;
+    }
+    for (int32_t i = 0; i < r.n_overlap && i < K; ++i) {
+        int32_t best = 0;
+        for (int32_t j = 0; j < k_n_mix; ++j) {
+            c->overlap[i][j] += r.overlap[i][j];
+            best = c->overlap[i][j] > c->overlap[i][best] ? j : best;
+        }
+        c->overlap_n[i] += 1.0;
+        // a new mixture accepts differently: what was counted under the old one counts less
+        if (c->overlap_n[i] >= k_min_overlap_rows && best != c->mix_idx[i]) {
+            c->pos[i].age(k_mix_forget);
+            for (int32_t b = 0; b < NB; ++b) {
+                c->cell[i][b].age(k_mix_forget);
+            }
+            c->mix_idx[i] = best;
+        }
+    }
+    c->verify[r.n_drafted].add(r.t_verify, c->steps);
+    if (r.n_mtp_calls > 0 && r.steady) {
+        c->head.add(r.t_head, c->steps);
+    }
+    if (r.n_mtp_calls > 1) {
+        c->decode.add(r.t_draft / (r.n_mtp_calls - 1), c->steps);
+    }
+    c->other.add(std::max(1e-9, r.t_step - r.t_head - r.t_draft - r.t_verify + std::max(0.0, r.t_gap)), c->steps);
 }
 
-void controller_report(const controller * c, int32_t draft_max, mtpl_stats & out) {
-    for (int i = 0; i < MTPL_MAX_DRAFT; ++i) {
-        out.est_accept[i] = c->accept[i];
-        out.est_made[i] = p_made(*c, i);
+void controller_report(const controller * c_in, int32_t draft_max, mtpl_stats & out) {
+    controller c_now = *c_in;  // the estimates as of now
+    estimate(c_now);
+    const controller * c = &c_now;
+    for (int32_t i = 0; i < K; ++i) {
+        out.est_accept[i] = i < draft_max ? mean_accept(*c, i) : 0.0;
     }
-    for (int n = 0; n <= MTPL_MAX_DRAFT; ++n) {
-        out.est_verify_s[n] = c->n_verify[n] ? c->t_verify[n] : 0.0;
+    for (int32_t k = 0; k <= K; ++k) {
+        out.est_verify_s[k] = c->verify[k].n > 0 ? c->verify[k].mean : 0.0;
     }
-    out.est_draft_s = c->t_draft;
-    for (int k = 0; k <= MTPL_MAX_DRAFT; ++k) {
-        const double t = k <= draft_max ? step_cost(*c, k) : 0.0;
-        out.est_step_s[k] = t > 0.0 ? t + c->t_gap : 0.0;
+    out.est_head_s = c->head.mean;
+    out.est_draft_s = c->decode.mean;
+    out.est_other_s = c->other.mean;
+    out.est_rate = c->rate;
+    if (c->adaptive) {
+        choose_mixes(*c, out.draft_mix);
+    }
+    for (int32_t b = 0; b < NB; ++b) {
+        out.calib_conf_lo[b] = k_bucket_lo[b];
+        out.calib_accept[b] = c->acc[0][b];
+        out.calib_weight[b] = c->cell[0][b].n;
     }
 }
 

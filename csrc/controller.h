@@ -1,5 +1,9 @@
-// The adaptive controller: how many tokens the next step drafts, behind an opaque handle.
-// Lifecycle: new, then per step plan -> (the step runs) -> update; report exposes its estimates.
+// The adaptive controller: how deep each step drafts, draft by draft, and which draft distribution
+// sampled decoding uses, behind an opaque handle.  controller.cpp explains the policy.
+//
+// Per step: plan (draft at all? with which draft distribution?), then while drafting keep (verify
+// draft i, whose head confidence is now known?) and extend (run the MTP head once more for draft
+// i + 1?), then update with what the step did and took.  report exposes the estimates.
 #pragma once
 
 #include <cstdint>
@@ -23,24 +27,38 @@ using controller_ptr = std::unique_ptr<controller, controller_deleter>;
 // forget everything measured
 void controller_reset(controller * c);
 
-// what the next step does
+// The mixtures of a draft distribution the controller chooses from: q = mix * [x = the head's
+// arg-max] + (1 - mix) * the head's distribution after the sampling transforms.
+constexpr int32_t k_n_mix = 5;
+constexpr float k_mix_grid[k_n_mix] = {0.0f, 0.5f, 0.8f, 0.95f, 1.0f};
+
 struct step_plan {
-    int32_t k;                  // drafts asked for, 0..k_max (0: a plain step that leaves the MTP head alone)
+    int32_t k_max;              // drafts at most (0: a plain step that leaves the MTP head alone)
+    float mix[MTPL_MAX_DRAFT];  // sampled decoding: the mixture of draft i's distribution (see k_mix_grid)
 };
-step_plan controller_plan(controller * c, int32_t k_max);
+// adaptive: choose; otherwise draft k_max every step (the estimates are kept either way)
+step_plan controller_plan(controller * c, int32_t k_max, bool adaptive);
+// Draft i (0-based) has head confidence conf (the head's probability of the drafted token): verify
+// it?  false ends the step's drafting.  Always true when the plan was not adaptive.
+bool controller_keep(controller * c, int32_t i, float conf);
+// Draft i is kept: run the MTP head for draft i + 1?
+bool controller_extend(controller * c, int32_t i);
 
 // what a step did and took
 struct step_record {
-    int32_t k;                  // drafts asked for
-    int32_t n_drafted;          // drafts made (draft_p_min may stop drafting early)
+    int32_t n_drafted;          // drafts verified
     int32_t n_accepted;
-    int32_t n_mtp_calls;        // MTP graph evaluations
-    double t_draft;             // seconds in the MTP head
-    double t_verify;            // seconds in the trunk pass
+    int32_t n_mtp_calls;        // MTP graph evaluations (the head call included)
+    double t_head;              // seconds of the first MTP evaluation (backlog and head entry)
+    double t_draft;             // seconds of the other MTP evaluations
+    double t_verify;            // seconds of the trunk pass
     double t_step;              // seconds of the whole step
     double t_gap;               // seconds the caller spent since the previous step (< 0: unknown)
-    double t_catch_up;          // seconds of the step's first MTP evaluation
-    bool steady;                // the MTP cache was in step before it (no catch-up over plain steps)
+    bool steady;                // the MTP cache was in step before it (the head call caught up one step only)
+    // sampled decoding: for each reached draft row i (all drafts before it accepted, i < n_overlap),
+    // sum_x min(p_i(x), q_mix(x)) for each mixture of k_mix_grid: its acceptance chance under that mix
+    const double (*overlap)[k_n_mix];
+    int32_t n_overlap;
 };
 void controller_update(controller * c, const step_record & r);
 

@@ -9,6 +9,6 @@ extern "C" {
 
 namespace mtpl {
 
-void controller_simulate(const mtpl_controller_sim & sim, int32_t * out_k, double & tokens, double & seconds);
+void controller_simulate(const mtpl_controller_sim & sim, int32_t * out_drafts, double & tokens, double & seconds);
 
 } // namespace mtpl

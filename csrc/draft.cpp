@@ -107,20 +107,8 @@ int32_t catch_up_and_head(proposer & p, const std::vector<int32_t> & tokens, int
 
 } // namespace
 
-bool top_prob_below(const float * logits, int32_t n_vocab, int32_t top, float p_min) {
-    // p(top) = 1 / sum_i exp(logit_i - logit_top) < p_min  <=>  the sum exceeds 1 / p_min, which an
-    // unsure head's logits often show within the first blocks, so the sum stops there
-    constexpr int32_t block = 256;
-    const float m = logits[top];
-    const double limit = 1.0 / (double) p_min;
-    double sum = 0.0;
-    for (int32_t start = 0; start < n_vocab; start += block) {
-        sum += sum_exp_below(logits + start, std::min(block, n_vocab - start), m);
-        if (sum > limit) {
-            return true;
-        }
-    }
-    return false;
+float top_prob(const float * logits, int32_t n_vocab, int32_t top) {
+    return (float) (1.0 / sum_exp_below(logits, n_vocab, logits[top]));
 }
 
 bool proposer_init(proposer & p, llama_model * model, llama_context_params cp, int32_t n_embd, int32_t n_vocab,
@@ -190,8 +178,10 @@ void proposer_truncate(proposer & p, int32_t n_keep, const float * h_last) {
 }
 
 int32_t proposer_draft(proposer & p, const std::vector<int32_t> & tokens, int32_t n_trunk, int32_t k,
-                       const mtpl_gen_params & g, rng_type & rng, std::atomic<bool> & cancel,
-                       std::vector<int32_t> & drafts, draft_outcome & out) {
+                       const float * mix, const mtpl_gen_params & g, controller * ctl, rng_type & rng,
+                       std::atomic<bool> & cancel, std::vector<int32_t> & drafts, draft_outcome & out) {
+    // a greedy draft's confidence costs a pass over the vocabulary: only where someone looks at it
+    const bool want_conf = g.adaptive || g.draft_p_min > 0.0f;
     drafts.clear();
     out = draft_outcome{};
     out.steady = p.kept_up;
@@ -200,39 +190,44 @@ int32_t proposer_draft(proposer & p, const std::vector<int32_t> & tokens, int32_
         return MTPL_OK;
     }
     int32_t last = 0;
-    const auto t0 = clock_type::now();
+    auto t0 = clock_type::now();
     if (int32_t st = catch_up_and_head(p, tokens, n_trunk, cancel, &last, out.n_calls); st != MTPL_OK) {
         return st;
     }
-    out.t_catch_up = seconds_since(t0);
+    out.t_head = seconds_since(t0);
     const size_t row = (size_t) p.n_embd;
     const bool greedy = plain_greedy(g);
     const mtpl_gen_params qg = draft_params(g);
+    const bool mixed = draft_mix_allowed(g);
+    if ((int32_t) p.q.size() < k) {
+        p.q.resize((size_t) k);
+    }
     for (int32_t i = 0; i < k; ++i) {
         const float * logits = llama_get_logits_ith(p.ctx, last);
         int32_t tok;
+        float conf;
         if (greedy) {
             tok = argmax(logits, p.n_vocab);
-            if (g.draft_p_min > 0.0f && top_prob_below(logits, p.n_vocab, tok, g.draft_p_min)) {
-                break;
-            }
+            conf = want_conf ? top_prob(logits, p.n_vocab, tok) : 1.0f;
         } else {
-            // q: the head's distribution after the trunk's transforms, drafts so far in the context
-            if ((int32_t) p.q.size() <= i) {
-                p.q.resize((size_t) i + 1);
-            }
-            dist & q = p.q[(size_t) i];
+            // the head's distribution after the trunk's transforms, drafts so far in the context
+            draft_dist & q = p.q[(size_t) i];
             penalty_counts(g, tokens.data(), tokens.size(), drafts.data(), i, p.scratch.counts);
-            build_dist(logits, p.n_vocab, qg, p.scratch.counts, p.scratch.logits, q);
-            if (q.top_prob() < g.draft_p_min) {
-                break;
-            }
+            build_dist(logits, p.n_vocab, qg, p.scratch.counts, p.scratch.logits, q.base);
+            q.top = q.base.top();
+            q.mix = mixed ? mix[i] : 0.0f;
             tok = draw_draft(q, g, (int64_t) tokens.size() + i, rng);
+            // under greedy transforms (penalties) base is one token: the confidence is the softmax's
+            conf = is_greedy(qg) ? top_prob(p.scratch.logits.data(), p.n_vocab, tok) : q.base.prob_of(tok);
         }
-        drafts.push_back(tok);
-        if (i + 1 == k) {
+        if (conf < g.draft_p_min || !controller_keep(ctl, i, conf)) {
             break;
         }
+        drafts.push_back(tok);
+        if (i + 1 == k || !controller_extend(ctl, i)) {
+            break;
+        }
+        t0 = clock_type::now();
         std::memcpy(p.h_scratch.data(), llama_get_embeddings_nextn_ith(p.ctx, last), row * sizeof(float));
         llama_batch_ext_clear(p.batch);
         batch_add(p.batch, tok, n_trunk + 1 + i, true, p.h_scratch.data(), p.n_embd);
@@ -245,6 +240,7 @@ int32_t proposer_draft(proposer & p, const std::vector<int32_t> & tokens, int32_
         p.tr->next_call();
         p.tr->row(MTPL_DEBUG_MTP_ROW, n_trunk + 1 + i, tok, p.h_scratch.data(), llama_get_logits_ith(p.ctx, 0),
                   llama_get_embeddings_nextn_ith(p.ctx, 0));
+        out.t_draft += seconds_since(t0);
         last = 0;
     }
     p.kept_up = true;

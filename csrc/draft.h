@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "controller.h"
 #include "llama.h"
 #include "sampler.h"
 #include "trace.h"
@@ -27,7 +28,7 @@ struct proposer {
     std::vector<float> h_last;
     std::vector<float> h_scratch;
     bool kept_up = false;       // the last step called the MTP head (its backlog is one step's rows)
-    std::vector<dist> q;        // the distributions this step's drafts were drawn from (sampled decoding)
+    std::vector<draft_dist> q;  // the distributions this step's drafts were drawn from (sampled decoding)
     sampler_scratch scratch;
     trace * tr = nullptr;
 };
@@ -35,7 +36,8 @@ struct proposer {
 // What drafting cost the caller needs to know.
 struct draft_outcome {
     int32_t n_calls = 0;        // MTP graph evaluations
-    double t_catch_up = 0.0;    // seconds of the first one (the backlog and the head entry)
+    double t_head = 0.0;        // seconds of the first one (the backlog and the head entry)
+    double t_draft = 0.0;       // seconds of the others
     bool steady = false;        // the MTP cache was in step before this step (see controller.h)
 };
 
@@ -51,14 +53,15 @@ void proposer_observe(proposer & p, llama_context * trunk, int32_t pos0, int32_t
 void proposer_forget(proposer & p, int32_t pos);
 // The trunk's context was cut to n_keep tokens and its last row re-evaluated (state h_last).
 void proposer_truncate(proposer & p, int32_t n_keep, const float * h_last);
-// Draft up to k tokens after tokens (whose last, at position n_trunk, is the pending one):
-// each draft is drawn from the head's distribution (as the verify mode wants), fed back with the
-// head's own output state; drafting stops early below draft_p_min.
+// Draft up to k tokens after tokens (whose last, at position n_trunk, is the pending one): each
+// draft is drawn from the head's distribution (as the verify mode wants, mixed toward its arg-max
+// as mix[i] says), fed back with the head's own output state.  Drafting ends at a draft whose
+// head probability is below draft_p_min, or where the controller ends it.
 int32_t proposer_draft(proposer & p, const std::vector<int32_t> & tokens, int32_t n_trunk, int32_t k,
-                       const mtpl_gen_params & g, rng_type & rng, std::atomic<bool> & cancel,
-                       std::vector<int32_t> & drafts, draft_outcome & out);
+                       const float * mix, const mtpl_gen_params & g, controller * ctl, rng_type & rng,
+                       std::atomic<bool> & cancel, std::vector<int32_t> & drafts, draft_outcome & out);
 
-// whether the arg-max token `top` has probability below p_min (> 0) under softmax(logits)
-bool top_prob_below(const float * logits, int32_t n_vocab, int32_t top, float p_min);
+// softmax(logits)[top] for the arg-max token top
+float top_prob(const float * logits, int32_t n_vocab, int32_t top);
 
 } // namespace mtpl

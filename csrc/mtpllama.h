@@ -48,6 +48,8 @@ typedef void (*mtpl_log_fn)(int32_t level, const char * text, void * user_data);
 
 /* The largest draft length a step accepts; stats keep one slot per draft position. */
 enum { MTPL_MAX_DRAFT = 16 };
+/* Buckets of the MTP head's confidence in which the controller counts acceptance. */
+enum { MTPL_CONF_BUCKETS = 12 };
 
 typedef struct mtpl_model_params {
     const char * path;
@@ -94,7 +96,7 @@ enum mtpl_verify {
 
 typedef struct mtpl_gen_params {
     int32_t draft_max;              /* most tokens drafted per step, 0..MTPL_MAX_DRAFT */
-    float draft_p_min;              /* stop drafting when the draft's top probability is below this */
+    float draft_p_min;              /* never verify a draft whose head probability is below this (0: no floor) */
     float temperature;              /* <= 0: greedy (arg-max); sampling otherwise */
     int32_t top_k;                  /* keep the k most likely tokens; 0 = off */
     float top_p;                    /* keep the smallest set with this much mass; 1 = off */
@@ -105,11 +107,11 @@ typedef struct mtpl_gen_params {
     int32_t penalty_last_n;         /* context tokens the penalties look at; 0 = off, -1 = all */
     uint64_t seed;                  /* the session's random generator is reseeded by mtpl_session_configure */
     int32_t verify;                 /* enum mtpl_verify */
-    float draft_temperature;        /* rejection sampling: temperature of the draft distribution q
-                                       (< 0: the sampling temperature; 0: arg-max drafts); any q is lossless */
-    int32_t adaptive;               /* 1: choose each step's draft length (0..draft_max) from measured
-                                       acceptance and costs; 0: always draft_max.  The measurements live
-                                       with the session (they are gathered on every step, either way) */
+    float draft_temperature;        /* rejection sampling: temperature of the draft distribution q (< 0: the
+                                       sampling temperature; 0: arg-max drafts); any q is lossless */
+    int32_t adaptive;               /* 1: the controller chooses, draft by draft, how deep a step drafts
+                                       (0..draft_max), and the draft distribution's mixture (with
+                                       draft_temperature < 0); 0: draft_max drafts every step */
 } mtpl_gen_params;
 
 /* Result of one draft + verify step. */
@@ -126,23 +128,27 @@ typedef struct mtpl_stats {
     int64_t n_steps;                /* trunk passes whose tokens were emitted (the prompt pass counts once) */
     int64_t n_trunk_calls;          /* trunk graph evaluations, prompt chunks included */
     int64_t n_mtp_calls;            /* MTP graph evaluations */
-    int64_t drafted[MTPL_MAX_DRAFT];            /* drafts proposed at position i (1-based position i+1) */
-    int64_t accepted[MTPL_MAX_DRAFT];           /* drafts accepted at position i */
+    int64_t drafted[MTPL_MAX_DRAFT];   /* drafts verified at position i (1-based position i+1) */
+    int64_t accepted[MTPL_MAX_DRAFT];  /* drafts accepted at position i */
+    int64_t drafts_per_step[MTPL_MAX_DRAFT + 1];  /* verification steps that verified k drafts, by k */
     double t_prefill_s;             /* seconds evaluating fed tokens */
     double t_draft_s;               /* seconds in the MTP head */
     double t_verify_s;              /* seconds in trunk verification passes */
     double t_other_s;               /* seconds in the step outside the three above */
-    int64_t k_chosen[MTPL_MAX_DRAFT + 1];           /* steps that chose to draft k tokens (before budget/context limits) */
-    double est_accept[MTPL_MAX_DRAFT];          /* controller: estimated acceptance at draft position i */
-    double est_verify_s[MTPL_MAX_DRAFT + 1];        /* controller: estimated seconds of a trunk pass over n tokens (0: unmeasured) */
-    double est_draft_s;             /* controller: estimated seconds of one MTP decode */
     int64_t n_trunk_graphs_reused;  /* trunk evaluations that reused the previous compute graph */
     int64_t n_mtp_graphs_reused;    /* MTP evaluations that reused the previous compute graph */
-    double est_made[MTPL_MAX_DRAFT];            /* controller: estimated P(draft i is made | drafts before it were); below 1
-                                       where draft_p_min stops drafting */
-    double est_step_s[MTPL_MAX_DRAFT + 1];          /* controller: expected seconds of a step asked for k drafts, the caller's
-                                       time between steps included, for k = 0..draft_max (0: nothing timed
-                                       yet; a k not yet timed is extrapolated, optimistically) */
+    /* the controller's estimates (they live with the session, across generations) */
+    double est_accept[MTPL_MAX_DRAFT];         /* acceptance at draft position i, over the head's confidences */
+    double est_verify_s[MTPL_MAX_DRAFT + 1];   /* seconds of a trunk pass over k drafts (k + 1 rows); 0: unmeasured */
+    double est_head_s;              /* seconds of a step's first MTP evaluation */
+    double est_draft_s;             /* seconds of each further MTP evaluation */
+    double est_other_s;             /* seconds of the rest of a step, the caller's time between steps included */
+    double est_rate;                /* tokens per second of the best fixed draft length, as estimated */
+    float calib_conf_lo[MTPL_CONF_BUCKETS];    /* head confidence buckets (lower edges) ... */
+    double calib_accept[MTPL_CONF_BUCKETS];    /* ... the first draft's acceptance in each */
+    double calib_weight[MTPL_CONF_BUCKETS];    /* ... and the (aged) drafts behind it */
+    float draft_mix[MTPL_MAX_DRAFT];           /* sampled decoding: the draft distribution's mixture toward the
+                                                  head's arg-max at position i (0: the head's distribution) */
 } mtpl_stats;
 
 
@@ -262,37 +268,41 @@ int32_t mtpl_session_debug(mtpl_session * session, int32_t enable);
 int32_t mtpl_session_debug_events(const mtpl_session * session, mtpl_debug_event * out, int32_t cap, int32_t * n_out);
 int32_t mtpl_session_debug_floats(const mtpl_session * session, float * out, int64_t cap, int64_t * n_out);
 
-/* The adaptive draft-length controller against a simulated model, without any model: for tests
-   and tuning of its policy.  Each step it chooses k in 0..k_max; the step then takes
-   cost_s[k] * (1 + noise * N(0, 1)) seconds (clamped at >= 0.5 cost_s[k]), plus catch_up_s per
-   position the MTP cache missed when it drafts after plain steps (the first step pays for the
-   prompt's n_prompt positions); draft i is made with probability p_drafted[i] (draft_p_min;
-   drafting stops at the first draft not made, and the step costs cost_s[n made] plus the MTP
-   decode that was not used) and, once made, accepted with probability accept[i] (given drafts
-   before it were), or accept_after[i] from step switch_step on.  Step times are multiplied by
-   speed_after from switch_step on, and by burst_speed during a slow spell of burst_steps steps.
-   out_k[step] receives each choice (n_steps entries); *out_tokens and *out_seconds the totals. */
+/* The controller against a simulated model, without any model: for tests and tuning of its policy.
+   Each step the controller plans.  A drafting step pays head_s, then draft i (0-based) comes with
+   head confidence c ~ U[conf_lo[i], conf_hi[i]] and would be accepted (the drafts before it
+   accepted) with probability clamp(accept[i] + slope[i] (c - (conf_lo[i] + conf_hi[i]) / 2), 0, 1);
+   the controller keeps it or ends drafting, and each further draft costs draft_s.  The trunk pass
+   over k drafts costs verify_s[k], the rest of a step other_s.  Every step's time is multiplied by
+   1 + noise N(0, 1) (at least 0.5); from step switch_step on acceptance is accept_after[i] and times
+   are multiplied by speed_after (0: unchanged), during a slow spell of burst_steps steps by
+   burst_speed.  After plain steps the head call also catches up catch_up_s per missed position.
+   adaptive = 0 simulates the fixed policy instead: k_max drafts a step, none below p_min.
+   out_drafts[step] receives the drafts verified in each step; *out_tokens, *out_seconds the totals. */
 typedef struct mtpl_controller_sim {
     int32_t k_max;                  /* 0..MTPL_MAX_DRAFT */
     int32_t n_steps;
-    int32_t n_prompt;
-    int32_t switch_step;            /* -1: accept throughout */
-    double cost_s[MTPL_MAX_DRAFT + 1];              /* seconds of a step that drafts k, by k (steady state) */
-    double draft_s;                 /* seconds of one MTP decode (part of cost_s[k], k per step) */
-    double catch_up_s;              /* seconds per missed position on leaving plain steps */
-    double noise;                   /* relative standard deviation of step times */
+    int32_t adaptive;
+    float p_min;
+    double verify_s[MTPL_MAX_DRAFT + 1];
+    double head_s;
+    double draft_s;
+    double other_s;
+    double catch_up_s;
+    double noise;
+    double conf_lo[MTPL_MAX_DRAFT];
+    double conf_hi[MTPL_MAX_DRAFT];
     double accept[MTPL_MAX_DRAFT];
+    double slope[MTPL_MAX_DRAFT];
     double accept_after[MTPL_MAX_DRAFT];
-    double p_drafted[MTPL_MAX_DRAFT];           /* P(draft i passes draft_p_min | drafts before it did); 0 = 1 */
-    double speed_after;             /* step times are multiplied by this from switch_step on (0 = 1: no drift) */
-    double k_switch_s;              /* seconds added to a step that made another number of drafts than the step
-                                       before (its verification batch has another shape: graph rebuilds) */
-    int32_t burst_start;            /* a slow spell (other load): steps burst_start .. + burst_steps - 1 */
-    int32_t burst_steps;            /* ... (0: none) */
-    double burst_speed;             /* ... take this many times as long */
+    int32_t switch_step;            /* -1: never */
+    double speed_after;
+    int32_t burst_start;
+    int32_t burst_steps;
+    double burst_speed;
     uint64_t seed;
 } mtpl_controller_sim;
-int32_t mtpl_controller_simulate(const mtpl_controller_sim * sim, int32_t * out_k, double * out_tokens,
+int32_t mtpl_controller_simulate(const mtpl_controller_sim * sim, int32_t * out_drafts, double * out_tokens,
                                  double * out_seconds);
 
 /* Verification alone, on hand-made rows: n_drafts + 1 trunk logit rows (row i follows

@@ -158,7 +158,7 @@ int32_t sample(const dist & d, rng_type & rng) {
     return d.ids.back();  // rounding: the mass sums to 1 - epsilon
 }
 
-int32_t sample_residual(const dist & p, const dist & q, rng_type & rng) {
+int32_t sample_residual(const dist & p, const draft_dist & q, rng_type & rng) {
     // norm(max(0, p - q)): only p's support can carry residual mass
     double z = 0.0;
     std::vector<double> r(p.ids.size());

@@ -23,6 +23,15 @@ struct dist {
     float top_prob() const;
 };
 
+// A draft distribution: the head's distribution after the sampling transforms (base), mixed with a
+// point mass on base's arg-max: q(x) = mix [x = top] + (1 - mix) base(x).
+struct draft_dist {
+    dist base;
+    float mix = 0.0f;
+    int32_t top = -1;
+    float prob_of(int32_t id) const { return (id == top ? mix : 0.0f) + (1.0f - mix) * base.prob_of(id); }
+};
+
 // Reused buffers, so that building a distribution allocates nothing in steady state.
 struct sampler_scratch {
     std::vector<float> logits;
@@ -45,7 +54,7 @@ void build_dist(const float * logits, int32_t n_vocab, const mtpl_gen_params & g
 double uniform01(rng_type & rng);
 int32_t sample(const dist & d, rng_type & rng);
 // a sample of norm(max(0, p - q))
-int32_t sample_residual(const dist & p, const dist & q, rng_type & rng);
+int32_t sample_residual(const dist & p, const draft_dist & q, rng_type & rng);
 // Gumbel-max sample of d with noise determined by (seed, pos, token id) alone
 int32_t sample_keyed(const dist & d, uint64_t seed, int64_t pos);
 // The token that follows context[0, n_context) given its trunk logits: greedy, or sampled (from rng,

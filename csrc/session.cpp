@@ -118,6 +118,7 @@ int32_t session_create(mtpl_model * model, const mtpl_session_params & p, mtpl_s
         // the trunk reports its state for every position: the MTP block pairs each with a token
         llama_set_embeddings_nextn(s->trunk, true, false);
         s->ctl.reset(controller_new());
+        s->dense.assign((size_t) info.n_vocab, 0.0f);
     }
     *out = s;
     return MTPL_OK;
@@ -214,34 +215,34 @@ int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, mtpl_step_r
         return MTPL_OK;
     }
 
-    // how many to draft: the controller's choice (or draft_max), bounded by the token budget and the context
-    int32_t k = s->mtp ? s->gen.draft_max : 0;
-    if (s->mtp && s->gen.adaptive) {
-        k = controller_plan(s->ctl.get(), k).k;
+    // whether and how deep to draft: the controller's plan, bounded by the token budget and the context
+    step_plan plan{0, {}};
+    if (s->mtp) {
+        plan = controller_plan(s->ctl.get(), s->gen.draft_max, s->gen.adaptive != 0);
     }
-    s->stats.k_chosen[k]++;
-    k = std::min(k, n_max - res->n_tokens - 1);
+    int32_t k = std::min(plan.k_max, n_max - res->n_tokens - 1);
     k = std::min(k, s->n_ctx - s->n_past - 1);
     k = std::min(k, s->n_batch - 1);  // the verification batch holds k + 1 tokens
     k = std::max(k, 0);
 
     auto t = clock_type::now();
     draft_outcome drafted;
+    s->drafts.clear();
     if (s->mtp) {
-        if (int32_t st = proposer_draft(s->prop, s->tokens, s->n_past, k, s->gen, s->rng, s->cancel, s->drafts, drafted);
-            st != MTPL_OK) {
-            s->stats.n_mtp_calls += drafted.n_calls;
+        const int32_t st = proposer_draft(s->prop, s->tokens, s->n_past, k, plan.mix, s->gen, s->ctl.get(), s->rng,
+                                          s->cancel, s->drafts, drafted);
+        s->stats.n_mtp_calls += drafted.n_calls;
+        if (st != MTPL_OK) {
             return st;
         }
-        s->stats.n_mtp_calls += drafted.n_calls;
     }
     const double t_draft = seconds_since(t);
-    const int32_t n_drafts = s->mtp ? (int32_t) s->drafts.size() : 0;
+    const int32_t n_drafts = (int32_t) s->drafts.size();
 
     // verify [pending, drafts...] in one trunk pass
     t = clock_type::now();
     const int32_t pos0 = s->n_past;
-    s->tokens.insert(s->tokens.end(), s->drafts.begin(), s->drafts.begin() + n_drafts);
+    s->tokens.insert(s->tokens.end(), s->drafts.begin(), s->drafts.end());
     if (int32_t st = eval_trunk(s, pos0, n_drafts + 1, true); st != MTPL_OK) {
         s->tokens.resize((size_t) pos0 + 1);
         return st;
@@ -250,8 +251,9 @@ int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, mtpl_step_r
     for (int32_t i = 0; i <= n_drafts; ++i) {
         s->rows[(size_t) i] = llama_get_logits_ith(s->trunk, i);
     }
+    const bool learn_mix = s->mtp && n_drafts > 0 && draft_mix_allowed(s->gen);
     verify_result v = verify(s->rows.data(), s->n_vocab, s->tokens.data(), (size_t) pos0 + 1, n_drafts,
-                             s->prop.q.data(), s->gen, s->scratch, s->rng);
+                             s->prop.q.data(), s->gen, s->scratch, s->rng, learn_mix ? &s->reached_p : nullptr);
     // an accepted end-of-generation token ends the step as if it were the bonus token
     for (int32_t i = 0; i < v.n_accepted; ++i) {
         if (is_eog(s, s->drafts[i])) {
@@ -260,6 +262,12 @@ int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, mtpl_step_r
         }
     }
     const double t_verify = seconds_since(t);
+    // what each draft distribution mixture would have accepted at the rows verification reached
+    const int32_t n_overlap = learn_mix ? std::min(v.n_accepted + 1, n_drafts) : 0;
+    for (int32_t i = 0; i < n_overlap; ++i) {
+        const draft_dist & q = s->prop.q[(size_t) i];
+        mix_overlaps(s->reached_p[(size_t) i], q.base, q.top, k_mix_grid, k_n_mix, s->dense, s->overlap[i]);
+    }
 
     // keep rows 0..n_accepted (pending + accepted drafts); the next token is the new pending one
     const int32_t n_acc = v.n_accepted;
@@ -288,14 +296,15 @@ int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, mtpl_step_r
 
     if (s->mtp) {  // what the controller learns holds for any k chosen by anyone
         const double gap = s->last_step_valid ? std::chrono::duration<double>(t0 - s->last_step_end).count() : -1.0;
-        controller_update(s->ctl.get(), {k, n_drafts, n_acc, drafted.n_calls, t_draft, t_verify, seconds_since(t0), gap,
-                                         drafted.t_catch_up, k == 0 || drafted.steady});
+        controller_update(s->ctl.get(), {n_drafts, n_acc, drafted.n_calls, drafted.t_head, drafted.t_draft, t_verify,
+                                         seconds_since(t0), gap, drafted.steady, s->overlap, n_overlap});
         s->last_step_end = clock_type::now();
         s->last_step_valid = true;
     }
     mtpl_stats & st = s->stats;
     st.n_steps++;
     st.n_generated += n_acc + 1;
+    st.drafts_per_step[n_drafts]++;
     for (int32_t i = 0; i < n_drafts && i < MTPL_MAX_DRAFT; ++i) {
         st.drafted[i]++;
         if (i < n_acc) {

@@ -38,6 +38,9 @@ struct mtpl_session {
     mtpl::sampler_scratch scratch;
     std::vector<int32_t> drafts;        // this step's
     std::vector<const float *> rows;    // this step's trunk logit rows
+    std::vector<mtpl::dist> reached_p;  // sampled decoding: trunk distributions of the rows verification reached
+    std::vector<float> dense;           // n_vocab zeros (mix_overlaps)
+    double overlap[MTPL_MAX_DRAFT][mtpl::k_n_mix] = {};
     std::chrono::steady_clock::time_point last_step_end{};  // for the controller's between-steps time
     bool last_step_valid = false;
 

@@ -14,6 +14,8 @@
 // then has exactly the distribution of plain sampling from p, whatever q is.
 #include "verify.h"
 
+#include <algorithm>
+
 namespace mtpl {
 
 bool known_verify_mode(int32_t v) {
@@ -40,16 +42,47 @@ mtpl_gen_params draft_params(const mtpl_gen_params & g) {
     return q;
 }
 
-int32_t draw_draft(const dist & q, const mtpl_gen_params & g, int64_t pos, rng_type & rng) {
+bool draft_mix_allowed(const mtpl_gen_params & g) {
+    // rejection sampling accepts any q; exact and coupled want drafts as their modes draw them
+    return g.verify == MTPL_VERIFY_REJECTION && g.draft_temperature < 0.0f && !is_greedy(g);
+}
+
+int32_t draw_draft(const draft_dist & q, const mtpl_gen_params & g, int64_t pos, rng_type & rng) {
     if (is_greedy(draft_params(g))) {
-        return q.top();
+        return q.base.top();
     }
-    return g.verify == MTPL_VERIFY_COUPLED ? sample_keyed(q, g.seed, pos) : sample(q, rng);
+    if (g.verify == MTPL_VERIFY_COUPLED) {
+        return sample_keyed(q.base, g.seed, pos);
+    }
+    if (q.mix > 0.0f && uniform01(rng) < q.mix) {
+        return q.top;
+    }
+    return sample(q.base, rng);
+}
+
+void mix_overlaps(const dist & p, const dist & base, int32_t top, const float * mixes, int32_t n,
+                  std::vector<float> & dense, double * out) {
+    for (size_t i = 0; i < base.ids.size(); ++i) {
+        dense[(size_t) base.ids[i]] = base.probs[i];
+    }
+    for (int32_t j = 0; j < n; ++j) {
+        out[j] = 0.0;
+    }
+    for (size_t i = 0; i < p.ids.size(); ++i) {
+        const int32_t x = p.ids[i];
+        for (int32_t j = 0; j < n; ++j) {
+            const double q = (x == top ? mixes[j] : 0.0) + (1.0 - mixes[j]) * dense[(size_t) x];
+            out[j] += std::min((double) p.probs[i], q);
+        }
+    }
+    for (int32_t id : base.ids) {
+        dense[(size_t) id] = 0.0f;
+    }
 }
 
 verify_result verify(const float * const * rows, int32_t n_vocab, const int32_t * tokens, size_t n_before,
-                     int32_t n_drafts, const dist * q, const mtpl_gen_params & g, sampler_scratch & scratch,
-                     rng_type & rng) {
+                     int32_t n_drafts, const draft_dist * q, const mtpl_gen_params & g, sampler_scratch & scratch,
+                     rng_type & rng, std::vector<dist> * reached_p) {
     const int32_t * drafts = tokens + n_before;
     if (plain_greedy(g)) {
         for (int32_t i = 0;; ++i) {
@@ -77,6 +110,12 @@ verify_result verify(const float * const * rows, int32_t n_vocab, const int32_t 
                 return {i, y};
             }
             continue;
+        }
+        if (reached_p) {  // assigned into place, so that steady state allocates nothing
+            if (reached_p->size() <= (size_t) i) {
+                reached_p->resize((size_t) i + 1);
+            }
+            (*reached_p)[(size_t) i] = p;
         }
         const double px = p.prob_of(x), qx = q[i].prob_of(x);
         if (!(qx > 0.0) || uniform01(rng) >= px / qx) {

@@ -32,7 +32,7 @@ def test_constants_come_from_the_header():
     assert set(_lib.STOP_REASONS.values()) == {"none", "eos", "length", "context"}
     assert set(_lib.VERIFY_MODES) == {"rejection", "exact", "coupled"}
     assert "test_accept_all" in _lib.VERIFY_MODES_ALL
-    assert _lib.MAX_DRAFT == len(_lib.ffi.new("mtpl_stats *").drafted) == len(_lib.ffi.new("mtpl_stats *").k_chosen) - 1
+    assert _lib.MAX_DRAFT == len(_lib.ffi.new("mtpl_stats *").drafted) == len(_lib.ffi.new("mtpl_stats *").drafts_per_step) - 1
 
 
 class CountingLib:

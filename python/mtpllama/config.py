@@ -104,28 +104,30 @@ class SpecConfig:
 
     draft_max: int = 6
     """Most tokens drafted per step (0 = plain decoding); the upper bound of the adaptive controller."""
-    draft_p_min: float = 0.5
-    """Stop drafting when the MTP head's top probability falls below this (full softmax, after
-    the sampling transforms when sampling)."""
+    draft_p_min: float = 0.0
+    """A floor: never verify a draft whose probability under the MTP head is below this (the full
+    softmax; after the sampling transforms when sampling).  0: none; the adaptive controller learns
+    where the head's confidence stops paying (its calibration shows in GenerationStats)."""
     verify: str = "rejection"
     """How sampled drafts are checked.
     "rejection": rejection sampling; the output has exactly plain sampling's distribution and it
     accepts the most drafts.  Runs with one seed repeat exactly only with adaptive=False (the
-    adaptive draft lengths follow measured timings).
+    adaptive decisions follow measured timings).
     "coupled": drafts and trunk share Gumbel noise keyed by (seed, position): the output is
     token-for-token the output of plain sampling with the same seed, whatever the draft lengths
     (reproducible with adaptive=True); accepts a little less than "rejection".
     "exact": sample the trunk and compare with the arg-max draft (upstream llama.cpp's way).
     Greedy decoding ignores it: drafts are kept when they equal the trunk's arg-max."""
     adaptive: bool = True
-    """Choose each step's draft length (0..draft_max) from measured acceptance and measured step
-    costs, drafting less or not at all where it does not pay (how close that comes to plain speed
-    and to the best fixed setting is measured in benchmarks/RESULTS.md); False drafts draft_max
-    every step."""
+    """Decide draft by draft how deep each step drafts (0..draft_max), from the head's confidence,
+    the acceptance measured at that confidence and the measured cost of every draft length,
+    drafting less or not at all where it does not pay; with sampling, also choose the draft
+    distribution (see draft_temperature).  How close that comes to plain speed and to the best
+    fixed setting is measured in benchmarks/RESULTS.md.  False: draft_max drafts every step."""
     draft_temperature: float | None = None
-    """Rejection sampling: temperature of the MTP head's draft distribution q (None: the sampling
-    temperature; 0: arg-max drafts).  Any q keeps the output distribution exact; a q sharper than
-    the trunk's helps when the head is less certain than it should be."""
+    """Rejection sampling: temperature of the MTP head's draft distribution q (0: arg-max drafts).
+    None: the sampling temperature, mixed toward the head's arg-max as far as the controller finds
+    that the trunk accepts more (adaptive=True).  Any q keeps the output distribution exact."""
 
     def __post_init__(self) -> None:
         _check_int("draft_max", self.draft_max, 0, MAX_DRAFT)

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 from . import _lib
-from ._lib import CANCELLED, MAX_DRAFT, STOP_REASONS, VERIFY_MODES_ALL, ffi, lib
+from ._lib import CANCELLED, CONF_BUCKETS, MAX_DRAFT, STOP_REASONS, VERIFY_MODES_ALL, ffi, lib
 from .config import (GREEDY, PLAIN, ModelConfig, SamplingConfig, SessionConfig, SpecConfig, mem_available,
                      resolve_use_mmap)
 from .errors import MtpllamaError, SessionBusyError
@@ -62,21 +62,27 @@ class GenerationStats:
     t_other: float = 0.0
     wall: float = 0.0
     """Seconds measured around the whole call in Python."""
-    k_chosen: list[int] = field(default_factory=list)
-    """Steps that chose to draft k tokens, by k (the adaptive controller's choices)."""
+    drafts_per_step: list[int] = field(default_factory=list)
+    """Verification steps that verified k drafts, by k = 0..MAX_DRAFT (the adaptive controller's
+    draft-by-draft decisions show here)."""
     est_accept: list[float] = field(default_factory=list)
-    """Controller's estimate of the acceptance at each draft position."""
+    """Controller's estimate of the acceptance at each draft position, over the head's confidences."""
     est_verify: dict[int, float] = field(default_factory=dict)
-    """Controller's estimate of the seconds of a trunk pass over n tokens, by n (measured ones)."""
+    """Controller's estimate of the seconds of a trunk pass over k drafts (k + 1 rows), by k (measured ones)."""
+    est_head: float = 0.0
+    """Controller's estimate of the seconds of a step's first MTP evaluation."""
     est_draft: float = 0.0
-    """Controller's estimate of the seconds of one MTP decode."""
-    est_made: list[float] = field(default_factory=list)
-    """Controller's estimate of the chance that the draft at each position is made, given the drafts
-    before it were (below 1 where draft_p_min stops drafting)."""
-    est_step: dict[int, float] = field(default_factory=dict)
-    """Controller's expected seconds of a step asked for k drafts (the time between steps included),
-    by k = 0..draft_max: what it weighs against the tokens k is expected to yield.  Empty before a
-    step is timed; a k not yet timed is extrapolated from shorter ones, optimistically."""
+    """Controller's estimate of the seconds of each further MTP evaluation."""
+    est_other: float = 0.0
+    """Controller's estimate of the rest of a step's seconds (the time between steps included)."""
+    est_rate: float = 0.0
+    """Tokens per second of the best fixed draft length, as the controller estimates it."""
+    calibration: list[tuple[float, float, float]] = field(default_factory=list)
+    """The head's calibration as the controller learnt it: (lowest confidence of the bucket, first-draft
+    acceptance there, aged drafts behind it) per confidence bucket."""
+    draft_mix: list[float] = field(default_factory=list)
+    """Sampled decoding: the mixture toward the head's arg-max of each position's draft distribution
+    (0: the head's distribution at the sampling temperature; 1: its arg-max)."""
     trunk_graphs_reused: int = 0
     """Trunk evaluations that reused llama.cpp's previous compute graph (of trunk_calls)."""
     mtp_graphs_reused: int = 0
@@ -115,11 +121,14 @@ class GenerationStats:
             drafted=drafted, accepted=[int(st.accepted[i]) for i in range(len(drafted))],
             trunk_calls=int(st.n_trunk_calls), mtp_calls=int(st.n_mtp_calls),
             t_prefill=st.t_prefill_s, t_draft=st.t_draft_s, t_verify=st.t_verify_s, t_other=st.t_other_s,
-            k_chosen=[int(st.k_chosen[i]) for i in range(MAX_DRAFT + 1)],
-            est_accept=[float(st.est_accept[i]) for i in range(MAX_DRAFT)],
-            est_verify={n: float(st.est_verify_s[n]) for n in range(MAX_DRAFT + 1) if st.est_verify_s[n] > 0},
-            est_draft=float(st.est_draft_s), est_made=[float(st.est_made[i]) for i in range(MAX_DRAFT)],
-            est_step={k: float(st.est_step_s[k]) for k in range(MAX_DRAFT + 1) if st.est_step_s[k] > 0},
+            drafts_per_step=[int(st.drafts_per_step[k]) for k in range(n + 1)],
+            est_accept=[float(st.est_accept[i]) for i in range(n)],
+            est_verify={k: float(st.est_verify_s[k]) for k in range(n + 1) if st.est_verify_s[k] > 0},
+            est_head=float(st.est_head_s), est_draft=float(st.est_draft_s), est_other=float(st.est_other_s),
+            est_rate=float(st.est_rate),
+            calibration=[(float(st.calib_conf_lo[b]), float(st.calib_accept[b]), float(st.calib_weight[b]))
+                         for b in range(CONF_BUCKETS)],
+            draft_mix=[float(st.draft_mix[i]) for i in range(n)],
             trunk_graphs_reused=int(st.n_trunk_graphs_reused),
             mtp_graphs_reused=int(st.n_mtp_graphs_reused))
 

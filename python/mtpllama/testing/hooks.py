@@ -2,7 +2,7 @@
 part of mtpllama's API because they are not lossless or exist only to test one piece alone."""
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -39,3 +39,62 @@ def verify_rows(rows: np.ndarray, tokens: list[int], n_before: int, q: np.ndarra
     _lib.check(lib.mtpl_test_verify(ffi.cast("float *", rows.ctypes.data), rows.shape[1], toks, n_before, n_drafts,
                                     qp, gen_params(spec, sampling), seed, acc, nxt), "verify")
     return acc[0], nxt[0]
+
+
+@dataclass(frozen=True)
+class SimHead:
+    """How a simulated MTP head behaves at each draft position i: its confidence in draft i is
+    uniform on [conf_lo[i], conf_hi[i]], and the draft is accepted (the drafts before it accepted)
+    with probability clamp(accept[i] + slope[i] (confidence - the range's middle), 0, 1).  A list
+    shorter than the positions repeats its last value."""
+
+    accept: tuple[float, ...]
+    conf_lo: tuple[float, ...] = (0.0,)
+    conf_hi: tuple[float, ...] = (1.0,)
+    slope: tuple[float, ...] = (0.0,)
+
+    def at(self, field_name: str, i: int) -> float:
+        values = getattr(self, field_name)
+        return values[min(i, len(values) - 1)]
+
+
+@dataclass(frozen=True)
+class SimCosts:
+    """Seconds of a simulated step's parts: the trunk pass over k drafts (verify[k], k = 0..k_max),
+    the head call, each further MTP decode, the rest of the step, and the catch-up per position
+    the MTP cache missed during plain steps."""
+
+    verify: tuple[float, ...]
+    head: float
+    draft: float
+    other: float = 0.0
+    catch_up: float = 0.0
+
+
+def simulate_controller(costs: SimCosts, head: SimHead, n_steps: int, *, adaptive: bool = True, k_max: int | None = None,
+                        p_min: float = 0.0, noise: float = 0.05, seed: int = 0, head_after: SimHead | None = None,
+                        switch_step: int = -1, speed_after: float = 0.0,
+                        burst: tuple[int, int, float] = (0, 0, 1.0)) -> tuple[list[int], float, float]:
+    """The engine's controller (adaptive) or a fixed policy (k_max drafts, none below p_min) against
+    a simulated model (mtpl_controller_simulate).  Returns (drafts verified per step, tokens, seconds)."""
+    sim = ffi.new("mtpl_controller_sim *")
+    sim.k_max = len(costs.verify) - 1 if k_max is None else k_max
+    sim.n_steps = n_steps
+    sim.adaptive = int(adaptive)
+    sim.p_min = p_min
+    for k, t in enumerate(costs.verify):
+        sim.verify_s[k] = t
+    sim.head_s, sim.draft_s, sim.other_s, sim.catch_up_s = costs.head, costs.draft, costs.other, costs.catch_up
+    sim.noise = noise
+    for i in range(_lib.MAX_DRAFT):
+        sim.conf_lo[i], sim.conf_hi[i] = head.at("conf_lo", i), head.at("conf_hi", i)
+        sim.accept[i], sim.slope[i] = head.at("accept", i), head.at("slope", i)
+        sim.accept_after[i] = (head_after or head).at("accept", i)
+    sim.switch_step = switch_step
+    sim.speed_after = speed_after
+    sim.burst_start, sim.burst_steps, sim.burst_speed = burst
+    sim.seed = seed
+    drafts = ffi.new("int32_t[]", max(n_steps, 1))
+    tokens, seconds = ffi.new("double *"), ffi.new("double *")
+    _lib.check(lib.mtpl_controller_simulate(sim, drafts, tokens, seconds), "simulate")
+    return list(drafts)[:n_steps], tokens[0], seconds[0]

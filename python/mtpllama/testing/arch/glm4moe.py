@@ -45,6 +45,8 @@ class SyntheticSpec:
     norm_noise: float = 0.0          # > 0: every RMS-norm weight is multiplied by 1 + N(0, norm_noise) (not all ones),
                                      # so that a pre-/post-norm mix-up changes results (own random stream: the other
                                      # weights stay those of norm_noise=0)
+    head_scale: float = 1.0          # the NextN head's logits are multiplied by this: < 1 a head that is as often
+                                     # right but less sure (flatter), > 1 one that is surer than it is right
     dtype: str = "f32"               # "f32", "f16", "q8_0", "q4_0", "q4_k" for the large matrices
     n_merges: int = 200
     seed: int = 0
@@ -123,6 +125,8 @@ def synthetic_weights(spec: SyntheticSpec, tok: Tokenizer) -> dict[str, np.ndarr
             W[p + "shared_head_head.weight"] = out + _rng_normal(rng, out.shape, 0.01)
         elif spec.nextn != "tied":
             raise ValueError(f"nextn must be 'own', 'tied' or 'none', got {spec.nextn!r}")
+        if spec.head_scale != 1.0:  # the logits are linear in the head norm's weight, own head or tied
+            W[p + "shared_head_norm.weight"] = W[p + "shared_head_norm.weight"] * np.float32(spec.head_scale)
     if spec.norm_noise > 0:
         nrng = np.random.default_rng([spec.seed, 0x6E6F726D])
         for name in sorted(W):
