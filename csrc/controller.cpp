@@ -45,8 +45,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
-#include <cstdlib>
 #include <limits>
 
 namespace mtpl {
@@ -61,9 +59,12 @@ constexpr double k_accept_decay = 0.99;   // acceptance counts age by this per d
 constexpr double k_prior_weight = 2.0;    // a bucket's counts against its position's acceptance
 constexpr double k_optimism = 0.5;        // acceptances added to the draft in hand's bucket
 constexpr double k_time_decay = 0.95;     // a timing sample's weight ages by this per step
-constexpr double k_row_optimism = 0.5;    // an unmeasured k's extra rows cost this share of the cheapest row
-constexpr int64_t k_stale_steps = 512;    // an estimate this old ...
-constexpr double k_stale_bonus = 0.15;    // ... looks this much cheaper
+constexpr int64_t k_sweep_every = 2;      // steps between the first timings of the draft lengths
+constexpr double k_sweep_after = 3.0;     // ... once this many first drafts were verified
+constexpr double k_sweep_tokens = 1.0;    // ... if the deepest drafts could add this many tokens a step
+constexpr double k_sweep_bend = 0.7;      // ... and the others if the deepest costs below this share of a line
+constexpr int64_t k_stale_steps = 512;    // a pass timed this long ago is timed again ...
+constexpr int64_t k_resweep_min = 128;    // ... at most once per this many steps
 constexpr int64_t k_probe_min = 16;
 constexpr int64_t k_probe_max = 512;
 constexpr double k_probe_budget = 0.005;  // a probe's expected loss, as a share of the time between probes
@@ -141,6 +142,8 @@ struct controller {
     int32_t n_conf = 0;             // drafts made this step
     int32_t bucket[K] = {};
     bool probing = false;
+    int32_t force = 0;              // this step verifies this many drafts, whatever they look like (a timing)
+    int64_t next_sweep = 0;
     int64_t next_probe = 0;
     int64_t probe_every = k_probe_min;
 };
@@ -184,32 +187,21 @@ double mean_accept(const controller & c, int32_t i) {
     return s;
 }
 
-double staleness(const controller & c, const timing & t) {
-    return 1.0 - k_stale_bonus * std::min(1.0, (double) (c.steps - t.at) / (double) k_stale_steps);
-}
-
-// V(k) as decisions see it (0 before anything is measured)
+// V(k) (0 before anything is measured).  A k not timed yet (until the sweep reaches it) is
+// extrapolated linearly from the nearest timed k below it: no guess makes a deep draft look cheap.
 double verify_cost(const controller & c, int32_t k) {
-    if (c.verify[k].n > 0) {
-        return c.verify[k].mean * staleness(c, c.verify[k]);
-    }
-    // the cheapest row measured: per extra row over a plain pass
-    double row = std::numeric_limits<double>::infinity();
-    for (int32_t j = 1; j <= K && c.verify[0].n > 0; ++j) {
-        if (c.verify[j].n > 0) {
-            row = std::min(row, std::max(0.0, c.verify[j].mean - c.verify[0].mean) / j);
-        }
-    }
-    int32_t j = k - 1;
+    int32_t j = k;
     while (j >= 0 && c.verify[j].n == 0) {
         --j;
     }
-    if (j < 0) {  // nothing below: the nearest above, or nothing at all
-        for (j = k + 1; j <= K && c.verify[j].n == 0; ++j) {
-        }
-        return j <= K ? c.verify[j].mean : 0.0;
+    if (j < 0) {
+        return 0.0;
     }
-    return c.verify[j].mean + (std::isfinite(row) ? k_row_optimism * row * (k - j) : 0.0);
+    if (j == k) {
+        return c.verify[k].mean;
+    }
+    const double row = j > 0 && c.verify[0].n > 0 ? std::max(0.0, c.verify[j].mean - c.verify[0].mean) / j : 0.0;
+    return c.verify[j].mean + row * (k - j);
 }
 
 // seconds of a step that verifies n drafts (n = 0: a plain step)
@@ -250,6 +242,39 @@ double draft_worth(const controller & c, int32_t from, double reach, const doubl
     return s;
 }
 
+// A draft length to time this step, or -1.  Cost curves need not be convex (a CPU's kernels switch
+// at some batch size), so lengths are timed, not guessed: the deepest first, if drafts that deep
+// could pay a token a step were their rows free; the others only if it costs well below a straight
+// line from one draft (so a compute-bound curve costs one timing).  Later, the length timed longest
+// ago, once stale, while drafting pays.
+int32_t sweep_length(const controller & c, bool drafting) {
+    // what drafts 1..k add, were their rows free; a timing is an experiment that costs, so the first
+    // position's acceptance counts one standard error low
+    const double a0 = c.a_mean[0], n0 = c.pos[0].n;
+    double tokens[K + 1] = {}, p = std::max(0.0, a0 - std::sqrt(a0 * (1.0 - a0) / (n0 + 1.0))) / std::max(a0, 1e-9);
+    for (int32_t j = 1; j <= c.k_max; ++j) {
+        p *= c.a_mean[j - 1];
+        tokens[j] = tokens[j - 1] + p;
+    }
+    const int32_t top = c.k_max;
+    if (c.verify[top].n == 0) {
+        return tokens[top] >= k_sweep_tokens ? top : -1;
+    }
+    const double line = c.verify[1].mean + (top - 1) * std::max(0.0, c.verify[1].mean - c.verify[0].mean);
+    for (int32_t j = 2; j < top && c.verify[top].mean < k_sweep_bend * line; ++j) {
+        if (c.verify[j].n == 0 && tokens[j] >= k_sweep_tokens) {
+            return j;
+        }
+    }
+    int32_t k = -1;
+    for (int32_t j = 0; j <= top && drafting; ++j) {
+        if (c.verify[j].n > 0 && c.steps - c.verify[j].at >= k_stale_steps && (k < 0 || c.verify[j].at < c.verify[k].at)) {
+            k = j;
+        }
+    }
+    return k;
+}
+
 } // namespace
 
 controller * controller_new() {
@@ -274,6 +299,7 @@ step_plan controller_plan(controller * c, int32_t k_max, bool adaptive) {
     c->reach = 1.0;
     c->n_conf = 0;
     c->probing = false;
+    c->force = 0;
     step_plan plan{c->k_max, {}};
     if (adaptive) {
         choose_mixes(*c, plan.mix);
@@ -298,19 +324,6 @@ step_plan controller_plan(controller * c, int32_t k_max, bool adaptive) {
         const double t = step_seconds(*c, n);
         c->rate = std::max(c->rate, t > 0.0 ? tokens / t : 0.0);
     }
-    if (std::getenv("MTPL_DEBUG_CTL") && (c->steps % 100 == 0 || c->steps < 12)) {
-        std::fprintf(stderr, "step %lld rate %.4f/ms head %.2f d %.2f other %.2f | v:", (long long) c->steps, c->rate * 1e-3,
-                     c->head.mean * 1e3, c->d * 1e3, c->other.mean * 1e3);
-        for (int32_t k = 0; k <= c->k_max; ++k) std::fprintf(stderr, " %.1f(%lld)", c->v[k] * 1e3, (long long) c->verify[k].n);
-        std::fprintf(stderr, " | a:");
-        for (int32_t k = 0; k < c->k_max; ++k) std::fprintf(stderr, " %.2f", c->a_mean[k]);
-        std::fprintf(stderr, "\n");
-        for (int32_t i = 0; i < 2; ++i) {
-            std::fprintf(stderr, "  pos %d:", i);
-            for (int32_t b = 0; b < NB; ++b) std::fprintf(stderr, " %.2f/%.0f/%.0f", c->acc[i][b], c->cell[i][b].n, c->seen[i][b]);
-            std::fprintf(stderr, "\n");
-        }
-    }
     if (!adaptive || c->k_max == 0) {
         return plan;
     }
@@ -329,6 +342,18 @@ step_plan controller_plan(controller * c, int32_t k_max, bool adaptive) {
         c->acc_draw[b] = draw_accept(c->acc[0][b], c->cell[0][b].n + k_prior_weight, c->rng);
     }
     const double gain = draft_worth(*c, 0, 1.0, c->acc_draw) - c->rate * c->head.mean;
+    if (c->steps >= c->next_sweep && c->pos[0].n >= k_sweep_after) {
+        const int32_t k = sweep_length(*c, gain > 0.0);
+        if (k >= 0) {
+            const double loss = std::max(0.0, step_seconds(*c, k) - step_seconds(*c, 0)) / std::max(step_seconds(*c, 0), 1e-12);
+            c->next_sweep = c->steps + (c->verify[k].n == 0 ? k_sweep_every
+                                                            : std::max(k_resweep_min, (int64_t) (loss / k_probe_budget)));
+            c->force = k;
+            plan.k_max = k;
+            return plan;
+        }
+        c->next_sweep = c->steps + k_resweep_min;
+    }
     if (gain > 0.0) {
         c->probe_every = k_probe_min;
         c->next_probe = c->steps + k_probe_min;
@@ -350,10 +375,13 @@ step_plan controller_plan(controller * c, int32_t k_max, bool adaptive) {
 }
 
 bool controller_keep(controller * c, int32_t i, float conf) {
-    const int32_t b = bucket_of(conf);
+    const int32_t b = conf >= 0.0f ? bucket_of(conf) : -1;
     c->bucket[i] = b;
     c->n_conf = i + 1;
-    if (!c->adaptive) {
+    if (!c->adaptive || b < 0) {
+        return true;
+    }
+    if (i < c->force) {
         return true;
     }
     const tally & t = c->cell[i][b];
@@ -366,7 +394,7 @@ bool controller_keep(controller * c, int32_t i, float conf) {
 }
 
 bool controller_extend(controller * c, int32_t i) {
-    if (!c->adaptive) {
+    if (!c->adaptive || i + 1 < c->force) {
         return true;
     }
     if (i + 1 >= c->k_max) {
@@ -391,10 +419,14 @@ void controller_update(controller * c, const step_record & r) {
     for (int32_t i = 0; i < r.n_drafted && i <= r.n_accepted; ++i) {
         const bool hit = i < r.n_accepted;
         c->pos[i].add(hit);
-        c->cell[i][c->bucket[i]].add(hit);
+        if (c->bucket[i] >= 0) {
+            c->cell[i][c->bucket[i]].add(hit);
+        }
     }
     for (int32_t i = 0; i < c->n_conf; ++i) {
-        c->seen[i][c->bucket[i]] += 1.0;
+        if (c->bucket[i] >= 0) {
+            c->seen[i][c->bucket[i]] += 1.0;
+        }
     }
     for (int32_t i = 0; i < r.n_overlap && i < K; ++i) {
         int32_t best = 0;

@@ -38,8 +38,9 @@ struct step_plan {
 };
 // adaptive: choose; otherwise draft k_max every step (the estimates are kept either way)
 step_plan controller_plan(controller * c, int32_t k_max, bool adaptive);
-// Draft i (0-based) has head confidence conf (the head's probability of the drafted token): verify
-// it?  false ends the step's drafting.  Always true when the plan was not adaptive.
+// Draft i (0-based) has head confidence conf (the head's probability of the drafted token; < 0: not
+// computed, as a fixed plan's greedy drafts): verify it?  false ends the step's drafting.  Always
+// true when the plan was not adaptive.
 bool controller_keep(controller * c, int32_t i, float conf);
 // Draft i is kept: run the MTP head for draft i + 1?
 bool controller_extend(controller * c, int32_t i);

@@ -181,6 +181,7 @@ int32_t proposer_draft(proposer & p, const std::vector<int32_t> & tokens, int32_
                        const float * mix, const mtpl_gen_params & g, controller * ctl, rng_type & rng,
                        std::atomic<bool> & cancel, std::vector<int32_t> & drafts, draft_outcome & out) {
     // a greedy draft's confidence costs a pass over the vocabulary: only where someone looks at it
+    // (-1: not computed)
     const bool want_conf = g.adaptive || g.draft_p_min > 0.0f;
     drafts.clear();
     out = draft_outcome{};
@@ -208,7 +209,7 @@ int32_t proposer_draft(proposer & p, const std::vector<int32_t> & tokens, int32_
         float conf;
         if (greedy) {
             tok = argmax(logits, p.n_vocab);
-            conf = want_conf ? top_prob(logits, p.n_vocab, tok) : 1.0f;
+            conf = want_conf ? top_prob(logits, p.n_vocab, tok) : -1.0f;
         } else {
             // the head's distribution after the trunk's transforms, drafts so far in the context
             draft_dist & q = p.q[(size_t) i];
@@ -220,7 +221,7 @@ int32_t proposer_draft(proposer & p, const std::vector<int32_t> & tokens, int32_
             // under greedy transforms (penalties) base is one token: the confidence is the softmax's
             conf = is_greedy(qg) ? top_prob(p.scratch.logits.data(), p.n_vocab, tok) : q.base.prob_of(tok);
         }
-        if (conf < g.draft_p_min || !controller_keep(ctl, i, conf)) {
+        if ((g.draft_p_min > 0.0f && conf < g.draft_p_min) || !controller_keep(ctl, i, conf)) {
             break;
         }
         drafts.push_back(tok);

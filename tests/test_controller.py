@@ -139,11 +139,12 @@ def test_within_five_percent_of_the_best_fixed_policy(name):
 @pytest.mark.parametrize("name", ["wrong-but-sure", "low-moe", "compute-bound"])
 def test_a_fresh_session_loses_little_where_drafting_cannot_pay(name):
     """150 steps from scratch (about one 256-token generation): the start (one draft verified, a
-    plain step) and the probes cost at most 5% of plain speed."""
+    plain step), the probes and, where early drafts were accepted, one timing of the deepest draft
+    length (about k plain steps, once a session) cost 3% in the median, 6% at worst."""
     costs, head = CASES[name]
     r, drafts = rates(costs, head, 150, seeds=range(12))
     assert r[len(r) // 2] >= 0.97 * fixed_rate(costs, head, 0, 0.0), drafts
-    assert r[0] >= 0.95 * fixed_rate(costs, head, 0, 0.0), drafts
+    assert r[0] >= 0.94 * fixed_rate(costs, head, 0, 0.0), drafts
 
 
 def test_right_but_unsure_head_drafts_deep_on_a_cost_curve_that_is_not_convex():
