@@ -1,51 +1,57 @@
 // How deep each step drafts, and with which draft distribution: the adaptive controller.
 //
-// Objective.  Tokens per second.  With R the best rate the estimates promise, a step is worth
-// (tokens it emits) - R * (seconds it takes), and the controller takes every decision that raises
-// that worth (for a renewal process, the policy maximising it at R = its own rate maximises the
-// rate).  R is the best rate of a fixed draft length under the current estimates; the adaptive
-// policy does at least as well, so decisions against R err towards drafting a little more.
+// Objective.  Tokens per second.  With R a rate, a step is worth (tokens it emits) - R * (seconds
+// it takes), and the controller takes every decision that raises that worth (for a renewal
+// process, the policy maximising it at R = its own rate maximises the rate).  R is the best rate
+// of a fixed draft length under the current estimates; the adaptive policy does at least as well,
+// so decisions against R err towards drafting a little more.
 //
 // Draft by draft.  Draft i is verified only if some depth n > i is worth reaching from here:
 //     reach * a_i * (1 + a_{i+1} + a_{i+1} a_{i+2} + ...)  >  R * (V(n) - V(i) + (n - 1 - i) D)
 // where reach is the chance that every draft before i is accepted, a_i the chance that draft i is
 // accepted given its head confidence (the head's probability of its token), a_j for later drafts
 // the expected acceptance at position j, V(k) the seconds of a trunk pass over k drafts and D of
-// one MTP decode.  The head is run once more for draft i + 1 under the same test with draft i
-// kept.  Looking at every depth, not one step ahead, follows cost curves that are not convex
-// (on CPUs a pass over 4 rows can cost less than one over 3).
+// one MTP decode.  The head runs once more for draft i + 1 if that draft is worth its decode:
+// over the confidences seen at position i + 1, the mean of the best such gain where it would be
+// kept, 0 where not.  Looking at every depth, not one ahead, follows cost curves that are not
+// convex (on CPUs a pass over 4 rows can cost less than one over 3).
 //
-// Calibration is learnt, not assumed: acceptance is counted by draft position and by confidence
-// bucket, so a head that is right but unsure keeps drafting and a calibrated one stops where its
-// confidence says.  A bucket seldom seen borrows its position's overall acceptance, and decisions
-// on the draft in hand add half an acceptance to its counts (optimism that shrinks as counts grow),
-// so an unlucky start does not close a bucket for good.  Counts age by the step (x0.99).
+// Calibration is learnt, not assumed: acceptance is counted by position and confidence bucket,
+// so a head that is right but unsure keeps drafting and a calibrated one stops where its
+// confidence says.  A position seldom seen starts from the one before it (the first from a coin),
+// weight 2, and the draft in hand's bucket gets half an acceptance more (optimism that shrinks as
+// counts grow).  Counts age by the drafting step (x0.98), so a change of text shows within tens
+// of steps.
 //
-// Costs are measured, never modelled: V(k) per k, the head call, a further decode, and the rest
-// of a step (bookkeeping, the caller's time between steps), each a mean of samples aged by the
-// step (x0.95), so one new sample replaces an estimate that went stale.  A k never measured is
-// costed optimistically (the nearest measured k below it plus half the cheapest measured row per
-// extra row), and an estimate not refreshed for a while looks up to 15% cheaper (after 512 steps),
-// so the policy tries it again: no cost, once timed in a slow spell, keeps a k out of use.
+// Costs are measured, never guessed: V(k) for each k, the head call, a further decode, and the
+// rest of a step (bookkeeping, the caller's time between steps), each a mean of samples aged by
+// the step (x0.95), so one new sample replaces an estimate that went stale.  Every draft length
+// the drafts could pay for is timed early (the deepest first, the others where the deepest costs
+// well below a straight line from one draft: a compute-bound curve costs one timing), and the
+// length timed longest ago is timed again once 512 steps old, within the probe budget.
 //
-// Plain steps.  A step drafts at all only if some depth is worth the head call at the expected
-// acceptance; otherwise it is a plain step that leaves the MTP head alone (its cache catches up in
-// one batch when drafting resumes).  While plain, a probe drafts now and then to see whether the
-// head got better: at least 16 steps apart, doubling to 512 while probes confirm, and spaced so
-// that a probe's expected loss stays near 0.5% of the time.
+// Plain steps.  A step drafts at all only if the first draft is worth the head call, as above.
+// Whether it is uses a draw of the first position's acceptance from what the counts allow
+// (Thompson sampling), so a head judged on a few unlucky drafts is tried again, and often where
+// the decision is close.  Otherwise the step is plain and leaves the MTP head alone (its cache
+// catches up in one batch when drafting resumes).  While plain, a probe drafts now and then: at
+// least 16 steps apart, doubling to 512 while probes confirm, spaced so that a probe's expected
+// loss stays near 0.5% of the time; 4 steps after a probe whose first draft was accepted against
+// the odds (estimated below one in two).
 //
 // Sampled decoding.  Rejection sampling is lossless for any draft distribution q; its acceptance
 // at a position is sum_x min(p(x), q(x)).  The verifier computes that overlap for each mixture of
 // k_mix_grid at every reached row (a counterfactual: no exploration needed), and each position
-// drafts with the mixture whose mean overlap is highest.  Mixture 0 is the head's distribution at
-// the sampling temperature; 1 its arg-max, which accepts as often as exact-match verification.
+// drafts with the mixture whose mean overlap is highest, which is also its expected acceptance.
+// Mixture 0 is the head's distribution at the sampling temperature; 1 its arg-max, which accepts
+// as often as exact-match verification.
 #include "controller.h"
-
-#include "sampler.h"
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
+
+#include "sampler.h"
 
 namespace mtpl {
 namespace {
@@ -55,17 +61,17 @@ constexpr int32_t NB = MTPL_CONF_BUCKETS;
 // lower edges of the confidence buckets
 constexpr float k_bucket_lo[NB] = {0.0f, 0.05f, 0.1f, 0.2f, 0.3f, 0.4f, 0.5f, 0.6f, 0.7f, 0.8f, 0.9f, 0.97f};
 
-constexpr double k_accept_decay = 0.99;   // acceptance counts age by this per drafting step
+constexpr double k_accept_decay = 0.98;   // acceptance counts age by this per drafting step
 constexpr double k_prior_weight = 2.0;    // a bucket's counts against its position's acceptance
 constexpr double k_optimism = 0.5;        // acceptances added to the draft in hand's bucket
 constexpr double k_time_decay = 0.95;     // a timing sample's weight ages by this per step
 constexpr int64_t k_sweep_every = 2;      // steps between the first timings of the draft lengths
-constexpr double k_sweep_after = 3.0;     // ... once this many first drafts were verified
-constexpr double k_sweep_tokens = 1.0;    // ... if the deepest drafts could add this many tokens a step
-constexpr double k_sweep_bend = 0.7;      // ... and the others if the deepest costs below this share of a line
+constexpr double k_sweep_after = 2.5;     // ... once this many first drafts were verified
+constexpr double k_sweep_margin = 0.05;   // ... that could beat the best known by this many tokens a step
 constexpr int64_t k_stale_steps = 512;    // a pass timed this long ago is timed again ...
 constexpr int64_t k_resweep_min = 128;    // ... at most once per this many steps
 constexpr int64_t k_probe_min = 16;
+constexpr int64_t k_probe_soon = 4;       // after a probe whose first draft was accepted against the odds
 constexpr int64_t k_probe_max = 512;
 constexpr double k_probe_budget = 0.005;  // a probe's expected loss, as a share of the time between probes
 constexpr double k_min_overlap_rows = 8;  // a position chooses its own mixture after this many rows
@@ -133,8 +139,7 @@ struct controller {
     int32_t k_max = 0;
     double rate = 0.0;              // R, tokens per second
     double a_mean[K] = {};          // expected acceptance at position i
-    double a_draw[K] = {};          // ... a draw from what it could be, given the observations (Thompson sampling)
-    double acc_draw[NB] = {};       // the first position's acceptance by bucket, drawn likewise
+    double acc_draw[NB] = {};       // the first position's acceptance by bucket, drawn from what the counts allow
     rng_type rng{0x6d74706c};
     double v[K + 1] = {};           // V(k) as decisions see it
     double d = 0.0;                 // D
@@ -237,37 +242,39 @@ void choose_mixes(const controller & c, float * mix) {
 double draft_worth(const controller & c, int32_t from, double reach, const double * acc) {
     double s = 0.0;
     for (int32_t b = 0; b < NB; ++b) {
-        s += c.pi[from][b] * std::max(0.0, best_gain(c, from, reach, acc[b], c.a_draw));
+        s += c.pi[from][b] * std::max(0.0, best_gain(c, from, reach, acc[b], c.a_mean));
     }
     return s;
 }
 
-// A draft length to time this step, or -1.  Cost curves need not be convex (a CPU's kernels switch
-// at some batch size), so lengths are timed, not guessed: the deepest first, if drafts that deep
-// could pay a token a step were their rows free; the others only if it costs well below a straight
-// line from one draft (so a compute-bound curve costs one timing).  Later, the length timed longest
-// ago, once stale, while drafting pays.
+// A draft length to time this step, or -1.  Cost curves need not be convex (a CPU's kernels
+// switch at some batch size: 4 rows can cost less than 3), so lengths are timed, not guessed:
+// each one not yet timed that would beat the best length known were its passes as cheap as one
+// over a single draft (the cheapest a batch of drafts plausibly costs), the most promising first.
+// A compute-bound curve, where a draft does not pay even at that price, is never swept.  Later,
+// the length timed longest ago, once stale, while drafting pays.
 int32_t sweep_length(const controller & c, bool drafting) {
-    // what drafts 1..k add, were their rows free; a timing is an experiment that costs, so the first
-    // position's acceptance counts one standard error low
-    const double a0 = c.a_mean[0], n0 = c.pos[0].n;
-    double tokens[K + 1] = {}, p = std::max(0.0, a0 - std::sqrt(a0 * (1.0 - a0) / (n0 + 1.0))) / std::max(a0, 1e-9);
-    for (int32_t j = 1; j <= c.k_max; ++j) {
-        p *= c.a_mean[j - 1];
-        tokens[j] = tokens[j - 1] + p;
-    }
-    const int32_t top = c.k_max;
-    if (c.verify[top].n == 0) {
-        return tokens[top] >= k_sweep_tokens ? top : -1;
-    }
-    const double line = c.verify[1].mean + (top - 1) * std::max(0.0, c.verify[1].mean - c.verify[0].mean);
-    for (int32_t j = 2; j < top && c.verify[top].mean < k_sweep_bend * line; ++j) {
-        if (c.verify[j].n == 0 && tokens[j] >= k_sweep_tokens) {
-            return j;
+    double tokens = 1.0, p = 1.0, best = -std::numeric_limits<double>::infinity();
+    double promise[K + 1] = {};
+    for (int32_t n = 0; n <= c.k_max; ++n) {
+        if (n > 0) {
+            p *= c.a_mean[n - 1];
+            tokens += p;
         }
+        best = std::max(best, tokens - c.rate * step_seconds(c, n));
+        const double cheapest = n > 0 ? c.verify[1].mean + c.head.mean + (n - 1) * c.d + c.other.mean : 0.0;
+        promise[n] = tokens - c.rate * cheapest;
     }
     int32_t k = -1;
-    for (int32_t j = 0; j <= top && drafting; ++j) {
+    for (int32_t n = 2; n <= c.k_max; ++n) {
+        if (c.verify[n].n == 0 && promise[n] > best + k_sweep_margin && (k < 0 || promise[n] > promise[k])) {
+            k = n;
+        }
+    }
+    if (k >= 0 || !drafting) {
+        return k;
+    }
+    for (int32_t j = 0; j <= c.k_max; ++j) {
         if (c.verify[j].n > 0 && c.steps - c.verify[j].at >= k_stale_steps && (k < 0 || c.verify[j].at < c.verify[k].at)) {
             k = j;
         }
@@ -307,7 +314,6 @@ step_plan controller_plan(controller * c, int32_t k_max, bool adaptive) {
     estimate(*c);
     for (int32_t i = 0; i < c->k_max; ++i) {
         c->a_mean[i] = mean_accept(*c, i);
-        c->a_draw[i] = i == 0 ? draw_accept(c->a_mean[i], c->pos[i].n, c->rng) : c->a_mean[i];
     }
     for (int32_t k = 0; k <= c->k_max; ++k) {
         c->v[k] = verify_cost(*c, k);
@@ -386,7 +392,7 @@ bool controller_keep(controller * c, int32_t i, float conf) {
     }
     const tally & t = c->cell[i][b];
     const double a = (t.hit + k_prior_weight * c->prior[i][b] + k_optimism) / (t.n + k_prior_weight + k_optimism);
-    const bool keep = (c->probing && i == 0) || best_gain(*c, i, c->reach, a, c->a_draw) > 0.0;
+    const bool keep = (c->probing && i == 0) || best_gain(*c, i, c->reach, a, c->a_mean) > 0.0;
     if (keep) {
         c->reach *= a;
     }
@@ -404,6 +410,12 @@ bool controller_extend(controller * c, int32_t i) {
 }
 
 void controller_update(controller * c, const step_record & r) {
+    // a probe whose first draft was accepted against the odds: the head may have got better, look
+    // again soon
+    if (c->probing && r.n_accepted > 0 && c->a_mean[0] < 0.5 && c->steps >= k_probe_min) {
+        c->probe_every = k_probe_min;
+        c->next_probe = c->steps + k_probe_soon;
+    }
     for (int32_t i = 0; i < K && r.n_mtp_calls > 0; ++i) {
         c->pos[i].age(k_accept_decay);
         for (int32_t b = 0; b < NB; ++b) {

@@ -65,6 +65,7 @@ def test_default_command_runs_demo():
     for name in ("plain", "MTP, 3 drafts", "MTP, adaptive (defaults)"):
         assert name in out
     assert "MTP output identical to plain: True" in out
+    assert "measured: a trunk pass over 1 row takes" in out  # the demo says what it measured
 
 
 def test_bench(model_files):

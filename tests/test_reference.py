@@ -3,13 +3,13 @@
 What the engine computed during real generations (its debug event log: every
 row it evaluated, every cache rollback) is replayed through an independent
 numpy reference of llama.cpp's glm4moe graph and NextN step
-(reference_glm4moe.py), and every recorded trunk logit row, trunk hand-over
+(reference/glm4moe.py), and every recorded trunk logit row, trunk hand-over
 state, MTP logit row and MTP output state is compared with it.
 
 Tolerance: the relative max-abs error of a row, max|engine - ref| / max|ref|,
 must be below TOL_F32 = 2e-3 (f32 weights) or TOL_F16 = 5e-3 (f16 weights).
 The reference models llama.cpp's f16 KV cache and its CPU flash-attention f16
-accumulator (see reference_glm4moe.py); what is left is f32 arithmetic and the
+accumulator (see reference/glm4moe.py); what is left is f32 arithmetic and the
 occasional one-ulp f16 rounding flip it causes: about 1e-4 typical and 6e-4 at
 worst for f32 weights, 1.3e-3 for f16 weights (2.6e-3 on a CPU with AVX512-FP16).
 A broken reference (a mix-up of the kind a port makes) is off by 0.05 to 2.5.
@@ -38,7 +38,7 @@ import numpy as np
 import pytest
 
 import mtpllama
-import reference_glm4moe as R
+from reference import glm4moe as R
 from mtpllama import SessionConfig, SpecConfig
 from mtpllama.testing import SyntheticSpec, write_synthetic
 

@@ -179,3 +179,63 @@ def test_coupled_plain_sampling_has_the_sampler_distribution(sessions):
     b = draw(plain, N // 2, SpecConfig(0, 0.0, verify="coupled", adaptive=False), cfg, seed0=5 * 10**6)
     stat, df, p = two_sample_chi2(a, b)
     assert p > ALPHA, f"chi2={stat:.1f} df={df} p={p:.2e}"
+
+
+# A file on which drafting pays on a CPU (a memory-bound step: Q8_0, a wide dense FFN), whose next token
+# is genuinely uncertain (two likely successors) and whose head is less sure than the trunk (head_scale):
+# the controller drafts, and moves its draft mixture toward the arg-max.
+UNSURE_WIDE = dict(n_embd=512, n_layer=3, n_dense_lead=2, n_head=8, n_head_kv=2, head_dim=64, n_rot=32, n_ff=4096,
+                   n_ff_exp=256, dtype="q8_0", head_scale=0.3, noise=3.0)
+
+
+@pytest.fixture(scope="module")
+def unsure_wide(tmp_path_factory):
+    from dataclasses import replace
+
+    from mtpllama.testing import add_second_successor, synthetic_weights, train_bpe, write_synthetic
+    from mtpllama.testing.fixtures import SPECS
+
+    spec = replace(SPECS["glm45"], **UNSURE_WIDE)
+    tok = train_bpe()
+    weights = add_second_successor(synthetic_weights(spec, tok), spec, tok)
+    path = write_synthetic(tmp_path_factory.mktemp("wide") / "unsure.gguf", spec, tok, weights)
+    with mtpllama.Model(str(path), session_defaults=ONE_THREAD) as m:
+        yield m
+
+
+@pytest.mark.slow
+def test_adaptive_mixture_matches_plain_sampling(unsure_wide):
+    """The defaults with sampling: the controller chooses draft lengths and each position's draft
+    mixture while the test runs; the output keeps plain sampling's distribution."""
+    cfg = dict(temperature=0.8, top_k=8, top_p=0.95, min_p=0.05)
+    with unsure_wide.session(mtp=False) as plain, unsure_wide.session() as adaptive:
+        a = draw(plain, N // 4, SpecConfig(0, 0.0, adaptive=False), cfg, seed0=5)
+        b = draw(adaptive, N // 4, SpecConfig(), cfg, seed0=3 * 10**6)
+    stat, df, p = two_sample_chi2(a, b)
+    assert df >= 10
+    assert p > ALPHA, f"chi2={stat:.1f} df={df} p={p:.2e}"
+
+
+def test_adaptive_mixture_leans_toward_the_arg_max_for_an_unsure_head(unsure_wide):
+    """Right but unsure: rejection sampling with the head's own distribution accepts less than its
+    arg-max (as exact match does).  The mixture the controller chooses, from what each mixture would
+    have accepted at the verified rows (counted in every rejection-sampling step, fixed ones too),
+    is at the arg-max end."""
+    from mtpllama.testing.fixtures import PROMPTS
+
+    def run(s, spec, runs=12):
+        acc = drafted = 0
+        for i in range(runs):
+            s.reset()
+            r = s.generate(PROMPTS[i % len(PROMPTS)], 64, spec=spec,
+                           sampling=SamplingConfig(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, seed=i))
+            acc += r.stats.accepted[0] if r.stats.accepted else 0
+            drafted += r.stats.drafted[0] if r.stats.drafted else 0
+        return acc / max(drafted, 1), r.stats
+
+    with unsure_wide.session() as own_s, unsure_wide.session() as exact_s:
+        own, _ = run(own_s, SpecConfig(3, 0.0, adaptive=False))
+        argmax, _ = run(exact_s, SpecConfig(3, 0.0, adaptive=False, verify="exact"))
+        _, st = run(own_s, SpecConfig(), runs=1)  # the same controller, now choosing
+    assert argmax > own + 0.03, (own, argmax)  # the file is what it is meant to be
+    assert st.draft_mix[0] >= 0.8, st.draft_mix

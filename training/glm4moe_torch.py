@@ -1,7 +1,7 @@
 """A small GLM-4.5-shaped model with its NextN (MTP) block, in PyTorch, for training.
 
 It computes what llama.cpp's ``glm4moe`` graph computes (see the numpy
-reference in tests/reference_glm4moe.py for the conventions), so the trained
+reference in tests/reference/glm4moe.py for the conventions), so the trained
 weights can be written to GGUF as they are:
 
 * trunk: token embedding; per layer RMS norm -> attention (q/k/v with bias,
