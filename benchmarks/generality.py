@@ -170,18 +170,25 @@ class Bench:
 
 
 def median_by(runs: list[Run], phase: str) -> dict[str, float]:
-    out: dict[str, list[float]] = {}
+    """Per setting: the geometric mean over prompt kinds of the median speed over rounds."""
+    out: dict[str, dict[str, list[float]]] = {}
     for r in runs:
         if r.phase == phase:
-            out.setdefault(r.setting, []).append(r.tps)
-    return {k: statistics.median(v) for k, v in out.items()}
+            out.setdefault(r.setting, {}).setdefault(r.prompt, []).append(r.tps)
+    return {k: statistics.geometric_mean([statistics.median(v) for v in by_prompt.values()])
+            for k, by_prompt in out.items()}
 
 
 def paired(runs: list[Run], a: str, b: str) -> float | None:
-    """Median over (round, prompt) of the confirmation rounds' ratios a / b."""
+    """a / b over the confirmation rounds: per prompt kind the median over rounds of the ratios of
+    back-to-back runs, then the geometric mean over the prompt kinds (each kind counts once)."""
     by = {(r.setting, r.round, r.prompt): r.tps for r in runs if r.phase == "confirm"}
-    ratios = [by[(a, rd, p)] / by[(b, rd, p)] for (s, rd, p) in by if s == a and (b, rd, p) in by]
-    return statistics.median(ratios) if ratios else None
+    per_prompt = []
+    for kind in PROMPTS:
+        ratios = [by[(a, rd, p)] / by[(b, rd, p)] for (s, rd, p) in by if s == a and p == kind and (b, rd, p) in by]
+        if ratios:
+            per_prompt.append(statistics.median(ratios))
+    return statistics.geometric_mean(per_prompt) if per_prompt else None
 
 
 def run_case(b: Bench, case: Case, settings: list[Setting], sampling: SamplingConfig, a) -> None:
@@ -331,12 +338,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--accept-tokens", type=int, default=512)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--results-md", default=str(HERE / "RESULTS.md"), help="'' to skip")
+    ap.add_argument("--render", type=Path, metavar="JSON", help="only analyse an earlier run's JSON again")
     a = ap.parse_args(argv)
+    if a.render:
+        doc = json.loads(a.render.read_text())
+        cases = [Case(c["file"], c["mode"], [Run(**r) for r in c["runs"]]) for c in doc["cases"]]
+        body = markdown([summarise(c) for c in cases], doc["acceptance"], doc["machine"], doc["command"],
+                        doc.get("started", "?"))
+        print(body)
+        if a.results_md:
+            write_results(Path(a.results_md), body)
+        return 0
     started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
     cmd = "python3 benchmarks/generality.py " + " ".join(sys.argv[1:] if argv is None else argv)
     mach = machine()
     designs = {d.name: d for d in DESIGN}
     summaries, accept, cases = [], [], []
+    out = a.json or cache_dir().parent / "bench-results" / f"generality-{started.replace(' ', '-').replace(':', '')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after every case: a run cut short keeps what it measured (--render reads it)
+        out.write_text(json.dumps({"command": cmd, "started": started, "machine": mach, "summaries": summaries,
+                                   "acceptance": accept, "cases": [asdict(c) for c in cases]}, default=str))
+
     for name in a.files:
         if name == "default":
             path, d = Path(mtpllama.__file__).parent / "models" / "default.gguf", None
@@ -358,16 +382,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[generality] {name} {mode}: best fixed {s['best_fixed']} {fmt(s['best_x_plain'])}x plain; "
                       f"defaults {fmt(s['defaults_x_best'])}x best, {fmt(s['defaults_x_plain'])}x plain",
                       file=sys.stderr, flush=True)
+                save()
             if a.acceptance and d is not None and d.sampled:
                 accept += acceptance_rows(b, name, a)
+                save()
         finally:
             b.close()
     body = markdown(summaries, accept, mach, cmd, started)
     print(body)
-    out = a.json or cache_dir().parent / "bench-results" / f"generality-{started.replace(' ', '-').replace(':', '')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": cmd, "machine": mach, "summaries": summaries, "acceptance": accept,
-                               "cases": [asdict(c) for c in cases]}, default=str))
+    save()
     print(f"[generality] wrote {out}", file=sys.stderr)
     if a.results_md:
         write_results(Path(a.results_md), body)

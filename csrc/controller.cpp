@@ -26,9 +26,10 @@
 // Costs are measured, never guessed: V(k) for each k, the head call, a further decode, and the
 // rest of a step (bookkeeping, the caller's time between steps), each a mean of samples aged by
 // the step (x0.95), so one new sample replaces an estimate that went stale.  Every draft length
-// the drafts could pay for is timed early (the deepest first, the others where the deepest costs
-// well below a straight line from one draft: a compute-bound curve costs one timing), and the
-// length timed longest ago is timed again once 512 steps old, within the probe budget.
+// the drafts could pay for is timed early (the most promising first: a compute-bound curve costs
+// one timing), and the length timed longest ago is timed again once stale: after 128 steps where
+// it is close to the best (one noisy sample must not rule out the right length for long), up to
+// 512 where it is far.
 //
 // Plain steps.  A step drafts at all only if the first draft is worth the head call, as above.
 // Whether it is uses a draw of the first position's acceptance from what the counts allow
@@ -69,7 +70,7 @@ constexpr int64_t k_sweep_every = 2;      // steps between the first timings of 
 constexpr double k_sweep_after = 2.5;     // ... once this many first drafts were verified
 constexpr double k_sweep_margin = 0.05;   // ... that could beat the best known by this many tokens a step
 constexpr int64_t k_stale_steps = 512;    // a pass timed this long ago is timed again ...
-constexpr int64_t k_resweep_min = 128;    // ... at most once per this many steps
+constexpr int64_t k_resweep_min = 128;    // ... at most once per this many steps, a length that is close to the best this often
 constexpr int64_t k_probe_min = 16;
 constexpr int64_t k_probe_soon = 4;       // after a probe whose first draft was accepted against the odds
 constexpr int64_t k_probe_max = 512;
@@ -139,7 +140,7 @@ struct controller {
     int32_t k_max = 0;
     double rate = 0.0;              // R, tokens per second
     double a_mean[K] = {};          // expected acceptance at position i
-    double acc_draw[NB] = {};       // the first position's acceptance by bucket, drawn from what the counts allow
+    double acc_draw[NB] = {};       // the first position's acceptance by bucket, as one draw makes it
     rng_type rng{0x6d74706c};
     double v[K + 1] = {};           // V(k) as decisions see it
     double d = 0.0;                 // D
@@ -265,6 +266,16 @@ int32_t sweep_length(const controller & c, bool drafting) {
         const double cheapest = n > 0 ? c.verify[1].mean + c.head.mean + (n - 1) * c.d + c.other.mean : 0.0;
         promise[n] = tokens - c.rate * cheapest;
     }
+    double value[K + 1] = {};
+    tokens = 1.0;
+    p = 1.0;
+    for (int32_t n = 0; n <= c.k_max; ++n) {
+        if (n > 0) {
+            p *= c.a_mean[n - 1];
+            tokens += p;
+        }
+        value[n] = tokens - c.rate * step_seconds(c, n);
+    }
     int32_t k = -1;
     for (int32_t n = 2; n <= c.k_max; ++n) {
         if (c.verify[n].n == 0 && promise[n] > best + k_sweep_margin && (k < 0 || promise[n] > promise[k])) {
@@ -274,8 +285,13 @@ int32_t sweep_length(const controller & c, bool drafting) {
     if (k >= 0 || !drafting) {
         return k;
     }
+    // a length close to the best goes stale sooner: timing it costs little, and a wrong estimate of it
+    // costs the most
+    const double plain_tokens = std::max(c.rate * step_seconds(c, 0), 1e-12);
     for (int32_t j = 0; j <= c.k_max; ++j) {
-        if (c.verify[j].n > 0 && c.steps - c.verify[j].at >= k_stale_steps && (k < 0 || c.verify[j].at < c.verify[k].at)) {
+        const double loss = std::max(0.0, best - value[j]) / plain_tokens;
+        const int64_t stale = std::clamp((int64_t) (loss / k_probe_budget), k_resweep_min, k_stale_steps);
+        if (c.verify[j].n > 0 && c.steps - c.verify[j].at >= stale && (k < 0 || c.verify[j].at < c.verify[k].at)) {
             k = j;
         }
     }
@@ -333,6 +349,7 @@ step_plan controller_plan(controller * c, int32_t k_max, bool adaptive) {
     if (!adaptive || c->k_max == 0) {
         return plan;
     }
+
     // start: time a step verifying one draft (kept whatever its confidence), then a plain one
     if (c->head.n == 0 || c->verify[1].n == 0) {
         plan.k_max = 1;
@@ -343,9 +360,13 @@ step_plan controller_plan(controller * c, int32_t k_max, bool adaptive) {
         plan.k_max = 0;
         return plan;
     }
-    // draft if some depth is worth the head call at the expected acceptance
+    // draft if the first draft is worth the head call, at acceptances scaled by one draw of the first
+    // position's acceptance from what its counts allow (one draw, not one per bucket: the largest of
+    // many noisy draws would draft far too often where drafting does not pay)
+    const double a0 = c->a_mean[0];
+    const double scale = a0 > 0.0 ? draw_accept(a0, c->pos[0].n, c->rng) / a0 : 1.0;
     for (int32_t b = 0; b < NB; ++b) {
-        c->acc_draw[b] = draw_accept(c->acc[0][b], c->cell[0][b].n + k_prior_weight, c->rng);
+        c->acc_draw[b] = std::min(1.0, c->acc[0][b] * scale);
     }
     const double gain = draft_worth(*c, 0, 1.0, c->acc_draw) - c->rate * c->head.mean;
     if (c->steps >= c->next_sweep && c->pos[0].n >= k_sweep_after) {
