@@ -13,15 +13,17 @@ Protocol, per file and decoding mode (greedy; sampled at T 0.5 / 0.8 / 1.2 with 
 default chain, top-k 40, top-p 0.95, min-p 0.05, on three files):
 1. Selection rounds: every setting (plain, a grid of fixed settings, the defaults ``SpecConfig()``)
    on each prompt kind (code, prose, chat-formatted), interleaved; the best fixed setting is the
-   one with the highest median decode speed.
+   one with the highest speed (per prompt kind the median over rounds, then the geometric mean).
 2. Confirmation rounds: plain, the defaults and the two best fixed settings back to back on each
-   prompt; the ratios are medians over (round, prompt) of the paired ratios.  The maximum of many
+   prompt; a ratio is, per prompt kind, the median over rounds of the back-to-back runs' ratios,
+   then the geometric mean over the kinds (each kind counts once).  The maximum of many
    noisy medians overstates the best fixed setting, so the headline takes these rounds.
 Every setting keeps one session (and so its controller) across the rounds, as a user's
 ``Model.generate`` does.  The headline is the worst case over the set: defaults / best fixed and
 defaults / plain.  ``--acceptance`` also measures sampled first-position acceptance (6 seeds x 512
 tokens, steps after the first 32): defaults against exact-match and rejection sampling at the
-sampling temperature.
+sampling temperature (``--acceptance-only``: that alone).  The JSON is saved after every case;
+``--render A.json B.json`` rebuilds the table from one or more runs.
 
 Results: a table on stdout, the JSON of every run (--json) and the "Generality" section of
 benchmarks/RESULTS.md (--results-md).
@@ -257,7 +259,7 @@ def first_position_acceptance(b: Bench, spec: SpecConfig, t: float, seeds: int, 
 def acceptance_rows(b: Bench, name: str, a) -> list[dict]:
     rows = []
     for t in TEMPERATURES:
-        row = {"file": name, "T": t}
+        row = {"file": name, "T": t, "seeds": a.seeds, "tokens": a.accept_tokens}
         for label, spec in (("exact", SpecConfig(3, 0.0, adaptive=False, verify="exact")),
                             ("rejection", SpecConfig(3, 0.0, adaptive=False)), ("defaults", SpecConfig())):
             row[label] = first_position_acceptance(b, spec, t, a.seeds, a.accept_tokens, 32)
@@ -302,11 +304,12 @@ def markdown(summaries: list[dict], accept: list[dict], mach: dict, cmd: str, st
     lines += ["", f"Worst case over the set (confirmation rounds): defaults / best fixed {fmt(worst_best)}, "
                   f"defaults / plain {fmt(worst_plain)}."]
     if accept:
-        lines += ["", "Sampled first-position acceptance (6 seeds x 512 tokens, steps after the first 32; fixed runs "
-                      "draft 3):", "", "| file | T | exact | rejection | defaults | defaults - max |", "|---|---|---|---|---|---|"]
+        lines += ["", "Sampled first-position acceptance (new session per seed, steps after the first 32; fixed runs "
+                      "draft 3):", "", "| file | T | seeds x tokens | exact | rejection | defaults | defaults - max |",
+                  "|---|---|---|---|---|---|---|"]
         for r in accept:
-            lines.append(f"| {r['file']} | {r['T']} | {r['exact']:.3f} | {r['rejection']:.3f} | {r['defaults']:.3f} | "
-                         f"{r['defaults - max']:+.3f} |")
+            lines.append(f"| {r['file']} | {r['T']} | {r.get('seeds', 6)} x {r.get('tokens', 512)} | {r['exact']:.3f} | "
+                         f"{r['rejection']:.3f} | {r['defaults']:.3f} | {r['defaults - max']:+.3f} |")
     return "\n".join(lines)
 
 
@@ -334,17 +337,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-sampled", action="store_true")
     ap.add_argument("--acceptance", action="store_true", help="also measure sampled first-position acceptance")
+    ap.add_argument("--acceptance-only", action="store_true", help="only the acceptance (sampled files)")
     ap.add_argument("--seeds", type=int, default=6)
     ap.add_argument("--accept-tokens", type=int, default=512)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--results-md", default=str(HERE / "RESULTS.md"), help="'' to skip")
-    ap.add_argument("--render", type=Path, metavar="JSON", help="only analyse an earlier run's JSON again")
+    ap.add_argument("--render", type=Path, nargs="+", metavar="JSON",
+                    help="only analyse earlier runs' JSON again (several: one table, e.g. a speed run and an acceptance run)")
     a = ap.parse_args(argv)
     if a.render:
-        doc = json.loads(a.render.read_text())
-        cases = [Case(c["file"], c["mode"], [Run(**r) for r in c["runs"]]) for c in doc["cases"]]
-        body = markdown([summarise(c) for c in cases], doc["acceptance"], doc["machine"], doc["command"],
-                        doc.get("started", "?"))
+        docs = [json.loads(p.read_text()) for p in a.render]
+        cases = [Case(c["file"], c["mode"], [Run(**r) for r in c["runs"]]) for d in docs for c in d["cases"]]
+        body = markdown([summarise(c) for c in cases], [r for d in docs for r in d["acceptance"]], docs[0]["machine"],
+                        "`; `".join(d["command"] for d in docs), ", ".join(d.get("started", "?") for d in docs))
         print(body)
         if a.results_md:
             write_results(Path(a.results_md), body)
@@ -369,8 +374,8 @@ def main(argv: list[str] | None = None) -> int:
             path = ensure_file(d)
         b = Bench(path, a.threads, 512 if d is None else 2048)
         try:
-            modes = [("greedy", SamplingConfig(), greedy_settings(), a.confirm)]
-            if d is not None and d.sampled and not a.no_sampled:
+            modes = [] if a.acceptance_only else [("greedy", SamplingConfig(), greedy_settings(), a.confirm)]
+            if d is not None and d.sampled and not a.no_sampled and not a.acceptance_only:
                 modes += [(f"T={t}", SamplingConfig(temperature=t, **CHAIN), sampled_settings(), a.confirm_sampled)
                           for t in TEMPERATURES]
             for mode, sampling, settings, confirm in modes:
@@ -383,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"defaults {fmt(s['defaults_x_best'])}x best, {fmt(s['defaults_x_plain'])}x plain",
                       file=sys.stderr, flush=True)
                 save()
-            if a.acceptance and d is not None and d.sampled:
+            if (a.acceptance or a.acceptance_only) and d is not None and d.sampled:
                 accept += acceptance_rows(b, name, a)
                 save()
         finally:
