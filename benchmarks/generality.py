@@ -343,11 +343,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--results-md", default=str(HERE / "RESULTS.md"), help="'' to skip")
     ap.add_argument("--render", type=Path, nargs="+", metavar="JSON",
-                    help="only analyse earlier runs' JSON again (several: one table, e.g. a speed run and an acceptance run)")
+                    help="only analyse earlier runs' JSON again (several: one table; a later run's case replaces an "
+                         "earlier one's of the same file and mode)")
     a = ap.parse_args(argv)
     if a.render:
         docs = [json.loads(p.read_text()) for p in a.render]
-        cases = [Case(c["file"], c["mode"], [Run(**r) for r in c["runs"]]) for d in docs for c in d["cases"]]
+        # a later run's case replaces an earlier one's of the same file and mode (a rerun)
+        by_case = {(c["file"], c["mode"]): c for d in docs for c in d["cases"]}
+        cases = [Case(c["file"], c["mode"], [Run(**r) for r in c["runs"]]) for c in by_case.values()]
         body = markdown([summarise(c) for c in cases], [r for d in docs for r in d["acceptance"]], docs[0]["machine"],
                         "`; `".join(d["command"] for d in docs), ", ".join(d.get("started", "?") for d in docs))
         print(body)
