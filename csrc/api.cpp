@@ -165,7 +165,7 @@ int32_t mtpl_controller_simulate(const mtpl_controller_sim * sim, int32_t * out_
         }
         const auto time_ok = [](double t) { return t >= 0.0 && t < 1e6; };
         bool ok = time_ok(sim->head_s) && time_ok(sim->draft_s) && time_ok(sim->other_s) && time_ok(sim->catch_up_s) &&
-                  time_ok(sim->noise) && time_ok(sim->speed_after) && sim->burst_steps >= 0 &&
+                  time_ok(sim->noise) && time_ok(sim->speed_after) && sim->burst_steps >= 0 && sim->text_steps >= 0 &&
                   (sim->burst_steps == 0 || (sim->burst_speed > 0.0 && sim->burst_speed < 1e6));
         for (int32_t k = 0; k <= sim->k_max; ++k) {
             ok = ok && sim->verify_s[k] > 0.0 && sim->verify_s[k] < 1e6;
@@ -175,7 +175,7 @@ int32_t mtpl_controller_simulate(const mtpl_controller_sim * sim, int32_t * out_
         }
         if (!ok) {
             return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "times must be in [0, 1e6), verify_s[k] > 0 for k <= k_max, "
-                                                         "0 <= conf_lo[i] <= conf_hi[i] <= 1");
+                                                         "0 <= conf_lo[i] <= conf_hi[i] <= 1, text_steps >= 0");
         }
         mtpl::controller_simulate(*sim, out_drafts, *out_tokens, *out_seconds);
         return MTPL_OK;

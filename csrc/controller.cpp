@@ -21,7 +21,8 @@
 // confidence says.  A position seldom seen starts from the one before it (the first from a coin),
 // weight 2, and the draft in hand's bucket gets half an acceptance more (optimism that shrinks as
 // counts grow).  Counts age by the drafting step (x0.98), so a change of text shows within tens
-// of steps.
+// of steps, and drop to 0.3 of their weight when a new text begins (a session reset: a session's
+// next prompt may be code where the last was prose).
 //
 // Costs are measured, never guessed: V(k) for each k, the head call, a further decode, and the
 // rest of a step (bookkeeping, the caller's time between steps), each a mean of samples aged by
@@ -78,6 +79,7 @@ constexpr double k_probe_budget = 0.005;  // a probe's expected loss, as a share
 constexpr double k_min_overlap_rows = 8;  // a position chooses its own mixture after this many rows
 constexpr int32_t k_mix_start = 1;        // ... before that, the first position's is this one of k_mix_grid
 constexpr double k_mix_forget = 0.3;      // a position's acceptance counts are kept at this weight when its mixture changes
+constexpr double k_new_text_keep = 0.3;   // acceptance counts are kept at this weight when a new text begins
 
 int32_t bucket_of(float conf) {
     int32_t b = 0;
@@ -313,6 +315,22 @@ void controller_free(controller * c) {
 void controller_reset(controller * c) {
     *c = controller{};
     std::fill(std::begin(c->mix_idx), std::end(c->mix_idx), -1);
+}
+
+void controller_new_text(controller * c) {
+    for (int32_t i = 0; i < K; ++i) {
+        c->pos[i].age(k_new_text_keep);
+        for (int32_t b = 0; b < NB; ++b) {
+            c->cell[i][b].age(k_new_text_keep);
+            c->seen[i][b] *= k_new_text_keep;
+        }
+        for (int32_t j = 0; j < k_n_mix; ++j) {
+            c->overlap[i][j] *= k_new_text_keep;
+        }
+        c->overlap_n[i] *= k_new_text_keep;
+    }
+    c->probe_every = k_probe_min;
+    c->next_probe = c->steps + k_probe_min;
 }
 
 step_plan controller_plan(controller * c, int32_t k_max, bool adaptive) {

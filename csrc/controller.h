@@ -26,6 +26,9 @@ using controller_ptr = std::unique_ptr<controller, controller_deleter>;
 
 // forget everything measured
 void controller_reset(controller * c);
+// a new text begins (the session was reset): acceptance counts carry over at a lower weight, costs
+// in full, and probing starts again at its shortest spacing
+void controller_new_text(controller * c);
 
 // The mixtures of a draft distribution the controller chooses from: q = mix * [x = the head's
 // arg-max] + (1 - mix) * the head's distribution after the sampling transforms.

@@ -19,7 +19,11 @@ void controller_simulate(const mtpl_controller_sim & sim, int32_t * out_drafts, 
     int32_t backlog = 1;  // positions the MTP cache has not seen
     bool kept_up = false;
     for (int32_t step = 0; step < sim.n_steps; ++step) {
-        const bool after = sim.switch_step >= 0 && step >= sim.switch_step;
+        if (sim.text_steps > 0 && step > 0 && step % sim.text_steps == 0) {
+            controller_new_text(c.get());
+        }
+        const bool after = sim.text_steps > 0 ? (step / sim.text_steps) % 2 == 1
+                                              : sim.switch_step >= 0 && step >= sim.switch_step;
         const double * accept = after ? sim.accept_after : sim.accept;
         const bool burst = step >= sim.burst_start && step < sim.burst_start + sim.burst_steps;
         const double speed = (after && sim.speed_after > 0.0 ? sim.speed_after : 1.0) * (burst ? sim.burst_speed : 1.0);

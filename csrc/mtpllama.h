@@ -276,7 +276,10 @@ int32_t mtpl_session_debug_floats(const mtpl_session * session, float * out, int
    over k drafts costs verify_s[k], the rest of a step other_s.  Every step's time is multiplied by
    1 + noise N(0, 1) (at least 0.5); from step switch_step on acceptance is accept_after[i] and times
    are multiplied by speed_after (0: unchanged), during a slow spell of burst_steps steps by
-   burst_speed.  After plain steps the head call also catches up catch_up_s per missed position.
+   burst_speed.  With text_steps > 0 a new text begins every text_steps steps (the controller is
+   told, as on a session reset) and texts alternate between accept and accept_after (switch_step
+   is then not used).  After plain steps the head call also catches up catch_up_s per missed
+   position.
    adaptive = 0 simulates the fixed policy instead: k_max drafts a step, none below p_min.
    out_drafts[step] receives the drafts verified in each step; *out_tokens, *out_seconds the totals. */
 typedef struct mtpl_controller_sim {
@@ -300,6 +303,7 @@ typedef struct mtpl_controller_sim {
     int32_t burst_start;
     int32_t burst_steps;
     double burst_speed;
+    int32_t text_steps;             /* 0: one text */
     uint64_t seed;
 } mtpl_controller_sim;
 int32_t mtpl_controller_simulate(const mtpl_controller_sim * sim, int32_t * out_drafts, double * out_tokens,

@@ -136,6 +136,7 @@ int32_t session_reset(mtpl_session * s) {
     llama_memory_clear(llama_get_memory(s->trunk), true);
     if (s->mtp) {
         proposer_reset(s->prop);
+        controller_new_text(s->ctl.get());
     }
     s->tokens.clear();
     s->n_past = 0;

@@ -99,6 +99,22 @@ def test_recovers_when_acceptance_rises():
     assert r[0] >= 0.85 * best, ([x / best for x in r], seconds_best)
 
 
+def test_a_new_text_is_learnt_anew():
+    """One session, prompts alternating between text the head gets wrong (plain decoding or one
+    draft is best) and text it gets right (deep drafting is), 85 steps each (about a 256-token generation): each
+    text starts from counts carried over at a lower weight, so the controller reaches 0.9x what
+    the best fixed policy of each text would (in the median over seeds)."""
+    costs, n = DENSE_Q8, 85
+    tokens = seconds = 0.0
+    for head in (WRONG_SURE, SHARP_HIGH):
+        k, p, _ = best_fixed(costs, head)
+        _, t, s = simulate_controller(costs, head, 10 * n, adaptive=False, k_max=k, p_min=p)
+        tokens, seconds = tokens + t, seconds + s
+    oracle = tokens / seconds
+    r, drafts = rates(costs, WRONG_SURE, 20 * n, head_after=SHARP_HIGH, text_steps=n)
+    assert r[len(r) // 2] >= 0.9 * oracle, ([x / oracle for x in r], drafts)
+
+
 def test_backs_off_when_acceptance_falls():
     costs = MOE
     r, drafts = rates(costs, MOE_HI, 3000, head_after=LOW, switch_step=500)
@@ -148,3 +164,5 @@ def test_bad_simulation_arguments():
         simulate_controller(DENSE_Q8, SimHead(accept=(0.5,), conf_lo=(0.8,), conf_hi=(0.2,)), 10)
     with pytest.raises(InvalidArgumentError):
         simulate_controller(DENSE_Q8, SHARP_HIGH, 10, k_max=99)
+    with pytest.raises(InvalidArgumentError):
+        simulate_controller(DENSE_Q8, SHARP_HIGH, 10, text_steps=-1)

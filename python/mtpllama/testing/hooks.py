@@ -74,9 +74,11 @@ class SimCosts:
 def simulate_controller(costs: SimCosts, head: SimHead, n_steps: int, *, adaptive: bool = True, k_max: int | None = None,
                         p_min: float = 0.0, noise: float = 0.05, seed: int = 0, head_after: SimHead | None = None,
                         switch_step: int = -1, speed_after: float = 0.0,
-                        burst: tuple[int, int, float] = (0, 0, 1.0)) -> tuple[list[int], float, float]:
+                        burst: tuple[int, int, float] = (0, 0, 1.0), text_steps: int = 0) -> tuple[list[int], float, float]:
     """The engine's controller (adaptive) or a fixed policy (k_max drafts, none below p_min) against
-    a simulated model (mtpl_controller_simulate).  Returns (drafts verified per step, tokens, seconds)."""
+    a simulated model (mtpl_controller_simulate).  text_steps > 0: a new text (a session reset) every
+    text_steps steps, texts alternating between head and head_after.  Returns (drafts verified per
+    step, tokens, seconds)."""
     sim = ffi.new("mtpl_controller_sim *")
     sim.k_max = len(costs.verify) - 1 if k_max is None else k_max
     sim.n_steps = n_steps
@@ -93,6 +95,7 @@ def simulate_controller(costs: SimCosts, head: SimHead, n_steps: int, *, adaptiv
     sim.switch_step = switch_step
     sim.speed_after = speed_after
     sim.burst_start, sim.burst_steps, sim.burst_speed = burst
+    sim.text_steps = text_steps
     sim.seed = seed
     drafts = ffi.new("int32_t[]", max(n_steps, 1))
     tokens, seconds = ffi.new("double *"), ffi.new("double *")
