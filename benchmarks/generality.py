@@ -287,15 +287,21 @@ def fmt(x, f="{:.2f}") -> str:
     return "-" if x is None else f.format(x)
 
 
-def markdown(summaries: list[dict], accept: list[dict], mach: dict, cmd: str, started: str) -> str:
-    lines = [f"Run {started} UTC: `{cmd}`", "",
-             f"Machine: {mach['cpu']}, {mach['nproc']} cores, at {mach['commit']}{' (modified)' if mach['dirty'] else ''}; "
-             f"flags: {mach['flags']}", "",
-             "| file | mode | plain t/s | best fixed | best / plain | defaults / best (confirm) | defaults / plain "
-             "(confirm) | defaults / best (select) | acceptance at k=3 | greedy = plain |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+def markdown(summaries: list[dict], accept: list[dict], docs: list[dict]) -> str:
+    """docs: the runs (command, started, machine); a summary's or acceptance row's "run" indexes them."""
+    lines = []
+    for i, d in enumerate(docs, 1):
+        m = d["machine"]
+        lines += [f"Run {i}, {d.get('started', '?')} UTC, at {m['commit']}{' (modified)' if m['dirty'] else ''}: "
+                  f"`{d['command']}`", ""]
+    m = docs[0]["machine"]
+    lines += [f"Machine: {m['cpu']}, {m['nproc']} cores; flags: {m['flags']}", "",
+              "| file | mode | run | plain t/s | best fixed | best / plain | defaults / best (confirm) | defaults / plain "
+              "(confirm) | defaults / best (select) | acceptance at k=3 | greedy = plain |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
-        lines.append(f"| {s['file']} | {s['mode']} | {s['plain_tps']:.1f} | {s['best_fixed']} | {fmt(s['best_x_plain'])} | "
+        lines.append(f"| {s['file']} | {s['mode']} | {s.get('run', 1)} | {s['plain_tps']:.1f} | {s['best_fixed']} | "
+                     f"{fmt(s['best_x_plain'])} | "
                      f"{fmt(s['defaults_x_best'])} | {fmt(s['defaults_x_plain'])} | {fmt(s['select_defaults_x_best'])} | "
                      f"{' '.join(f'{x:.2f}' for x in s['acceptance_k3'][:4])} | "
                      f"{'' if s['greedy_identical'] is None else 'yes' if s['greedy_identical'] else 'NO'} |")
@@ -305,10 +311,11 @@ def markdown(summaries: list[dict], accept: list[dict], mach: dict, cmd: str, st
                   f"defaults / plain {fmt(worst_plain)}."]
     if accept:
         lines += ["", "Sampled first-position acceptance (new session per seed, steps after the first 32; fixed runs "
-                      "draft 3):", "", "| file | T | seeds x tokens | exact | rejection | defaults | defaults - max |",
-                  "|---|---|---|---|---|---|---|"]
+                      "draft 3):", "", "| file | T | run | seeds x tokens | exact | rejection | defaults | defaults - max |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in accept:
-            lines.append(f"| {r['file']} | {r['T']} | {r.get('seeds', 6)} x {r.get('tokens', 512)} | {r['exact']:.3f} | "
+            lines.append(f"| {r['file']} | {r['T']} | {r.get('run', 1)} | {r.get('seeds', 6)} x {r.get('tokens', 512)} | "
+                         f"{r['exact']:.3f} | "
                          f"{r['rejection']:.3f} | {r['defaults']:.3f} | {r['defaults - max']:+.3f} |")
     return "\n".join(lines)
 
@@ -349,10 +356,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.render:
         docs = [json.loads(p.read_text()) for p in a.render]
         # a later run's case replaces an earlier one's of the same file and mode (a rerun)
-        by_case = {(c["file"], c["mode"]): c for d in docs for c in d["cases"]}
-        cases = [Case(c["file"], c["mode"], [Run(**r) for r in c["runs"]]) for c in by_case.values()]
-        body = markdown([summarise(c) for c in cases], [r for d in docs for r in d["acceptance"]], docs[0]["machine"],
-                        "`; `".join(d["command"] for d in docs), ", ".join(d.get("started", "?") for d in docs))
+        by_case = {(c["file"], c["mode"]): (i, c) for i, d in enumerate(docs, 1) for c in d["cases"]}
+        summaries = [dict(summarise(Case(c["file"], c["mode"], [Run(**r) for r in c["runs"]])), run=i)
+                     for i, c in by_case.values()]
+        by_row = {(r["file"], r["T"]): dict(r, run=i) for i, d in enumerate(docs, 1) for r in d["acceptance"]}
+        body = markdown(summaries, list(by_row.values()), docs)
         print(body)
         if a.results_md:
             write_results(Path(a.results_md), body)
@@ -396,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
                 save()
         finally:
             b.close()
-    body = markdown(summaries, accept, mach, cmd, started)
+    body = markdown(summaries, accept, [{"command": cmd, "started": started, "machine": mach}])
     print(body)
     save()
     print(f"[generality] wrote {out}", file=sys.stderr)
