@@ -21,7 +21,7 @@
 // confidence says.  A position seldom seen starts from the one before it (the first from a coin),
 // weight 2, and the draft in hand's bucket gets half an acceptance more (optimism that shrinks as
 // counts grow).  Counts age by the drafting step (x0.98), so a change of text shows within tens
-// of steps, and drop to 0.3 of their weight when a new text begins (a session reset: a session's
+// of steps, and drop to 0.1 of their weight when a new text begins (a session reset: a session's
 // next prompt may be code where the last was prose).
 //
 // Costs are measured, never guessed: V(k) for each k, the head call, a further decode, and the
@@ -38,8 +38,9 @@
 // the decision is close.  Otherwise the step is plain and leaves the MTP head alone (its cache
 // catches up in one batch when drafting resumes).  While plain, a probe drafts now and then: at
 // least 16 steps apart, doubling to 512 while probes confirm, spaced so that a probe's expected
-// loss stays near 0.5% of the time; 4 steps after a probe whose first draft was accepted against
-// the odds (estimated below one in two).
+// loss stays near 0.5% of the time; 2 steps after a probe whose first draft was accepted against
+// the odds (estimated below one in two) and 16 after a session reset, where drafting could pay at
+// all (not where a verified row costs a full step, whatever the acceptance).
 //
 // Sampled decoding.  Rejection sampling is lossless for any draft distribution q; its acceptance
 // at a position is sum_x min(p(x), q(x)).  The verifier computes that overlap for each mixture of
@@ -73,13 +74,13 @@ constexpr double k_sweep_margin = 0.05;   // ... that could beat the best known 
 constexpr int64_t k_stale_steps = 512;    // a pass timed this long ago is timed again ...
 constexpr int64_t k_resweep_min = 128;    // ... at most once per this many steps, a length that is close to the best this often
 constexpr int64_t k_probe_min = 16;
-constexpr int64_t k_probe_soon = 4;       // after a probe whose first draft was accepted against the odds
+constexpr int64_t k_probe_soon = 2;       // after a probe whose first draft was accepted against the odds
 constexpr int64_t k_probe_max = 512;
 constexpr double k_probe_budget = 0.005;  // a probe's expected loss, as a share of the time between probes
 constexpr double k_min_overlap_rows = 8;  // a position chooses its own mixture after this many rows
 constexpr int32_t k_mix_start = 1;        // ... before that, the first position's is this one of k_mix_grid
 constexpr double k_mix_forget = 0.3;      // a position's acceptance counts are kept at this weight when its mixture changes
-constexpr double k_new_text_keep = 0.3;   // acceptance counts are kept at this weight when a new text begins
+constexpr double k_new_text_keep = 0.1;   // acceptance counts are kept at this weight when a new text begins
 
 int32_t bucket_of(float conf) {
     int32_t b = 0;
@@ -150,6 +151,7 @@ struct controller {
     int32_t n_conf = 0;             // drafts made this step
     int32_t bucket[K] = {};
     bool probing = false;
+    bool could_pay = true;          // some draft length would pay were every draft accepted
     int32_t force = 0;              // this step verifies this many drafts, whatever they look like (a timing)
     int64_t next_sweep = 0;
     int64_t next_probe = 0;
@@ -329,8 +331,10 @@ void controller_new_text(controller * c) {
         }
         c->overlap_n[i] *= k_new_text_keep;
     }
-    c->probe_every = k_probe_min;
-    c->next_probe = c->steps + k_probe_min;
+    if (c->could_pay) {
+        c->probe_every = k_probe_min;
+        c->next_probe = c->steps + k_probe_min;
+    }
 }
 
 step_plan controller_plan(controller * c, int32_t k_max, bool adaptive) {
@@ -363,6 +367,11 @@ step_plan controller_plan(controller * c, int32_t k_max, bool adaptive) {
         }
         const double t = step_seconds(*c, n);
         c->rate = std::max(c->rate, t > 0.0 ? tokens / t : 0.0);
+    }
+    // were every draft accepted, would some length pay?  (not on a compute-bound machine)
+    c->could_pay = false;
+    for (int32_t n = 1; n <= c->k_max; ++n) {
+        c->could_pay = c->could_pay || (double) n > c->rate * (step_seconds(*c, n) - step_seconds(*c, 0));
     }
     if (!adaptive || c->k_max == 0) {
         return plan;
@@ -451,7 +460,7 @@ bool controller_extend(controller * c, int32_t i) {
 void controller_update(controller * c, const step_record & r) {
     // a probe whose first draft was accepted against the odds: the head may have got better, look
     // again soon
-    if (c->probing && r.n_accepted > 0 && c->a_mean[0] < 0.5 && c->steps >= k_probe_min) {
+    if (c->probing && r.n_accepted > 0 && c->a_mean[0] < 0.5 && c->steps >= k_probe_min && c->could_pay) {
         c->probe_every = k_probe_min;
         c->next_probe = c->steps + k_probe_soon;
     }
