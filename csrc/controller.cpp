@@ -252,6 +252,21 @@ double draft_worth(const controller & c, int32_t from, double reach, const doubl
     return s;
 }
 
+// acceptance counts, confidences seen and mixture overlaps, all kept at weight f
+void age_counts(controller & c, double f) {
+    for (int32_t i = 0; i < K; ++i) {
+        c.pos[i].age(f);
+        for (int32_t b = 0; b < NB; ++b) {
+            c.cell[i][b].age(f);
+            c.seen[i][b] *= f;
+        }
+        for (int32_t j = 0; j < k_n_mix; ++j) {
+            c.overlap[i][j] *= f;
+        }
+        c.overlap_n[i] *= f;
+    }
+}
+
 // A draft length to time this step, or -1.  Cost curves need not be convex (a CPU's kernels
 // switch at some batch size: 4 rows can cost less than 3), so lengths are timed, not guessed:
 // each one not yet timed that would beat the best length known were its passes as cheap as one
@@ -320,17 +335,7 @@ void controller_reset(controller * c) {
 }
 
 void controller_new_text(controller * c) {
-    for (int32_t i = 0; i < K; ++i) {
-        c->pos[i].age(k_new_text_keep);
-        for (int32_t b = 0; b < NB; ++b) {
-            c->cell[i][b].age(k_new_text_keep);
-            c->seen[i][b] *= k_new_text_keep;
-        }
-        for (int32_t j = 0; j < k_n_mix; ++j) {
-            c->overlap[i][j] *= k_new_text_keep;
-        }
-        c->overlap_n[i] *= k_new_text_keep;
-    }
+    age_counts(*c, k_new_text_keep);
     if (c->could_pay) {
         c->probe_every = k_probe_min;
         c->next_probe = c->steps + k_probe_min;
@@ -464,16 +469,8 @@ void controller_update(controller * c, const step_record & r) {
         c->probe_every = k_probe_min;
         c->next_probe = c->steps + k_probe_soon;
     }
-    for (int32_t i = 0; i < K && r.n_mtp_calls > 0; ++i) {
-        c->pos[i].age(k_accept_decay);
-        for (int32_t b = 0; b < NB; ++b) {
-            c->cell[i][b].age(k_accept_decay);
-            c->seen[i][b] *= k_accept_decay;
-        }
-        for (int32_t j = 0; j < k_n_mix; ++j) {
-            c->overlap[i][j] *= k_accept_decay;
-        }
-        c->overlap_n[i] *= k_accept_decay;
+    if (r.n_mtp_calls > 0) {
+        age_counts(*c, k_accept_decay);
     }
     // draft i's outcome is observed when the drafts before it were accepted
     for (int32_t i = 0; i < r.n_drafted && i <= r.n_accepted; ++i) {
