@@ -275,25 +275,16 @@ void age_counts(controller & c, double f) {
 // the length timed longest ago, once stale, while drafting pays.
 int32_t sweep_length(const controller & c, bool drafting) {
     double tokens = 1.0, p = 1.0, best = -std::numeric_limits<double>::infinity();
-    double promise[K + 1] = {};
-    for (int32_t n = 0; n <= c.k_max; ++n) {
-        if (n > 0) {
-            p *= c.a_mean[n - 1];
-            tokens += p;
-        }
-        best = std::max(best, tokens - c.rate * step_seconds(c, n));
-        const double cheapest = n > 0 ? c.verify[1].mean + c.head.mean + (n - 1) * c.d + c.other.mean : 0.0;
-        promise[n] = tokens - c.rate * cheapest;
-    }
-    double value[K + 1] = {};
-    tokens = 1.0;
-    p = 1.0;
+    double promise[K + 1] = {}, value[K + 1] = {};
     for (int32_t n = 0; n <= c.k_max; ++n) {
         if (n > 0) {
             p *= c.a_mean[n - 1];
             tokens += p;
         }
         value[n] = tokens - c.rate * step_seconds(c, n);
+        best = std::max(best, value[n]);
+        const double cheapest = n > 0 ? c.verify[1].mean + c.head.mean + (n - 1) * c.d + c.other.mean : 0.0;
+        promise[n] = tokens - c.rate * cheapest;
     }
     int32_t k = -1;
     for (int32_t n = 2; n <= c.k_max; ++n) {
