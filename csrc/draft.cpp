@@ -217,12 +217,17 @@ int32_t proposer_draft(proposer & p, const std::vector<int32_t> & tokens, int32_
             build_dist(logits, p.n_vocab, qg, p.scratch.counts, p.scratch.logits, q.base);
             q.top = q.base.top();
             q.mix = mixed ? mix[i] : 0.0f;
-            tok = draw_draft(q, g, (int64_t) tokens.size() + i, rng);
+            // the confidence is the head's top probability, not the drawn draft's: a keep decision
+            // that looked at the draw would bias the output (rejection sampling assumes x ~ q);
             // under greedy transforms (penalties) base is one token: the confidence is the softmax's
-            conf = is_greedy(qg) ? top_prob(p.scratch.logits.data(), p.n_vocab, tok) : q.base.prob_of(tok);
+            conf = is_greedy(qg) ? top_prob(p.scratch.logits.data(), p.n_vocab, q.top) : q.base.prob_of(q.top);
+            tok = -1;
         }
         if ((g.draft_p_min > 0.0f && conf < g.draft_p_min) || !controller_keep(ctl, i, conf)) {
             break;
+        }
+        if (tok < 0) {
+            tok = draw_draft(p.q[(size_t) i], g, (int64_t) tokens.size() + i, rng);
         }
         drafts.push_back(tok);
         if (i + 1 == k || !controller_extend(ctl, i)) {

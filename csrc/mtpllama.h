@@ -96,7 +96,7 @@ enum mtpl_verify {
 
 typedef struct mtpl_gen_params {
     int32_t draft_max;              /* most tokens drafted per step, 0..MTPL_MAX_DRAFT */
-    float draft_p_min;              /* never verify a draft whose head probability is below this (0: no floor) */
+    float draft_p_min;              /* stop drafting where the head's top probability is below this (0: no floor) */
     float temperature;              /* <= 0: greedy (arg-max); sampling otherwise */
     int32_t top_k;                  /* keep the k most likely tokens; 0 = off */
     float top_p;                    /* keep the smallest set with this much mass; 1 = off */

@@ -61,6 +61,21 @@ def test_rejection_sampling_matches_plain_sampling(sessions, name):
 
 
 @pytest.mark.slow
+def test_confidence_floor_keeps_the_distribution(sessions):
+    """draft_p_min with sampling: the floor looks at the head's top probability, not at the drawn
+    draft (a floor on the draw's own probability skews the output: at this size it failed at
+    p < 1e-9 with either floor)."""
+    plain, mtp = sessions
+    cfg = CONFIGS["top_k"]
+    a = draw(plain, N // 4, SpecConfig(0, 0.0, adaptive=False), cfg, seed0=1)
+    for p_min in (0.3, 0.5):
+        b = draw(mtp, N // 4, SpecConfig(3, p_min, adaptive=False), cfg, seed0=10**6)
+        stat, df, p = two_sample_chi2(a, b)
+        assert df >= 10
+        assert p > ALPHA, f"p_min {p_min}: chi2={stat:.1f} df={df} p={p:.2e}"
+
+
+@pytest.mark.slow
 def test_exact_match_verification_matches_plain_sampling(sessions):
     plain, mtp = sessions
     cfg = CONFIGS["top_k"]

@@ -105,9 +105,11 @@ class SpecConfig:
     draft_max: int = 6
     """Most tokens drafted per step (0 = plain decoding); the upper bound of the adaptive controller."""
     draft_p_min: float = 0.0
-    """A floor: never verify a draft whose probability under the MTP head is below this (the full
-    softmax; after the sampling transforms when sampling).  0: none; the adaptive controller learns
-    where the head's confidence stops paying (its calibration shows in GenerationStats)."""
+    """A floor on the MTP head's confidence: stop drafting where the probability of the head's most
+    likely token is below this (the full softmax; after the sampling transforms when sampling: the
+    floor looks at the head's distribution, never at the drawn draft, so that sampled output keeps
+    its distribution).  0: none; the adaptive controller learns where the head's confidence stops
+    paying (its calibration shows in GenerationStats)."""
     verify: str = "rejection"
     """How sampled drafts are checked.
     "rejection": rejection sampling; the output has exactly plain sampling's distribution and it
