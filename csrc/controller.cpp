@@ -126,6 +126,8 @@ struct controller {
     int64_t steps = 0;
     timing verify[K + 1];           // trunk pass over k drafts (k + 1 rows), by k
     timing head;                    // the step's first MTP evaluation, in steady state
+    timing catch_up;                // ... and what it adds per position it catches up after plain steps
+    int64_t behind = 0;             // positions the MTP cache is behind the trunk (after plain steps)
     timing decode;                  // one further MTP evaluation
     timing other;                   // the rest of a step, the caller's time between steps included
     tally cell[K][NB];              // draft i accepted, by its confidence bucket
@@ -308,6 +310,16 @@ int32_t sweep_length(const controller & c, bool drafting) {
     return k;
 }
 
+// steps until the next probe: a probe verifies one draft at least and catches the head up on the
+// steps since the last, and its expected loss (in plain steps) may be k_probe_budget of the time
+// until the next one
+int64_t probe_wait(const controller & c) {
+    const double t0 = std::max(step_seconds(c, 0), 1e-12);
+    const double loss = std::max(0.0, c.rate * (c.v[1] - c.v[0] + c.head.mean) - c.a_mean[0]) / std::max(c.rate * t0, 1e-12);
+    const double per_step = c.catch_up.mean / t0;  // catching up, per plain step waited
+    return per_step < k_probe_budget ? (int64_t) std::min(loss / (k_probe_budget - per_step), 1e9) : k_probe_max;
+}
+
 } // namespace
 
 controller * controller_new() {
@@ -329,7 +341,7 @@ void controller_new_text(controller * c) {
     age_counts(*c, k_new_text_keep);
     if (c->could_pay) {
         c->probe_every = k_probe_min;
-        c->next_probe = c->steps + k_probe_min;
+        c->next_probe = c->steps + std::clamp(probe_wait(*c), k_probe_min, k_probe_max);
     }
 }
 
@@ -391,7 +403,8 @@ step_plan controller_plan(controller * c, int32_t k_max, bool adaptive) {
     for (int32_t b = 0; b < NB; ++b) {
         c->acc_draw[b] = std::min(1.0, c->acc[0][b] * scale);
     }
-    const double gain = draft_worth(*c, 0, 1.0, c->acc_draw) - c->rate * c->head.mean;
+    // after plain steps the head call also catches up on them
+    const double gain = draft_worth(*c, 0, 1.0, c->acc_draw) - c->rate * (c->head.mean + c->catch_up.mean * c->behind);
     if (c->steps >= c->next_sweep && c->pos[0].n >= k_sweep_after) {
         const int32_t k = sweep_length(*c, gain > 0.0);
         if (k >= 0) {
@@ -410,12 +423,7 @@ step_plan controller_plan(controller * c, int32_t k_max, bool adaptive) {
         return plan;
     }
     if (c->steps >= c->next_probe) {
-        // a probe verifies one draft at least; its expected loss, in plain steps, sets when the next one comes
-        const double t0 = step_seconds(*c, 0);
-        const double loss = std::max(0.0, c->rate * (c->v[1] - c->v[0] + c->head.mean) - c->a_mean[0]) /
-                            std::max(c->rate * t0, 1e-12);
-        const int64_t wait = std::max(c->probe_every, (int64_t) (loss / k_probe_budget));
-        c->next_probe = c->steps + std::min(wait, k_probe_max);
+        c->next_probe = c->steps + std::min(std::max(c->probe_every, probe_wait(*c)), k_probe_max);
         c->probe_every = std::min(c->probe_every * 2, k_probe_max);
         c->probing = true;
         return plan;
@@ -492,9 +500,12 @@ void controller_update(controller * c, const step_record & r) {
             c->mix_idx[i] = best;
         }
     }
+    c->behind = r.n_mtp_calls > 0 ? 0 : c->behind + 1;
     c->verify[r.n_drafted].add(r.t_verify, c->steps);
     if (r.n_mtp_calls > 0 && r.steady) {
         c->head.add(r.t_head, c->steps);
+    } else if (r.n_mtp_calls > 0 && r.n_behind > 0 && c->head.n > 0) {
+        c->catch_up.add(std::max(1e-9, r.t_head - c->head.mean) / r.n_behind, c->steps);
     }
     if (r.n_mtp_calls > 1) {
         c->decode.add(r.t_draft / (r.n_mtp_calls - 1), c->steps);
@@ -513,6 +524,7 @@ void controller_report(const controller * c_in, int32_t draft_max, mtpl_stats & 
         out.est_verify_s[k] = c->verify[k].n > 0 ? c->verify[k].mean : 0.0;
     }
     out.est_head_s = c->head.mean;
+    out.est_catch_up_s = c->catch_up.mean;
     out.est_draft_s = c->decode.mean;
     out.est_other_s = c->other.mean;
     out.est_rate = c->rate;

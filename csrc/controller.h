@@ -59,6 +59,7 @@ struct step_record {
     double t_step;              // seconds of the whole step
     double t_gap;               // seconds the caller spent since the previous step (< 0: unknown)
     bool steady;                // the MTP cache was in step before it (the head call caught up one step only)
+    int32_t n_behind;           // positions the head call caught up before the head entry
     // sampled decoding: for each reached draft row i (all drafts before it accepted, i < n_overlap),
     // sum_x min(p_i(x), q_mix(x)) for each mixture of k_mix_grid: its acceptance chance under that mix
     const double (*overlap)[k_n_mix];

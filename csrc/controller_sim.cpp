@@ -57,7 +57,8 @@ void controller_simulate(const mtpl_controller_sim & sim, int32_t * out_drafts, 
         const double t_verify = noisy(speed * sim.verify_s[n_kept]);
         const double t_other = noisy(speed * sim.other_s);
         const double t = t_head + t_draft + t_verify + t_other;
-        controller_update(c.get(), {n_kept, n_acc, n_calls, t_head, t_draft, t_verify, t, 0.0, kept_up, nullptr, 0});
+        controller_update(c.get(), {n_kept, n_acc, n_calls, t_head, t_draft, t_verify, t, 0.0, kept_up,
+                                    k_max > 0 ? backlog - 1 : 0, nullptr, 0});
         out_drafts[step] = n_kept;
         kept_up = k_max > 0;
         backlog = (k_max > 0 ? 0 : backlog) + n_acc + 1;

@@ -191,6 +191,7 @@ int32_t proposer_draft(proposer & p, const std::vector<int32_t> & tokens, int32_
         return MTPL_OK;
     }
     int32_t last = 0;
+    out.n_behind = n_trunk - p.n_past;
     auto t0 = clock_type::now();
     if (int32_t st = catch_up_and_head(p, tokens, n_trunk, cancel, &last, out.n_calls); st != MTPL_OK) {
         return st;

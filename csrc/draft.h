@@ -39,6 +39,7 @@ struct draft_outcome {
     double t_head = 0.0;        // seconds of the first one (the backlog and the head entry)
     double t_draft = 0.0;       // seconds of the others
     bool steady = false;        // the MTP cache was in step before this step (see controller.h)
+    int32_t n_behind = 0;       // positions the first evaluation caught up before the head entry
 };
 
 // Create the MTP context on the trunk's model (cp: the trunk's context parameters).

@@ -298,7 +298,7 @@ int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, mtpl_step_r
     if (s->mtp) {  // what the controller learns holds for any k chosen by anyone
         const double gap = s->last_step_valid ? std::chrono::duration<double>(t0 - s->last_step_end).count() : -1.0;
         controller_update(s->ctl.get(), {n_drafts, n_acc, drafted.n_calls, drafted.t_head, drafted.t_draft, t_verify,
-                                         seconds_since(t0), gap, drafted.steady, s->overlap, n_overlap});
+                                         seconds_since(t0), gap, drafted.steady, drafted.n_behind, s->overlap, n_overlap});
         s->last_step_end = clock_type::now();
         s->last_step_valid = true;
     }
