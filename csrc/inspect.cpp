@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <tuple>
 #include <sys/stat.h>
 #include <unordered_set>
 
@@ -71,7 +72,112 @@ std::string nextn_problem(const gguf_context * g, const file_facts & f) {
     return "";
 }
 
+size_t scalar_size(gguf_type t) {
+    switch (t) {
+        case GGUF_TYPE_UINT8: case GGUF_TYPE_INT8: case GGUF_TYPE_BOOL: return 1;
+        case GGUF_TYPE_UINT16: case GGUF_TYPE_INT16: return 2;
+        case GGUF_TYPE_UINT32: case GGUF_TYPE_INT32: case GGUF_TYPE_FLOAT32: return 4;
+        case GGUF_TYPE_UINT64: case GGUF_TYPE_INT64: case GGUF_TYPE_FLOAT64: return 8;
+        default: return 0;
+    }
+}
+
+// Whether key `id` holds the same value in both files; arrays are compared over their first n
+// entries when n >= 0 (per-layer arrays: the trunk's layers).
+bool same_value(const gguf_context * a, int64_t ia, const gguf_context * b, int64_t ib, int64_t n) {
+    const gguf_type t = gguf_get_kv_type(a, ia);
+    if (t != gguf_get_kv_type(b, ib)) {
+        return false;
+    }
+    if (t == GGUF_TYPE_STRING) {
+        return std::strcmp(gguf_get_val_str(a, ia), gguf_get_val_str(b, ib)) == 0;
+    }
+    if (t != GGUF_TYPE_ARRAY) {
+        return std::memcmp(gguf_get_val_data(a, ia), gguf_get_val_data(b, ib), scalar_size(t)) == 0;
+    }
+    const gguf_type at = gguf_get_arr_type(a, ia);
+    const int64_t na = (int64_t) gguf_get_arr_n(a, ia), nb = (int64_t) gguf_get_arr_n(b, ib);
+    if (at != gguf_get_arr_type(b, ib) || (n < 0 && na != nb) || (n >= 0 && (na < n || nb < n))) {
+        return false;
+    }
+    const int64_t m = n < 0 ? na : n;
+    if (at == GGUF_TYPE_STRING) {
+        for (int64_t i = 0; i < m; ++i) {
+            if (std::strcmp(gguf_get_arr_str(a, ia, i), gguf_get_arr_str(b, ib, i)) != 0) {
+                return false;
+            }
+        }
+        return true;
+    }
+    const size_t sz = scalar_size(at);
+    return sz > 0 && std::memcmp(gguf_get_arr_data(a, ia), gguf_get_arr_data(b, ib), sz * (size_t) m) == 0;
+}
+
+struct gguf_handle {
+    gguf_context * g = nullptr;
+    explicit gguf_handle(const std::string & path) {
+        gguf_init_params gp{};
+        gp.no_alloc = true;
+        g = gguf_init_from_file(path.c_str(), gp);
+    }
+    ~gguf_handle() { if (g) gguf_free(g); }
+};
+
 } // namespace
+
+const char * file_kind(const file_facts & f) {
+    return !f.has_trunk ? "mtp-only" : f.has_mtp ? "full" : "trunk-only";
+}
+
+int32_t check_pair(const std::string & trunk_path, const file_facts & t, const std::string & head_path,
+                   const file_facts & h) {
+    const auto mismatch = [&](const std::string & what) {
+        return fail(MTPL_ERR_MTP_MISMATCH, "the MTP head " + head_path + " does not belong to " + trunk_path + ": " + what);
+    };
+    if (h.arch != t.arch) {
+        return mismatch("architecture '" + h.arch + "', the trunk's is '" + t.arch + "'");
+    }
+    if (!h.has_mtp) {
+        return fail(MTPL_ERR_NO_MTP_HEAD, "no usable NextN block in " + head_path + ": " + h.mtp_problem);
+    }
+    if (h.has_trunk) {
+        return mismatch("it is a full model (trunk blocks included); load it as the model, or write its head "
+                        "alone with `mtpllama extract-mtp`");
+    }
+    const uint32_t n_layer = t.block_count - t.nextn, head_index = h.block_count - h.nextn;
+    if (head_index != n_layer) {
+        return mismatch("its NextN block follows " + std::to_string(head_index) + " trunk layers, the trunk has " +
+                        std::to_string(n_layer));
+    }
+    gguf_handle a(trunk_path), b(head_path);
+    if (!a.g || !b.g) {
+        return fail(MTPL_ERR_MODEL_LOAD, "cannot reopen " + (a.g ? head_path : trunk_path));
+    }
+    // every key but the block counts: hyperparameters (embedding width, heads, experts, rope) and
+    // the vocabulary (token strings, types, special ids) must be the same
+    const std::string bc = t.arch + ".block_count", nn = t.arch + ".nextn_predict_layers";
+    for (const auto & [x, y, x_name] : {std::tuple{a.g, b.g, trunk_path}, std::tuple{b.g, a.g, head_path}}) {
+        for (int64_t i = 0; i < gguf_get_n_kv(x); ++i) {
+            const std::string key = gguf_get_key(x, i);
+            if (key == bc || key == nn || key.rfind("general.", 0) == 0 || key.rfind("quantize.", 0) == 0 ||
+                key.rfind("split.", 0) == 0 || key.rfind("tokenizer.chat_template", 0) == 0) {
+                continue;  // provenance, quantisation and a fixed chat template may differ between quants
+            }
+            const int64_t j = gguf_find_key(y, key.c_str());
+            if (j < 0) {
+                return mismatch("key " + key + " is only in " + x_name);
+            }
+            // a per-layer array holds block_count entries in each file: the trunk's layers must agree
+            const bool per_layer = gguf_get_kv_type(x, i) == GGUF_TYPE_ARRAY && gguf_get_kv_type(y, j) == GGUF_TYPE_ARRAY &&
+                                   gguf_get_arr_n(a.g, x == a.g ? i : j) == t.block_count &&
+                                   gguf_get_arr_n(b.g, x == a.g ? j : i) == h.block_count;
+            if (x == a.g && !same_value(x, i, y, j, per_layer ? (int64_t) n_layer : -1)) {
+                return mismatch(key + " differs");
+            }
+        }
+    }
+    return MTPL_OK;
+}
 
 int32_t read_file_facts(const std::string & path, file_facts & out) {
     struct stat st {};
@@ -154,6 +260,11 @@ int32_t read_file_facts(const std::string & path, file_facts & out) {
     }
     out.mtp_problem = nextn_problem(g, out);
     out.has_mtp = out.mtp_problem.empty();
+    // upstream tells an MTP-only file by the same tensor (its loader then makes the trunk optional)
+    out.has_trunk = gguf_find_tensor(g, "blk.0.attn_norm.weight") >= 0;
+    if (!out.has_trunk && !out.has_mtp) {
+        return fail(MTPL_ERR_MODEL_LOAD, "neither trunk blocks nor a usable NextN block in " + path + ": " + out.mtp_problem);
+    }
     return MTPL_OK;
 }
 

@@ -82,12 +82,29 @@ int32_t model_load(const mtpl_model_params & p, mtpl_model ** out) {
         return fail(MTPL_ERR_UNSUPPORTED_ARCH, "unsupported architecture '" + facts.arch + "' in " + path +
                                                    ": mtpllama runs " + arch_names());
     }
-    if (p.mtp && !facts.has_mtp) {
+    if (!facts.has_trunk) {
+        return fail(MTPL_ERR_MODEL_LOAD, path + " is MTP-only (no trunk blocks): load its model's trunk, with this "
+                                                "file as mtp_path");
+    }
+    const std::string head_path = p.mtp_path ? p.mtp_path : "";
+    file_facts head;
+    if (!head_path.empty()) {
+        if (!p.mtp) {
+            return fail(MTPL_ERR_INVALID_ARGUMENT, "mtp_path is given but MTP is off (mtp=False)");
+        }
+        if (int32_t st = read_file_facts(head_path, head); st != MTPL_OK) {
+            return st;
+        }
+        if (int32_t st = check_pair(path, facts, head_path, head); st != MTPL_OK) {
+            return st;
+        }
+    } else if (p.mtp && !facts.has_mtp) {
         return fail(MTPL_ERR_NO_MTP_HEAD,
                     "cannot use MTP with " + path + ": " + facts.mtp_problem +
                         ". Many quantised GGUFs drop the NextN tensors; use a file that keeps them "
                         "(block " + std::to_string(facts.block_count - (facts.nextn ? facts.nextn : 1)) +
-                        ", 'nextn.*'), or load with mtp=False for plain decoding.");
+                        ", 'nextn.*'), pass an MTP-only file of the same model as mtp_path (`mtpllama extract-mtp` "
+                        "writes one from a full file), or load with mtp=False for plain decoding.");
     }
 
     auto * m = new mtpl_model();
@@ -100,7 +117,7 @@ int32_t model_load(const mtpl_model_params & p, mtpl_model ** out) {
     llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = p.n_gpu_layers;
     mp.load_mode = p.use_mmap ? LLAMA_LOAD_MODE_MMAP : LLAMA_LOAD_MODE_NONE;
-    mp.load_mtp = p.mtp != 0;
+    mp.load_mtp = p.mtp != 0 && head_path.empty();
     mp.tensor_buft_overrides = m->overrides.empty() ? nullptr : m->overrides.data();
 
     clear_upstream_error();
@@ -110,6 +127,15 @@ int32_t model_load(const mtpl_model_params & p, mtpl_model ** out) {
         delete m;
         return fail(MTPL_ERR_MODEL_LOAD, "llama.cpp could not load " + path + (why.empty() ? "" : ": " + why));
     }
+    if (!head_path.empty()) {
+        mp.load_mtp = true;
+        m->head = llama_model_load_from_file(head_path.c_str(), mp);
+        if (!m->head) {
+            const std::string why = upstream_error();
+            model_destroy(m);
+            return fail(MTPL_ERR_MODEL_LOAD, "llama.cpp could not load " + head_path + (why.empty() ? "" : ": " + why));
+        }
+    }
     m->vocab = llama_model_get_vocab(m->model);
 
     mtpl_model_info & info = m->info;
@@ -118,21 +144,26 @@ int32_t model_load(const mtpl_model_params & p, mtpl_model ** out) {
     info.n_vocab = llama_vocab_n_tokens(m->vocab);
     info.n_embd = llama_model_n_embd(m->model);
     info.n_layer = llama_model_n_layer(m->model);
-    info.n_layer_nextn = (int32_t) facts.nextn;
+    const file_facts & nextn = head_path.empty() ? facts : head;
+    info.n_layer_nextn = (int32_t) nextn.nextn;
     info.n_ctx_train = llama_model_n_ctx_train(m->model);
-    info.file_has_mtp = facts.has_mtp ? 1 : 0;
+    info.file_has_mtp = nextn.has_mtp ? 1 : 0;
     info.mtp_loaded = p.mtp ? 1 : 0;
     info.n_tensors_file = facts.n_tensors;
-    info.n_tensors_nextn_file = facts.n_tensors_nextn;
+    info.n_tensors_nextn_file = nextn.n_tensors_nextn;
     info.token_eos = llama_vocab_eos(m->vocab);
     info.model_bytes = (int64_t) llama_model_size(m->model);
-    info.nextn_bytes_file = facts.nextn_bytes;
-    info.n_params = (int64_t) llama_model_n_params(m->model);
+    info.nextn_bytes_file = nextn.nextn_bytes;
+    info.n_params = (int64_t) llama_model_n_params(m->model) + (m->head ? (int64_t) llama_model_n_params(m->head) : 0);
+    info.mtp_separate = m->head ? 1 : 0;
     *out = m;
     return MTPL_OK;
 }
 
 void model_destroy(mtpl_model * m) {
+    if (m->head) {
+        llama_model_free(m->head);
+    }
     if (m->model) {
         llama_model_free(m->model);
     }

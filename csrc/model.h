@@ -15,6 +15,7 @@ extern "C" {
 
 struct mtpl_model {
     llama_model * model = nullptr;
+    llama_model * head = nullptr;       // the MTP-only model of mtp_path (null: the head is in model)
     const llama_vocab * vocab = nullptr;
     const mtpl::arch_def * arch = nullptr;
     mtpl_model_info info{};

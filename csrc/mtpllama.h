@@ -25,7 +25,8 @@ enum mtpl_status {
     MTPL_ERR_BUSY = 9,
     MTPL_ERR_CANCELLED = 10,
     MTPL_ERR_BUFFER_TOO_SMALL = 11,
-    MTPL_ERR_INTERNAL = 12
+    MTPL_ERR_INTERNAL = 12,
+    MTPL_ERR_MTP_MISMATCH = 13     /* the MTP head file does not belong to the trunk's model */
 };
 
 /* Why a generation step stopped emitting tokens. */
@@ -57,6 +58,7 @@ typedef struct mtpl_model_params {
     int32_t n_gpu_layers;           /* layers to offload; -1 = all */
     const char * tensor_overrides;  /* newline-separated "regex=DEVICE" rules (llama.cpp -ot), or NULL */
     int32_t use_mmap;               /* 1: memory-map the file */
+    const char * mtp_path;          /* an MTP-only file holding the NextN block (NULL: the head is in path) */
 } mtpl_model_params;
 
 typedef struct mtpl_model_info {
@@ -75,6 +77,7 @@ typedef struct mtpl_model_info {
     int64_t model_bytes;            /* bytes of the tensors in the file (llama.cpp's model size) */
     int64_t nextn_bytes_file;       /* bytes of NextN tensors in the file */
     int64_t n_params;               /* parameters loaded */
+    int32_t mtp_separate;           /* the NextN block came from mtp_path */
 } mtpl_model_info;
 
 typedef struct mtpl_session_params {
@@ -190,6 +193,7 @@ typedef struct mtpl_file_info {
     int64_t nextn_bytes;            /* their bytes */
     int32_t has_mtp;                /* a usable NextN block: what a model loaded with mtp = 1 needs */
     char mtp_problem[256];          /* why has_mtp is 0 */
+    char kind[16];                  /* "full", "trunk-only" or "mtp-only" (the NextN block and the tensors it shares) */
 } mtpl_file_info;
 
 /* describe a GGUF file; fails as mtpl_model_load would on a missing, corrupt or inconsistent file

@@ -108,7 +108,7 @@ int32_t session_create(mtpl_model * model, const mtpl_session_params & p, mtpl_s
     clear_upstream_error();
     s->trunk = llama_init_from_model(model->model, cp);
     s->mtp = p.mtp != 0;
-    if (!s->trunk || (s->mtp && !proposer_init(s->prop, model->model, cp, info.n_embd, info.n_vocab, &s->tr))) {
+    if (!s->trunk || (s->mtp && !proposer_init(s->prop, model->head ? model->head : model->model, cp, info.n_embd, info.n_vocab, &s->tr))) {
         const std::string why = upstream_error();
         session_destroy(s);
         return fail(MTPL_ERR_MODEL_LOAD, "could not create the llama.cpp context" + (why.empty() ? "" : ": " + why));
@@ -376,7 +376,7 @@ void session_reset_stats(mtpl_session * s) {
 
 void session_memory(const mtpl_session * s, int64_t * weights, int64_t * kv, int64_t * compute) {
     *weights = *kv = *compute = 0;
-    // the weights are shared by both contexts: count them once, from the trunk's view
+    // the weights are shared by both contexts (unless the head has its own file): count them once
     for (const auto & [buft, mb] : llama_get_memory_breakdown(s->trunk)) {
         *weights += (int64_t) mb.model;
         *kv += (int64_t) mb.context;
@@ -384,6 +384,7 @@ void session_memory(const mtpl_session * s, int64_t * weights, int64_t * kv, int
     }
     if (s->mtp) {
         for (const auto & [buft, mb] : llama_get_memory_breakdown(s->prop.ctx)) {
+            *weights += s->model->head ? (int64_t) mb.model : 0;  // a head file's weights are its own
             *kv += (int64_t) mb.context;
             *compute += (int64_t) mb.compute;
         }

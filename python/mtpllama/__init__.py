@@ -18,12 +18,15 @@ from .errors import (
     ModelLoadError,
     ModelNotFoundError,
     MtpllamaError,
+    MtpMismatchError,
     NoMtpHeadError,
     NotGGUFError,
     SessionBusyError,
+    SplitError,
     UnsupportedArchitectureError,
 )
 from .fileinfo import FileInfo, inspect
+from .split import extract_mtp, extract_trunk
 from .model import (GenerationResult, GenerationStats, Model, ModelInfo, Session, batch_invariant, huge_pages,
                     set_batch_invariant, set_huge_pages)
 
@@ -36,4 +39,5 @@ __all__ = [
     "NoMtpHeadError", "ContextOverflowError", "DecodeError", "SessionBusyError", "CancelledError",
     "InvalidArgumentError", "set_batch_invariant", "batch_invariant",
     "set_huge_pages", "huge_pages", "inspect", "FileInfo",
+    "MtpMismatchError", "SplitError", "extract_mtp", "extract_trunk",
 ]

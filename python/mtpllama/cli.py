@@ -1,4 +1,5 @@
-"""Command line: `mtpllama` (demo on the default model), `mtpllama generate`, `mtpllama inspect`."""
+"""Command line: `mtpllama` (demo on the default model), `mtpllama generate`, `mtpllama inspect`,
+`mtpllama extract-mtp`."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +12,7 @@ from pathlib import Path
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", required=True, help="GGUF file")
+    p.add_argument("--mtp-path", help="an MTP-only GGUF with the NextN block, beside a trunk-only model")
     p.add_argument("-ngl", "--n-gpu-layers", type=int, default=0)
     p.add_argument("-ot", "--override-tensor", action="append", default=[], metavar="REGEX=DEVICE",
                    help="place tensors matching REGEX on DEVICE (repeatable, or comma-separated)")
@@ -46,7 +48,7 @@ def _print_stats(st, out=sys.stdout) -> None:
 def cmd_generate(a: argparse.Namespace) -> int:
     from . import Model, SessionConfig, SpecConfig
 
-    with Model(a.model, mtp=not a.no_mtp, n_gpu_layers=a.n_gpu_layers,
+    with Model(a.model, mtp=not a.no_mtp, n_gpu_layers=a.n_gpu_layers, mtp_path=None if a.no_mtp else a.mtp_path,
                tensor_overrides=_overrides(a.override_tensor), use_mmap=a.use_mmap) as model:
         with model.session(SessionConfig(n_ctx=a.ctx_size, n_threads=a.threads)) as s:
             spec = None if a.no_mtp else SpecConfig(a.draft_max, a.draft_p_min, adaptive=not a.no_adaptive)
@@ -69,7 +71,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     settings.append(("adaptive", SpecConfig(max(a.ks), a.draft_p_min)))
     rates: dict[str, list[float]] = {name: [] for name, _ in settings}
     acc: dict[str, list[float]] = {}
-    with Model(a.model, n_gpu_layers=a.n_gpu_layers, tensor_overrides=_overrides(a.override_tensor),
+    with Model(a.model, n_gpu_layers=a.n_gpu_layers, tensor_overrides=_overrides(a.override_tensor), mtp_path=a.mtp_path,
                use_mmap=a.use_mmap, session_defaults=SessionConfig(n_ctx=a.ctx_size, n_threads=a.threads)) as m:
         m.generate(a.prompt, 8, mtp=False)  # warm-up
         for _ in range(a.repeats):  # A/B/C/... per round, not all A then all B
@@ -95,6 +97,7 @@ def cmd_inspect(a: argparse.Namespace) -> int:
         return 0
     print(f"file:          {s.path}")
     print(f"architecture:  {s.arch}  ({s.name}){'' if s.supported else '  -- not supported by mtpllama'}")
+    print(f"kind:          {s.kind or '-'}")
     print(f"blocks:        {s.block_count} ({s.block_count - s.n_layer_nextn} trunk + {s.n_layer_nextn} NextN declared)")
     print(f"tensors:       {s.n_tensors} ({s.n_tensors_nextn} in NextN blocks, {s.nextn_bytes / 2**20:.1f} MiB)")
     print(f"MTP usable:    {'yes' if s.has_mtp else 'no: ' + s.mtp_problem}")
@@ -107,6 +110,14 @@ def cmd_inspect(a: argparse.Namespace) -> int:
             if blk.isdigit() and int(blk) >= first:
                 print(f"  {t.name:48s} {t.tensor_type.name:6s} {str([int(x) for x in t.shape]):22s} "
                       f"{int(t.n_bytes) / 1024:10.1f} KiB")
+    return 0
+
+
+def cmd_extract_mtp(a: argparse.Namespace) -> int:
+    from .split import extract_mtp, extract_trunk
+
+    out = (extract_trunk if a.trunk_only else extract_mtp)(a.file, a.output, force=a.force)
+    print(f"wrote {out} ({'trunk-only' if a.trunk_only else 'MTP-only'}, {out.stat().st_size / 2**20:.1f} MiB)")
     return 0
 
 
@@ -190,6 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--json", action="store_true")
     i.add_argument("--tensors", action="store_true", help="list the NextN block's tensors")
     i.set_defaults(func=cmd_inspect)
+    x = sub.add_parser("extract-mtp", help="write the MTP-only (or, --trunk-only, the trunk-only) half of a full GGUF")
+    x.add_argument("file")
+    x.add_argument("-o", "--output", required=True)
+    x.add_argument("--trunk-only", action="store_true", help="write the trunk without the NextN block instead")
+    x.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    x.set_defaults(func=cmd_extract_mtp)
     d = sub.add_parser("demo", help="run the default model with and without MTP (the default command)")
     d.add_argument("-n", "--n-predict", type=int, default=96)
     d.add_argument("-r", "--repeats", type=int, default=3)

@@ -37,10 +37,20 @@ class ModelConfig:
     faster from memory read in (on huge pages, see set_huge_pages) than from a mapped file; a
     mapping loads at once and lets the kernel page a file out under pressure.
     Model.info.use_mmap says which was used."""
+    mtp_path: str | None = None
+    """An MTP-only GGUF holding the NextN block, when `path` is trunk-only (or to use another
+    head with a full file): same architecture, hyperparameters and vocabulary, its NextN block
+    right after the trunk's layers, else MtpMismatchError.  ``mtpllama extract-mtp`` writes one
+    from a full file."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.path, str) or not self.path:
             raise TypeError("path must be a non-empty str")
+        if self.mtp_path is not None:
+            if not isinstance(self.mtp_path, str) or not self.mtp_path:
+                raise TypeError("mtp_path must be a non-empty str or None")
+            if not self.mtp:
+                raise ValueError("mtp_path is given but mtp is False")
         _check_int("n_gpu_layers", self.n_gpu_layers, -1)
         if self.use_mmap is not None and not isinstance(self.use_mmap, bool):
             raise TypeError(f"use_mmap must be True, False or None, got {self.use_mmap!r}")

@@ -27,6 +27,14 @@ class NoMtpHeadError(MtpllamaError, ValueError):
     """MTP was requested but the model has no usable NextN (MTP) block."""
 
 
+class MtpMismatchError(ModelLoadError, ValueError):
+    """The MTP head file does not belong to the trunk's model (architecture, widths, vocabulary, block index)."""
+
+
+class SplitError(MtpllamaError, ValueError):
+    """A file cannot be split into its MTP head and trunk (no NextN block, already one half, or the output exists)."""
+
+
 class ContextOverflowError(MtpllamaError, ValueError):
     """The tokens do not fit in the session's context window."""
 
@@ -55,6 +63,7 @@ STATUS_ERRORS: dict[str, type[MtpllamaError]] = {
     "MODEL_LOAD": ModelLoadError,
     "UNSUPPORTED_ARCH": UnsupportedArchitectureError,
     "NO_MTP_HEAD": NoMtpHeadError,
+    "MTP_MISMATCH": MtpMismatchError,
     "CONTEXT_FULL": ContextOverflowError,
     "DECODE": DecodeError,
     "BUSY": SessionBusyError,

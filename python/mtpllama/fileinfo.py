@@ -26,6 +26,9 @@ class FileInfo:
     """The file holds a usable NextN block: what Model(path, mtp=True) needs."""
     mtp_problem: str
     """Why has_mtp is False ("" when it is True)."""
+    kind: str = ""
+    """"full" (trunk and NextN block), "trunk-only" or "mtp-only" (the NextN block and the tensors it
+    shares with the trunk: load it as mtp_path beside a trunk); "" for an unsupported architecture."""
 
 
 def inspect(path: str | os.PathLike) -> FileInfo:
@@ -40,4 +43,5 @@ def inspect(path: str | os.PathLike) -> FileInfo:
         path=p, arch=ffi.string(out.arch).decode(errors="replace"), name=ffi.string(out.name).decode(errors="replace"),
         supported=bool(out.supported), block_count=out.block_count, n_layer_nextn=out.n_layer_nextn,
         n_tensors=out.n_tensors, n_tensors_nextn=out.n_tensors_nextn, nextn_bytes=out.nextn_bytes,
-        has_mtp=bool(out.has_mtp), mtp_problem=ffi.string(out.mtp_problem).decode(errors="replace"))
+        has_mtp=bool(out.has_mtp), mtp_problem=ffi.string(out.mtp_problem).decode(errors="replace"),
+        kind=ffi.string(out.kind).decode())

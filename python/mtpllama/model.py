@@ -43,6 +43,8 @@ class ModelInfo:
     n_params: int
     use_mmap: bool
     """The file is memory-mapped (False: its tensors were read into memory); see ModelConfig.use_mmap."""
+    mtp_separate: bool = False
+    """The NextN block came from ModelConfig.mtp_path (its counts above are that file's)."""
 
 
 @dataclass
@@ -167,23 +169,27 @@ class _Closeable:
 class Model(_Closeable):
     """A loaded GGUF model.  Use as a context manager or call close()."""
 
-    def __init__(self, path: str | None = None, *, mtp: bool = True, n_gpu_layers: int = 0,
+    def __init__(self, path: str | os.PathLike | None = None, *, mtp: bool = True, n_gpu_layers: int = 0,
                  tensor_overrides: Sequence[str] = (), use_mmap: bool | None = None,
+                 mtp_path: str | os.PathLike | None = None,
                  config: ModelConfig | None = None, session_defaults: SessionConfig | None = None) -> None:
         """session_defaults: the SessionConfig of sessions opened by generate()/stream() and by
         session() without arguments (e.g. SessionConfig(n_threads=4, n_ctx=8192))."""
         self._handle = ffi.NULL
         self.session_defaults = session_defaults or SessionConfig()
         if config is not None and (path is not None or mtp is not True or n_gpu_layers != 0 or tensor_overrides
-                                   or use_mmap is not None):
+                                   or use_mmap is not None or mtp_path is not None):
             raise TypeError("pass either a ModelConfig or a path with keyword arguments, not both")
         if config is None:
             if path is None:
                 raise TypeError("Model() needs a path or a config")
             if not isinstance(path, (str, os.PathLike)):
                 raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+            if mtp_path is not None and not isinstance(mtp_path, (str, os.PathLike)):
+                raise TypeError(f"mtp_path must be a str or os.PathLike, got {type(mtp_path).__name__}")
             config = ModelConfig(os.fspath(path), mtp=mtp, n_gpu_layers=n_gpu_layers,
-                                 tensor_overrides=tuple(tensor_overrides), use_mmap=use_mmap)
+                                 tensor_overrides=tuple(tensor_overrides), use_mmap=use_mmap,
+                                 mtp_path=None if mtp_path is None else os.fspath(mtp_path))
         self.config = config
         self._sessions: weakref.WeakSet[Session] = weakref.WeakSet()
         self._default: dict[bool, Session] = {}
@@ -191,10 +197,11 @@ class Model(_Closeable):
         self._lock = threading.Lock()
         path_b = ffi.new("char[]", config.path.encode())
         ot_b = ffi.new("char[]", "\n".join(config.tensor_overrides).encode()) if config.tensor_overrides else ffi.NULL
+        head_b = ffi.new("char[]", config.mtp_path.encode()) if config.mtp_path else ffi.NULL
         use_mmap = resolve_use_mmap(config, mem_available())
         params = ffi.new("mtpl_model_params *", {
             "path": path_b, "mtp": int(config.mtp), "n_gpu_layers": config.n_gpu_layers,
-            "tensor_overrides": ot_b, "use_mmap": int(use_mmap)})
+            "tensor_overrides": ot_b, "use_mmap": int(use_mmap), "mtp_path": head_b})
         out = ffi.new("mtpl_model **")
         _lib.check(lib.mtpl_model_load(params, out))
         self._handle = out[0]
@@ -206,7 +213,7 @@ class Model(_Closeable):
             n_ctx_train=info.n_ctx_train, file_has_mtp=bool(info.file_has_mtp), mtp_loaded=bool(info.mtp_loaded),
             n_tensors_file=info.n_tensors_file, n_tensors_nextn_file=info.n_tensors_nextn_file,
             token_eos=info.token_eos, model_bytes=info.model_bytes, nextn_bytes_file=info.nextn_bytes_file,
-            n_params=info.n_params, use_mmap=use_mmap)
+            n_params=info.n_params, use_mmap=use_mmap, mtp_separate=bool(info.mtp_separate))
 
     # -- lifetime ---------------------------------------------------------------
     def _ptr(self):
