@@ -312,12 +312,14 @@ int32_t sweep_length(const controller & c, bool drafting) {
 
 // steps until the next probe: a probe verifies one draft at least and catches the head up on the
 // steps since the last, and its expected loss (in plain steps) may be k_probe_budget of the time
-// until the next one
+// until the next one.  The catch-up grows with the wait: it may take half the budget, beyond that
+// its cost is the price of ever drafting again (a wait that it alone would make endless would
+// leave a text where drafting pays undiscovered).
 int64_t probe_wait(const controller & c) {
     const double t0 = std::max(step_seconds(c, 0), 1e-12);
     const double loss = std::max(0.0, c.rate * (c.v[1] - c.v[0] + c.head.mean) - c.a_mean[0]) / std::max(c.rate * t0, 1e-12);
-    const double per_step = c.catch_up.mean / t0;  // catching up, per plain step waited
-    return per_step < k_probe_budget ? (int64_t) std::min(loss / (k_probe_budget - per_step), 1e9) : k_probe_max;
+    const double per_step = std::min(c.catch_up.mean / t0, 0.5 * k_probe_budget);  // catching up, per plain step waited
+    return (int64_t) std::min(loss / (k_probe_budget - per_step), 1e9);
 }
 
 } // namespace
@@ -403,8 +405,10 @@ step_plan controller_plan(controller * c, int32_t k_max, bool adaptive) {
     for (int32_t b = 0; b < NB; ++b) {
         c->acc_draw[b] = std::min(1.0, c->acc[0][b] * scale);
     }
-    // after plain steps the head call also catches up on them
-    const double gain = draft_worth(*c, 0, 1.0, c->acc_draw) - c->rate * (c->head.mean + c->catch_up.mean * c->behind);
+    // after plain steps the head call also catches up on them (charged up to k_probe_min of them: the
+    // rest buys the drafting steps that follow, and probes keep finding those)
+    const double behind = (double) std::min(c->behind, k_probe_min);
+    const double gain = draft_worth(*c, 0, 1.0, c->acc_draw) - c->rate * (c->head.mean + c->catch_up.mean * behind);
     if (c->steps >= c->next_sweep && c->pos[0].n >= k_sweep_after) {
         const int32_t k = sweep_length(*c, gain > 0.0);
         if (k >= 0) {
