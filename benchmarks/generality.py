@@ -317,7 +317,8 @@ def markdown(summaries: list[dict], accept: list[dict], docs: list[dict]) -> str
         for r in accept:
             lines.append(f"| {r['file']} | {r['T']} | {r.get('run', 1)} | {r.get('seeds', 6)} x {r.get('tokens', 512)} | "
                          f"{r['exact']:.3f} | "
-                         f"{r['rejection']:.3f} | {r['defaults']:.3f} ({r.get('defaults drafts', '?')}) | "
+                         f"{r['rejection']:.3f} | {r['defaults']:.3f}"
+                         f"{' (%d)' % r['defaults drafts'] if 'defaults drafts' in r else ''} | "
                          f"{r['defaults - max']:+.3f} |")
     return "\n".join(lines)
 
