@@ -36,11 +36,13 @@
 // Whether it is uses a draw of the first position's acceptance from what the counts allow
 // (Thompson sampling), so a head judged on a few unlucky drafts is tried again, and often where
 // the decision is close.  Otherwise the step is plain and leaves the MTP head alone (its cache
-// catches up in one batch when drafting resumes).  While plain, a probe drafts now and then: at
-// least 16 steps apart, doubling to 512 while probes confirm, spaced so that a probe's expected
-// loss stays near 0.5% of the time; 2 steps after a probe whose first draft was accepted against
-// the odds (estimated below one in two) and 16 after a session reset, where drafting could pay at
-// all (not where a verified row costs a full step, whatever the acceptance).
+// catches up in one batch when drafting resumes, at a measured cost per position; a draft after
+// plain steps pays for up to 16 of them).  While plain, a probe drafts now and then: at least 16
+// steps apart, doubling to 512 while probes confirm, spaced so that a probe's expected loss (its
+// verified row, the head call and, up to half the budget, the catch-up) stays near 0.5% of the
+// time; 2 steps after a probe whose first draft was accepted against the odds (estimated below
+// one in two), and as far after a session reset as the same budget says, where drafting could pay
+// at all (not where a verified row costs a full step, whatever the acceptance).
 //
 // Sampled decoding.  Rejection sampling is lossless for any draft distribution q; its acceptance
 // at a position is sum_x min(p(x), q(x)).  The verifier computes that overlap for each mixture of

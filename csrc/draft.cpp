@@ -221,7 +221,7 @@ int32_t proposer_draft(proposer & p, const std::vector<int32_t> & tokens, int32_
             // the confidence is the head's top probability, not the drawn draft's: a keep decision
             // that looked at the draw would bias the output (rejection sampling assumes x ~ q);
             // under greedy transforms (penalties) base is one token: the confidence is the softmax's
-            conf = is_greedy(qg) ? top_prob(p.scratch.logits.data(), p.n_vocab, q.top) : q.base.prob_of(q.top);
+            conf = is_greedy(qg) ? top_prob(p.scratch.logits.data(), p.n_vocab, q.top) : q.base.top_prob();
             tok = -1;
         }
         if ((g.draft_p_min > 0.0f && conf < g.draft_p_min) || !controller_keep(ctl, i, conf)) {
