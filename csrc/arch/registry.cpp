@@ -6,6 +6,7 @@ namespace {
 
 const arch_def * const k_archs[] = {
     &arch_glm4moe,
+    &arch_deepseek2,
 };
 
 } // namespace

@@ -6,5 +6,6 @@
 namespace mtpl {
 
 extern const arch_def arch_glm4moe;
+extern const arch_def arch_deepseek2;
 
 } // namespace mtpl

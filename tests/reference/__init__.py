@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import glm4moe
+from . import deepseek2, glm4moe
 
 REFERENCES: dict[str, ModuleType] = {
     "glm4moe": glm4moe,
+    "deepseek2": deepseek2,
 }

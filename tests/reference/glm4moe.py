@@ -176,14 +176,16 @@ def _fa_f16_accumulator(q: np.ndarray, K: np.ndarray, V: np.ndarray, visible: np
     """Softmax attention as ggml's CPU flash-attention one_chunk kernel computes it
     with an f16 KV cache: Q rounded to f16, scores in f32, and an online softmax
     whose V accumulator is an f16 vector rounded after every key (keys in cache
-    order, invisible keys skipped).  q (n, H, d); K, V (m, H, d); visible (n, m).
+    order, invisible keys skipped).  q (n, H, d); K (m, H, d); V (m, H, dv); visible (n, m).
 
     The kernel's per-key update is: on a new maximum M' of the scores,
     acc = f16(acc * exp(M - M')); then acc = f16(acc + v * exp(s - M')), and
     S = S * exp(M - M') + exp(s - M').  Both factors follow from the running
     maximum alone, so they are computed for all keys at once; only the f16
-    accumulator is a loop over the keys."""
+    accumulator is a loop over the keys.  V may be narrower than Q and K (MLA: V is the latent, K
+    the latent and the rope key)."""
     n, H, d = q.shape
+    dv = V.shape[-1]
     s = np.einsum("nhd,mhd->nhm", _f16(q), K).astype(np.float32) * np.float32(scale)
     s = np.where(visible[:, None, :], s, np.float32(-np.inf))
     m_last = int(np.max(np.nonzero(visible.any(axis=0))[0])) + 1          # keys after it are invisible to all rows
@@ -197,9 +199,9 @@ def _fa_f16_accumulator(q: np.ndarray, K: np.ndarray, V: np.ndarray, visible: np
     vs = np.where(np.isnan(vs), np.float32(0.0), vs).astype(np.float32)
     # the kernel's f32 running sum S equals sum_j exp(s_j - M_final) up to f32 rounding, far below the f16 one
     S = np.exp(s.astype(np.float64) - run_max[:, :, -1:].astype(np.float64)).sum(axis=2)
-    Vf = V[:m_last].astype(np.float16).astype(np.float32)                 # (m, H, d)
+    Vf = V[:m_last].astype(np.float16).astype(np.float32)                 # (m, H, dv)
     rescale = (ms != 1.0).any(axis=(0, 1))
-    acc = np.zeros((n, H, d), np.float32)
+    acc = np.zeros((n, H, dv), np.float32)
     for j in range(m_last):
         if rescale[j]:
             acc = (acc * ms[:, :, j, None]).astype(np.float16).astype(np.float32)

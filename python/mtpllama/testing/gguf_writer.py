@@ -59,9 +59,11 @@ def quantize_q4_k(arr: np.ndarray) -> np.ndarray:
 
 
 def write_gguf(path: str | Path, arch: str, name: str, n_ctx_train: int, tok: Tokenizer, tokenizer_pre: str,
-               add_hparams: Callable[[object], None], weights: dict[str, np.ndarray], dtype: str) -> Path:
+               add_hparams: Callable[[object], None], weights: dict[str, np.ndarray], dtype: str,
+               keep_f32: Callable[[str], bool] | None = None) -> Path:
     """Write a GGUF file: general and tokenizer keys, the architecture's hyperparameters
-    (add_hparams(writer)), then the weights stored as dtype (1-D tensors stay f32)."""
+    (add_hparams(writer)), then the weights stored as dtype (1-D tensors stay f32, and so do the
+    tensors keep_f32(name) names, as the converter keeps routers in f32 whatever the outtype)."""
     import gguf
 
     path = Path(path)
@@ -78,7 +80,7 @@ def write_gguf(path: str | Path, arch: str, name: str, n_ctx_train: int, tok: To
     w.add_eos_token_id(tok.eos_id)
     w.add_add_bos_token(False)
     for tname, arr in weights.items():
-        data, raw = store(arr, dtype)
+        data, raw = store(arr, "f32" if keep_f32 is not None and keep_f32(tname) else dtype)
         if raw is None:
             w.add_tensor(tname, data)
         else:

@@ -16,6 +16,8 @@ import numpy as np
 
 from ..bpe import Tokenizer, train_bpe
 from ..gguf_writer import write_gguf
+from . import common
+from .common import apply_norm_noise, embeddings_and_head, ffn_weights, nextn_weights, rng_normal
 
 ARCH = "glm4moe"
 
@@ -53,85 +55,38 @@ class SyntheticSpec:
     name: str = "mtpllama-synthetic"
 
 
-def _rng_normal(rng: np.random.Generator, shape, scale: float) -> np.ndarray:
-    return (rng.standard_normal(shape) * scale).astype(np.float32)
-
-
 def synthetic_weights(spec: SyntheticSpec, tok: Tokenizer) -> dict[str, np.ndarray]:
     """Weights in numpy layout (rows = output features), keyed by GGUF tensor name."""
     rng = np.random.default_rng(spec.seed)
-    d, V = spec.n_embd, tok.n_vocab
+    d = spec.n_embd
     hd, nh, nkv = spec.head_dim, spec.n_head, spec.n_head_kv
     g = spec.noise
     W: dict[str, np.ndarray] = {}
-
-    emb = _rng_normal(rng, (V, d), 1.0)
-    normal = np.array(tok.normal_ids)
-    sigma = normal[rng.permutation(len(normal))]         # the trunk's favourite next token
-    out = _rng_normal(rng, (V, d), 0.05)
-    unit = emb / np.sqrt((emb ** 2).mean(axis=1, keepdims=True))
-    out[sigma] = unit[normal] * (3.0 / np.sqrt(d))
-    W["token_embd.weight"] = emb
-    W["output_norm.weight"] = np.ones(d, np.float32)
-    W["output.weight"] = out
+    emb, out = embeddings_and_head(W, rng, d, tok)
 
     def block(i: int, moe: bool) -> None:
         p = f"blk.{i}."
         W[p + "attn_norm.weight"] = np.ones(d, np.float32)
-        W[p + "attn_q.weight"] = _rng_normal(rng, (nh * hd, d), 1.0 / np.sqrt(d))
-        W[p + "attn_q.bias"] = _rng_normal(rng, (nh * hd,), 0.1)
-        W[p + "attn_k.weight"] = _rng_normal(rng, (nkv * hd, d), 1.0 / np.sqrt(d))
-        W[p + "attn_k.bias"] = _rng_normal(rng, (nkv * hd,), 0.1)
-        W[p + "attn_v.weight"] = _rng_normal(rng, (nkv * hd, d), 1.0 / np.sqrt(d))
-        W[p + "attn_v.bias"] = _rng_normal(rng, (nkv * hd,), 0.1)
-        W[p + "attn_output.weight"] = _rng_normal(rng, (d, nh * hd), g / np.sqrt(nh * hd))
+        W[p + "attn_q.weight"] = rng_normal(rng, (nh * hd, d), 1.0 / np.sqrt(d))
+        W[p + "attn_q.bias"] = rng_normal(rng, (nh * hd,), 0.1)
+        W[p + "attn_k.weight"] = rng_normal(rng, (nkv * hd, d), 1.0 / np.sqrt(d))
+        W[p + "attn_k.bias"] = rng_normal(rng, (nkv * hd,), 0.1)
+        W[p + "attn_v.weight"] = rng_normal(rng, (nkv * hd, d), 1.0 / np.sqrt(d))
+        W[p + "attn_v.bias"] = rng_normal(rng, (nkv * hd,), 0.1)
+        W[p + "attn_output.weight"] = rng_normal(rng, (d, nh * hd), g / np.sqrt(nh * hd))
         if spec.qk_norm:
-            W[p + "attn_q_norm.weight"] = (1.0 + _rng_normal(rng, (hd,), 0.1)).astype(np.float32)
-            W[p + "attn_k_norm.weight"] = (1.0 + _rng_normal(rng, (hd,), 0.1)).astype(np.float32)
+            W[p + "attn_q_norm.weight"] = (1.0 + rng_normal(rng, (hd,), 0.1)).astype(np.float32)
+            W[p + "attn_k_norm.weight"] = (1.0 + rng_normal(rng, (hd,), 0.1)).astype(np.float32)
         W[p + "post_attention_norm.weight"] = np.ones(d, np.float32)
-        if not moe:
-            W[p + "ffn_gate.weight"] = _rng_normal(rng, (spec.n_ff, d), 1.0 / np.sqrt(d))
-            W[p + "ffn_up.weight"] = _rng_normal(rng, (spec.n_ff, d), 1.0 / np.sqrt(d))
-            W[p + "ffn_down.weight"] = _rng_normal(rng, (d, spec.n_ff), g / np.sqrt(spec.n_ff))
-            return
-        E, f = spec.n_expert, spec.n_ff_exp
-        W[p + "ffn_gate_inp.weight"] = _rng_normal(rng, (E, d), 1.0 / np.sqrt(d))
-        W[p + "exp_probs_b.bias"] = _rng_normal(rng, (E,), 0.1)
-        W[p + "ffn_gate_exps.weight"] = _rng_normal(rng, (E, f, d), 1.0 / np.sqrt(d))
-        W[p + "ffn_up_exps.weight"] = _rng_normal(rng, (E, f, d), 1.0 / np.sqrt(d))
-        W[p + "ffn_down_exps.weight"] = _rng_normal(rng, (E, d, f), g / np.sqrt(f))
-        if spec.n_expert_shared > 0:
-            fs = f * spec.n_expert_shared
-            W[p + "ffn_gate_shexp.weight"] = _rng_normal(rng, (fs, d), 1.0 / np.sqrt(d))
-            W[p + "ffn_up_shexp.weight"] = _rng_normal(rng, (fs, d), 1.0 / np.sqrt(d))
-            W[p + "ffn_down_shexp.weight"] = _rng_normal(rng, (d, fs), g / np.sqrt(fs))
+        ffn_weights(W, rng, p, d, spec, moe)
 
     for i in range(spec.n_layer):
         block(i, moe=i >= spec.n_dense_lead)
 
     if spec.nextn != "none":
-        n = spec.n_layer
-        block(n, moe=True)
-        p = f"blk.{n}.nextn."
-        eh = np.zeros((d, 2 * d), np.float32)
-        eh[:, :d] = np.eye(d, dtype=np.float32)                  # the token-embedding half carries the signal
-        eh[:, d:] = _rng_normal(rng, (d, d), g / np.sqrt(d))     # the trunk-state half perturbs it
-        W[p + "eh_proj.weight"] = eh
-        W[p + "enorm.weight"] = np.ones(d, np.float32)
-        W[p + "hnorm.weight"] = np.ones(d, np.float32)
-        W[p + "shared_head_norm.weight"] = np.ones(d, np.float32)
-        if spec.nextn == "own":  # close to the trunk's, but not equal: a test can tell which one is used
-            W[p + "embed_tokens.weight"] = emb + _rng_normal(rng, emb.shape, 0.1)
-            W[p + "shared_head_head.weight"] = out + _rng_normal(rng, out.shape, 0.01)
-        elif spec.nextn != "tied":
-            raise ValueError(f"nextn must be 'own', 'tied' or 'none', got {spec.nextn!r}")
-        if spec.head_scale != 1.0:  # the logits are linear in the head norm's weight, own head or tied
-            W[p + "shared_head_norm.weight"] = W[p + "shared_head_norm.weight"] * np.float32(spec.head_scale)
-    if spec.norm_noise > 0:
-        nrng = np.random.default_rng([spec.seed, 0x6E6F726D])
-        for name in sorted(W):
-            if name.endswith("norm.weight"):
-                W[name] = (W[name] * (1.0 + _rng_normal(nrng, W[name].shape, spec.norm_noise))).astype(np.float32)
+        block(spec.n_layer, moe=True)
+        nextn_weights(W, rng, spec.n_layer, d, spec, emb, out)
+    apply_norm_noise(W, spec)
     return W
 
 
@@ -139,15 +94,7 @@ def add_second_successor(W: dict[str, np.ndarray], spec: SyntheticSpec, tok: Tok
                          seed: int = 3) -> dict[str, np.ndarray]:
     """Give every token a second, equally likely successor, in the trunk's output head and in the
     NextN head alike: a model whose next token is genuinely uncertain (sampling matters)."""
-    rng = np.random.default_rng(seed)
-    emb = W["token_embd.weight"]
-    unit = emb / np.sqrt((emb ** 2).mean(axis=1, keepdims=True))
-    normal = np.array(tok.normal_ids)
-    second = normal[rng.permutation(len(normal))]
-    for key in ("output.weight", f"blk.{spec.n_layer}.nextn.shared_head_head.weight"):
-        if key in W:
-            W[key][second] += unit[normal] * (3.0 / np.sqrt(spec.n_embd))
-    return W
+    return common.add_second_successor(W, spec.n_layer, spec.n_embd, tok, seed)
 
 
 def write_synthetic(path: str | Path, spec: SyntheticSpec = SyntheticSpec(), tok: Tokenizer | None = None,

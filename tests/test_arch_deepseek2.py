@@ -1,0 +1,483 @@
+"""deepseek2 (GLM-4.7-Flash: MLA attention, one NextN block): what glm4moe's tests check, for this
+architecture (docs/mla.md, plan steps 2-5).
+
+* the test-file writer lays keys and tensors out as llama.cpp's converter does;
+* inspect: a good file is supported with a usable NextN block; every hyperparameter rule of
+  csrc/arch/deepseek2.cpp fails with our message instead of a llama.cpp abort;
+* greedy MTP == greedy plain, for own and tied heads, f32 and (where safe) f16 and q8_0;
+* verified rows == lone rows (batch invariance), at 4 heads (a lone row's per-head MLA products
+  stay under the batch-invariance row threshold, a batch's cross it) and at 20 (both above);
+* logits and states against the numpy reference (reference/deepseek2.py), and broken references
+  are told apart.
+
+WIP (untested): written without building or running anything.  Every expectation marked
+TODO(unverified) is a guess to confirm on the first run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import mtpllama
+from mtpllama import SpecConfig
+from mtpllama.testing.arch import WRITERS
+from mtpllama.testing.fixtures import ONE_THREAD, PROMPTS
+from reference import REFERENCES
+from test_batch_invariance import compare
+from test_reference import LONG_PROMPT, PROMPT, TOL_F16, TOL_F32, Flavour, spec_config, table_line
+
+D = WRITERS["deepseek2"]
+R = REFERENCES["deepseek2"]
+Spec = D.SyntheticSpec
+
+# dn = 32 and r = 64 meet AMX's f16 alignment (docs/mla.md section 7), so attn_k_b/attn_v_b would go to AMX
+AMX_SHAPED = dict(qk_nope_head_dim=32, kv_lora_rank=64, v_head_dim=32)
+
+FILES = {
+    "own": Spec(nextn="own", norm_noise=0.3, seed=61),
+    "tied": Spec(nextn="tied", norm_noise=0.3, seed=62),
+    "trunk_only": Spec(nextn="none", seed=63),
+    "f16": Spec(nextn="own", dtype="f16", norm_noise=0.3, seed=64, **AMX_SHAPED),
+    "q8_0": Spec(nextn="own", dtype="q8_0", norm_noise=0.3, seed=65, **AMX_SHAPED),
+}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, str]:
+    d = tmp_path_factory.mktemp("deepseek2")
+    return {k: str(D.write_synthetic(d / f"{k}.gguf", spec)) for k, spec in FILES.items()}
+
+
+def _decodes_in_a_child(path: str) -> tuple[bool, str]:
+    """Load path and decode a lone row, then batches (prompt, verification) in a child process:
+    (survived, stderr tail)."""
+    code = ("import sys, mtpllama\n"
+            "cfg = mtpllama.SessionConfig(n_threads=1)\n"
+            "with mtpllama.Model(sys.argv[1], session_defaults=cfg) as m:\n"
+            "    m.generate([1], 1, mtp=False)\n"
+            "    r = m.generate(sys.argv[2], 12, spec=mtpllama.SpecConfig(3, 0.0, adaptive=False))\n"
+            "    print(len(r.tokens))\n")
+    r = subprocess.run([sys.executable, "-c", code, path, PROMPT], capture_output=True, text=True, timeout=300)
+    return r.returncode == 0 and r.stdout.strip() == "12", f"exit status {r.returncode}: {r.stderr[-2000:]}"
+
+
+@pytest.fixture(scope="module")
+def amx_safe(files) -> dict[str, tuple[bool, str]]:
+    """Whether the f16 and q8_0 files decode without killing the process.  On a CPU with AMX,
+    llama.cpp puts the 3-D attn_k_b (and attn_v_b) on AMX buffers, whose kernels then refuse the
+    permuted activation and the scheduler aborts (docs/mla.md section 7; a patch is planned).  The
+    in-process tests of those files are skipped while this fails; test_mla_weights_do_not_abort fails."""
+    return {k: _decodes_in_a_child(files[k]) for k in ("f16", "q8_0")}
+
+
+def _need_safe(amx_safe, key: str) -> None:
+    ok, why = amx_safe[key]
+    if not ok:
+        pytest.skip(f"the {key} deepseek2 file kills a process here (see test_mla_weights_do_not_abort): {why[:300]}")
+
+
+@pytest.fixture(scope="module")
+def models(files):
+    opened = {}
+    try:
+        for k in ("own", "tied"):
+            opened[k] = mtpllama.Model(files[k], session_defaults=ONE_THREAD)
+        yield opened
+    finally:
+        for m in opened.values():
+            m.close()
+
+
+# --- the writer ------------------------------------------------------------------------------------------
+
+def test_writer_lays_out_as_the_converter(tmp_path):
+    """deepseek.py's keys, and its tensors: kv_b split per head into attn_k_b (transposed) and
+    attn_v_b, routers in f32 whatever the outtype, no attn_kv_b."""
+    import gguf
+
+    from mtpllama.testing import train_bpe
+
+    spec = Spec(dtype="f16", seed=1)
+    tok = train_bpe(n_merges=spec.n_merges)
+    path = D.write_synthetic(tmp_path / "layout.gguf", spec, tok)
+    r = gguf.GGUFReader(str(path))
+    kv = {k: f.contents() for k, f in r.fields.items() if k.startswith("deepseek2.")}
+    H, ql, rk = spec.n_head, spec.q_lora_rank, spec.kv_lora_rank
+    dn, dr, dv = spec.qk_nope_head_dim, spec.qk_rope_head_dim, spec.v_head_dim
+    assert kv["deepseek2.block_count"] == spec.n_layer + 1 and kv["deepseek2.nextn_predict_layers"] == 1
+    assert kv["deepseek2.attention.head_count_kv"] == 1
+    assert kv["deepseek2.attention.key_length"] == rk + dr and kv["deepseek2.attention.value_length"] == rk
+    assert kv["deepseek2.attention.key_length_mla"] == dn + dr and kv["deepseek2.attention.value_length_mla"] == dv
+    assert kv["deepseek2.attention.q_lora_rank"] == ql and kv["deepseek2.rope.dimension_count"] == dr
+    assert kv["deepseek2.expert_gating_func"] == 2 and bool(kv["deepseek2.expert_weights_norm"])
+    t = {x.name: x for x in r.tensors}
+    shape = {n: [int(v) for v in x.shape] for n, x in t.items()}   # GGUF ne order
+    for il in range(spec.n_layer + 1):
+        p = f"blk.{il}."
+        assert shape[p + "attn_q_a.weight"] == [spec.n_embd, ql]
+        assert shape[p + "attn_q_b.weight"] == [ql, H * (dn + dr)]
+        assert shape[p + "attn_kv_a_mqa.weight"] == [spec.n_embd, rk + dr]
+        assert shape[p + "attn_k_b.weight"] == [dn, rk, H] and shape[p + "attn_v_b.weight"] == [rk, dv, H]
+        assert shape[p + "attn_output.weight"] == [H * dv, spec.n_embd]
+        assert p + "attn_kv_b.weight" not in t
+        assert t[p + "attn_k_b.weight"].tensor_type == gguf.GGMLQuantizationType.F16
+        assert t[p + "attn_kv_a_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+        if il >= spec.n_dense_lead:
+            assert t[p + "ffn_gate_inp.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+            assert shape[p + "ffn_gate_exps.weight"] == [spec.n_embd, spec.n_ff_exp, spec.n_expert]
+    # the split is the converter's: putting k_b back (transposed) and v_b together gives kv_b
+    W = D.synthetic_weights(spec, tok)
+    k_b, v_b = W["blk.0.attn_k_b.weight"], W["blk.0.attn_v_b.weight"]
+    kv_b = np.concatenate([k_b.transpose(0, 2, 1), v_b], axis=1).reshape(H * (dn + dv), rk)
+    k2, v2 = D.split_kv_b(kv_b, H, dn, dv)
+    assert np.array_equal(k2, k_b) and np.array_equal(v2, v_b)
+
+
+# --- inspect and bad files ---------------------------------------------------------------------------------
+
+def test_inspect(files):
+    own, tied, trunk = (mtpllama.inspect(files[k]) for k in ("own", "tied", "trunk_only"))
+    assert own.arch == "deepseek2" and own.supported and own.has_mtp and own.n_layer_nextn == 1
+    assert own.block_count == FILES["own"].n_layer + 1
+    assert tied.has_mtp and own.n_tensors_nextn == tied.n_tensors_nextn + 2   # own embed_tokens and head
+    assert not trunk.has_mtp and "trunk-only" in trunk.mtp_problem
+
+
+def test_trunk_only_file(files):
+    with pytest.raises(mtpllama.NoMtpHeadError, match="trunk-only"):
+        mtpllama.Model(files["trunk_only"], mtp=True)
+    with mtpllama.Model(files["trunk_only"], mtp=False, session_defaults=ONE_THREAD) as m:
+        assert len(m.generate("def foo(x):", 8).tokens) == 8
+
+
+def _u32(v):
+    import gguf
+    return (v, gguf.GGUFValueType.UINT32)
+
+
+def _f32(v):
+    import gguf
+    return (v, gguf.GGUFValueType.FLOAT32)
+
+
+def _str(v):
+    import gguf
+    return (v, gguf.GGUFValueType.STRING)
+
+
+# (keys to replace (None: drop), what the error says): one row per rule of csrc/arch/deepseek2.cpp
+BAD_KEYS = [
+    ({"attention.head_count": _u32(0)}, "head_count missing"),
+    ({"attention.head_count_kv": _u32(4)}, "head_count_kv must be 1"),
+    ({"attention.head_count_kv": None}, "head_count_kv must be 1"),
+    ({"attention.q_lora_rank": None}, "q_lora_rank"),
+    ({"attention.kv_lora_rank": _u32(0)}, "kv_lora_rank"),
+    ({"attention.key_length_mla": None}, "key_length_mla and value_length_mla"),
+    ({"attention.value_length_mla": _u32(0)}, "key_length_mla and value_length_mla"),
+    ({"rope.dimension_count": None}, "rope.dimension_count"),
+    ({"rope.dimension_count": _u32(7)}, "rope.dimension_count"),
+    ({"rope.dimension_count": _u32(32)}, "rope.dimension_count"),      # not below key_length_mla (16 + 16)
+    ({"attention.key_length": _u32(40)}, "key_length must be kv_lora_rank"),
+    ({"attention.value_length": _u32(16)}, "value_length must equal"),
+    ({"leading_dense_block_count": _u32(3)}, "NextN block dense"),
+    ({"feed_forward_length": None}, "feed_forward_length"),
+    ({"expert_count": _u32(2000)}, "expert_count exceeds"),
+    ({"expert_used_count": _u32(0)}, "expert_used_count"),
+    ({"expert_used_count": _u32(9)}, "expert_used_count"),
+    ({"expert_shared_count": _u32(0)}, "expert_shared_count"),
+    ({"expert_feed_forward_length": None}, "expert_feed_forward_length"),
+    ({"expert_group_count": _u32(8)}, "below expert_count"),
+    ({"expert_group_count": _u32(3), "expert_group_used_count": _u32(1)}, "multiple of expert_group_count"),
+    ({"expert_group_count": _u32(4), "expert_group_used_count": _u32(4)}, "expert_group_used_count must be"),
+    ({"expert_group_count": _u32(4), "expert_group_used_count": _u32(1), "expert_used_count": _u32(3)},
+     "experts of the used groups"),
+    ({"expert_gating_func": _u32(3)}, "expert_gating_func"),
+    ({"attention.temperature_scale": _f32(0.5)}, "temperature_scale"),
+    ({"attention.layer_norm_rms_epsilon": _f32(float("nan"))}, "epsilon"),
+    ({"attention.layer_norm_rms_epsilon": None}, "epsilon"),
+    ({"rope.freq_base": _f32(-1.0)}, "freq_base"),
+    ({"rope.scaling.type": _str("bogus")}, "rope.scaling.type"),
+    ({"block_count": _u32(27)}, "lite"),                                # a 26-layer trunk with a NextN block
+    ({"context_length": _u32(0)}, "context_length"),
+]
+
+
+@pytest.mark.parametrize("keys,message", BAD_KEYS, ids=[f"{i}-" + ",".join(k) + ("" if all(k.values()) else "-dropped")
+                                                        for i, (k, _) in enumerate(BAD_KEYS)])
+def test_bad_hyperparameters_fail_clearly(tmp_path, keys, message):
+    """Each is something llama.cpp's loader or deepseek2 graphs assert on (aborting the process) or
+    that breaks the cache shapes: inspect and Model refuse the file with our message first."""
+    path = str(D.write_synthetic(tmp_path / "bad.gguf", Spec(seed=71), keys=keys))
+    with pytest.raises(mtpllama.ModelLoadError, match=message):
+        mtpllama.inspect(path)
+    with pytest.raises(mtpllama.ModelLoadError, match=message):
+        mtpllama.Model(path, mtp=False)
+
+
+def test_good_variations_load(tmp_path):
+    """Legal keys the rules must not refuse: no gating key (llama.cpp falls back), expert groups,
+    no expert_weights_norm, a dense lead reaching the last trunk layer."""
+    import gguf
+
+    for i, (spec, keys) in enumerate([
+        (Spec(gating=0, seed=72), None),
+        (Spec(n_expert_groups=4, n_group_used=2, n_expert_used=3, seed=73), None),
+        (Spec(expert_weights_norm=False, expert_weights_scale=2.5, seed=74), None),
+        (Spec(n_layer=3, n_dense_lead=3, seed=75), None),
+        (Spec(seed=76), {"attention.temperature_scale": (0.0, gguf.GGUFValueType.FLOAT32)}),
+    ]):
+        path = str(D.write_synthetic(tmp_path / f"good{i}.gguf", spec, keys=keys))
+        assert mtpllama.inspect(path).has_mtp, spec
+        with mtpllama.Model(path, session_defaults=ONE_THREAD) as m:
+            assert len(m.generate("def foo(x):", 6, spec=SpecConfig(2, 0.0, adaptive=False)).tokens) == 6
+
+
+def test_mla_weights_do_not_abort(amx_safe):
+    """f16 and q8_0 files (AMX-aligned MLA shapes) decode lone rows and batches without killing the
+    process.  On a CPU with AMX this fails until the AMX buffer refuses 3-D weights (docs/mla.md
+    section 7)."""
+    for key, (ok, why) in amx_safe.items():
+        assert ok, f"{key}: {why}"
+
+
+# --- greedy MTP == plain -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flavour", ["own", "tied"])
+@pytest.mark.parametrize("draft_max", [1, 2, 3, 4])
+@pytest.mark.parametrize("p_min", [0.0, 0.85])
+def test_mtp_equals_plain(models, flavour, draft_max, p_min):
+    model = models[flavour]
+    drafted = [0] * draft_max
+    accepted = [0] * draft_max
+    for prompt in PROMPTS:
+        plain = model.generate(prompt, 40, mtp=False)
+        mtp = model.generate(prompt, 40, spec=SpecConfig(draft_max, p_min, adaptive=False))
+        assert mtp.tokens == plain.tokens, f"prompt {prompt!r}"
+        assert mtp.stop_reason == plain.stop_reason
+        for i, (d, a) in enumerate(zip(mtp.stats.drafted, mtp.stats.accepted)):
+            drafted[i] += d
+            accepted[i] += a
+    # TODO(unverified): that these synthetic MLA weights give the head glm4moe's mix of accept and reject
+    assert accepted[0] > 0
+    if draft_max >= 2:
+        assert accepted[1] > 0
+    assert sum(accepted) < sum(drafted)
+
+
+@pytest.mark.parametrize("dtype", ["f16", "q8_0"])
+@pytest.mark.parametrize("draft_max", [1, 3, 6])
+def test_mtp_equals_plain_low_precision(files, amx_safe, dtype, draft_max):
+    _need_safe(amx_safe, dtype)
+    with mtpllama.Model(files[dtype], session_defaults=ONE_THREAD) as m:
+        for prompt in PROMPTS[:10]:
+            plain = m.generate(prompt, 40, mtp=False)
+            mtp = m.generate(prompt, 40, spec=SpecConfig(draft_max, 0.0, adaptive=False))
+            assert mtp.tokens == plain.tokens, f"prompt {prompt!r}"
+
+
+def test_adaptive_is_lossless(models):
+    model = models["own"]
+    for prompt in PROMPTS[:6]:
+        assert model.generate(prompt, 60, spec=SpecConfig(4, 0.0)).tokens == model.generate(prompt, 60, mtp=False).tokens
+
+
+# --- batch invariance ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def invariance_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("deepseek2_invariance")
+    out = {}
+    for n_head in (4, 20):
+        for dtype in ("f32", "f16", "q8_0"):
+            spec = Spec(nextn="own", dtype=dtype, n_head=n_head, n_embd=128, n_ff=256, n_ff_exp=64,
+                        norm_noise=0.3, seed=81, **AMX_SHAPED)
+            out[(n_head, dtype)] = str(D.write_synthetic(d / f"h{n_head}_{dtype}.gguf", spec))
+    return out
+
+
+@pytest.mark.parametrize("n_head", [4, 20])
+@pytest.mark.parametrize("dtype", ["f32", "f16", "q8_0"])
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_verified_rows_equal_lone_rows(invariance_files, amx_safe, n_head, dtype, k):
+    """Batches of 2..5 rows against plain decoding's lone rows, bit for bit.  The absorbed MLA
+    products are batched per head (src1 {dn, n_tokens, H}): patches/0003 counts ne11*ne12*ne13
+    rows, so at 4 heads a lone row (4 rows) takes vec_dot and a 5-row batch (20) tinyBLAS.
+    TODO(unverified): expected to fail at n_head=4 for f32/f16 until 0003 counts ne11 for 3-D
+    per-head products (docs/mla.md section 3); whether tinyBLAS gives lone-row bits at n_head=20."""
+    if dtype != "f32":
+        _need_safe(amx_safe, dtype)
+    with mtpllama.Model(invariance_files[(n_head, dtype)]) as m:
+        same, diff = compare(m, PROMPT, 48, k, threads=1)
+    assert same >= 20 and diff == 0, (same, diff)
+
+
+# --- the numpy reference ------------------------------------------------------------------------------------------
+
+# Every option at least once: own/tied heads, sigmoid/softmax/fallback gating, expert groups, 0/1/2 dense
+# layers, 1/2 shared experts, weight normalisation on/off and a scale, f32 and f16, YaRN.
+FLAVOURS = {
+    "ds_own": Flavour(Spec(nextn="own", norm_noise=0.3, seed=91), PROMPT, 180, 0.0, TOL_F32),
+    "ds_tied_softmax_groups": Flavour(Spec(nextn="tied", gating=1, n_expert_groups=4, n_group_used=2, n_expert_used=3,
+                                           n_dense_lead=0, expert_weights_norm=False, expert_weights_scale=2.5,
+                                           norm_noise=0.3, seed=92), LONG_PROMPT, 150, 0.2, TOL_F32),
+    "ds_no_gating_key": Flavour(Spec(nextn="own", gating=0, norm_noise=0.3, seed=93), PROMPT, 180, 0.0, TOL_F32),
+    "ds_f16_dense2_shexp2": Flavour(Spec(nextn="own", dtype="f16", n_layer=3, n_dense_lead=2, n_expert_shared=2,
+                                         norm_noise=0.3, seed=94, **AMX_SHAPED), PROMPT, 180, 0.0, TOL_F16,
+                                    near_tie=1e-3),
+    # TODO(unverified): the reference's YaRN (llama-context.cpp's attn_factor, rope_yarn's ramp) was read, not run
+    "ds_yarn": Flavour(Spec(nextn="own", rope_scaling="yarn", rope_factor=4.0, yarn_orig_ctx=256, mscale_all_dim=1.0,
+                            norm_noise=0.3, seed=95), PROMPT, 180, 0.0, TOL_F32),
+}
+GOOD = list(FLAVOURS)
+
+
+@dataclasses.dataclass
+class Run:
+    ref: object
+    events: list[dict]
+    result: object
+    n_prompt: int
+    replay: object
+    seconds: float
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, amx_safe):
+    """Generate with each flavour (recording events) and replay it through the reference, once."""
+    d = tmp_path_factory.mktemp("deepseek2_reference")
+    cache: dict[str, Run] = {}
+
+    def get(name: str) -> Run:
+        if name not in cache:
+            fl = FLAVOURS[name]
+            if fl.spec.dtype != "f32":
+                _need_safe(amx_safe, fl.spec.dtype)
+            t0 = time.perf_counter()
+            path = D.write_synthetic(d / f"{name}.gguf", fl.spec)
+            hp, W, f16 = R.load_gguf(path)
+            with mtpllama.Model(str(path), session_defaults=ONE_THREAD) as model:
+                prompt = model.tokenize(fl.prompt)
+                with model.session() as s:
+                    s.debug_record()
+                    result = s.generate(prompt, fl.n_gen, spec=spec_config(4, fl.p_min))
+                    events = s.debug_events()
+            ref = R.Reference(hp, W, f16)
+            cache[name] = Run(ref, events, result, len(prompt), R.replay(ref, events), time.perf_counter() - t0)
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def small_ref(tmp_path_factory):
+    spec = Spec(nextn="own", n_expert_groups=4, n_group_used=2, norm_noise=0.3, seed=5)
+    hp, W, f16 = R.load_gguf(D.write_synthetic(tmp_path_factory.mktemp("ds_ref") / "small.gguf", spec))
+    return R.Reference(hp, W, f16, R.Variant(kv_f16=False, attn="exact"))
+
+
+def test_reference_batch_equals_incremental(small_ref):
+    """One batch over a sequence == the same rows one at a time (causality, the latent cache, the
+    MTP block's cache)."""
+    rng = np.random.default_rng(0)
+    toks = rng.integers(0, small_ref.hp.n_vocab, 40).tolist()
+    logits, h = small_ref.trunk_forward(toks)
+    cache = small_ref.trunk_cache()
+    for p, t in enumerate(toks):
+        lp, hp_ = small_ref.trunk(cache, [t], [p])
+        np.testing.assert_allclose(lp[0], logits[p], rtol=0, atol=1e-11 * np.abs(logits).max())
+        np.testing.assert_allclose(hp_[0], h[p], rtol=0, atol=1e-11 * np.abs(h).max())
+    entries = [(t, h[p - 1] if p else np.zeros_like(h[0]), p) for p, t in enumerate(toks)]
+    ml, mh = small_ref.nextn_forward(entries)
+    mc = small_ref.mtp_cache()
+    for t, hin, p in entries:
+        l1, h1 = small_ref.nextn(mc, [t], hin[None], [p])
+        np.testing.assert_allclose(l1[0], ml[p], rtol=0, atol=1e-11 * np.abs(ml).max())
+        np.testing.assert_allclose(h1[0], mh[p], rtol=0, atol=1e-11 * np.abs(mh).max())
+
+
+def test_reference_rope_is_relative(small_ref):
+    """A common shift of positions changes nothing (q_pe and the shared k_pe rotate alike); a
+    different spacing does."""
+    toks = list(range(5, 25))
+    a, _ = small_ref.trunk(small_ref.trunk_cache(), toks, np.arange(20))
+    b, _ = small_ref.trunk(small_ref.trunk_cache(), toks, np.arange(20) + 137)
+    c, _ = small_ref.trunk(small_ref.trunk_cache(), toks, np.arange(20) * 3)
+    assert R.rel_err(b, a) < 1e-10
+    assert R.rel_err(c, a) > 1e-2
+
+
+@pytest.mark.parametrize("name", GOOD)
+def test_engine_matches_reference(runs, name):
+    run = runs(name)
+    fl, res, st = FLAVOURS[name], run.replay, run.result.stats
+    print(f"\n{table_line(name, res)}  [{run.seconds:.1f}s]")
+    assert len(run.result.tokens) == fl.n_gen
+    assert 200 <= run.n_prompt + fl.n_gen < 512  # the reference does not model the split-KV kernel (>= 512)
+    assert sum(st.accepted) > 0 and sum(st.accepted) < sum(st.drafted), (st.drafted, st.accepted)
+    assert res.mtp_inputs["trunk"] > 0 and res.mtp_inputs["draft"] > 0
+    # multi-row MTP output states wait for the deepseek2 0001 fix (test_mtp_output_state_of_multi_row_batch)
+    cats = (("trunk_logits", None), ("trunk_h", None), ("mtp_logits", None), ("mtp_h", False))
+    ties = [r for c, b in cats for r in res.select(c, b) if r.err >= fl.tol and r.margin < fl.near_tie]
+    end = min((r.event for r in ties), default=len(run.events))
+    assert end >= 0.6 * len(run.events), f"{name}: a near-tie flipped at event {end} of {len(run.events)}"
+    for cat, batched in cats:
+        rows = [r for r in res.select(cat, batched) if r.event < end]
+        assert rows, f"no {cat} rows recorded"
+        worst = max(rows, key=lambda r: r.err)
+        print(f"  {cat}: worst {worst.err:.1e} over {len(rows)} rows")
+        assert worst.err < fl.tol, f"{name} {cat}: {worst}"
+
+
+@pytest.mark.xfail(strict=True, reason="deepseek2's graph_mtp sets t_h_nextn before gathering the output rows "
+                                       "(glm4moe's patches/0001 bug); planned patch 0012 (docs/mla.md step 1)")
+def test_mtp_output_state_of_multi_row_batch(runs):
+    res = runs("ds_own").replay
+    rows = [r for r in res.select("mtp_h", batched=True) if r.row > 0]
+    assert len(rows) > 10
+    worst = max(rows, key=lambda r: r.err)
+    assert worst.err < TOL_F32, f"{worst}; max error against row 0: {max(r.err_vs_row0 for r in rows):.1e}"
+
+
+def test_gating_fallback_is_softmax(runs):
+    """A file without expert_gating_func (and not GLM-4.7-Flash's 47/48-layer, 154880-token shape):
+    llama.cpp routes with softmax, and a sigmoid reference is far off."""
+    run = runs("ds_no_gating_key")
+    assert run.ref.hp.gating == "softmax"
+    sig = R.replay(R.Reference(dataclasses.replace(run.ref.hp, gating="sigmoid"), run.ref.W, run.ref.f16), run.events)
+    assert run.replay.max_err("trunk_logits") < TOL_F32
+    assert sig.max_err("trunk_logits") > 25 * TOL_F32  # TODO(unverified): margin
+
+
+BROKEN = [
+    # (flavour, variant, how MTP rows get trunk states, the category that must catch it)
+    ("ds_own", dict(concat="h_e"), "engine", "mtp_logits"),                # eh_proj input halves swapped
+    ("ds_own", dict(trunk_h="pre_norm"), "engine", "trunk_h"),             # hand-over before output_norm
+    ("ds_own", dict(trunk_h="pre_norm"), "reference", "mtp_logits"),       # ... seen through the MTP head
+    ("ds_own", dict(mtp_h="pre_norm"), "engine", "mtp_h"),                 # fed back before shared_head_norm
+    ("ds_own", dict(rope="neox"), "engine", "trunk_logits"),               # NeoX pairs instead of adjacent ones
+    ("ds_own", dict(rope_dims="first"), "engine", "trunk_logits"),         # rope on the head's first dims
+    ("ds_own", dict(kv_norm=False), "engine", "trunk_logits"),             # latent not normalised
+    ("ds_own", dict(q_a_norm=False), "engine", "trunk_logits"),            # q_a_norm skipped
+    ("ds_own", dict(scale="r_dr"), "engine", "trunk_logits"),              # 1/sqrt(r + dr) as the scale
+    ("ds_own", dict(kb_vb="swapped"), "engine", "trunk_logits"),           # attn_k_b and attn_v_b exchanged
+    ("ds_own", dict(bias_in_weights=True), "engine", "trunk_logits"),      # selection bias in the weights
+    ("ds_tied_softmax_groups", dict(groups=False), "engine", "trunk_logits"),  # expert groups ignored
+]
+
+
+@pytest.mark.parametrize("name,variant,trunk_h_from,category", BROKEN,
+                         ids=[f"{n}-{'-'.join(f'{k}={v}' for k, v in v_.items())}-{m}" for n, v_, m, _ in BROKEN])
+def test_broken_reference_is_detected(runs, name, variant, trunk_h_from, category):
+    run = runs(name)
+    tol = FLAVOURS[name].tol
+    batched = False if category == "mtp_h" else None
+    good = run.replay if trunk_h_from == "engine" else R.replay(run.ref, run.events, trunk_h_from=trunk_h_from)
+    bad = R.replay(run.ref.with_variant(**variant), run.events, trunk_h_from=trunk_h_from)
+    assert good.max_err(category, batched) < tol
+    # TODO(unverified): every variant above is at least 25x the tolerance off (scale="r_dr" is the closest call)
+    assert bad.max_err(category, batched) > 25 * tol, f"{variant}: {bad}"
