@@ -45,7 +45,7 @@ std::string check_hparams(const gguf_context * g, uint32_t n_block, uint32_t n_n
                              "attention.value_length_mla", "attention.q_lora_rank", "attention.kv_lora_rank",
                              "rope.dimension_count", "expert_feed_forward_length", "feed_forward_length",
                              "context_length", "expert_gating_func", "expert_group_count", "expert_group_used_count",
-                             "vocab_size"}) {
+                             "vocab_size", "attention.temperature_length"}) {
         if (!uint_or_absent(g, a + key)) {  // per-layer arrays are legal upstream, but no converter writes them here
             return a + key + " must be a non-negative integer scalar";
         }
@@ -122,6 +122,9 @@ std::string check_hparams(const gguf_context * g, uint32_t n_block, uint32_t n_n
     if (!float_ok(g, a + "attention.temperature_scale", temp)) return "attention.temperature_scale must be a finite f32";
     // graph_mtp asserts f_attn_temp_scale == 0 (temperature tuning is trunk-only, for Mistral-Large)
     if (n_nextn > 0 && temp != 0.0f) return "attention.temperature_scale is set: llama.cpp's deepseek2 MTP graph does not support it";
+    // a scale builds the trunk's attention-temperature input, whose set_input asserts a length
+    uint32_t temp_len = 0;
+    if (temp != 0.0f && (!need("attention.temperature_length", temp_len) || temp_len == 0)) return "attention.temperature_scale is set without attention.temperature_length";
     // an unknown scaling type is a GGML_ASSERT in the common loader; ext_factor (asserted >= 0) is not a file key
     const std::string scaling = get_str(g, a + "rope.scaling.type");
     if (gguf_find_key(g, (a + "rope.scaling.type").c_str()) >= 0 && scaling != "none" && scaling != "linear" &&
