@@ -433,9 +433,8 @@ def test_engine_matches_reference(runs, name):
         assert worst.err < fl.tol, f"{name} {cat}: {worst}"
 
 
-@pytest.mark.xfail(strict=True, reason="deepseek2's graph_mtp sets t_h_nextn before gathering the output rows "
-                                       "(glm4moe's patches/0001 bug); planned patch 0012 (docs/mla.md step 1)")
 def test_mtp_output_state_of_multi_row_batch(runs):
+    """patches/0012: without it every batched row reports row 0's state (err_vs_row0 ~ 0, err large)."""
     res = runs("ds_own").replay
     rows = [r for r in res.select("mtp_h", batched=True) if r.row > 0]
     assert len(rows) > 10
