@@ -320,18 +320,21 @@ def test_verified_rows_equal_lone_rows(invariance_files, amx_safe, n_head, dtype
 
 # Every option at least once: own/tied heads, sigmoid/softmax/fallback gating, expert groups, 0/1/2 dense
 # layers, 1/2 shared experts, weight normalisation on/off and a scale, f32 and f16, YaRN.
+# MLA's engine rows sit ~1e-4 (relative) from the reference, ten times glm4moe's (f16 queries and
+# latents in flash attention over a 32-wide latent): a routing gap under 2e-4 may flip either way.
+NEAR_TIE = 2e-4
 FLAVOURS = {
-    "ds_own": Flavour(Spec(nextn="own", norm_noise=0.3, seed=91), PROMPT, 180, 0.0, TOL_F32),
+    "ds_own": Flavour(Spec(nextn="own", norm_noise=0.3, seed=91), PROMPT, 180, 0.0, TOL_F32, near_tie=NEAR_TIE),
     "ds_tied_softmax_groups": Flavour(Spec(nextn="tied", gating=1, n_expert_groups=4, n_group_used=2, n_expert_used=3,
                                            n_dense_lead=0, expert_weights_norm=False, expert_weights_scale=2.5,
                                            norm_noise=0.3, seed=92), LONG_PROMPT, 150, 0.2, TOL_F32),
-    "ds_no_gating_key": Flavour(Spec(nextn="own", gating=0, norm_noise=0.3, seed=93), PROMPT, 180, 0.0, TOL_F32),
+    "ds_no_gating_key": Flavour(Spec(nextn="own", gating=0, norm_noise=0.3, seed=93), PROMPT, 180, 0.0, TOL_F32, near_tie=NEAR_TIE),
     "ds_f16_dense2_shexp2": Flavour(Spec(nextn="own", dtype="f16", n_layer=3, n_dense_lead=2, n_expert_shared=2,
                                          norm_noise=0.3, seed=94, **AMX_SHAPED), PROMPT, 180, 0.0, TOL_F16,
                                     near_tie=1e-3),
     # TODO(unverified): the reference's YaRN (llama-context.cpp's attn_factor, rope_yarn's ramp) was read, not run
     "ds_yarn": Flavour(Spec(nextn="own", rope_scaling="yarn", rope_factor=4.0, yarn_orig_ctx=256, mscale_all_dim=1.0,
-                            norm_noise=0.3, seed=95), PROMPT, 180, 0.0, TOL_F32),
+                            norm_noise=0.3, seed=95), PROMPT, 180, 0.0, TOL_F32, near_tie=NEAR_TIE),
 }
 GOOD = list(FLAVOURS)
 
@@ -420,14 +423,14 @@ def test_engine_matches_reference(runs, name):
     assert 200 <= run.n_prompt + fl.n_gen < 512  # the reference does not model the split-KV kernel (>= 512)
     assert sum(st.accepted) > 0 and sum(st.accepted) < sum(st.drafted), (st.drafted, st.accepted)
     assert res.mtp_inputs["trunk"] > 0 and res.mtp_inputs["draft"] > 0
-    # multi-row MTP output states wait for the deepseek2 0001 fix (test_mtp_output_state_of_multi_row_batch)
-    cats = (("trunk_logits", None), ("trunk_h", None), ("mtp_logits", None), ("mtp_h", False))
+    cats = (("trunk_logits", None), ("trunk_h", None), ("mtp_logits", None), ("mtp_h", None))
     ties = [r for c, b in cats for r in res.select(c, b) if r.err >= fl.tol and r.margin < fl.near_tie]
     end = min((r.event for r in ties), default=len(run.events))
-    assert end >= 0.6 * len(run.events), f"{name}: a near-tie flipped at event {end} of {len(run.events)}"
+    # a flipped tie ends the comparison (the caches part); what comes before it must still be most of a run
+    assert end >= 0.4 * len(run.events), f"{name}: a near-tie flipped at event {end} of {len(run.events)}"
     for cat, batched in cats:
         rows = [r for r in res.select(cat, batched) if r.event < end]
-        assert rows, f"no {cat} rows recorded"
+        assert len(rows) >= 60, f"{len(rows)} {cat} rows before event {end}"
         worst = max(rows, key=lambda r: r.err)
         print(f"  {cat}: worst {worst.err:.1e} over {len(rows)} rows")
         assert worst.err < fl.tol, f"{name} {cat}: {worst}"
