@@ -100,8 +100,7 @@ std::string check_hparams(const gguf_context * g, uint32_t n_block, uint32_t n_n
     if (n_groups > 0 && n_groups >= n_expert) return "expert_group_count must be below expert_count";
     if (n_groups > 1) {
         if (n_expert % n_groups != 0) return "expert_count must be a multiple of expert_group_count";
-        // a group is scored by its top 2 experts: ggml_argsort_top_k asserts a group holds 2
-        if (n_expert / n_groups < 2) return "each expert group must hold at least 2 experts";
+        // (a group is scored by its top 2 experts; below expert_count and dividing it, a group holds 2)
         if (n_groups_used == 0 || n_groups_used >= n_groups) return "expert_group_used_count must be in [1, expert_group_count - 1]";
         // more experts than the kept groups hold would pick masked (-inf) ones
         if (n_used > n_groups_used * (n_expert / n_groups)) return "expert_used_count exceeds the experts of the used groups";

@@ -70,8 +70,8 @@ def write_gguf(path: str | Path, arch: str, name: str, n_ctx_train: int, tok: To
     w = gguf.GGUFWriter(str(path), arch)
     w.add_name(name)
     w.add_context_length(n_ctx_train)
-    add_hparams(w)
     w.add_vocab_size(tok.n_vocab)
+    add_hparams(w)                      # after vocab_size, so a bad-file test can replace it
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(tokenizer_pre)
     w.add_token_list(tok.tokens)
