@@ -38,6 +38,28 @@ BAD_VALUES = {
     "glm4moe.context_length": [0, 1, 2**32 - 1],
     "glm4moe.expert_gating_func": [0, 1, 3, 99],
     "tokenizer.ggml.eos_token_id": [2**31, 2**32 - 1, 10_000],
+    # deepseek2 (MLA): ranks, lengths and counts its graphs size tensors and caches by
+    "deepseek2.block_count": [0, 1, 2, 27, 10_000, 2**32 - 1],
+    "deepseek2.nextn_predict_layers": [0, 2, 2**32 - 1],
+    "deepseek2.embedding_length": [0, 1, 63, 65, 2**31],
+    "deepseek2.attention.head_count": [0, 3, 5, 64, 2**32 - 1],
+    "deepseek2.attention.head_count_kv": [0, 2, 4, 2**32 - 1],
+    "deepseek2.attention.q_lora_rank": [0, 1, 47, 2**31],
+    "deepseek2.attention.kv_lora_rank": [0, 1, 31, 33, 2**31],
+    "deepseek2.attention.key_length": [0, 16, 47, 49, 2**20],
+    "deepseek2.attention.value_length": [0, 16, 31, 2**20],
+    "deepseek2.attention.key_length_mla": [0, 16, 31, 33, 2**20],
+    "deepseek2.attention.value_length_mla": [0, 15, 17, 2**20],
+    "deepseek2.rope.dimension_count": [0, 1, 15, 17, 32, 2**31],
+    "deepseek2.expert_count": [0, 1, 7, 9, 100_000],
+    "deepseek2.expert_used_count": [0, 3, 9, 100_000],
+    "deepseek2.expert_shared_count": [0, 2, 100],
+    "deepseek2.leading_dense_block_count": [0, 2, 3, 1000],
+    "deepseek2.expert_feed_forward_length": [0, 16, 33, 2**31],
+    "deepseek2.feed_forward_length": [0, 64, 2**31],
+    "deepseek2.expert_gating_func": [0, 1, 3, 99],
+    "deepseek2.expert_group_count": [1, 3, 8, 2**32 - 1],
+    "deepseek2.expert_group_used_count": [0, 4, 2**32 - 1],
 }
 
 

@@ -567,3 +567,83 @@ def test_broken_reference_is_detected(runs, name, variant, trunk_h_from, categor
     end = tie_end(run.replay, FLAVOURS[name])
     assert max((r.err for r in good.select(category, batched) if r.event < end), default=0.0) < tol
     assert max((r.err for r in bad.select(category, batched) if r.event < end), default=0.0) > 25 * tol, f"{variant}: {bad}"
+
+
+# --- sampling ------------------------------------------------------------------------------------------------
+
+N_SAMPLED = 6000
+
+
+@pytest.mark.slow
+def test_sampled_mtp_has_plain_sampling_distribution(models):
+    """Three drafts a step, verified as the defaults verify (rejection sampling, adaptive draft
+    distribution), on an MLA file: the joint distribution of the first 4 tokens equals plain sampling's (two-sample
+    chi-square, p > 1e-3), and the same test tells a verifier that accepts every draft apart."""
+    from collections import Counter
+
+    from mtpllama import SamplingConfig
+    from mtpllama.testing.hooks import spec_with_verify
+    from mtpllama.testing.stats import two_sample_chi2
+
+    model = models["own"]
+    prompt = model.tokenize(PROMPT)[:6]
+
+    drafted = [0]
+
+    def draw(session, spec, seed0):
+        out: Counter = Counter()
+        for i in range(N_SAMPLED):
+            session.reset()
+            r = session.generate(prompt, 4, spec=spec, sampling=SamplingConfig(temperature=1.0, top_k=4, seed=seed0 + i))
+            out[tuple(r.tokens)] += 1
+            drafted[0] += sum(r.stats.drafted)
+        return out
+
+    with model.session(mtp=False) as plain, model.session(mtp=True) as mtp:
+        a = draw(plain, SpecConfig(0, 0.0, adaptive=False), 1)
+        b = draw(mtp, SpecConfig(3, 0.0, adaptive=False), 10**6)
+        assert drafted[0] >= 2 * N_SAMPLED  # it drafted
+        stat, df, p = two_sample_chi2(a, b)
+        assert df >= 10 and p > 1e-3, f"chi2={stat:.1f} df={df} p={p:.2e}"
+        bad = draw(mtp, spec_with_verify(SpecConfig(3, 0.0, adaptive=False), "test_accept_all"), 2 * 10**6)
+        stat, df, p = two_sample_chi2(a, bad)
+        assert p < 1e-6, f"the biased verifier passed: chi2={stat:.1f} df={df} p={p:.2e}"
+
+
+# --- fuzzing ------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_fuzzed_files_never_crash_or_hang(tmp_path):
+    """Mutants of a deepseek2 file (expert groups on, so their keys are in play): each loads and
+    generates or raises MtpllamaError (tests/fuzz_gguf.py)."""
+    import os
+
+    import fuzz_gguf
+
+    base = D.write_synthetic(tmp_path / "base.gguf", Spec(nextn="own", n_expert_groups=4, n_group_used=2,
+                                                          n_expert_used=3, seed=79))
+    n = int(os.environ.get("MTPLLAMA_FUZZ_CASES", "1500")) // 3
+    failures = fuzz_gguf.run(str(base), n, seed=2, batch=250, timeout_per_case=20.0)
+    assert not failures, failures[:5]
+
+
+def test_mtp_context_reserves_ffn_for_output_rows_only(tmp_path):
+    """patches/0012 (0004's half for MLA): the NextN block runs its FFN on output rows only, so the
+    MTP context's compute buffer grows with n_batch by attention-sized rows, not by every row's
+    routed-expert intermediates (tests/test_session.py has glm4moe's twin)."""
+    spec = Spec(nextn="own", n_expert=8, n_expert_used=4, n_ff_exp=512, seed=3)
+    path = D.write_synthetic(tmp_path / "wide_ffn.gguf", spec)
+    ffn_row = spec.n_expert_used * spec.n_ff_exp * 4  # bytes of one expert-FFN activation of one row
+
+    def mtp_compute(m, n_batch: int) -> int:
+        cfg = mtpllama.SessionConfig(n_threads=1, n_ctx=256, n_batch=n_batch)
+        with m.session(mtp=True, config=cfg) as a, m.session(mtp=False, config=cfg) as b:
+            return a.memory()["compute"] - b.memory()["compute"]
+
+    with mtpllama.Model(str(path)) as m:
+        small, big = mtp_compute(m, 32), mtp_compute(m, 256)
+        r = m.generate("def foo(x):", 40, spec=SpecConfig(3, 0.0, adaptive=False))
+        plain = m.generate("def foo(x):", 40, mtp=False)
+    per_row = (big - small) / (256 - 32)
+    assert 0 < per_row < ffn_row, (small, big, per_row, ffn_row)
+    assert r.tokens == plain.tokens and sum(r.stats.accepted) > 0
