@@ -1,5 +1,5 @@
-"""What the benchmark scripts share: the prompt, the benchmark models (synthetic ``glm4moe`` files,
-generated and cached on demand) and the decoding settings a run compares."""
+"""What the benchmark scripts share: the prompt, the benchmark models (synthetic ``glm4moe`` and
+``deepseek2`` files, generated and cached on demand) and the decoding settings a run compares."""
 from __future__ import annotations
 
 import hashlib
@@ -12,7 +12,8 @@ from pathlib import Path
 
 import mtpllama
 from build_upstream import cache_root  # cmake/fetch_upstream.py's: one definition of the cache location
-from mtpllama.testing import SyntheticSpec, synthetic_weights, train_bpe, write_synthetic
+from mtpllama.testing import SyntheticSpec, train_bpe
+from mtpllama.testing.arch import WRITERS, deepseek2
 
 PROMPT = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n"
 
@@ -41,12 +42,20 @@ PROMPT = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n
 #   layout with attention only as wide as n_embd and bigger experts, so routed experts are ~79% of
 #   the weights a token reads and verification cost grows almost linearly in k
 #   (1, 1.7-1.8, 2.3, 2.9, 3.3-3.6x): the hard case for MTP on CPU.
+# * flash: GLM-4.7-Flash's proportions (deepseek2: MLA with 20 heads, q/kv LoRA, the rope part split;
+#   64 experts, 4 active, one shared expert, one leading dense layer; one NextN block) at n_embd 1024
+#   and 10 trunk layers, Q8_0: about 2/3 of the weights a token reads are its 5 experts.
 
 _DENSE = SyntheticSpec(
     n_embd=2048, n_layer=12, n_dense_lead=11, n_head=16, n_head_kv=4, head_dim=128, n_rot=64,
     n_ff=8192, n_expert=8, n_expert_used=2, n_expert_shared=1, n_ff_exp=512,
     n_ctx_train=4096, dtype="q8_0", seed=11, name="mtpllama-bench-dense")
-SHAPES: dict[str, SyntheticSpec] = {
+_FLASH = deepseek2.SyntheticSpec(
+    n_embd=1024, n_layer=10, n_dense_lead=1, n_head=20, q_lora_rank=384, kv_lora_rank=256,
+    qk_nope_head_dim=96, qk_rope_head_dim=32, v_head_dim=128, n_ff=5120, n_expert=64, n_expert_used=4,
+    n_expert_shared=1, n_ff_exp=768, n_ctx_train=4096, dtype="q8_0", seed=14, name="mtpllama-bench-flash")
+
+SHAPES: dict[str, SyntheticSpec | deepseek2.SyntheticSpec] = {
     "dense": _DENSE,
     "dense-q4": replace(_DENSE, dtype="q4_0", name="mtpllama-bench-dense-q4"),
     # the quantisation most GLM files use (Q4_K_M); not in the default run
@@ -62,6 +71,7 @@ SHAPES: dict[str, SyntheticSpec] = {
         n_embd=1024, n_layer=24, n_dense_lead=1, n_head=24, n_head_kv=2, head_dim=128, n_rot=64,
         n_ff=2752, n_expert=64, n_expert_used=8, n_expert_shared=1, n_ff_exp=352,
         n_ctx_train=4096, dtype="q8_0", seed=13, name="mtpllama-bench-air"),
+    "flash": _FLASH,
 }
 
 # Each shape comes at three MTP-head/trunk agreement levels, set with SyntheticSpec.noise (the scale
@@ -86,6 +96,7 @@ NOISE: dict[str, dict[str, float]] = {
     "dense-q4k": {"hi": 3.5, "mid": 4.5, "lo": 7.0},  # dense-q4's levels, not calibrated
     "moe": {"hi": 2.25, "mid": 2.75, "lo": 3.0},
     "air": {"hi": 1.7, "mid": 2.5, "lo": 3.0},
+    "flash": {"hi": 1.4, "mid": 2.0, "lo": 3.0},
 }
 LEVELS = ("hi", "mid", "lo")
 
@@ -126,16 +137,22 @@ class _Consume(dict):
             yield k, self.pop(k)
 
 
-def generate(spec: SyntheticSpec, path: Path, quiet: bool = False) -> Path:
+def writer(spec):
+    """The test-file writer of spec's architecture (mtpllama.testing.arch)."""
+    return WRITERS[deepseek2.ARCH] if isinstance(spec, deepseek2.SyntheticSpec) else WRITERS["glm4moe"]
+
+
+def generate(spec, path: Path, quiet: bool = False) -> Path:
     """Write a synthetic file: ~20 s (dense) / ~60 s and ~8-9 GB of memory (air, moe)."""
     t0 = time.perf_counter()
     tok = train_bpe(n_merges=spec.n_merges)
-    weights = _Consume(synthetic_weights(spec, tok))
+    w = writer(spec)
+    weights = _Consume(w.synthetic_weights(spec, tok))
     n_params = sum(a.size for a in weights.values())
     t1 = time.perf_counter()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    write_synthetic(tmp, spec, tok, weights=weights)
+    w.write_synthetic(tmp, spec, tok, weights=weights)
     os.replace(tmp, path)
     if not quiet:
         print(f"[models] {path.name}: {n_params / 1e9:.2f}B parameters, {path.stat().st_size / 2**30:.2f} GiB, "
