@@ -194,6 +194,7 @@ typedef struct mtpl_file_info {
     int32_t has_mtp;                /* a usable NextN block: what a model loaded with mtp = 1 needs */
     char mtp_problem[256];          /* why has_mtp is 0 */
     char kind[16];                  /* "full", "trunk-only" or "mtp-only" (the NextN block and the tensors it shares) */
+    char attention[160];            /* the attention kind and its shape, e.g. "MLA: 20 heads, q_lora_rank 768, ..." */
 } mtpl_file_info;
 
 /* describe a GGUF file; fails as mtpl_model_load would on a missing, corrupt or inconsistent file

@@ -147,8 +147,22 @@ const char * const k_nextn_tensors[] = {"nextn.eh_proj.weight", "nextn.enorm.wei
 
 } // namespace
 
+std::string attention(const gguf_context * g) {
+    const std::string a = "deepseek2.";
+    uint32_t n_head = 0, q_lora = 0, kv_lora = 0, k_mla = 0, v_mla = 0, n_rot = 0;
+    get_uint(g, a + "attention.head_count", n_head);
+    get_uint(g, a + "attention.q_lora_rank", q_lora);
+    get_uint(g, a + "attention.kv_lora_rank", kv_lora);
+    get_uint(g, a + "attention.key_length_mla", k_mla);
+    get_uint(g, a + "attention.value_length_mla", v_mla);
+    get_uint(g, a + "rope.dimension_count", n_rot);
+    return "MLA: " + std::to_string(n_head) + " heads, q_lora_rank " + (q_lora ? std::to_string(q_lora) : "none") +
+           ", kv_lora_rank " + std::to_string(kv_lora) + ", qk " + std::to_string(k_mla - n_rot) + " + rope " +
+           std::to_string(n_rot) + ", v " + std::to_string(v_mla);
+}
+
 const arch_def arch_deepseek2 = {
-    "deepseek2", "GLM-4.7-Flash", "gpt2", check_hparams, k_nextn_tensors, 1, false,
+    "deepseek2", "GLM-4.7-Flash", "gpt2", check_hparams, k_nextn_tensors, 1, false, attention,
 };
 
 } // namespace mtpl

@@ -151,7 +151,7 @@ def load_gguf(path: str | Path) -> tuple[HParams, dict[str, np.ndarray], set[str
         raise ValueError(f"expert_gating_func {gating} is not modelled")
 
     # rope scaling as llama_context resolves it with default context parameters
-    # TODO(unverified): checked against llama-context.cpp:160-214 by reading only; no YaRN file has been run yet
+    # (llama-context.cpp's resolution; the ds_yarn flavour replays a YaRN file against it)
     scaling = kv(a + "rope.scaling.type", "linear")
     if scaling == "longrope":
         raise ValueError("longrope is not modelled")
@@ -277,7 +277,7 @@ class Reference(_g.Reference):
         Kc = np.repeat(cache.k, H, axis=1)                                           # (m, H, r + dr)
         Vc = np.repeat(cache.v, H, axis=1)                                           # (m, H, r)
         visible = cache.pos[None, :] <= pos[:, None]
-        # TODO(unverified): that batches of >= 64 rows take the f32-accumulating tiled kernel with DK != DV too
+        # the f16-accumulator emulation covers batches under 64 rows; longer ones (prompts) use the exact softmax
         if var.attn == "ggml_cpu" and var.kv_f16 and n < 64:
             o_lat = _fa_f16_accumulator(Q, Kc, Vc, visible, self.kq_scale)
         else:
