@@ -145,6 +145,7 @@ typedef struct mtpl_stats {
     double est_verify_s[MTPL_MAX_DRAFT + 1];   /* seconds of a trunk pass over k drafts (k + 1 rows); 0: unmeasured */
     double est_head_s;              /* seconds of a step's first MTP evaluation */
     double est_catch_up_s;          /* ... and what it adds per position it catches up after plain steps */
+    double est_rebuild_s;           /* what a trunk pass adds when its compute graph is built anew (another row count) */
     double est_draft_s;             /* seconds of each further MTP evaluation */
     double est_other_s;             /* seconds of the rest of a step, the caller's time between steps included */
     double est_rate;                /* tokens per second of the best fixed draft length, as estimated */

@@ -147,7 +147,7 @@ const char * const k_nextn_tensors[] = {"nextn.eh_proj.weight", "nextn.enorm.wei
 
 } // namespace
 
-std::string attention(const gguf_context * g) {
+static std::string attention(const gguf_context * g) {
     const std::string a = "deepseek2.";
     uint32_t n_head = 0, q_lora = 0, kv_lora = 0, k_mla = 0, v_mla = 0, n_rot = 0;
     get_uint(g, a + "attention.head_count", n_head);

@@ -53,7 +53,7 @@ const char * const k_nextn_tensors[] = {"nextn.eh_proj.weight", "nextn.enorm.wei
 
 } // namespace
 
-std::string attention(const gguf_context * g) {
+static std::string attention(const gguf_context * g) {
     uint32_t n_head = 0, n_head_kv = 0, k_len = 0, n_rot = 0;
     get_uint(g, "glm4moe.attention.head_count", n_head);
     get_uint(g, "glm4moe.attention.head_count_kv", n_head_kv);
