@@ -28,7 +28,7 @@ from mtpllama.testing.arch import WRITERS
 from mtpllama.testing.fixtures import ONE_THREAD, PROMPTS
 from reference import REFERENCES
 from test_batch_invariance import compare
-from test_reference import LONG_PROMPT, PROMPT, TOL_F16, TOL_F32, Flavour, spec_config, table_line
+from test_reference import LONG_PROMPT, PROMPT, TOL_F16, TOL_F32, Flavour, table_line
 
 D = WRITERS["deepseek32"]
 R = REFERENCES["deepseek32"]

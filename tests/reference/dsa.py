@@ -39,7 +39,7 @@ way, and the first decision that matches is kept (``ReplayResult.followed`` list
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
