@@ -25,6 +25,11 @@ TOOL_CHOICES = ("auto", "none")
 sampling, which mtpllama does not have."""
 
 
+REASONING_FORMATS = ("deepseek", "auto", "none", "deepseek-legacy")
+"""How the reasoning is split off (llama-server's --reasoning-format; "deepseek" is its default and
+ours: reasoning_content holds it; "none" leaves it in the content)."""
+
+
 @dataclass(frozen=True)
 class ToolCall:
     name: str
@@ -134,7 +139,7 @@ def finish_reason(stop_reason: str, message: ChatMessage) -> str:
 def build_request(messages: Sequence[Mapping], *, tools: Sequence[Mapping] | None = None, tool_choice: str = "auto",
                   thinking: bool | None = None, chat_template_kwargs: Mapping[str, Any] | None = None,
                   reasoning_effort: str | None = None, parallel_tool_calls: bool | None = None,
-                  add_generation_prompt: bool = True) -> dict:
+                  add_generation_prompt: bool = True, reasoning_format: str | None = None) -> dict:
     """The engine's chat request (see mtpl_chat_render in csrc/mtpllama.h) with the Python types
     checked; the messages' contents are checked by llama.cpp's own parser of OpenAI messages."""
     if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
@@ -170,6 +175,10 @@ def build_request(messages: Sequence[Mapping], *, tools: Sequence[Mapping] | Non
         if not isinstance(parallel_tool_calls, bool):
             raise TypeError("parallel_tool_calls must be a bool")
         req["parallel_tool_calls"] = parallel_tool_calls
+    if reasoning_format is not None:
+        if reasoning_format not in REASONING_FORMATS:
+            raise ValueError(f"reasoning_format must be one of {REASONING_FORMATS}, got {reasoning_format!r}")
+        req["reasoning_format"] = reasoning_format
     return req
 
 

@@ -348,16 +348,18 @@ class Model(_Closeable):
     def chat_prompt(self, messages: Sequence[dict], *, tools: Sequence[dict] | None = None, tool_choice: str = "auto",
                     thinking: bool | None = None, chat_template_kwargs: dict | None = None,
                     reasoning_effort: str | None = None, parallel_tool_calls: bool | None = None,
-                    add_generation_prompt: bool = True) -> ChatPrompt:
+                    add_generation_prompt: bool = True, reasoning_format: str | None = None) -> ChatPrompt:
         """Render OpenAI-style messages (and tools) with the model's chat template, as llama-server
         does (llama.cpp's own chat code, run by the engine).  The ChatPrompt holds the prompt text
         and the parser of the reply; close it when done.  thinking: None is the template's default
-        (on where it can think); chat_template_kwargs are the template's extra variables.
+        (on where it can think); chat_template_kwargs are the template's extra variables;
+        reasoning_format: see mtpllama.chat.REASONING_FORMATS (default "deepseek", llama-server's).
         Raises NoChatTemplateError for a file without a template, InvalidArgumentError for malformed
         messages, ChatTemplateError where the template fails on them."""
         req = build_request(messages, tools=tools, tool_choice=tool_choice, thinking=thinking,
                             chat_template_kwargs=chat_template_kwargs, reasoning_effort=reasoning_effort,
-                            parallel_tool_calls=parallel_tool_calls, add_generation_prompt=add_generation_prompt)
+                            parallel_tool_calls=parallel_tool_calls, add_generation_prompt=add_generation_prompt,
+                            reasoning_format=reasoning_format)
         return ChatPrompt(self._ptr(), req)
 
     def chat(self, messages: Sequence[dict], max_tokens: int | None = None, *, mtp: bool | None = None,
@@ -678,7 +680,8 @@ class Session(_Closeable):
     def chat_stream(self, messages: Sequence[dict], max_tokens: int | None = None, *,
                     tools: Sequence[dict] | None = None, tool_choice: str = "auto", thinking: bool | None = None,
                     chat_template_kwargs: dict | None = None, reasoning_effort: str | None = None,
-                    parallel_tool_calls: bool | None = None, spec: SpecConfig | None = None,
+                    parallel_tool_calls: bool | None = None, reasoning_format: str | None = None,
+                    spec: SpecConfig | None = None,
                     sampling: SamplingConfig | None = None, temperature: float | None = None,
                     top_p: float | None = None, top_k: int | None = None, min_p: float | None = None,
                     seed: int | None = None, stop: str | Sequence[str] = (), _incremental: bool = True) -> ChatStream:
@@ -692,7 +695,7 @@ class Session(_Closeable):
         own extra stop strings are added)."""
         prompt = self.model.chat_prompt(messages, tools=tools, tool_choice=tool_choice, thinking=thinking,
                                         chat_template_kwargs=chat_template_kwargs, reasoning_effort=reasoning_effort,
-                                        parallel_tool_calls=parallel_tool_calls)
+                                        parallel_tool_calls=parallel_tool_calls, reasoning_format=reasoning_format)
         try:
             stops = [stop] if isinstance(stop, str) else list(stop)
             tokens = self.model.tokenize(prompt.prompt, add_special=True, parse_special=True)
