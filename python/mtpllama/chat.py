@@ -315,7 +315,7 @@ class MessageTracker:
         except ChatParseError:
             return []
         self.message = new
-        return deltas
+        return [d for d in deltas if d.content or d.reasoning_content or d.tool_call is not None]
 
     def finish(self, text: str) -> tuple[ChatMessage, list[ChatDelta], str | None]:
         """The final message, the deltas still owed to a stream, and the parse error if the text
@@ -335,7 +335,7 @@ class MessageTracker:
         except ChatParseError:
             deltas = []  # the stream already said otherwise; the final message stands
         self.message = new
-        return new, deltas, None
+        return new, [d for d in deltas if d.content or d.reasoning_content or d.tool_call is not None], None
 
 
 @dataclass
