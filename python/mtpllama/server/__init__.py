@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -27,6 +28,7 @@ def serve(model_path: str, *, host: str = "127.0.0.1", port: int = 8080, paralle
     except ImportError as e:
         raise SystemExit(f"mtpllama serve needs the server extra: pip install 'mtpllama[server]' ({e})") from e
     from ..config import SessionConfig
+    from ..errors import MtpllamaError
     from ..model import Model
     from .engine import SessionPool
 
@@ -61,7 +63,10 @@ def serve(model_path: str, *, host: str = "127.0.0.1", port: int = 8080, paralle
         server.run()
     finally:
         pool.close()
-        model.close()
+        try:
+            model.close()
+        except MtpllamaError as e:  # a worker still inside a native call: the process exit frees it
+            print(f"mtpllama serve: {e}", file=sys.stderr)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
