@@ -4,10 +4,11 @@
     python3 benchmarks/generality.py                     # the whole set (~1.5 h on 2 cores)
     python3 benchmarks/generality.py --files dense-q4-unsure --no-sampled --rounds 1
 
-A fractional design of eight synthetic files that between them vary what a tuned controller would
+A fractional design of nine synthetic files that between them vary what a tuned controller would
 get wrong -- the MTP head's calibration (sharp; right but unsure: as often right, less sure;
-wrong but sure), its agreement with the trunk (high, medium, low), dense or MoE, and the
-quantisation (Q4_0, Q8_0, Q4_K, f16) -- plus the shipped default model.
+wrong but sure), its agreement with the trunk (high, medium, low), dense or MoE, the
+quantisation (Q4_0, Q8_0, Q4_K, f16) and the architecture (glm4moe; deepseek2 with MLA) -- plus
+the shipped default model.
 
 Protocol, per file and decoding mode (greedy; sampled at T 0.5 / 0.8 / 1.2 with llama.cpp's
 default chain, top-k 40, top-p 0.95, min-p 0.05, on three files):
@@ -89,6 +90,8 @@ DESIGN = [
     FileDesign("air", "q4_k", "mid", "unsure", sampled=True),
     FileDesign("dense-small", "f16", "mid", "sharp"),
     FileDesign("moe", "q4_0", "lo", "wrong-sure"),
+    # another architecture: GLM-4.7-Flash-shaped (deepseek2, MLA), never tuned on
+    FileDesign("flash", "q8_0", "hi", "unsure"),
 ]
 
 TEMPERATURES = (0.5, 0.8, 1.2)

@@ -113,7 +113,8 @@ def _adaptive_lines(res: ModelResult) -> list[str]:
     st = ad.last
     if st.est_verify:
         out.append(f"controller's estimates after the last adaptive run: trunk pass ms by drafts "
-                   f"{_ms_by(st.est_verify)}, head {1e3 * st.est_head:.2f} ms, further draft {1e3 * st.est_draft:.2f} ms, "
+                   f"{_ms_by(st.est_verify)} (+{1e3 * getattr(st, 'est_rebuild', 0.0):.2f} ms for a new graph), "
+                   f"head {1e3 * st.est_head:.2f} ms, further draft {1e3 * st.est_draft:.2f} ms, "
                    f"acceptance by position {_acc(st.est_accept[:4])}, first-draft acceptance by head confidence "
                    + " ".join(f"{lo:.2f}:{a:.2f}" for lo, a, w in st.calibration if w >= 1.0))
     return out

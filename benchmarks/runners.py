@@ -152,20 +152,31 @@ class Upstream:
 
     def run(self, s: Setting, prompt: str, n: int) -> Sample:
         cmd = self.command(s, prompt, n)
-        p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
-                           env={**os.environ, **self.load.upstream_env}, timeout=self.timeout)
-        out = p.stdout.decode("utf-8", errors="replace")
-        err = p.stderr.decode("utf-8", errors="replace")
-        if p.returncode != 0:
-            raise RuntimeError(f"{shlex.join(cmd[:1])} exited {p.returncode}:\n{err[-3000:]}")
-        text = _generated_text(out, prompt)
-        return _plain_sample(s, err, text) if s == PLAIN else _spec_sample(s, err, text)
+        for attempt in range(3):
+            p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
+                               env={**os.environ, **self.load.upstream_env}, timeout=self.timeout)
+            out = p.stdout.decode("utf-8", errors="replace")
+            err = p.stderr.decode("utf-8", errors="replace")
+            if p.returncode != 0:
+                raise RuntimeError(f"{shlex.join(cmd[:1])} exited {p.returncode}:\n{err[-3000:]}")
+            text = _generated_text(out, prompt)
+            try:
+                return _plain_sample(s, err, text) if s == PLAIN else _spec_sample(s, err, text)
+            except _NoReport:
+                # the tools log through an asynchronous queue that can lose its tail at exit: run again
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+
+class _NoReport(RuntimeError):
+    """A tool's output lacks its timing report."""
 
 
 def _plain_sample(s: Setting, err: str, text: str) -> Sample:
     m = _RE_EVAL.search(err)
     if not m:
-        raise RuntimeError(f"no 'eval time' in llama-completion's output:\n{err[-2000:]}")
+        raise _NoReport(f"no 'eval time' in llama-completion's output:\n{err[-2000:]}")
     ms, runs = float(m.group(1)), int(m.group(2))
     mp = _RE_PEVAL.search(err)
     return Sample("upstream", s, runs / (ms / 1e3), runs + 1, runs + 1, [], 1.0, int(mp.group(2)) if mp else None,
@@ -175,7 +186,7 @@ def _plain_sample(s: Setting, err: str, text: str) -> Sample:
 def _spec_sample(s: Setting, err: str, text: str) -> Sample:
     m = _RE_DECODED.search(err)
     if not m:
-        raise RuntimeError(f"no 'decoded N tokens' in llama-speculative-simple's output:\n{err[-2000:]}")
+        raise _NoReport(f"no 'decoded N tokens' in llama-speculative-simple's output:\n{err[-2000:]}")
     n_dec, secs = int(m.group(1)), float(m.group(2))
     me = _RE_ENCODED.search(err)
     acc_pos: list[float] = []

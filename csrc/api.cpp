@@ -227,6 +227,7 @@ int32_t mtpl_file_inspect(const char * path, mtpl_file_info * out) {
         out->has_mtp = f.has_mtp ? 1 : 0;
         std::snprintf(out->mtp_problem, sizeof(out->mtp_problem), "%s", f.mtp_problem.c_str());
         std::snprintf(out->kind, sizeof(out->kind), "%s", f.def ? mtpl::file_kind(f) : "");
+        std::snprintf(out->attention, sizeof(out->attention), "%s", f.attention.c_str());
         return MTPL_OK;
     });
 }

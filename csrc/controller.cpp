@@ -26,7 +26,10 @@
 //
 // Costs are measured, never guessed: V(k) for each k, the head call, a further decode, and the
 // rest of a step (bookkeeping, the caller's time between steps), each a mean of samples aged by
-// the step (x0.95), so one new sample replaces an estimate that went stale.  Every draft length
+// the step (x0.95), so one new sample replaces an estimate that went stale.  llama.cpp keeps the
+// compute graph of the last pass only: a pass over another row count builds its graph anew.  That
+// extra is learnt apart (a length chosen seldom would otherwise only ever be timed with it, and
+// look dearer than it is) and charged to a decision that changes the row count.  Every draft length
 // the drafts could pay for is timed early (the most promising first: a compute-bound curve costs
 // one timing), and the length timed longest ago is timed again once stale: after 128 steps where
 // it is close to the best (one noisy sample must not rule out the right length for long), up to
@@ -126,7 +129,10 @@ struct tally {
 
 struct controller {
     int64_t steps = 0;
-    timing verify[K + 1];           // trunk pass over k drafts (k + 1 rows), by k
+    timing verify[K + 1];           // trunk pass over k drafts (k + 1 rows), by k, its compute graph reused
+    bool verify_reused[K + 1] = {}; // ... measured on a reused graph at least once
+    timing rebuild;                 // what a trunk pass adds when its graph is built anew (another row count)
+    int32_t last_n = -1;            // drafts the last step verified: the row count whose graph is kept
     timing head;                    // the step's first MTP evaluation, in steady state
     timing catch_up;                // ... and what it adds per position it catches up after plain steps
     int64_t behind = 0;             // positions the MTP cache is behind the trunk (after plain steps)
@@ -150,6 +156,7 @@ struct controller {
     double acc_draw[NB] = {};       // the first position's acceptance by bucket, as one draw makes it
     rng_type rng{0x6d74706c};
     double v[K + 1] = {};           // V(k) as decisions see it
+    double sw[K + 1] = {};          // ... plus this when k differs from the last step's (the graph is rebuilt)
     double d = 0.0;                 // D
     double reach = 1.0;             // chance that the drafts kept so far are all accepted
     int32_t n_conf = 0;             // drafts made this step
@@ -232,7 +239,7 @@ double best_gain(const controller & c, int32_t from, double reach, double a_firs
     for (int32_t n = from + 1; n <= c.k_max; ++n) {
         p *= n == from + 1 ? a_first : a[n - 1];
         tokens += p;
-        const double cost = c.v[n] - c.v[from] + (n - 1 - from) * c.d;
+        const double cost = c.v[n] + c.sw[n] - c.v[from] - c.sw[from] + (n - 1 - from) * c.d;
         best = std::max(best, tokens - c.rate * cost);
     }
     return best;
@@ -367,6 +374,7 @@ step_plan controller_plan(controller * c, int32_t k_max, bool adaptive) {
     }
     for (int32_t k = 0; k <= c->k_max; ++k) {
         c->v[k] = verify_cost(*c, k);
+        c->sw[k] = k != c->last_n && c->rebuild.n > 0 ? c->rebuild.mean : 0.0;
     }
     c->d = c->decode.n > 0 ? c->decode.mean : c->head.mean;
     // R: the best fixed draft length under the estimates
@@ -507,7 +515,20 @@ void controller_update(controller * c, const step_record & r) {
         }
     }
     c->behind = r.n_mtp_calls > 0 ? 0 : c->behind + 1;
-    c->verify[r.n_drafted].add(r.t_verify, c->steps);
+    // a pass that built its graph anew (the row count changed) costs more than the steady pass V(k) is
+    // about: that extra is learnt apart and charged to a decision that changes the row count
+    const int32_t n = r.n_drafted;
+    if (r.trunk_reused) {
+        c->verify[n].add(r.t_verify, c->steps);
+        c->verify_reused[n] = true;
+    } else {
+        if (c->verify_reused[n]) {
+            c->rebuild.add(std::max(1e-9, r.t_verify - c->verify[n].mean), c->steps);
+        }
+        c->verify[n].add(c->rebuild.n > 0 ? std::max(r.t_verify - c->rebuild.mean, 0.5 * r.t_verify) : r.t_verify,
+                         c->steps);
+    }
+    c->last_n = n;
     if (r.n_mtp_calls > 0 && r.steady) {
         c->head.add(r.t_head, c->steps);
     } else if (r.n_mtp_calls > 0 && r.n_behind > 0 && c->head.n > 0) {
@@ -531,6 +552,7 @@ void controller_report(const controller * c_in, int32_t draft_max, mtpl_stats & 
     }
     out.est_head_s = c->head.mean;
     out.est_catch_up_s = c->catch_up.mean;
+    out.est_rebuild_s = c->rebuild.mean;
     out.est_draft_s = c->decode.mean;
     out.est_other_s = c->other.mean;
     out.est_rate = c->rate;

@@ -64,6 +64,7 @@ struct step_record {
     // sum_x min(p_i(x), q_mix(x)) for each mixture of k_mix_grid: its acceptance chance under that mix
     const double (*overlap)[k_n_mix];
     int32_t n_overlap;
+    bool trunk_reused = true;   // the trunk pass reused the compute graph of the pass before (same row count)
 };
 void controller_update(controller * c, const step_record & r);
 

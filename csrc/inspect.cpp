@@ -249,6 +249,9 @@ int32_t read_file_facts(const std::string & path, file_facts & out) {
     if (!bad.empty()) {
         return fail(MTPL_ERR_MODEL_LOAD, "invalid GGUF metadata in " + path + ": " + bad);
     }
+    if (out.def->attention) {
+        out.attention = out.def->attention(g);
+    }
 
     const uint32_t first_nextn = out.block_count - out.nextn;
     for (int64_t i = 0; i < out.n_tensors; ++i) {

@@ -20,6 +20,7 @@ struct file_facts {
     bool has_mtp = false;               // a usable NextN block: the one definition
     bool has_trunk = false;             // trunk blocks (an MTP-only file has none)
     std::string mtp_problem;            // why has_mtp is false (for messages)
+    std::string attention;              // the architecture's attention kind and shape (arch_def::attention)
 };
 
 // Fails (MTPL_ERR_*, with a message) on a missing, non-GGUF, corrupt or inconsistent file.  A file

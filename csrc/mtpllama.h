@@ -148,6 +148,7 @@ typedef struct mtpl_stats {
     double est_verify_s[MTPL_MAX_DRAFT + 1];   /* seconds of a trunk pass over k drafts (k + 1 rows); 0: unmeasured */
     double est_head_s;              /* seconds of a step's first MTP evaluation */
     double est_catch_up_s;          /* ... and what it adds per position it catches up after plain steps */
+    double est_rebuild_s;           /* what a trunk pass adds when its compute graph is built anew (another row count) */
     double est_draft_s;             /* seconds of each further MTP evaluation */
     double est_other_s;             /* seconds of the rest of a step, the caller's time between steps included */
     double est_rate;                /* tokens per second of the best fixed draft length, as estimated */
@@ -200,6 +201,7 @@ typedef struct mtpl_file_info {
     int32_t has_mtp;                /* a usable NextN block: what a model loaded with mtp = 1 needs */
     char mtp_problem[256];          /* why has_mtp is 0 */
     char kind[16];                  /* "full", "trunk-only" or "mtp-only" (the NextN block and the tensors it shares) */
+    char attention[160];            /* the attention kind and its shape, e.g. "MLA: 20 heads, q_lora_rank 768, ..." */
 } mtpl_file_info;
 
 /* describe a GGUF file; fails as mtpl_model_load would on a missing, corrupt or inconsistent file

@@ -244,6 +244,7 @@ int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, mtpl_step_r
     t = clock_type::now();
     const int32_t pos0 = s->n_past;
     s->tokens.insert(s->tokens.end(), s->drafts.begin(), s->drafts.end());
+    const int32_t reused0 = llama_perf_context(s->trunk).n_reused;
     if (int32_t st = eval_trunk(s, pos0, n_drafts + 1, true); st != MTPL_OK) {
         s->tokens.resize((size_t) pos0 + 1);
         return st;
@@ -263,6 +264,7 @@ int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, mtpl_step_r
         }
     }
     const double t_verify = seconds_since(t);
+    const bool trunk_reused = llama_perf_context(s->trunk).n_reused > reused0;
     // what each draft distribution mixture would have accepted at the rows verification reached
     const int32_t n_overlap = learn_mix ? std::min(v.n_accepted + 1, n_drafts) : 0;
     for (int32_t i = 0; i < n_overlap; ++i) {
@@ -298,7 +300,8 @@ int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, mtpl_step_r
     if (s->mtp) {  // what the controller learns holds for any k chosen by anyone
         const double gap = s->last_step_valid ? std::chrono::duration<double>(t0 - s->last_step_end).count() : -1.0;
         controller_update(s->ctl.get(), {n_drafts, n_acc, drafted.n_calls, drafted.t_head, drafted.t_draft, t_verify,
-                                         seconds_since(t0), gap, drafted.steady, drafted.n_behind, s->overlap, n_overlap});
+                                         seconds_since(t0), gap, drafted.steady, drafted.n_behind, s->overlap, n_overlap,
+                                         trunk_reused});
         s->last_step_end = clock_type::now();
         s->last_step_valid = true;
     }

@@ -61,6 +61,15 @@ BAD_VALUES = {
     "deepseek2.expert_group_count": [1, 3, 8, 2**32 - 1],
     "deepseek2.expert_group_used_count": [0, 4, 2**32 - 1],
 }
+# glm-dsa and deepseek32 (MLA + the DSA indexer): deepseek2's MLA keys, and the indexer's sizes (its
+# key length sizes a Hadamard rotation, its top_k a per-row selection)
+for _arch in ("glm-dsa", "deepseek32"):
+    BAD_VALUES.update({_arch + k[len("deepseek2"):]: v for k, v in BAD_VALUES.items() if k.startswith("deepseek2.")})
+    BAD_VALUES.update({
+        _arch + ".attention.indexer.head_count": [0, 1, 7, 2**16, 2**32 - 1],
+        _arch + ".attention.indexer.key_length": [0, 16, 63, 96, 128, 2**20],
+        _arch + ".attention.indexer.top_k": [0, 1, 15, 2**31, 2**32 - 1],
+    })
 
 
 def read_kv_layout(data: bytes):

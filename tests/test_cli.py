@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+from mtpllama.testing import SyntheticSpec
+
 
 def run(*args, **kw):
     return subprocess.run([sys.executable, "-m", "mtpllama", *args], capture_output=True, text=True, timeout=300, **kw)
@@ -14,6 +16,8 @@ def test_inspect(model_files):
     r = run("inspect", "--tensors", model_files["glm45"])
     assert r.returncode == 0, r.stderr
     assert "MTP usable:    yes" in r.stdout and "nextn.embed_tokens.weight" in r.stdout
+    s = SyntheticSpec()
+    assert f"attention:     GQA: {s.n_head} heads, {s.n_head_kv} KV heads, head dim {s.head_dim} (rope {s.n_rot})" in r.stdout
     r = run("inspect", "--tensors", model_files["glm46"])
     assert "nextn.eh_proj.weight" in r.stdout and "nextn.embed_tokens" not in r.stdout  # GLM-4.6 ties it
     r = run("inspect", "--json", model_files["glm46"])

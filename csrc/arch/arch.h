@@ -24,6 +24,8 @@ struct arch_def {
     // the trunk keeps per-sequence state (recurrent layers) that dropping a cache tail cannot
     // roll back: a rollback must restore a snapshot instead
     bool recurrent;
+    // the attention kind and its shape, for inspect (after check_hparams passed)
+    std::string (*attention)(const gguf_context * g) = nullptr;
 };
 
 // the architecture named so, or null

@@ -53,8 +53,18 @@ const char * const k_nextn_tensors[] = {"nextn.eh_proj.weight", "nextn.enorm.wei
 
 } // namespace
 
+static std::string attention(const gguf_context * g) {
+    uint32_t n_head = 0, n_head_kv = 0, k_len = 0, n_rot = 0;
+    get_uint(g, "glm4moe.attention.head_count", n_head);
+    get_uint(g, "glm4moe.attention.head_count_kv", n_head_kv);
+    get_uint(g, "glm4moe.attention.key_length", k_len);
+    get_uint(g, "glm4moe.rope.dimension_count", n_rot);
+    return "GQA: " + std::to_string(n_head) + " heads, " + std::to_string(n_head_kv) + " KV heads, head dim " +
+           std::to_string(k_len) + " (rope " + std::to_string(n_rot) + ")";
+}
+
 const arch_def arch_glm4moe = {
-    "glm4moe", "GLM-4.5/4.6/4.7", "gpt2", check_hparams, k_nextn_tensors, 1, false,
+    "glm4moe", "GLM-4.5/4.6/4.7", "gpt2", check_hparams, k_nextn_tensors, 1, false, attention,
 };
 
 } // namespace mtpl

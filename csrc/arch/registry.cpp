@@ -7,6 +7,8 @@ namespace {
 const arch_def * const k_archs[] = {
     &arch_glm4moe,
     &arch_deepseek2,
+    &arch_glm_dsa,
+    &arch_deepseek32,
 };
 
 } // namespace

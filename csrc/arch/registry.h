@@ -7,5 +7,7 @@ namespace mtpl {
 
 extern const arch_def arch_glm4moe;
 extern const arch_def arch_deepseek2;
+extern const arch_def arch_glm_dsa;
+extern const arch_def arch_deepseek32;
 
 } // namespace mtpl

@@ -112,6 +112,7 @@ def cmd_inspect(a: argparse.Namespace) -> int:
     print(f"file:          {s.path}")
     print(f"architecture:  {s.arch}  ({s.name}){'' if s.supported else '  -- not supported by mtpllama'}")
     print(f"kind:          {s.kind or '-'}")
+    print(f"attention:     {s.attention or '-'}")
     print(f"blocks:        {s.block_count} ({s.block_count - s.n_layer_nextn} trunk + {s.n_layer_nextn} NextN declared)")
     print(f"tensors:       {s.n_tensors} ({s.n_tensors_nextn} in NextN blocks, {s.nextn_bytes / 2**20:.1f} MiB)")
     print(f"MTP usable:    {'yes' if s.has_mtp else 'no: ' + s.mtp_problem}")

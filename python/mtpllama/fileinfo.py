@@ -29,6 +29,9 @@ class FileInfo:
     kind: str = ""
     """"full" (trunk and NextN block), "trunk-only" or "mtp-only" (the NextN block and the tensors it
     shares with the trunk: load it as mtp_path beside a trunk); "" for an unsupported architecture."""
+    attention: str = ""
+    """The attention kind and its shape, e.g. "MLA: 20 heads, q_lora_rank 768, kv_lora_rank 512, ..."
+    or "GQA: 96 heads, 8 KV heads, head dim 128 (rope 64)"; "" for an unsupported architecture."""
 
 
 def inspect(path: str | os.PathLike) -> FileInfo:
@@ -44,4 +47,4 @@ def inspect(path: str | os.PathLike) -> FileInfo:
         supported=bool(out.supported), block_count=out.block_count, n_layer_nextn=out.n_layer_nextn,
         n_tensors=out.n_tensors, n_tensors_nextn=out.n_tensors_nextn, nextn_bytes=out.nextn_bytes,
         has_mtp=bool(out.has_mtp), mtp_problem=ffi.string(out.mtp_problem).decode(errors="replace"),
-        kind=ffi.string(out.kind).decode())
+        kind=ffi.string(out.kind).decode(), attention=ffi.string(out.attention).decode(errors="replace"))

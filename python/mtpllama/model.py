@@ -76,6 +76,9 @@ class GenerationStats:
     """Controller's estimate of the seconds of a step's first MTP evaluation."""
     est_catch_up: float = 0.0
     """... and of the seconds it adds per position it catches up after plain steps."""
+    est_rebuild: float = 0.0
+    """Controller's estimate of the seconds a trunk pass adds when llama.cpp builds its compute graph
+    anew (its row count differs from the pass before); est_verify excludes it."""
     est_draft: float = 0.0
     """Controller's estimate of the seconds of each further MTP evaluation."""
     est_other: float = 0.0
@@ -135,7 +138,7 @@ class GenerationStats:
             drafts_per_step=[int(st.drafts_per_step[k]) for k in range(n + 1)],
             est_accept=[float(st.est_accept[i]) for i in range(n)],
             est_verify={k: float(st.est_verify_s[k]) for k in range(n + 1) if st.est_verify_s[k] > 0},
-            est_head=float(st.est_head_s), est_catch_up=float(st.est_catch_up_s), est_draft=float(st.est_draft_s), est_other=float(st.est_other_s),
+            est_head=float(st.est_head_s), est_catch_up=float(st.est_catch_up_s), est_rebuild=float(st.est_rebuild_s), est_draft=float(st.est_draft_s), est_other=float(st.est_other_s),
             est_rate=float(st.est_rate),
             calibration=[(float(st.calib_conf_lo[b]), float(st.calib_accept[b]), float(st.calib_weight[b]))
                          for b in range(CONF_BUCKETS)],

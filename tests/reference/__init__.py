@@ -1,14 +1,17 @@
 """Independent numpy references of the architectures' forward passes and NextN steps, one module
 per architecture, registered in REFERENCES (llama.cpp's architecture name -> module).  Each module
 has ``load_gguf(path) -> (hparams, weights, f16)``, ``Reference(hparams, weights, f16)`` and
-``replay(reference, events)``."""
+``replay(reference, events)``
+(reference/dsa.py holds what the DSA architectures glm-dsa and deepseek32 share)."""
 from __future__ import annotations
 
 from types import ModuleType
 
-from . import deepseek2, glm4moe
+from . import deepseek2, deepseek32, glm4moe, glm_dsa
 
 REFERENCES: dict[str, ModuleType] = {
     "glm4moe": glm4moe,
     "deepseek2": deepseek2,
+    "glm-dsa": glm_dsa,
+    "deepseek32": deepseek32,
 }

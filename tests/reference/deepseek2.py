@@ -109,6 +109,54 @@ def _get_mscale(scale: float, mscale: float) -> float:
     return 1.0 if scale <= 1.0 else 0.1 * mscale * np.log(scale) + 1.0
 
 
+def read_weights(r) -> tuple[dict[str, np.ndarray], set[str]]:
+    """float64 weights (numpy layout: rows = output features) and the names of the f16 ones, from a
+    gguf.GGUFReader (f32 and f16 tensors only)."""
+    import gguf
+
+    W: dict[str, np.ndarray] = {}
+    f16: set[str] = set()
+    for t in r.tensors:
+        shape = tuple(int(x) for x in reversed(t.shape.tolist()))
+        if t.tensor_type == gguf.GGMLQuantizationType.F32:
+            arr = np.asarray(t.data, dtype=np.float64)
+        elif t.tensor_type == gguf.GGMLQuantizationType.F16:
+            arr = np.asarray(t.data, dtype=np.float16).astype(np.float64)
+            f16.add(t.name)
+        else:
+            raise ValueError(f"{t.name}: type {t.tensor_type.name} is not supported by the reference")
+        W[t.name] = arr.reshape(shape)
+    return W, f16
+
+
+def rope_scaling(kv, a: str, log_mul: float, deepseek2_mscale: bool) -> dict:
+    """freq_scale, ext_factor, attn_factor and n_ctx_orig as llama_context resolves them with default
+    context parameters (llama-context.cpp:164-214), for a file whose yarn_log_multiplier the loader
+    read as log_mul (after its /0.1; 0 when it does not read the key).  deepseek2_mscale: llama.cpp's
+    DEEPSEEK2 special case (mscale = mscale_all_dim), which makes the YaRN ratio 1; the other MLA
+    architectures take mscale = 1."""
+    # (llama-context.cpp's resolution; the ds_yarn flavour replays a YaRN file against it)
+    scaling = kv(a + "rope.scaling.type", "linear")
+    if scaling == "longrope":
+        raise ValueError("longrope is not modelled")
+    factor = float(kv(a + "rope.scaling.factor", 0.0) or 0.0)
+    freq_scale = 1.0 if scaling == "none" or factor == 0.0 else 1.0 / factor
+    ext_factor = 1.0 if scaling == "yarn" else 0.0
+    attn_factor = 1.0
+    if ext_factor != 0.0:
+        f = 1.0 / freq_scale
+        if log_mul != 0.0:
+            mscale = log_mul if deepseek2_mscale and log_mul != 1.0 else 1.0
+            attn_factor = _get_mscale(f, mscale) / _get_mscale(f, log_mul)
+        else:
+            attn_factor = _get_mscale(f, 1.0)
+        attn_factor *= 1.0 / (1.0 + 0.1 * np.log(f))
+    attn_factor *= float(kv(a + "rope.scaling.attn_factor", 1.0))
+    n_ctx_train = int(kv(a + "context_length"))
+    n_ctx_orig = int(kv(a + "rope.scaling.original_context_length", 0) or 0) or n_ctx_train
+    return dict(freq_scale=freq_scale, ext_factor=ext_factor, attn_factor=attn_factor, n_ctx_orig=n_ctx_orig)
+
+
 def load_gguf(path: str | Path) -> tuple[HParams, dict[str, np.ndarray], set[str]]:
     """Hyper-parameters, float64 weights (numpy layout: rows = output features) and the names of
     the tensors stored as f16, read from a deepseek2 GGUF file."""
@@ -129,18 +177,7 @@ def load_gguf(path: str | Path) -> tuple[HParams, dict[str, np.ndarray], set[str
     blocks = int(kv(a + "block_count"))
     nextn = int(kv(a + "nextn_predict_layers", 0) or 0)
     n_layer = blocks - nextn
-    W: dict[str, np.ndarray] = {}
-    f16: set[str] = set()
-    for t in r.tensors:
-        shape = tuple(int(x) for x in reversed(t.shape.tolist()))
-        if t.tensor_type == gguf.GGMLQuantizationType.F32:
-            arr = np.asarray(t.data, dtype=np.float64)
-        elif t.tensor_type == gguf.GGMLQuantizationType.F16:
-            arr = np.asarray(t.data, dtype=np.float16).astype(np.float64)
-            f16.add(t.name)
-        else:
-            raise ValueError(f"{t.name}: type {t.tensor_type.name} is not supported by the reference")
-        W[t.name] = arr.reshape(shape)
+    W, f16 = read_weights(r)
 
     # the loader's vocabulary size (vocab_size, else the token list) keys the gating fallback
     n_vocab = int(kv(a + "vocab_size", 0) or 0) or len(r.fields["tokenizer.ggml.tokens"].data)
@@ -150,29 +187,18 @@ def load_gguf(path: str | Path) -> tuple[HParams, dict[str, np.ndarray], set[str
     if gating not in (1, 2):
         raise ValueError(f"expert_gating_func {gating} is not modelled")
 
-    # rope scaling as llama_context resolves it with default context parameters
-    # TODO(unverified): checked against llama-context.cpp:160-214 by reading only; no YaRN file has been run yet
-    scaling = kv(a + "rope.scaling.type", "linear")
-    if scaling == "longrope":
-        raise ValueError("longrope is not modelled")
-    factor = float(kv(a + "rope.scaling.factor", 0.0) or 0.0)
-    freq_scale = 1.0 if scaling == "none" or factor == 0.0 else 1.0 / factor
-    ext_factor = 1.0 if scaling == "yarn" else 0.0
     log_mul = float(kv(a + "rope.scaling.yarn_log_multiplier", 0.0) or 0.0) / 0.1
-    attn_factor = 1.0
-    if ext_factor != 0.0:
-        f = 1.0 / freq_scale
-        if log_mul != 0.0:                              # deepseek2 takes mscale = mscale_all_dim: a ratio of 1
-            attn_factor = _get_mscale(f, log_mul) / _get_mscale(f, log_mul)
-        else:
-            attn_factor = _get_mscale(f, 1.0)
-        attn_factor *= 1.0 / (1.0 + 0.1 * np.log(f))
-    attn_factor *= float(kv(a + "rope.scaling.attn_factor", 1.0))
-    n_ctx_train = int(kv(a + "context_length"))
-    n_ctx_orig = int(kv(a + "rope.scaling.original_context_length", 0) or 0) or n_ctx_train
-
     n_rot = int(kv(a + "rope.dimension_count"))
-    hp = HParams(
+    hp = HParams(**mla_fields(kv, a, n_vocab, n_layer, nextn, n_rot), gating="sigmoid" if gating == 2 else "softmax",
+                 yarn_log_mul=log_mul, **rope_scaling(kv, a, log_mul, deepseek2_mscale=True))
+    if float(kv(a + "attention.temperature_scale", 0.0) or 0.0) != 0.0:
+        raise ValueError("attention temperature scaling is not modelled")
+    return hp, W, f16
+
+
+def mla_fields(kv, a: str, n_vocab: int, n_layer: int, nextn: int, n_rot: int) -> dict:
+    """The HParams fields every MLA architecture reads alike."""
+    return dict(
         n_vocab=n_vocab, n_embd=int(kv(a + "embedding_length")), n_layer=n_layer, n_layer_nextn=nextn,
         n_head=int(kv(a + "attention.head_count")),
         q_lora_rank=int(kv(a + "attention.q_lora_rank", 0) or 0), kv_lora_rank=int(kv(a + "attention.kv_lora_rank")),
@@ -184,14 +210,8 @@ def load_gguf(path: str | Path) -> tuple[HParams, dict[str, np.ndarray], set[str
         n_expert_shared=int(kv(a + "expert_shared_count", 0) or 0),
         n_expert_groups=int(kv(a + "expert_group_count", 0) or 0),
         n_group_used=int(kv(a + "expert_group_used_count", 0) or 0),
-        gating="sigmoid" if gating == 2 else "softmax",
         expert_weights_norm=bool(kv(a + "expert_weights_norm", False)),
-        expert_weights_scale=float(kv(a + "expert_weights_scale", 0.0) or 0.0),
-        freq_scale=freq_scale, ext_factor=ext_factor, attn_factor=attn_factor, yarn_log_mul=log_mul,
-        n_ctx_orig=n_ctx_orig)
-    if float(kv(a + "attention.temperature_scale", 0.0) or 0.0) != 0.0:
-        raise ValueError("attention temperature scaling is not modelled")
-    return hp, W, f16
+        expert_weights_scale=float(kv(a + "expert_weights_scale", 0.0) or 0.0))
 
 
 # --- the forward pass ------------------------------------------------------------------------
@@ -213,8 +233,9 @@ class Reference(_g.Reference):
     def with_variant(self, **kw) -> "Reference":
         return Reference(self.hp, self.W, self.f16, replace(self.var, **kw))
 
-    def rope(self, x: np.ndarray, pos: np.ndarray) -> np.ndarray:
-        """x (n, heads, dr) rotated at positions pos (n,) as ggml_rope_ext does (rope_yarn)."""
+    def rope(self, x: np.ndarray, pos: np.ndarray, mode: str | None = None) -> np.ndarray:
+        """x (n, heads, >= dr) rotated over its first dr dims at positions pos (n,) as ggml_rope_ext
+        does (rope_yarn); mode "norm" (adjacent pairs) or "neox", by default the variant's."""
         hp, dr = self.hp, self.hp.n_rot
         i = np.arange(dr // 2)
         theta_ext = pos[:, None].astype(np.float64) * hp.rope_base ** (-2.0 * i[None, :] / dr)   # (n, dr/2)
@@ -230,7 +251,7 @@ class Reference(_g.Reference):
             mscale *= 1.0 + 0.1 * np.log(1.0 / hp.freq_scale)
         cos, sin = np.cos(theta)[:, None, :] * mscale, np.sin(theta)[:, None, :] * mscale
         out = x.copy()
-        if self.var.rope == "norm":
+        if (mode or self.var.rope) == "norm":
             x0, x1 = x[..., 0:dr:2], x[..., 1:dr:2]
             out[..., 0:dr:2] = x0 * cos - x1 * sin
             out[..., 1:dr:2] = x0 * sin + x1 * cos
@@ -244,6 +265,7 @@ class Reference(_g.Reference):
         hp, p, var = self.hp, f"blk.{il}.", self.var
         n, H = x.shape[0], hp.n_head
         dn, dr, r = hp.qk_nope, hp.n_rot, hp.kv_lora_rank
+        qa = None
         if p + "attn_q_a.weight" in self.W:
             qa = self.mm(p + "attn_q_a.weight", x)
             if var.q_a_norm:
@@ -276,8 +298,8 @@ class Reference(_g.Reference):
         cache.add(pos, K, K[..., :r])
         Kc = np.repeat(cache.k, H, axis=1)                                           # (m, H, r + dr)
         Vc = np.repeat(cache.v, H, axis=1)                                           # (m, H, r)
-        visible = cache.pos[None, :] <= pos[:, None]
-        # TODO(unverified): that batches of >= 64 rows take the f32-accumulating tiled kernel with DK != DV too
+        visible = self.restrict(il, x, qa, pos, cache, cache.pos[None, :] <= pos[:, None])
+        # the f16-accumulator emulation covers batches under 64 rows; longer ones (prompts) use the exact softmax
         if var.attn == "ggml_cpu" and var.kv_f16 and n < 64:
             o_lat = _fa_f16_accumulator(Q, Kc, Vc, visible, self.kq_scale)
         else:
@@ -288,6 +310,13 @@ class Reference(_g.Reference):
             o_lat = np.einsum("hnm,mhd->nhd", s, Vc)
         o = np.einsum("hvr,nhr->nhv", wv, f16_in(vb, o_lat))                         # (n, H, dv)
         return self.mm(p + "attn_output.weight", o.reshape(n, H * hp.v_head_dim))
+
+    def restrict(self, il: int, x: np.ndarray, qa: np.ndarray | None, pos: np.ndarray, cache: KVCache,
+                 visible: np.ndarray) -> np.ndarray:
+        """The cells (n, m) each row attends to, given the causal ones: all of them (DSA references
+        choose a subset).  x is the attention input, qa the normalised q latent, and the cache already
+        holds the rows."""
+        return visible
 
     def moe(self, il: int, y: np.ndarray) -> np.ndarray:
         hp, p, var = self.hp, f"blk.{il}.", self.var

@@ -3,15 +3,18 @@
 Each module defines ``ARCH`` (llama.cpp's architecture name), ``SyntheticSpec`` (shape and
 behaviour of a file), ``synthetic_weights(spec, tok)`` and ``write_synthetic(path, spec, tok=None,
 weights=None)``, laying out keys and tensors as llama.cpp's converter does for that architecture.
-Pieces several writers share are in ``common``.
+Pieces several writers share are in ``common`` (all), ``deepseek2`` (the MLA block and keys) and
+``dsa`` (the lightning indexer of glm_dsa and deepseek32).
 """
 from __future__ import annotations
 
 from types import ModuleType
 
-from . import deepseek2, glm4moe
+from . import deepseek2, deepseek32, glm4moe, glm_dsa
 
 WRITERS: dict[str, ModuleType] = {
     glm4moe.ARCH: glm4moe,
     deepseek2.ARCH: deepseek2,
+    glm_dsa.ARCH: glm_dsa,
+    deepseek32.ARCH: deepseek32,
 }
