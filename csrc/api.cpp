@@ -9,6 +9,7 @@
 #include <new>
 #include <vector>
 
+#include "chat_format.h"
 #include "controller_sim.h"
 #include "ggml.h"
 #include "ggml-backend.h"
@@ -614,6 +615,53 @@ int32_t mtpl_test_verify(const float * rows, int32_t n_vocab, const int32_t * to
                                                    q.data(), *params, scratch, rng);
         *n_accepted = v.n_accepted;
         *next = v.next;
+        return MTPL_OK;
+    });
+}
+
+int32_t mtpl_chat_render(mtpl_model * model, const char * request_json, mtpl_chat ** out) {
+    return guarded([&]() -> int32_t {
+        if (!model || !request_json || !out) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "model, request_json and out must not be NULL");
+        }
+        *out = nullptr;
+        return mtpl::chat_render(model, request_json, out);
+    });
+}
+
+int32_t mtpl_chat_info(mtpl_chat * chat, const char ** text, int64_t * n_text) {
+    return guarded([&]() -> int32_t {
+        if (!chat || !text || !n_text) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "chat, text and n_text must not be NULL");
+        }
+        const std::string & info = mtpl::chat_info(chat);
+        *text = info.c_str();
+        *n_text = (int64_t) info.size();
+        return MTPL_OK;
+    });
+}
+
+int32_t mtpl_chat_parse(mtpl_chat * chat, const char * generated, int64_t n_generated, int32_t is_partial,
+                        const char ** text, int64_t * n_text) {
+    return guarded([&]() -> int32_t {
+        if (!chat || !text || !n_text || n_generated < 0 || (n_generated > 0 && !generated)) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "bad arguments to mtpl_chat_parse");
+        }
+        const std::string * msg = nullptr;
+        const int32_t st = mtpl::chat_parse(chat, std::string(generated ? generated : "", (size_t) n_generated),
+                                            is_partial != 0, &msg);
+        if (st != MTPL_OK) {
+            return st;
+        }
+        *text = msg->c_str();
+        *n_text = (int64_t) msg->size();
+        return MTPL_OK;
+    });
+}
+
+int32_t mtpl_chat_free(mtpl_chat * chat) {
+    return guarded([&]() -> int32_t {
+        mtpl::chat_free(chat);
         return MTPL_OK;
     });
 }

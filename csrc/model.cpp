@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <regex>
 
+#include "chat_format.h"
 #include "ggml-backend.h"
 #include "inspect.h"
 #include "model.h"
@@ -161,6 +162,7 @@ int32_t model_load(const mtpl_model_params & p, mtpl_model ** out) {
 }
 
 void model_destroy(mtpl_model * m) {
+    chat_templates_free(m->chat);
     if (m->head) {
         llama_model_free(m->head);
     }

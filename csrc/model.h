@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -11,6 +12,10 @@
 
 extern "C" {
 #include "mtpllama.h"
+}
+
+namespace mtpl {
+struct chat_templates;  // the model's chat template, parsed on first use (chat_format.cpp)
 }
 
 struct mtpl_model {
@@ -22,6 +27,8 @@ struct mtpl_model {
     std::vector<std::string> override_patterns;
     std::vector<llama_model_tensor_buft_override> overrides;
     std::atomic<int32_t> n_sessions{0};
+    mtpl::chat_templates * chat = nullptr;  // set once, under chat_mutex, by the first chat render
+    std::mutex chat_mutex;
 };
 
 namespace mtpl {

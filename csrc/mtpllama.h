@@ -26,7 +26,10 @@ enum mtpl_status {
     MTPL_ERR_CANCELLED = 10,
     MTPL_ERR_BUFFER_TOO_SMALL = 11,
     MTPL_ERR_INTERNAL = 12,
-    MTPL_ERR_MTP_MISMATCH = 13     /* the MTP head file does not belong to the trunk's model */
+    MTPL_ERR_MTP_MISMATCH = 13,    /* the MTP head file does not belong to the trunk's model */
+    MTPL_ERR_NO_CHAT_TEMPLATE = 14, /* the model file has no chat template (tokenizer.chat_template) */
+    MTPL_ERR_CHAT_TEMPLATE = 15,   /* the chat template does not parse, or failed to render these messages */
+    MTPL_ERR_CHAT_PARSE = 16       /* generated text does not match the parser of the chat format */
 };
 
 /* Why a generation step stopped emitting tokens. */
@@ -154,6 +157,9 @@ typedef struct mtpl_stats {
     double calib_weight[MTPL_CONF_BUCKETS];    /* ... and the (aged) drafts behind it */
     float draft_mix[MTPL_MAX_DRAFT];           /* sampled decoding: the draft distribution's mixture toward the
                                                   head's arg-max at position i (0: the head's distribution) */
+    int64_t n_reevaluated;          /* context tokens mtpl_session_truncate evaluated again (the last kept one,
+                                       whose logits and state the next token needs; all kept ones on an
+                                       architecture with recurrent state) */
 } mtpl_stats;
 
 
@@ -245,6 +251,34 @@ int32_t mtpl_session_reset_stats(mtpl_session * session);
 /* ask the running (or next) feed/step of this session to stop soon (thread-safe): that call returns
    MTPL_ERR_CANCELLED within one graph evaluation and leaves the session consistent */
 int32_t mtpl_session_cancel(mtpl_session * session);
+
+/* --- chat: llama.cpp's own chat code (common/chat.cpp), run as llama-server runs it ------------ */
+
+/* One rendered chat request: its prompt and the parser of the reply.  It does not keep the model. */
+typedef struct mtpl_chat mtpl_chat;
+
+/* Render a chat request with the model's chat template (tokenizer.chat_template), as llama-server's
+   /v1/chat/completions does.  request_json is an object: "messages" (required: OpenAI messages),
+   "tools", "tool_choice" ("auto", "none", "required"), "parallel_tool_calls" (default: what the
+   template supports), "add_generation_prompt" (default true), "continue_final_message",
+   "chat_template_kwargs" (an object; "enable_thinking" there overrides), "enable_thinking" (a bool;
+   default: whether the template can think), "reasoning_effort", "reasoning_format" ("none", "auto",
+   "deepseek" (the default) or "deepseek-legacy").  A trailing assistant message is continued, as
+   llama-server does.  Fails with MTPL_ERR_NO_CHAT_TEMPLATE, MTPL_ERR_INVALID_ARGUMENT (a malformed
+   request or message) or MTPL_ERR_CHAT_TEMPLATE (the template raised or does not parse). */
+int32_t mtpl_chat_render(mtpl_model * model, const char * request_json, mtpl_chat ** out);
+/* the rendering as a JSON object: "prompt", "generation_prompt", "format", "enable_thinking",
+   "supports_thinking", "thinking_start_tag", "thinking_end_tags", "additional_stops",
+   "preserved_tokens", "caps" (the template's capabilities); *text (NUL-terminated, *n_text bytes)
+   stays valid until the next call on chat */
+int32_t mtpl_chat_info(mtpl_chat * chat, const char ** text, int64_t * n_text);
+/* parse the generated text (all of it since the prompt) into the assistant message, as OpenAI JSON:
+   "role", "content", "reasoning_content" (when there is some), "tool_calls" ([{"type", "function":
+   {"name", "arguments"}}], when there are some); is_partial: more text may follow (streaming).
+   *text stays valid until the next call on chat.  One thread at a time per chat. */
+int32_t mtpl_chat_parse(mtpl_chat * chat, const char * generated, int64_t n_generated, int32_t is_partial,
+                        const char ** text, int64_t * n_text);
+int32_t mtpl_chat_free(mtpl_chat * chat);
 
 /* --- test hooks: for the test suite and tuning tools, not for applications ------------------- */
 

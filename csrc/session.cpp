@@ -337,6 +337,7 @@ int32_t session_truncate(mtpl_session * s, int32_t n_keep) {
         const mtpl_stats saved = s->stats;
         const int32_t st = session_feed(s, keep.data(), n_keep);
         s->stats = saved;
+        s->stats.n_reevaluated += n_keep;
         return st;
     }
     // Keep positions [0, n_keep - 1) in the trunk cache and evaluate the last kept token again,
@@ -346,6 +347,7 @@ int32_t session_truncate(mtpl_session * s, int32_t n_keep) {
     s->has_pending = false;
     llama_memory_seq_rm(llama_get_memory(s->trunk), 0, s->n_past, -1);
     s->tr.forget(MTPL_DEBUG_TRUNK_FORGET, s->n_past);
+    s->stats.n_reevaluated += n_keep - s->n_past;
     if (int32_t st = eval_trunk(s, s->n_past, n_keep - s->n_past, false); st != MTPL_OK) {
         s->tokens.resize((size_t) s->n_past);
         return st;

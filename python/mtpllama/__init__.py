@@ -12,6 +12,8 @@ from ._version import __version__
 from .config import ModelConfig, SamplingConfig, SessionConfig, SpecConfig
 from .errors import (
     CancelledError,
+    ChatParseError,
+    ChatTemplateError,
     ContextOverflowError,
     DecodeError,
     InvalidArgumentError,
@@ -19,12 +21,14 @@ from .errors import (
     ModelNotFoundError,
     MtpllamaError,
     MtpMismatchError,
+    NoChatTemplateError,
     NoMtpHeadError,
     NotGGUFError,
     SessionBusyError,
     SplitError,
     UnsupportedArchitectureError,
 )
+from .chat import ChatDelta, ChatMessage, ChatPrompt, ChatResult, ChatStream, ToolCall, ToolCallDelta
 from .fileinfo import FileInfo, inspect
 from .split import extract_mtp, extract_trunk
 from .model import (GenerationResult, GenerationStats, Model, ModelInfo, Session, batch_invariant, huge_pages,
@@ -40,4 +44,6 @@ __all__ = [
     "InvalidArgumentError", "set_batch_invariant", "batch_invariant",
     "set_huge_pages", "huge_pages", "inspect", "FileInfo",
     "MtpMismatchError", "SplitError", "extract_mtp", "extract_trunk",
+    "ChatMessage", "ChatResult", "ChatDelta", "ChatPrompt", "ChatStream", "ToolCall", "ToolCallDelta",
+    "NoChatTemplateError", "ChatTemplateError", "ChatParseError",
 ]

@@ -1,10 +1,11 @@
 """Command line: `mtpllama` (demo on the default model), `mtpllama generate`, `mtpllama inspect`,
-`mtpllama extract-mtp`."""
+`mtpllama extract-mtp`, `mtpllama serve` (an OpenAI-compatible server)."""
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -59,6 +60,19 @@ def cmd_generate(a: argparse.Namespace) -> int:
             print()
             _print_stats(s.stats(), sys.stderr)
     return 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    from .config import SpecConfig
+    from .server import serve
+
+    spec = None if a.no_mtp else SpecConfig(a.draft_max, a.draft_p_min, adaptive=not a.no_adaptive)
+    return serve(a.model, host=a.host, port=a.port, parallel=a.parallel,
+                 api_key=a.api_key or os.environ.get("MTPLLAMA_API_KEY") or None, n_ctx=a.ctx_size,
+                 n_threads=a.threads, mtp=not a.no_mtp, mtp_path=None if a.no_mtp else a.mtp_path, spec=spec,
+                 n_gpu_layers=a.n_gpu_layers, tensor_overrides=_overrides(a.override_tensor), use_mmap=a.use_mmap,
+                 max_queue=a.queue_size, alias=a.alias, log_level="debug" if a.verbose else "info",
+                 step_delay=a.debug_step_delay)
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
@@ -208,6 +222,18 @@ def main(argv: list[str] | None = None) -> int:
     x.add_argument("--trunk-only", action="store_true", help="write the trunk without the NextN block instead")
     x.add_argument("--force", action="store_true", help="overwrite an existing output file")
     x.set_defaults(func=cmd_extract_mtp)
+    v = sub.add_parser("serve", help="serve the model over an OpenAI-compatible HTTP API (needs the server extra)")
+    _add_model_args(v)
+    _spec_args(v)
+    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--port", type=int, default=8080)
+    v.add_argument("-np", "--parallel", type=int, default=1, help="sessions: requests generated at once")
+    v.add_argument("--queue-size", type=int, default=16,
+                   help="requests that may wait for a session; more are refused with 503")
+    v.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $MTPLLAMA_API_KEY, if set)")
+    v.add_argument("--alias", help="the model id /v1/models lists (default: the file's name)")
+    v.add_argument("--debug-step-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: slow steps down
+    v.set_defaults(func=cmd_serve)
     d = sub.add_parser("demo", help="run the default model with and without MTP (the default command)")
     d.add_argument("-n", "--n-predict", type=int, default=96)
     d.add_argument("-r", "--repeats", type=int, default=3)

@@ -55,6 +55,19 @@ class InvalidArgumentError(MtpllamaError, ValueError):
     """An argument was rejected by the native engine."""
 
 
+class NoChatTemplateError(MtpllamaError, ValueError):
+    """The model file has no chat template (tokenizer.chat_template): chat needs one; completions
+    (generate, stream) still work with a prompt you format yourself."""
+
+
+class ChatTemplateError(MtpllamaError, ValueError):
+    """The model's chat template does not parse, or it failed (raised) on these messages."""
+
+
+class ChatParseError(MtpllamaError, ValueError):
+    """Generated text does not match the parser of the model's chat format."""
+
+
 # MTPL_ERR_<name> (csrc/mtpllama.h, enum mtpl_status) -> exception class
 STATUS_ERRORS: dict[str, type[MtpllamaError]] = {
     "INVALID_ARGUMENT": InvalidArgumentError,
@@ -70,4 +83,7 @@ STATUS_ERRORS: dict[str, type[MtpllamaError]] = {
     "CANCELLED": CancelledError,
     "BUFFER_TOO_SMALL": MtpllamaError,
     "INTERNAL": MtpllamaError,
+    "NO_CHAT_TEMPLATE": NoChatTemplateError,
+    "CHAT_TEMPLATE": ChatTemplateError,
+    "CHAT_PARSE": ChatParseError,
 }

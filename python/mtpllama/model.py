@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 
 from . import _lib
 from ._lib import CANCELLED, CONF_BUCKETS, MAX_DRAFT, STOP_REASONS, VERIFY_MODES_ALL, ffi, lib
+from .chat import ChatPrompt, ChatResult, ChatStream, build_request
 from .config import (GREEDY, PLAIN, ModelConfig, SamplingConfig, SessionConfig, SpecConfig, mem_available,
                      resolve_use_mmap)
 from .errors import MtpllamaError, SessionBusyError
@@ -94,6 +95,12 @@ class GenerationStats:
     """Trunk evaluations that reused llama.cpp's previous compute graph (of trunk_calls)."""
     mtp_graphs_reused: int = 0
     """MTP evaluations that reused the previous compute graph (of mtp_calls)."""
+    reevaluated_tokens: int = 0
+    """Context tokens evaluated again to roll the context back (a stop string's cut, or keeping a
+    prompt's cached prefix: the last kept token, whose logits and state the next token needs)."""
+    cached_tokens: int = 0
+    """Prompt tokens the session's caches already held (reuse_prefix=True, chat): not evaluated again.
+    prompt_tokens counts the rest, the tokens fed."""
 
     @property
     def t_total(self) -> float:
@@ -137,7 +144,8 @@ class GenerationStats:
                          for b in range(CONF_BUCKETS)],
             draft_mix=[float(st.draft_mix[i]) for i in range(n)],
             trunk_graphs_reused=int(st.n_trunk_graphs_reused),
-            mtp_graphs_reused=int(st.n_mtp_graphs_reused))
+            mtp_graphs_reused=int(st.n_mtp_graphs_reused),
+            reevaluated_tokens=int(st.n_reevaluated))
 
 
 @dataclass
@@ -339,6 +347,41 @@ class Model(_Closeable):
         return s.stream(prompt, max_tokens, spec=_spec(spec, draft_max, draft_p_min, use_mtp),
                         sampling=_sampling(sampling, temperature, seed), stop=stop)
 
+    # -- chat ---------------------------------------------------------------------------
+    def chat_prompt(self, messages: Sequence[dict], *, tools: Sequence[dict] | None = None, tool_choice: str = "auto",
+                    thinking: bool | None = None, chat_template_kwargs: dict | None = None,
+                    reasoning_effort: str | None = None, parallel_tool_calls: bool | None = None,
+                    add_generation_prompt: bool = True, reasoning_format: str | None = None) -> ChatPrompt:
+        """Render OpenAI-style messages (and tools) with the model's chat template, as llama-server
+        does (llama.cpp's own chat code, run by the engine).  The ChatPrompt holds the prompt text
+        and the parser of the reply; close it when done.  thinking: None is the template's default
+        (on where it can think); chat_template_kwargs are the template's extra variables;
+        reasoning_format: see mtpllama.chat.REASONING_FORMATS (default "deepseek", llama-server's).
+        Raises NoChatTemplateError for a file without a template, InvalidArgumentError for malformed
+        messages, ChatTemplateError where the template fails on them."""
+        req = build_request(messages, tools=tools, tool_choice=tool_choice, thinking=thinking,
+                            chat_template_kwargs=chat_template_kwargs, reasoning_effort=reasoning_effort,
+                            parallel_tool_calls=parallel_tool_calls, add_generation_prompt=add_generation_prompt,
+                            reasoning_format=reasoning_format)
+        return ChatPrompt(self._ptr(), req)
+
+    def chat(self, messages: Sequence[dict], max_tokens: int | None = None, *, mtp: bool | None = None,
+             spec: SpecConfig | None = None, draft_max: int | None = None, draft_p_min: float | None = None,
+             **options) -> ChatResult:
+        """The assistant's reply to messages (Session.chat, whose options this takes), in the model's
+        default session: a conversation that grows turn by turn evaluates only its new part."""
+        use_mtp = self.config.mtp if mtp is None else mtp
+        return self._default_session(use_mtp).chat(messages, max_tokens,
+                                                    spec=_spec(spec, draft_max, draft_p_min, use_mtp), **options)
+
+    def chat_stream(self, messages: Sequence[dict], max_tokens: int | None = None, *, mtp: bool | None = None,
+                    spec: SpecConfig | None = None, draft_max: int | None = None, draft_p_min: float | None = None,
+                    **options) -> ChatStream:
+        """Like chat(), as a stream of ChatDelta events (Session.chat_stream)."""
+        use_mtp = self.config.mtp if mtp is None else mtp
+        return self._default_session(use_mtp).chat_stream(messages, max_tokens,
+                                                           spec=_spec(spec, draft_max, draft_p_min, use_mtp), **options)
+
 
 def set_batch_invariant(enabled: bool) -> None:
     """Process-wide: compute verification batches with the kernels of a lone row (the default).
@@ -387,12 +430,16 @@ def _bad_token(t: int, n_vocab: int) -> bytes:
     raise ValueError(f"token id {t} is outside the vocabulary [0, {n_vocab})")
 
 
-def _sampling(sampling: SamplingConfig | None, temperature: float | None, seed: int | None) -> SamplingConfig | None:
-    if temperature is None and seed is None:
+def _sampling(sampling: SamplingConfig | None, temperature: float | None, seed: int | None,
+              top_p: float | None = None, top_k: int | None = None, min_p: float | None = None) -> SamplingConfig | None:
+    """sampling (greedy when None) with the shortcuts that are not None put in."""
+    over = {k: v for k, v in (("temperature", temperature), ("seed", seed), ("top_p", top_p), ("top_k", top_k),
+                              ("min_p", min_p)) if v is not None}
+    if not over:
         return sampling
-    base = sampling or GREEDY
-    return replace(base, temperature=base.temperature if temperature is None else temperature,
-                   seed=base.seed if seed is None else seed)
+    if sampling is not None and not isinstance(sampling, SamplingConfig):
+        raise TypeError("sampling must be a SamplingConfig")
+    return replace(sampling or GREEDY, **over)
 
 
 def _spec(spec: SpecConfig | None, draft_max: int | None, draft_p_min: float | None, mtp: bool) -> SpecConfig:
@@ -431,6 +478,7 @@ class Session(_Closeable):
         self._out = ffi.new("int32_t[]", MAX_DRAFT + 2)
         self._result = ffi.new("mtpl_step_result *")
         self._busy = threading.Lock()  # one generation at a time
+        self._cached = 0  # prompt tokens of the last generation found in the caches (reuse_prefix)
 
     def _ptr(self):
         if self._handle == ffi.NULL:
@@ -518,7 +566,9 @@ class Session(_Closeable):
         """Counters accumulated since the last generate() started."""
         st = ffi.new("mtpl_stats *")
         _lib.check(lib.mtpl_session_get_stats(self._ptr(), st))
-        return GenerationStats._from_native(st)
+        stats = GenerationStats._from_native(st)
+        stats.cached_tokens = max(0, self._cached - stats.reevaluated_tokens)
+        return stats
 
     # -- generation -------------------------------------------------------------------
     def _prepare(self, prompt: str | Sequence[int], max_tokens: int, spec: SpecConfig | None) -> tuple[list[int], SpecConfig]:
@@ -542,12 +592,35 @@ class Session(_Closeable):
             raise ValueError("this session decodes plainly (mtp=False); use draft_max=0")
         return tokens, spec
 
+    def _keep_prefix(self, h, tokens: list[int]) -> tuple[list[int], int]:
+        """Roll the context back to the longest prefix it shares with tokens; (the tokens still to
+        feed, the truncate status).  The context's last token is never kept (it may be a chosen next
+        token that was never emitted), nor the prompt's last (the prompt is fed for its logits)."""
+        ctx = self.tokens
+        n, limit = 0, min(len(ctx), len(tokens)) - 1
+        while n < limit and ctx[n] == tokens[n]:
+            n += 1
+        self._cached = n
+        st = lib.mtpl_session_truncate(h, n) if n < len(ctx) else 0
+        return tokens[n:], st
+
     def _steps(self, tokens: list[int], max_tokens: int, spec: SpecConfig,
-               sampling: SamplingConfig) -> Iterator[tuple[list[int], str]]:
-        """Feed the prompt, then yield (tokens, stop) per verification step."""
+               sampling: SamplingConfig, reuse: bool = False) -> Iterator[tuple[list[int], str]]:
+        """Feed the prompt (reuse: the prompt is the whole context, and the caches keep what they
+        share with it), then yield (tokens, stop) per verification step."""
         h = self._ptr()
         _lib.check(lib.mtpl_session_reset_stats(h))
-        _lib.check(lib.mtpl_session_configure(h, gen_params(spec, sampling)), "configure")
+        params = gen_params(spec, sampling)
+        _lib.check(lib.mtpl_session_configure(h, params), "configure")
+        self._cached = 0
+        if reuse:
+            tokens, st = self._keep_prefix(h, tokens)
+            if st == CANCELLED:
+                yield [], "cancelled"
+                return
+            _lib.check(st, "truncate")
+            # configured again: the generator is reseeded as for a fresh context, whatever the rollback drew
+            _lib.check(lib.mtpl_session_configure(h, params), "configure")
         # the prompt goes in chunks so that Ctrl-C (handled between foreign calls) stays responsive
         chunk = self.config.n_batch or 512
         for i in range(0, len(tokens), chunk):
@@ -574,26 +647,70 @@ class Session(_Closeable):
                 return
 
     def stream(self, prompt: str | Sequence[int], max_tokens: int = 128, *, spec: SpecConfig | None = None,
-               sampling: SamplingConfig | None = None, stop: Sequence[str] = ()) -> Iterator[str]:
+               sampling: SamplingConfig | None = None, stop: Sequence[str] = (),
+               reuse_prefix: bool = False) -> Iterator[str]:
         """Yield text pieces as they are accepted."""
-        for piece, _tok, _reason in self._run(prompt, max_tokens, spec, sampling, stop):
+        for piece, _tok, _reason in self._run(prompt, max_tokens, spec, sampling, stop, reuse_prefix):
             if piece:
                 yield piece
 
     def generate(self, prompt: str | Sequence[int], max_tokens: int = 128, *, spec: SpecConfig | None = None,
-                 sampling: SamplingConfig | None = None, stop: Sequence[str] = ()) -> GenerationResult:
+                 sampling: SamplingConfig | None = None, stop: Sequence[str] = (),
+                 reuse_prefix: bool = False) -> GenerationResult:
+        """Continue the context with prompt and generate.  reuse_prefix=True: the prompt is the
+        whole context instead; the session keeps the longest prefix its caches share with it and
+        evaluates only the rest (GenerationStats.cached_tokens)."""
         t0 = time.perf_counter()
         parts: list[str] = []
         tokens: list[int] = []
         reason = "length"
-        for piece, toks, reason in self._run(prompt, max_tokens, spec, sampling, stop):
+        for piece, toks, reason in self._run(prompt, max_tokens, spec, sampling, stop, reuse_prefix):
             parts.append(piece)
             tokens = list(toks) if reason == "stop" else tokens + toks
         stats = self.stats()
         stats.wall = time.perf_counter() - t0
         return GenerationResult("".join(parts), tokens, reason, stats)
 
-    def _run(self, prompt, max_tokens, spec, sampling, stop) -> Iterator[tuple[str, list[int], str]]:
+    # -- chat -------------------------------------------------------------------------------
+    def chat(self, messages: Sequence[dict], max_tokens: int | None = None, **options) -> ChatResult:
+        """The assistant's reply to OpenAI-style messages: rendered with the model's chat template,
+        generated, and parsed into content, reasoning and tool calls by llama.cpp's own chat code
+        (see chat_stream for the options).  The messages are the whole conversation: the session's
+        caches keep what they share with its rendering, so a conversation that grows turn by turn
+        evaluates only its new part."""
+        return self.chat_stream(messages, max_tokens, _incremental=False, **options).run()
+
+    def chat_stream(self, messages: Sequence[dict], max_tokens: int | None = None, *,
+                    tools: Sequence[dict] | None = None, tool_choice: str = "auto", thinking: bool | None = None,
+                    chat_template_kwargs: dict | None = None, reasoning_effort: str | None = None,
+                    parallel_tool_calls: bool | None = None, reasoning_format: str | None = None,
+                    spec: SpecConfig | None = None,
+                    sampling: SamplingConfig | None = None, temperature: float | None = None,
+                    top_p: float | None = None, top_k: int | None = None, min_p: float | None = None,
+                    seed: int | None = None, stop: str | Sequence[str] = (), _incremental: bool = True) -> ChatStream:
+        """Like chat(), as a ChatStream of ChatDelta events (reasoning, content or tool-call pieces,
+        as llama-server streams them); its .result is the ChatResult once the iteration ends.
+
+        max_tokens: None runs to the end of the turn or of the context.  tools, tool_choice ("auto"
+        or "none"), thinking (None: the template's default), chat_template_kwargs, reasoning_effort,
+        parallel_tool_calls: see Model.chat_prompt.  spec, sampling and the shortcuts temperature,
+        top_p, top_k, min_p and seed: as generate().  stop: strings that end the reply (the format's
+        own extra stop strings are added)."""
+        prompt = self.model.chat_prompt(messages, tools=tools, tool_choice=tool_choice, thinking=thinking,
+                                        chat_template_kwargs=chat_template_kwargs, reasoning_effort=reasoning_effort,
+                                        parallel_tool_calls=parallel_tool_calls, reasoning_format=reasoning_format)
+        try:
+            stops = [stop] if isinstance(stop, str) else list(stop)
+            tokens = self.model.tokenize(prompt.prompt, add_special=True, parse_special=True)
+            events = self._run(tokens, self.n_ctx if max_tokens is None else max_tokens, spec,
+                               _sampling(sampling, temperature, seed, top_p, top_k, min_p),
+                               [*stops, *prompt.additional_stops], True)
+        except BaseException:
+            prompt.close()
+            raise
+        return ChatStream(prompt, events, len(tokens), self.stats, _incremental)
+
+    def _run(self, prompt, max_tokens, spec, sampling, stop, reuse=False) -> Iterator[tuple[str, list[int], str]]:
         """Yield (text piece, tokens, stop reason) per step, holding the session for the duration.
         The tokens are the step's, but with reason 'stop' every token kept since the start: tokens
         yielded before whose text lies past the stop string are dropped."""
@@ -601,11 +718,11 @@ class Session(_Closeable):
             raise SessionBusyError("this session is generating in another thread (or an unfinished stream "
                                    "holds it); use one session per thread")
         try:
-            yield from self._run_locked(prompt, max_tokens, spec, sampling, stop)
+            yield from self._run_locked(prompt, max_tokens, spec, sampling, stop, reuse)
         finally:
             self._busy.release()
 
-    def _run_locked(self, prompt, max_tokens, spec, sampling, stop) -> Iterator[tuple[str, list[int], str]]:
+    def _run_locked(self, prompt, max_tokens, spec, sampling, stop, reuse) -> Iterator[tuple[str, list[int], str]]:
         tokens, spec = self._prepare(prompt, max_tokens, spec)
         if sampling is None:
             sampling = GREEDY
@@ -620,7 +737,7 @@ class Session(_Closeable):
         hold = max((len(s) for s in stops), default=1) - 1
         pending = ""
         emitted: list[int] = []
-        for got, reason in self._steps(tokens, max_tokens, spec, sampling):
+        for got, reason in self._steps(tokens, max_tokens, spec, sampling, reuse):
             new = decoder.decode(b"".join(pieces[t] for t in got), final=reason != "none")
             if not stops or reason == "cancelled":
                 yield pending + new if stops else new, got, reason if reason != "none" else "length"

@@ -60,10 +60,11 @@ def quantize_q4_k(arr: np.ndarray) -> np.ndarray:
 
 def write_gguf(path: str | Path, arch: str, name: str, n_ctx_train: int, tok: Tokenizer, tokenizer_pre: str,
                add_hparams: Callable[[object], None], weights: dict[str, np.ndarray], dtype: str,
-               keep_f32: Callable[[str], bool] | None = None) -> Path:
+               keep_f32: Callable[[str], bool] | None = None, chat_template: str | None = None) -> Path:
     """Write a GGUF file: general and tokenizer keys, the architecture's hyperparameters
     (add_hparams(writer)), then the weights stored as dtype (1-D tensors stay f32, and so do the
-    tensors keep_f32(name) names, as the converter keeps routers in f32 whatever the outtype)."""
+    tensors keep_f32(name) names, as the converter keeps routers in f32 whatever the outtype).
+    chat_template: the tokenizer.chat_template key (none by default)."""
     import gguf
 
     path = Path(path)
@@ -79,6 +80,8 @@ def write_gguf(path: str | Path, arch: str, name: str, n_ctx_train: int, tok: To
     w.add_token_merges(tok.merges)
     w.add_eos_token_id(tok.eos_id)
     w.add_add_bos_token(False)
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
     for tname, arr in weights.items():
         data, raw = store(arr, "f32" if keep_f32 is not None and keep_f32(tname) else dtype)
         if raw is None:

@@ -98,8 +98,9 @@ def add_second_successor(W: dict[str, np.ndarray], spec: SyntheticSpec, tok: Tok
 
 
 def write_synthetic(path: str | Path, spec: SyntheticSpec = SyntheticSpec(), tok: Tokenizer | None = None,
-                    weights: dict[str, np.ndarray] | None = None) -> Path:
-    """Write a synthetic glm4moe GGUF file and return its path."""
+                    weights: dict[str, np.ndarray] | None = None, chat_template: str | None = None) -> Path:
+    """Write a synthetic glm4moe GGUF file (with chat_template as its tokenizer.chat_template) and
+    return its path."""
     import gguf
 
     tok = tok or train_bpe(n_merges=spec.n_merges)
@@ -127,4 +128,5 @@ def write_synthetic(path: str | Path, spec: SyntheticSpec = SyntheticSpec(), tok
         w.add_expert_gating_func(gguf.ExpertGatingFuncType.SIGMOID)
         w.add_nextn_predict_layers(declared)
 
-    return write_gguf(path, ARCH, spec.name, spec.n_ctx_train, tok, "glm4", hparams, W, spec.dtype)
+    return write_gguf(path, ARCH, spec.name, spec.n_ctx_train, tok, "glm4", hparams, W, spec.dtype,
+                      chat_template=chat_template)
