@@ -11,7 +11,7 @@ import time
 
 import mtpllama
 from mtpllama.testing.fixtures import ONE_THREAD
-from test_reference import PROMPT, spec_config
+from test_reference import PROMPT, TOL_F32, spec_config
 
 
 def u32(v):
@@ -133,9 +133,9 @@ class Run:
     seconds: float
 
 
-def make_runs(directory, writer, reference, flavours: dict, follow: float):
+def make_runs(directory, writer, reference, flavours: dict, follow: float | None = None):
     """A function name -> Run: generate with the flavour (recording events) and replay it through the
-    reference once, following indexer near-ties closer than `follow` (reference/dsa.py's replay)."""
+    reference once; with `follow`, following indexer near-ties closer than it (reference/dsa.py's replay)."""
     cache: dict[str, Run] = {}
 
     def get(name: str) -> Run:
@@ -151,7 +151,7 @@ def make_runs(directory, writer, reference, flavours: dict, follow: float):
                     result = s.generate(prompt, fl.n_gen, spec=spec_config(4, fl.p_min))
                     events = s.debug_events()
             ref = reference.Reference(hp, W, f16)
-            res = reference.replay(ref, events, follow=(fl.tol, follow))
+            res = reference.replay(ref, events) if follow is None else reference.replay(ref, events, follow=(fl.tol, follow))
             cache[name] = Run(ref, events, result, len(prompt), res, time.perf_counter() - t0)
         return cache[name]
 
@@ -169,3 +169,128 @@ def tie_end(res, fl) -> int:
 def err_before(res, category: str, end: int) -> float:
     """The largest error of a category's rows before event end (a flipped near-tie's)."""
     return max((r.err for r in res.select(category, None) if r.event < end), default=0.0)
+
+
+# --- checks every MLA architecture's test file runs ------------------------------------------------------
+
+def check_mtp_equals_plain(model, plain_outputs, flavour: str, prompts, draft_max: int, p_min: float) -> None:
+    """Greedy MTP == plain on every prompt (64 tokens), and the head both right and wrong at the first two positions."""
+    from mtpllama import SpecConfig
+
+    drafted = [0] * draft_max
+    accepted = [0] * draft_max
+    assert len(prompts) >= 20
+    for prompt in prompts:
+        plain = plain_outputs[(flavour, prompt)]
+        mtp = model.generate(prompt, 64, spec=SpecConfig(draft_max, p_min, adaptive=False))
+        assert mtp.tokens == plain.tokens, f"prompt {prompt!r}"
+        assert mtp.stop_reason == plain.stop_reason
+        for i, (d, a) in enumerate(zip(mtp.stats.drafted, mtp.stats.accepted)):
+            drafted[i] += d
+            accepted[i] += a
+    assert accepted[0] > 0
+    if draft_max >= 2:
+        assert accepted[1] > 0
+    assert sum(accepted) < sum(drafted)
+
+
+def check_batch_equals_incremental(ref, n_tokens: int) -> None:
+    """A reference's one batch over a sequence == the same rows one at a time, trunk and MTP block."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    toks = rng.integers(0, ref.hp.n_vocab, n_tokens).tolist()
+    logits, h = ref.trunk_forward(toks)
+    cache = ref.trunk_cache()
+    for p, t in enumerate(toks):
+        lp, hp_ = ref.trunk(cache, [t], [p])
+        np.testing.assert_allclose(lp[0], logits[p], rtol=0, atol=1e-11 * np.abs(logits).max())
+        np.testing.assert_allclose(hp_[0], h[p], rtol=0, atol=1e-11 * np.abs(h).max())
+    entries = [(t, h[p - 1] if p else np.zeros_like(h[0]), p) for p, t in enumerate(toks)]
+    ml, mh = ref.nextn_forward(entries)
+    mc = ref.mtp_cache()
+    for t, hin, p in entries:
+        l1, h1 = ref.nextn(mc, [t], hin[None], [p])
+        np.testing.assert_allclose(l1[0], ml[p], rtol=0, atol=1e-11 * np.abs(ml).max())
+        np.testing.assert_allclose(h1[0], mh[p], rtol=0, atol=1e-11 * np.abs(mh).max())
+
+
+def check_rope_is_relative(ref, rel_err, n_tokens: int) -> None:
+    """A common shift of positions changes a reference's logits by nothing; another spacing does."""
+    import numpy as np
+
+    toks = list(range(5, 5 + n_tokens))
+    a, _ = ref.trunk(ref.trunk_cache(), toks, np.arange(n_tokens))
+    b, _ = ref.trunk(ref.trunk_cache(), toks, np.arange(n_tokens) + 137)
+    c, _ = ref.trunk(ref.trunk_cache(), toks, np.arange(n_tokens) * 3)
+    assert rel_err(b, a) < 1e-10
+    assert rel_err(c, a) > 1e-2
+
+
+def check_engine_matches_reference(name: str, run, fl) -> None:
+    """A recorded generation replayed through the reference: every row's trunk logits and state and
+    MTP logits and state within fl.tol, up to the first flipped near-tie (most of the run)."""
+    from test_reference import table_line
+
+    res, st = run.replay, run.result.stats
+    followed = getattr(res, "followed", None)
+    extra = "" if followed is None else f", {len(followed)} indexer near-ties followed"
+    print(f"\n{table_line(name, res)}  [{run.seconds:.1f}s{extra}]")
+    assert len(run.result.tokens) == fl.n_gen
+    assert 200 <= run.n_prompt + fl.n_gen < 512  # the reference does not model the split-KV kernel (>= 512)
+    assert sum(st.accepted) > 0 and sum(st.accepted) < sum(st.drafted), (st.drafted, st.accepted)
+    assert res.mtp_inputs["trunk"] > 0 and res.mtp_inputs["draft"] > 0
+    if followed is not None:  # the indexer's near-ties the replay follows: a handful in f32 (gaps < 1e-4 in ~1%
+        assert len(followed) <= (8 if fl.tol <= TOL_F32 else 32), followed  # of rows), more in f16
+    end = tie_end(res, fl)
+    # a flipped tie ends the comparison (the caches part); what comes before it must still be most of a run
+    assert end >= 0.4 * len(run.events), f"{name}: a near-tie flipped at event {end} of {len(run.events)}"
+    for cat in ("trunk_logits", "trunk_h", "mtp_logits", "mtp_h"):
+        rows = [r for r in res.select(cat, None) if r.event < end]
+        assert len(rows) >= 60, f"{len(rows)} {cat} rows before event {end}"
+        worst = max(rows, key=lambda r: r.err)
+        print(f"  {cat}: worst {worst.err:.1e} over {len(rows)} rows")
+        assert worst.err < fl.tol, f"{name} {cat}: {worst}"
+
+
+def check_broken_reference(run, fl, good_replay, bad_replay, category: str) -> None:
+    """The good reference's replay agrees with the run in `category` and a broken reference's
+    (bad_replay) is at least 25 tolerances off, over the rows before the run's first flipped near-tie."""
+    batched = False if category == "mtp_h" else None
+    end = tie_end(run.replay, fl)
+    assert max((r.err for r in good_replay.select(category, batched) if r.event < end), default=0.0) < fl.tol
+    worst = max((r.err for r in bad_replay.select(category, batched) if r.event < end), default=0.0)
+    assert worst > 25 * fl.tol, f"{bad_replay}"
+
+
+def check_sampled_distribution(model, prompt, n: int) -> None:
+    """Three drafts a step, verified as the defaults verify (rejection sampling, adaptive draft
+    distribution): the joint distribution of the first 4 tokens after prompt equals plain sampling's
+    (two-sample chi-square, p > 1e-3, n samples a side), and an accept-everything verifier is told
+    apart (p < 1e-6)."""
+    from collections import Counter
+
+    from mtpllama import SamplingConfig, SpecConfig
+    from mtpllama.testing.hooks import spec_with_verify
+    from mtpllama.testing.stats import two_sample_chi2
+
+    drafted = [0]
+
+    def draw(session, spec, seed0):
+        out: Counter = Counter()
+        for i in range(n):
+            session.reset()
+            r = session.generate(prompt, 4, spec=spec, sampling=SamplingConfig(temperature=1.0, top_k=4, seed=seed0 + i))
+            out[tuple(r.tokens)] += 1
+            drafted[0] += sum(r.stats.drafted)
+        return out
+
+    with model.session(mtp=False) as plain, model.session(mtp=True) as mtp:
+        a = draw(plain, SpecConfig(0, 0.0, adaptive=False), 1)
+        b = draw(mtp, SpecConfig(3, 0.0, adaptive=False), 10**6)
+        assert drafted[0] >= 2 * n  # it drafted
+        stat, df, p = two_sample_chi2(a, b)
+        assert df >= 10 and p > 1e-3, f"chi2={stat:.1f} df={df} p={p:.2e}"
+        bad = draw(mtp, spec_with_verify(SpecConfig(3, 0.0, adaptive=False), "test_accept_all"), 2 * 10**6)
+        stat, df, p = two_sample_chi2(a, bad)
+        assert p < 1e-6, f"the biased verifier passed: chi2={stat:.1f} df={df} p={p:.2e}"

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -25,8 +24,10 @@ from mtpllama import SpecConfig
 from mtpllama.testing.arch import WRITERS
 from mtpllama.testing.fixtures import ONE_THREAD, PROMPTS
 from reference import REFERENCES
+from mla_cases import (check_batch_equals_incremental, check_broken_reference, check_engine_matches_reference,
+                       check_mtp_equals_plain, check_rope_is_relative, check_sampled_distribution, make_runs)
 from test_batch_invariance import compare
-from test_reference import LONG_PROMPT, PROMPT, TOL_F16, TOL_F32, Flavour, spec_config, table_line
+from test_reference import LONG_PROMPT, PROMPT, TOL_F16, TOL_F32, Flavour, spec_config
 
 D = WRITERS["deepseek2"]
 R = REFERENCES["deepseek2"]
@@ -339,23 +340,7 @@ def plain_outputs(models):
 @pytest.mark.parametrize("p_min", [0.0, 0.85])
 def test_mtp_equals_plain(models, plain_outputs, flavour, draft_max, p_min):
     """22 prompts x 64 tokens, fixed draft lengths 1..6, with and without a confidence floor."""
-    model = models[flavour]
-    drafted = [0] * draft_max
-    accepted = [0] * draft_max
-    assert len(PROMPTS) >= 20
-    for prompt in PROMPTS:
-        plain = plain_outputs[(flavour, prompt)]
-        mtp = model.generate(prompt, 64, spec=SpecConfig(draft_max, p_min, adaptive=False))
-        assert mtp.tokens == plain.tokens, f"prompt {prompt!r}"
-        assert mtp.stop_reason == plain.stop_reason
-        for i, (d, a) in enumerate(zip(mtp.stats.drafted, mtp.stats.accepted)):
-            drafted[i] += d
-            accepted[i] += a
-    # the head is right often but not always: both outcomes are exercised at the first two positions
-    assert accepted[0] > 0
-    if draft_max >= 2:
-        assert accepted[1] > 0
-    assert sum(accepted) < sum(drafted)
+    check_mtp_equals_plain(models[flavour], plain_outputs, flavour, PROMPTS, draft_max, p_min)
 
 
 @pytest.mark.parametrize("dtype", ["f16", "q8_0"])
@@ -423,39 +408,10 @@ FLAVOURS = {
 GOOD = list(FLAVOURS)
 
 
-@dataclasses.dataclass
-class Run:
-    ref: object
-    events: list[dict]
-    result: object
-    n_prompt: int
-    replay: object
-    seconds: float
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Generate with each flavour (recording events) and replay it through the reference, once."""
-    d = tmp_path_factory.mktemp("deepseek2_reference")
-    cache: dict[str, Run] = {}
-
-    def get(name: str) -> Run:
-        if name not in cache:
-            fl = FLAVOURS[name]
-            t0 = time.perf_counter()
-            path = D.write_synthetic(d / f"{name}.gguf", fl.spec)
-            hp, W, f16 = R.load_gguf(path)
-            with mtpllama.Model(str(path), session_defaults=ONE_THREAD) as model:
-                prompt = model.tokenize(fl.prompt)
-                with model.session() as s:
-                    s.debug_record()
-                    result = s.generate(prompt, fl.n_gen, spec=spec_config(4, fl.p_min))
-                    events = s.debug_events()
-            ref = R.Reference(hp, W, f16)
-            cache[name] = Run(ref, events, result, len(prompt), R.replay(ref, events), time.perf_counter() - t0)
-        return cache[name]
-
-    return get
+    return make_runs(tmp_path_factory.mktemp("deepseek2_reference"), D, R, FLAVOURS)
 
 
 @pytest.fixture(scope="module")
@@ -468,60 +424,18 @@ def small_ref(tmp_path_factory):
 def test_reference_batch_equals_incremental(small_ref):
     """One batch over a sequence == the same rows one at a time (causality, the latent cache, the
     MTP block's cache)."""
-    rng = np.random.default_rng(0)
-    toks = rng.integers(0, small_ref.hp.n_vocab, 40).tolist()
-    logits, h = small_ref.trunk_forward(toks)
-    cache = small_ref.trunk_cache()
-    for p, t in enumerate(toks):
-        lp, hp_ = small_ref.trunk(cache, [t], [p])
-        np.testing.assert_allclose(lp[0], logits[p], rtol=0, atol=1e-11 * np.abs(logits).max())
-        np.testing.assert_allclose(hp_[0], h[p], rtol=0, atol=1e-11 * np.abs(h).max())
-    entries = [(t, h[p - 1] if p else np.zeros_like(h[0]), p) for p, t in enumerate(toks)]
-    ml, mh = small_ref.nextn_forward(entries)
-    mc = small_ref.mtp_cache()
-    for t, hin, p in entries:
-        l1, h1 = small_ref.nextn(mc, [t], hin[None], [p])
-        np.testing.assert_allclose(l1[0], ml[p], rtol=0, atol=1e-11 * np.abs(ml).max())
-        np.testing.assert_allclose(h1[0], mh[p], rtol=0, atol=1e-11 * np.abs(mh).max())
+    check_batch_equals_incremental(small_ref, 40)
 
 
 def test_reference_rope_is_relative(small_ref):
     """A common shift of positions changes nothing (q_pe and the shared k_pe rotate alike); a
     different spacing does."""
-    toks = list(range(5, 25))
-    a, _ = small_ref.trunk(small_ref.trunk_cache(), toks, np.arange(20))
-    b, _ = small_ref.trunk(small_ref.trunk_cache(), toks, np.arange(20) + 137)
-    c, _ = small_ref.trunk(small_ref.trunk_cache(), toks, np.arange(20) * 3)
-    assert R.rel_err(b, a) < 1e-10
-    assert R.rel_err(c, a) > 1e-2
-
-
-def tie_end(res, fl) -> int:
-    """The first event whose row differs because a near-tie in expert routing was decided the other way."""
-    cats = ("trunk_logits", "trunk_h", "mtp_logits", "mtp_h")
-    ties = [r for c in cats for r in res.select(c, None) if r.err >= fl.tol and r.margin < fl.near_tie]
-    return min((r.event for r in ties), default=1 << 62)
+    check_rope_is_relative(small_ref, R.rel_err, 20)
 
 
 @pytest.mark.parametrize("name", GOOD)
 def test_engine_matches_reference(runs, name):
-    run = runs(name)
-    fl, res, st = FLAVOURS[name], run.replay, run.result.stats
-    print(f"\n{table_line(name, res)}  [{run.seconds:.1f}s]")
-    assert len(run.result.tokens) == fl.n_gen
-    assert 200 <= run.n_prompt + fl.n_gen < 512  # the reference does not model the split-KV kernel (>= 512)
-    assert sum(st.accepted) > 0 and sum(st.accepted) < sum(st.drafted), (st.drafted, st.accepted)
-    assert res.mtp_inputs["trunk"] > 0 and res.mtp_inputs["draft"] > 0
-    cats = (("trunk_logits", None), ("trunk_h", None), ("mtp_logits", None), ("mtp_h", None))
-    end = tie_end(res, fl)
-    # a flipped tie ends the comparison (the caches part); what comes before it must still be most of a run
-    assert end >= 0.4 * len(run.events), f"{name}: a near-tie flipped at event {end} of {len(run.events)}"
-    for cat, batched in cats:
-        rows = [r for r in res.select(cat, batched) if r.event < end]
-        assert len(rows) >= 60, f"{len(rows)} {cat} rows before event {end}"
-        worst = max(rows, key=lambda r: r.err)
-        print(f"  {cat}: worst {worst.err:.1e} over {len(rows)} rows")
-        assert worst.err < fl.tol, f"{name} {cat}: {worst}"
+    check_engine_matches_reference(name, runs(name), FLAVOURS[name])
 
 
 def test_mtp_output_state_of_multi_row_batch(runs):
@@ -564,13 +478,9 @@ BROKEN = [
                          ids=[f"{n}-{'-'.join(f'{k}={v}' for k, v in v_.items())}-{m}" for n, v_, m, _ in BROKEN])
 def test_broken_reference_is_detected(runs, name, variant, trunk_h_from, category):
     run = runs(name)
-    tol = FLAVOURS[name].tol
-    batched = False if category == "mtp_h" else None
     good = run.replay if trunk_h_from == "engine" else R.replay(run.ref, run.events, trunk_h_from=trunk_h_from)
     bad = R.replay(run.ref.with_variant(**variant), run.events, trunk_h_from=trunk_h_from)
-    end = tie_end(run.replay, FLAVOURS[name])
-    assert max((r.err for r in good.select(category, batched) if r.event < end), default=0.0) < tol
-    assert max((r.err for r in bad.select(category, batched) if r.event < end), default=0.0) > 25 * tol, f"{variant}: {bad}"
+    check_broken_reference(run, FLAVOURS[name], good, bad, category)
 
 
 # --- sampling ------------------------------------------------------------------------------------------------
@@ -583,35 +493,8 @@ def test_sampled_mtp_has_plain_sampling_distribution(models):
     """Three drafts a step, verified as the defaults verify (rejection sampling, adaptive draft
     distribution), on an MLA file: the joint distribution of the first 4 tokens equals plain sampling's (two-sample
     chi-square, p > 1e-3), and the same test tells a verifier that accepts every draft apart."""
-    from collections import Counter
-
-    from mtpllama import SamplingConfig
-    from mtpllama.testing.hooks import spec_with_verify
-    from mtpllama.testing.stats import two_sample_chi2
-
     model = models["own"]
-    prompt = model.tokenize(PROMPT)[:6]
-
-    drafted = [0]
-
-    def draw(session, spec, seed0):
-        out: Counter = Counter()
-        for i in range(N_SAMPLED):
-            session.reset()
-            r = session.generate(prompt, 4, spec=spec, sampling=SamplingConfig(temperature=1.0, top_k=4, seed=seed0 + i))
-            out[tuple(r.tokens)] += 1
-            drafted[0] += sum(r.stats.drafted)
-        return out
-
-    with model.session(mtp=False) as plain, model.session(mtp=True) as mtp:
-        a = draw(plain, SpecConfig(0, 0.0, adaptive=False), 1)
-        b = draw(mtp, SpecConfig(3, 0.0, adaptive=False), 10**6)
-        assert drafted[0] >= 2 * N_SAMPLED  # it drafted
-        stat, df, p = two_sample_chi2(a, b)
-        assert df >= 10 and p > 1e-3, f"chi2={stat:.1f} df={df} p={p:.2e}"
-        bad = draw(mtp, spec_with_verify(SpecConfig(3, 0.0, adaptive=False), "test_accept_all"), 2 * 10**6)
-        stat, df, p = two_sample_chi2(a, bad)
-        assert p < 1e-6, f"the biased verifier passed: chi2={stat:.1f} df={df} p={p:.2e}"
+    check_sampled_distribution(model, model.tokenize(PROMPT)[:6], N_SAMPLED)
 
 
 # --- fuzzing ------------------------------------------------------------------------------------------------

@@ -21,14 +21,16 @@ import numpy as np
 import pytest
 
 import mtpllama
-from mla_cases import (DSA_BAD_KEYS, MLA_BAD_KEYS, bad_file_fails_clearly, bools, decodes_in_a_child, make_runs,
-                       err_before, string, tie_end, u32)
+from mla_cases import (DSA_BAD_KEYS, MLA_BAD_KEYS, bad_file_fails_clearly, bools, check_batch_equals_incremental,
+                       check_broken_reference, check_engine_matches_reference, check_mtp_equals_plain,
+                       check_rope_is_relative, check_sampled_distribution, decodes_in_a_child, err_before, make_runs,
+                       string, tie_end, u32)
 from mtpllama import SpecConfig
 from mtpllama.testing.arch import WRITERS
 from mtpllama.testing.fixtures import ONE_THREAD, PROMPTS
 from reference import REFERENCES
 from test_batch_invariance import compare
-from test_reference import LONG_PROMPT, PROMPT, TOL_F16, TOL_F32, Flavour, table_line
+from test_reference import LONG_PROMPT, PROMPT, TOL_F16, TOL_F32, Flavour
 
 D = WRITERS["glm-dsa"]
 R = REFERENCES["glm-dsa"]
@@ -240,23 +242,7 @@ GREEDY_CASES = ([("own", k, p) for k in range(1, 7) for p in (0.0, 0.85)]
 def test_mtp_equals_plain(models, plain_outputs, flavour, draft_max, p_min):
     """22 prompts x 64 tokens after prompts of 1-10 tokens (most rows see more than top_k cells),
     fixed draft lengths 1..6 with and without a confidence floor (the tied head at 1, 3 and 6)."""
-    model = models[flavour]
-    drafted = [0] * draft_max
-    accepted = [0] * draft_max
-    assert len(PROMPTS) >= 20
-    for prompt in PROMPTS:
-        plain = plain_outputs[(flavour, prompt)]
-        mtp = model.generate(prompt, 64, spec=SpecConfig(draft_max, p_min, adaptive=False))
-        assert mtp.tokens == plain.tokens, f"prompt {prompt!r}"
-        assert mtp.stop_reason == plain.stop_reason
-        for i, (d, a) in enumerate(zip(mtp.stats.drafted, mtp.stats.accepted)):
-            drafted[i] += d
-            accepted[i] += a
-    # the head is right often but not always: both outcomes are exercised at the first two positions
-    assert accepted[0] > 0
-    if draft_max >= 2:
-        assert accepted[1] > 0
-    assert sum(accepted) < sum(drafted)
+    check_mtp_equals_plain(models[flavour], plain_outputs, flavour, PROMPTS, draft_max, p_min)
 
 
 @pytest.mark.parametrize("dtype", ["f16", "q8_0"])
@@ -341,20 +327,7 @@ def small_ref(tmp_path_factory):
 def test_reference_batch_equals_incremental(small_ref):
     """One batch over a sequence longer than top_k == the same rows one at a time (causality, the
     latent and indexer caches, the shared layer's reuse, the MTP block's cache)."""
-    rng = np.random.default_rng(0)
-    toks = rng.integers(0, small_ref.hp.n_vocab, 60).tolist()
-    logits, h = small_ref.trunk_forward(toks)
-    cache = small_ref.trunk_cache()
-    for p, t in enumerate(toks):
-        lp, hp_ = small_ref.trunk(cache, [t], [p])
-        np.testing.assert_allclose(lp[0], logits[p], rtol=0, atol=1e-11 * np.abs(logits).max())
-        np.testing.assert_allclose(hp_[0], h[p], rtol=0, atol=1e-11 * np.abs(h).max())
-    entries = [(t, h[p - 1] if p else np.zeros_like(h[0]), p) for p, t in enumerate(toks)]
-    ml, mh = small_ref.nextn_forward(entries)
-    mc = small_ref.mtp_cache()
-    for t, hin, p in entries:
-        l1, h1 = small_ref.nextn(mc, [t], hin[None], [p])
-        np.testing.assert_allclose(l1[0], ml[p], rtol=0, atol=1e-11 * np.abs(ml).max())
+    check_batch_equals_incremental(small_ref, 60)
 
 
 def test_reference_sparse_only_past_top_k(small_ref):
@@ -372,33 +345,12 @@ def test_reference_sparse_only_past_top_k(small_ref):
 def test_reference_rope_is_relative(small_ref):
     """A common shift of positions changes nothing (the MLA and indexer ropes rotate q and k alike);
     a different spacing does."""
-    toks = list(range(5, 45))
-    a, _ = small_ref.trunk(small_ref.trunk_cache(), toks, np.arange(40))
-    b, _ = small_ref.trunk(small_ref.trunk_cache(), toks, np.arange(40) + 137)
-    c, _ = small_ref.trunk(small_ref.trunk_cache(), toks, np.arange(40) * 3)
-    assert R.rel_err(b, a) < 1e-10
-    assert R.rel_err(c, a) > 1e-2
+    check_rope_is_relative(small_ref, R.rel_err, 40)
 
 
 @pytest.mark.parametrize("name", GOOD)
 def test_engine_matches_reference(runs, name):
-    run = runs(name)
-    fl, res, st = FLAVOURS[name], run.replay, run.result.stats
-    print(f"\n{table_line(name, res)}  [{run.seconds:.1f}s, {len(res.followed)} indexer near-ties followed]")
-    assert len(run.result.tokens) == fl.n_gen
-    assert 200 <= run.n_prompt + fl.n_gen < 512  # the reference does not model the split-KV kernel (>= 512)
-    assert sum(st.accepted) > 0 and sum(st.accepted) < sum(st.drafted), (st.drafted, st.accepted)
-    assert res.mtp_inputs["trunk"] > 0 and res.mtp_inputs["draft"] > 0
-    # the indexer's near-ties the replay follows: a handful in f32 (gaps < 1e-4 in ~1% of rows), more in f16
-    assert len(res.followed) <= (8 if fl.tol <= TOL_F32 else 32), res.followed
-    end = tie_end(res, fl)
-    assert end >= 0.4 * len(run.events), f"{name}: a near-tie flipped at event {end} of {len(run.events)}"
-    for cat in ("trunk_logits", "trunk_h", "mtp_logits", "mtp_h"):
-        rows = [r for r in res.select(cat, None) if r.event < end]
-        assert len(rows) >= 60, f"{len(rows)} {cat} rows before event {end}"
-        worst = max(rows, key=lambda r: r.err)
-        print(f"  {cat}: worst {worst.err:.1e} over {len(rows)} rows")
-        assert worst.err < fl.tol, f"{name} {cat}: {worst}"
+    check_engine_matches_reference(name, runs(name), FLAVOURS[name])
 
 
 def test_n_kv_above_top_k_is_exercised(runs):
@@ -474,12 +426,8 @@ def test_broken_reference_is_detected(runs, name, variant, trunk_h_from, categor
     # every indexer variant moves a logit by 25 tol (measured: the selection changes where a row's
     # top_k differs, so the attention output's change depends on the scores' spread)
     run = runs(name)
-    tol = FLAVOURS[name].tol
-    batched = False if category == "mtp_h" else None
     bad = R.replay(run.ref.with_variant(**variant), run.events, trunk_h_from=trunk_h_from)
-    end = tie_end(run.replay, FLAVOURS[name])
-    assert max((r.err for r in run.replay.select(category, batched) if r.event < end), default=0.0) < tol
-    assert max((r.err for r in bad.select(category, batched) if r.event < end), default=0.0) > 25 * tol, f"{variant}: {bad}"
+    check_broken_reference(run, FLAVOURS[name], run.replay, bad, category)
 
 
 # --- sampling ------------------------------------------------------------------------------------------------
@@ -492,35 +440,10 @@ def test_sampled_mtp_has_plain_sampling_distribution(models):
     """As test_arch_deepseek2.py's, from a prompt longer than top_k (the indexer chooses): the joint
     distribution of the first 4 tokens equals plain sampling's, and an accept-everything verifier
     is told apart."""
-    from collections import Counter
-
-    from mtpllama import SamplingConfig
-    from mtpllama.testing.hooks import spec_with_verify
-    from mtpllama.testing.stats import two_sample_chi2
-
     model = models["tied_shared"]
     prompt = model.tokenize(LONG_PROMPT)[: TOP_K + 8]
     assert len(prompt) == TOP_K + 8
-    drafted = [0]
-
-    def draw(session, spec, seed0):
-        out: Counter = Counter()
-        for i in range(N_SAMPLED):
-            session.reset()
-            r = session.generate(prompt, 4, spec=spec, sampling=SamplingConfig(temperature=1.0, top_k=4, seed=seed0 + i))
-            out[tuple(r.tokens)] += 1
-            drafted[0] += sum(r.stats.drafted)
-        return out
-
-    with model.session(mtp=False) as plain, model.session(mtp=True) as mtp:
-        a = draw(plain, SpecConfig(0, 0.0, adaptive=False), 1)
-        b = draw(mtp, SpecConfig(3, 0.0, adaptive=False), 10**6)
-        assert drafted[0] >= 2 * N_SAMPLED
-        stat, df, p = two_sample_chi2(a, b)
-        assert df >= 10 and p > 1e-3, f"chi2={stat:.1f} df={df} p={p:.2e}"
-        bad = draw(mtp, spec_with_verify(SpecConfig(3, 0.0, adaptive=False), "test_accept_all"), 2 * 10**6)
-        stat, df, p = two_sample_chi2(a, bad)
-        assert p < 1e-6, f"the biased verifier passed: chi2={stat:.1f} df={df} p={p:.2e}"
+    check_sampled_distribution(model, prompt, N_SAMPLED)
 
 
 # --- fuzzing ------------------------------------------------------------------------------------------------
