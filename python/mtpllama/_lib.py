@@ -129,3 +129,22 @@ def route_log(min_level: int = logging.WARNING) -> None:
 
 
 route_log(logging.WARNING)
+
+
+class _Closeable:
+    """Context manager over close(); the finaliser only calls a guarded close()."""
+
+    def close(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _lib
-from ._lib import ffi, lib
+from ._lib import _Closeable, ffi, lib
 from .errors import ChatParseError
 
 TOOL_CHOICES = ("auto", "none")
@@ -186,7 +186,7 @@ def _text(ptr, n) -> str:
     return bytes(ffi.unpack(ptr[0], n[0])).decode("utf-8", "replace")
 
 
-class ChatPrompt:
+class ChatPrompt(_Closeable):
     """A chat request rendered by the model's template (Model.chat_prompt): the prompt text, what
     the rendering says about the reply (generation prompt, format, thinking, extra stop strings),
     and the parser of the reply.  close() frees it (idempotent); one thread at a time."""
@@ -223,17 +223,6 @@ class ChatPrompt:
             lib.mtpl_chat_free(self._handle)
             self._handle = ffi.NULL
 
-    def __enter__(self) -> "ChatPrompt":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 _ID_CHARS = string.ascii_letters + string.digits

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 from . import _lib
-from ._lib import CANCELLED, CONF_BUCKETS, MAX_DRAFT, STOP_REASONS, VERIFY_MODES_ALL, ffi, lib
+from ._lib import _Closeable, CANCELLED, CONF_BUCKETS, MAX_DRAFT, STOP_REASONS, VERIFY_MODES_ALL, ffi, lib
 from .chat import ChatPrompt, ChatResult, ChatStream, build_request
 from .config import (GREEDY, PLAIN, ModelConfig, SamplingConfig, SessionConfig, SpecConfig, mem_available,
                      resolve_use_mmap)
@@ -156,25 +156,6 @@ class GenerationResult:
     """'eos', 'length', 'stop' (a stop string), 'context' (the context window is full), or
     'cancelled' (Session.cancel() was called; the tokens produced so far are returned)."""
     stats: GenerationStats
-
-
-class _Closeable:
-    """Context manager over close(); the finaliser only calls a guarded close()."""
-
-    def close(self) -> None:  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 class Model(_Closeable):

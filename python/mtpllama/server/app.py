@@ -146,8 +146,7 @@ def create_app(engine, config: ServerConfig) -> Starlette:
         model = req.model or config.model_id
         if req.stream:
             metrics.request(endpoint, 200)
-            stream = chat_events if endpoint == "chat" else completion_events
-            return StreamingResponse(stream(job, rid, model, req.include_usage), media_type="text/event-stream",
+            return StreamingResponse(events(job, endpoint, rid, model, req.include_usage), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
             result = await wait_result(job, request)
@@ -165,10 +164,14 @@ def create_app(engine, config: ServerConfig) -> Starlette:
         return JSONResponse(protocol.completion_response(rid, model, result.text, result.stop_reason,
                                                          result.prompt_tokens, len(result.tokens), result.stats))
 
-    async def chat_events(job, rid: str, model: str, include_usage: bool):
+    async def events(job, endpoint: str, rid: str, model: str, include_usage: bool):
+        """The SSE stream of a job: chat deltas ("delta" events) or completion text ("text" events),
+        then the final chunk with the extension field, usage if asked for, and [DONE]."""
         created = int(time.time())
+        chat = endpoint == "chat"
         try:
-            yield _sse(protocol.chat_chunk(rid, model, created, {"role": "assistant", "content": None}))
+            if chat:
+                yield _sse(protocol.chat_chunk(rid, model, created, {"role": "assistant", "content": None}))
             while True:
                 ev = await next_event(job)
                 if ev is None:
@@ -177,15 +180,20 @@ def create_app(engine, config: ServerConfig) -> Starlette:
                 kind, value = ev
                 if kind == "delta":
                     yield _sse(protocol.chat_chunk(rid, model, created, value.to_dict()))
+                elif kind == "text":
+                    yield _sse(protocol.completion_chunk(rid, model, created, value))
                 elif kind == "done":
-                    finish = "length" if value.finish_reason == "cancelled" else value.finish_reason
-                    last = protocol.chat_chunk(rid, model, created, {}, finish)
+                    if chat:
+                        finish = "length" if value.finish_reason == "cancelled" else value.finish_reason
+                        last = protocol.chat_chunk(rid, model, created, {}, finish)
+                    else:
+                        last = protocol.completion_chunk(rid, model, created, "", protocol.finish_reason(value.stop_reason))
                     last["mtpllama"] = protocol.extension(value.stats)
                     yield _sse(last)
                     if include_usage:
-                        yield _sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-                                    "choices": [], "usage": protocol.usage(value.prompt_tokens, len(value.tokens),
-                                                                           value.stats)})
+                        yield _sse({"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
+                                    "created": created, "model": model, "choices": [],
+                                    "usage": protocol.usage(value.prompt_tokens, len(value.tokens), value.stats)})
                     yield "data: [DONE]\n\n"
                     return
                 elif kind == "error":
@@ -193,33 +201,6 @@ def create_app(engine, config: ServerConfig) -> Starlette:
                     return
         finally:
             job.cancel()  # the client went away (or the stream ended: then it changes nothing)
-
-    async def completion_events(job, rid: str, model: str, include_usage: bool):
-        created = int(time.time())
-        try:
-            while True:
-                ev = await next_event(job)
-                if ev is None:
-                    yield ": keep-alive\n\n"
-                    continue
-                kind, value = ev
-                if kind == "text":
-                    yield _sse(protocol.completion_chunk(rid, model, created, value))
-                elif kind == "done":
-                    last = protocol.completion_chunk(rid, model, created, "", protocol.finish_reason(value.stop_reason))
-                    last["mtpllama"] = protocol.extension(value.stats)
-                    yield _sse(last)
-                    if include_usage:
-                        yield _sse({"id": rid, "object": "text_completion", "created": created, "model": model,
-                                    "choices": [], "usage": protocol.usage(value.prompt_tokens, len(value.tokens),
-                                                                           value.stats)})
-                    yield "data: [DONE]\n\n"
-                    return
-                elif kind == "error":
-                    yield _sse(value.body())
-                    return
-        finally:
-            job.cancel()
 
     async def chat_completions(request: Request) -> Response:
         return await generate(request, "chat")
