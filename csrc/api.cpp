@@ -587,6 +587,14 @@ int32_t mtpl_session_debug_floats(const mtpl_session * session, float * out, int
     });
 }
 
+int32_t mtpl_test_skip_rollback(mtpl_session * session, int32_t skip) {
+    if (!session) {
+        return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "session is NULL");
+    }
+    session->test_skip_rollback = skip != 0;
+    return MTPL_OK;
+}
+
 int32_t mtpl_test_verify(const float * rows, int32_t n_vocab, const int32_t * tokens, int32_t n_before,
                          int32_t n_drafts, const float * q_probs, const mtpl_gen_params * params, uint64_t seed,
                          int32_t * n_accepted, int32_t * next) {

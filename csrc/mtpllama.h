@@ -355,6 +355,10 @@ int32_t mtpl_controller_simulate(const mtpl_controller_sim * sim, int32_t * out_
    draft distributions (n_drafts rows of n_vocab probabilities; read by rejection sampling only,
    may be NULL otherwise), with a generator seeded by seed.  Returns the drafts accepted and the
    next token. */
+/* Recurrent trunks: with skip = 1 the session drops rejected positions without restoring the
+   recurrent state to a snapshot (not lossless: what a missing rollback does). */
+int32_t mtpl_test_skip_rollback(mtpl_session * session, int32_t skip);
+
 int32_t mtpl_test_verify(const float * rows, int32_t n_vocab, const int32_t * tokens, int32_t n_before,
                          int32_t n_drafts, const float * q_probs, const mtpl_gen_params * params, uint64_t seed,
                          int32_t * n_accepted, int32_t * next);

@@ -8,12 +8,18 @@
 #include <thread>
 
 #include "llama-ext.h"
+#include "llama-memory-hybrid.h"
+#include "llama-memory-recurrent.h"
 #include "llama_ops.h"
 #include "util.h"
 #include "verify.h"
 
 namespace mtpl {
 namespace {
+
+// Recurrent trunks: state snapshots kept per pass, the deepest rollback (and so draft length) a
+// step can take.  Each costs the recurrent layers' state once (inspect reports it).
+constexpr int32_t k_rs_depth = 8;
 
 bool abort_requested(void * data) {
     return static_cast<mtpl_session *>(data)->cancel.load();
@@ -32,10 +38,14 @@ int32_t eval_trunk(mtpl_session * s, int32_t pos0, int32_t n, bool all_logits) {
     }
     s->stats.n_trunk_calls++;
     if (int32_t st = process(s->trunk, s->trunk_batch, s->cancel, "trunk evaluation"); st != MTPL_OK) {
-        llama_memory_seq_rm(llama_get_memory(s->trunk), 0, s->n_past, -1);
+        // a recurrent state may have been overwritten part-way, and no snapshot predates the pass
+        if (!llama_memory_seq_rm(llama_get_memory(s->trunk), 0, s->n_past, -1) || s->recurrent) {
+            s->trunk_stale = true;
+        }
         s->tr.forget(MTPL_DEBUG_TRUNK_FORGET, s->n_past);
         return st;
     }
+    s->rs_rows = n;
     s->tr.next_call();
     for (int32_t i = 0; i < n && s->tr.on; ++i) {
         const bool out = all_logits || i == n - 1;
@@ -46,10 +56,61 @@ int32_t eval_trunk(mtpl_session * s, int32_t pos0, int32_t n, bool all_logits) {
     return MTPL_OK;
 }
 
+// Drop trunk cache entries from position pos on; a recurrent state restores its snapshot at pos - 1
+// (at the next pass).  False when the state could not be restored.
+bool trunk_forget(mtpl_session * s, int32_t pos) {
+    llama_memory_t mem = llama_get_memory(s->trunk);
+    const bool rolls_back = llama_memory_seq_pos_max(mem, 0) >= pos;
+    const bool ok = llama_memory_seq_rm(mem, 0, pos, -1);
+    s->tr.forget(MTPL_DEBUG_TRUNK_FORGET, pos);
+    if (!s->recurrent || !rolls_back) {
+        return ok;
+    }
+    if (!ok) {
+        s->trunk_stale = true;
+        return false;
+    }
+    s->rs_rows = 0;  // one restore is pending; llama.cpp cannot stack a second before the next pass
+    if (s->test_skip_rollback) {  // keep the state of every evaluated position: what omitting the restore does
+        if (auto * hybrid = dynamic_cast<llama_memory_hybrid *>(mem)) {
+            hybrid->get_mem_recr()->set_rs_idx(0, 0);
+        }
+    }
+    return true;
+}
+
+// Recurrent trunks after a failed pass: evaluate tokens[0, n_past) again from an empty cache, the
+// pending token kept.
+int32_t rebuild_trunk(mtpl_session * s) {
+    const int32_t n_keep = s->n_past;
+    llama_memory_clear(llama_get_memory(s->trunk), true);
+    s->tr.forget(MTPL_DEBUG_TRUNK_FORGET, 0);
+    if (s->mtp) {
+        proposer_reset(s->prop);
+        s->prop.kept_up = false;
+    }
+    s->trunk_stale = false;
+    s->n_past = 0;
+    s->stats.n_reevaluated += n_keep;
+    while (s->n_past < n_keep) {
+        const int32_t m = std::min(n_keep - s->n_past, s->n_batch);
+        if (int32_t st = eval_trunk(s, s->n_past, m, false); st != MTPL_OK) {
+            s->n_past = n_keep;  // start over at the next call
+            s->trunk_stale = true;
+            return st;
+        }
+        if (s->mtp) {
+            proposer_observe(s->prop, s->trunk, s->n_past, m);
+        }
+        s->n_past += m;
+    }
+    s->last_step_valid = false;
+    return MTPL_OK;
+}
+
 // Drop cached state from position pos on in both caches.
 void forget_from(mtpl_session * s, int32_t pos) {
-    llama_memory_seq_rm(llama_get_memory(s->trunk), 0, pos, -1);
-    s->tr.forget(MTPL_DEBUG_TRUNK_FORGET, pos);
+    trunk_forget(s, pos);
     if (s->mtp) {
         proposer_forget(s->prop, pos);
     }
@@ -106,7 +167,13 @@ int32_t session_create(mtpl_model * model, const mtpl_session_params & p, mtpl_s
     cp.abort_callback_data = s;
 
     clear_upstream_error();
-    s->trunk = llama_init_from_model(model->model, cp);
+    llama_context_params cp_trunk = cp;
+    s->recurrent = model->arch->recurrent;
+    if (s->recurrent) {  // plain sessions too: both compute the same graphs, and truncation restores snapshots
+        s->rs_depth = std::min<int32_t>(k_rs_depth, n_batch - 1);  // a verification pass fits one batch
+        cp_trunk.n_rs_seq = (uint32_t) s->rs_depth;
+    }
+    s->trunk = llama_init_from_model(model->model, cp_trunk);
     s->mtp = p.mtp != 0;
     if (!s->trunk || (s->mtp && !proposer_init(s->prop, model->head ? model->head : model->model, cp, info.n_embd, info.n_vocab, &s->tr))) {
         const std::string why = upstream_error();
@@ -142,6 +209,8 @@ int32_t session_reset(mtpl_session * s) {
     s->n_past = 0;
     s->has_pending = false;
     s->pending_emitted = false;
+    s->trunk_stale = false;
+    s->rs_rows = 0;
     s->cancel.store(false);
     s->tr.reset();
     return MTPL_OK;
@@ -153,6 +222,11 @@ int32_t session_feed(mtpl_session * s, const int32_t * tokens, int32_t n) {
     s->prop.kept_up = false;  // the prompt joins the MTP backlog
     if (s->cancel.exchange(false)) {
         return fail(MTPL_ERR_CANCELLED, "prompt processing was cancelled");
+    }
+    if (s->trunk_stale) {
+        if (int32_t st = rebuild_trunk(s); st != MTPL_OK) {
+            return st;
+        }
     }
     // a chosen token the caller never saw is replaced by what they feed
     if (s->has_pending && !s->pending_emitted) {
@@ -195,6 +269,11 @@ int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, mtpl_step_r
     if (s->cancel.exchange(false)) {
         return fail(MTPL_ERR_CANCELLED, "generation was cancelled");
     }
+    if (s->trunk_stale) {
+        if (int32_t st = rebuild_trunk(s); st != MTPL_OK) {
+            return st;
+        }
+    }
     const auto t0 = clock_type::now();
     const int32_t pending = s->tokens.back();
 
@@ -224,6 +303,9 @@ int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, mtpl_step_r
     int32_t k = std::min(plan.k_max, n_max - res->n_tokens - 1);
     k = std::min(k, s->n_ctx - s->n_past - 1);
     k = std::min(k, s->n_batch - 1);  // the verification batch holds k + 1 tokens
+    if (s->recurrent) {
+        k = std::min(k, s->rs_depth);  // a rollback restores one of rs_depth snapshots
+    }
     k = std::max(k, 0);
 
     auto t = clock_type::now();
@@ -328,10 +410,10 @@ int32_t session_truncate(mtpl_session * s, int32_t n_keep) {
     if (n_keep == 0) {
         return session_reset(s);
     }
-    if (s->model->arch->recurrent) {
-        // Recurrent layers cannot drop a tail from their state: restoring the state at n_keep
-        // needs a snapshot taken there.  Until an architecture provides one, the context is
-        // rebuilt from the kept prefix.
+    // a recurrent state drops a tail by restoring a snapshot: one of the last pass's positions, when
+    // no restore is pending; otherwise the context is rebuilt from the kept prefix
+    const int32_t n_back = s->n_past - n_keep + 1;
+    if (s->recurrent && (s->trunk_stale || n_back > std::min(s->rs_rows - 1, s->rs_depth))) {
         std::vector<int32_t> keep(s->tokens.begin(), s->tokens.begin() + n_keep);
         session_reset(s);
         const mtpl_stats saved = s->stats;
@@ -345,8 +427,11 @@ int32_t session_truncate(mtpl_session * s, int32_t n_keep) {
     s->n_past = std::min(s->n_past, n_keep - 1);
     s->tokens.resize((size_t) n_keep);
     s->has_pending = false;
-    llama_memory_seq_rm(llama_get_memory(s->trunk), 0, s->n_past, -1);
-    s->tr.forget(MTPL_DEBUG_TRUNK_FORGET, s->n_past);
+    if (!trunk_forget(s, s->n_past) && s->recurrent) {
+        if (int32_t st = rebuild_trunk(s); st != MTPL_OK) {
+            return st;
+        }
+    }
     s->stats.n_reevaluated += n_keep - s->n_past;
     if (int32_t st = eval_trunk(s, s->n_past, n_keep - s->n_past, false); st != MTPL_OK) {
         s->tokens.resize((size_t) s->n_past);

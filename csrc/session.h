@@ -50,6 +50,15 @@ struct mtpl_session {
     mtpl_stats stats{};
     int64_t reused_base_trunk = 0;      // llama.cpp's graph-reuse counters when stats were last reset
     int64_t reused_base_mtp = 0;
+
+    // Recurrent trunks (arch->recurrent): llama.cpp keeps a snapshot of the state after each of the
+    // last rs_depth positions of a pass; dropping r <= rs_depth of them restores the r-th once, at
+    // the next pass.  rs_rows: positions of the last pass whose snapshots are still unused.
+    bool recurrent = false;
+    int32_t rs_depth = 0;
+    int32_t rs_rows = 0;
+    bool trunk_stale = false;           // a failed pass left the state unknown: rebuild from tokens[0, n_past)
+    bool test_skip_rollback = false;    // test hook: drop rejected positions without restoring the state
 };
 
 namespace mtpl {

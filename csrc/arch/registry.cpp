@@ -9,6 +9,8 @@ const arch_def * const k_archs[] = {
     &arch_deepseek2,
     &arch_glm_dsa,
     &arch_deepseek32,
+    &arch_qwen35moe,
+    &arch_qwen35,
 };
 
 } // namespace

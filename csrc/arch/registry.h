@@ -9,5 +9,7 @@ extern const arch_def arch_glm4moe;
 extern const arch_def arch_deepseek2;
 extern const arch_def arch_glm_dsa;
 extern const arch_def arch_deepseek32;
+extern const arch_def arch_qwen35moe;
+extern const arch_def arch_qwen35;
 
 } // namespace mtpl
