@@ -41,8 +41,9 @@ mtpl_log_fn g_log_fn = nullptr;
 void * g_log_user = nullptr;
 int32_t g_log_min = MTPL_LOG_WARN;
 
-// llama.cpp logs in pieces; assemble lines per thread, remember the last error
-// line, and hand complete lines to the user's callback.
+// llama.cpp logs in pieces; assemble lines per thread, remember the first error
+// line since the last clear (the cause; what follows reports the failure upward),
+// and hand complete lines to the user's callback.
 void log_hook(ggml_log_level level, const char * text, void * /*user*/) {
     if (level != GGML_LOG_LEVEL_CONT) {
         t_log_level = (int32_t) level;
@@ -52,7 +53,7 @@ void log_hook(ggml_log_level level, const char * text, void * /*user*/) {
         return;
     }
     t_log_line.pop_back();
-    if (t_log_level == GGML_LOG_LEVEL_ERROR) {
+    if (t_log_level == GGML_LOG_LEVEL_ERROR && t_upstream_error.empty()) {
         t_upstream_error = t_log_line;
     }
     {

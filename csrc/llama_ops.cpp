@@ -17,6 +17,7 @@ void batch_add(llama_batch_ext * b, int32_t token, int32_t pos, bool output, con
 }
 
 int32_t process(llama_context * ctx, llama_batch_ext * b, std::atomic<bool> & cancel, const char * what) {
+    clear_upstream_error();
     const int32_t rc = llama_process(ctx, LLAMA_PROCESS_TYPE_DECODE, b);
     if (rc == 0) {
         return MTPL_OK;

@@ -130,6 +130,7 @@ int32_t model_load(const mtpl_model_params & p, mtpl_model ** out) {
     }
     if (!head_path.empty()) {
         mp.load_mtp = true;
+        clear_upstream_error();
         m->head = llama_model_load_from_file(head_path.c_str(), mp);
         if (!m->head) {
             const std::string why = upstream_error();

@@ -43,9 +43,11 @@ int32_t eval_trunk(mtpl_session * s, int32_t pos0, int32_t n, bool all_logits) {
             s->trunk_stale = true;
         }
         s->tr.forget(MTPL_DEBUG_TRUNK_FORGET, s->n_past);
+        s->last_row = -1;
         return st;
     }
     s->rs_rows = n;
+    s->last_row = n - 1;
     s->tr.next_call();
     for (int32_t i = 0; i < n && s->tr.on; ++i) {
         const bool out = all_logits || i == n - 1;
@@ -211,6 +213,7 @@ int32_t session_reset(mtpl_session * s) {
     s->pending_emitted = false;
     s->trunk_stale = false;
     s->rs_rows = 0;
+    s->last_row = -1;
     s->cancel.store(false);
     s->tr.reset();
     return MTPL_OK;
@@ -361,6 +364,7 @@ int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, mtpl_step_r
         proposer_observe(s->prop, s->trunk, pos0, n_acc + 1);
     }
     s->n_past = pos0 + n_acc + 1;
+    s->last_row = n_acc;
     s->tokens.resize((size_t) s->n_past);
     s->tokens.push_back(v.next);
     s->pending_emitted = true;
@@ -409,6 +413,18 @@ int32_t session_truncate(mtpl_session * s, int32_t n_keep) {
     }
     if (n_keep == 0) {
         return session_reset(s);
+    }
+    if (n_keep == s->n_past && s->last_row >= 0 && !s->trunk_stale) {
+        // only the pending token goes: the trunk's last pass still holds the kept end's logits and state
+        s->tokens.resize((size_t) n_keep);
+        if (s->mtp) {
+            proposer_truncate(s->prop, n_keep, llama_get_embeddings_nextn_ith(s->trunk, s->last_row));
+        }
+        s->tokens.push_back(choose_next(s, llama_get_logits_ith(s->trunk, s->last_row), s->tokens.size()));
+        s->has_pending = true;
+        s->pending_emitted = false;
+        s->last_step_valid = false;
+        return MTPL_OK;
     }
     // a recurrent state drops a tail by restoring a snapshot: one of the last pass's positions, when
     // no restore is pending; otherwise the context is rebuilt from the kept prefix

@@ -54,6 +54,7 @@ struct mtpl_session {
     // Recurrent trunks (arch->recurrent): llama.cpp keeps a snapshot of the state after each of the
     // last rs_depth positions of a pass; dropping r <= rs_depth of them restores the r-th once, at
     // the next pass.  rs_rows: positions of the last pass whose snapshots are still unused.
+    int32_t last_row = -1;              // the trunk's output row for position n_past - 1 (-1: none held)
     bool recurrent = false;
     int32_t rs_depth = 0;
     int32_t rs_rows = 0;

@@ -71,6 +71,32 @@ for _arch in ("glm-dsa", "deepseek32"):
         _arch + ".attention.indexer.top_k": [0, 1, 15, 2**31, 2**32 - 1],
     })
 
+# qwen35moe and qwen35 (gated delta-net hybrids): the delta net's sizes (they shape its state, its
+# convolution and the head grouping), the layer pattern and the attention and expert sizes
+for _arch in ("qwen35moe", "qwen35"):
+    BAD_VALUES.update({_arch + "." + k: v for k, v in {
+        "block_count": [0, 1, 2, 4, 10_000, 2**32 - 1],
+        "nextn_predict_layers": [0, 2, 5, 2**32 - 1],
+        "embedding_length": [0, 1, 63, 65, 2**31],
+        "attention.head_count": [0, 3, 5, 64, 2**32 - 1],
+        "attention.head_count_kv": [0, 3, 4, 8, 2**32 - 1],
+        "attention.key_length": [0, 8, 31, 33, 2**20],
+        "attention.value_length": [0, 8, 31, 33, 2**20],
+        "rope.dimension_count": [0, 1, 6, 7, 32, 33, 2**31],
+        "expert_count": [0, 1, 7, 9, 100_000],
+        "expert_used_count": [0, 3, 9, 100_000],
+        "expert_feed_forward_length": [0, 16, 33, 2**31],
+        "expert_shared_feed_forward_length": [0, 16, 33, 2**31],
+        "feed_forward_length": [0, 64, 2**31],
+        "context_length": [0, 1, 2**32 - 1],
+        "ssm.conv_kernel": [0, 1, 2, 3, 5, 100, 2**31],
+        "ssm.inner_size": [0, 32, 65, 2**31],
+        "ssm.state_size": [0, 1, 8, 15, 17, 2**20],
+        "ssm.time_step_rank": [0, 1, 2, 3, 8, 2**31],
+        "ssm.group_count": [0, 1, 3, 4, 8, 2**31],
+        "full_attention_interval": [0, 1, 2, 3, 5, 2**32 - 1],
+    }.items()})
+
 
 def read_kv_layout(data: bytes):
     """Offsets of the scalar integer KV values in a GGUF file: {key: (offset, struct format)}."""
