@@ -1,5 +1,5 @@
-"""What the benchmark scripts share: the prompt, the benchmark models (synthetic ``glm4moe`` and
-``deepseek2`` files, generated and cached on demand) and the decoding settings a run compares."""
+"""What the benchmark scripts share: the prompt, the benchmark models (synthetic ``glm4moe``,
+``deepseek2`` and ``qwen35moe`` files, generated and cached on demand) and the decoding settings a run compares."""
 from __future__ import annotations
 
 import hashlib
@@ -13,7 +13,7 @@ from pathlib import Path
 import mtpllama
 from build_upstream import cache_root  # cmake/fetch_upstream.py's: one definition of the cache location
 from mtpllama.testing import SyntheticSpec, train_bpe
-from mtpllama.testing.arch import WRITERS, deepseek2
+from mtpllama.testing.arch import WRITERS, deepseek2, qwen35moe
 
 PROMPT = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n"
 
@@ -45,6 +45,10 @@ PROMPT = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n
 # * flash: GLM-4.7-Flash's proportions (deepseek2: MLA with 20 heads, q/kv LoRA, the rope part split;
 #   64 experts, 4 active, one shared expert, one leading dense layer; one NextN block) at n_embd 1024
 #   and 10 trunk layers, Q8_0: about 2/3 of the weights a token reads are its 5 experts.
+# * qwen36: Qwen3.6-35B-A3B's proportions (qwen35moe: three gated delta-net layers to each gated
+#   attention layer, value heads twice the key heads, 8 of many experts + a gated shared expert; one
+#   NextN block) at n_embd 1024 and 12 trunk layers (9 recurrent), Q8_0: the experts are about half
+#   of what a token reads, the delta nets a third.  A verification pass restores a state snapshot.
 
 _DENSE = SyntheticSpec(
     n_embd=2048, n_layer=12, n_dense_lead=11, n_head=16, n_head_kv=4, head_dim=128, n_rot=64,
@@ -55,7 +59,16 @@ _FLASH = deepseek2.SyntheticSpec(
     qk_nope_head_dim=96, qk_rope_head_dim=32, v_head_dim=128, n_ff=5120, n_expert=64, n_expert_used=4,
     n_expert_shared=1, n_ff_exp=768, n_ctx_train=4096, dtype="q8_0", seed=14, name="mtpllama-bench-flash")
 
-SHAPES: dict[str, SyntheticSpec | deepseek2.SyntheticSpec] = {
+# Qwen3.6-35B-A3B: hidden 2048, 40 layers (every 4th attends), 16 heads x 256 over 2 KV heads with a
+# quarter rotated, delta nets of 16 key / 32 value heads of 128 (conv 4), 256 experts of 512, 8 used +
+# 1 shared of 512; at half the width, with 64 experts
+_QWEN36 = qwen35moe.SyntheticSpec(
+    n_embd=1024, n_layer=12, full_attention_interval=4, n_head=8, n_head_kv=2, head_dim=128, n_rot=32,
+    rope_sections=(6, 5, 5, 0), ssm_state=128, ssm_k_heads=8, ssm_v_heads=16, ssm_conv=4, n_ff=4096,
+    n_expert=64, n_expert_used=8, n_ff_exp=384, n_ff_shexp=384, n_ctx_train=4096, dtype="q8_0", seed=15,
+    name="mtpllama-bench-qwen36")
+
+SHAPES: dict[str, SyntheticSpec | deepseek2.SyntheticSpec | qwen35moe.SyntheticSpec] = {
     "dense": _DENSE,
     "dense-q4": replace(_DENSE, dtype="q4_0", name="mtpllama-bench-dense-q4"),
     # the quantisation most GLM files use (Q4_K_M); not in the default run
@@ -72,6 +85,7 @@ SHAPES: dict[str, SyntheticSpec | deepseek2.SyntheticSpec] = {
         n_ff=2752, n_expert=64, n_expert_used=8, n_expert_shared=1, n_ff_exp=352,
         n_ctx_train=4096, dtype="q8_0", seed=13, name="mtpllama-bench-air"),
     "flash": _FLASH,
+    "qwen36": _QWEN36,
 }
 
 # Each shape comes at three MTP-head/trunk agreement levels, set with SyntheticSpec.noise (the scale
@@ -99,6 +113,7 @@ NOISE: dict[str, dict[str, float]] = {
     "moe": {"hi": 2.25, "mid": 2.75, "lo": 3.0},
     "air": {"hi": 1.7, "mid": 2.5, "lo": 3.0},
     "flash": {"hi": 2.75, "mid": 4.0, "lo": 5.0},
+    "qwen36": {"hi": 1.0, "mid": 2.0, "lo": 3.0},  # not calibrated yet
 }
 LEVELS = ("hi", "mid", "lo")
 
@@ -141,7 +156,10 @@ class _Consume(dict):
 
 def writer(spec):
     """The test-file writer of spec's architecture (mtpllama.testing.arch)."""
-    return WRITERS[deepseek2.ARCH] if isinstance(spec, deepseek2.SyntheticSpec) else WRITERS["glm4moe"]
+    for mod in (deepseek2, qwen35moe):
+        if isinstance(spec, mod.SyntheticSpec):
+            return WRITERS[mod.ARCH]
+    return WRITERS["glm4moe"]
 
 
 def generate(spec, path: Path, quiet: bool = False) -> Path:

@@ -176,6 +176,12 @@ int32_t session_create(mtpl_model * model, const mtpl_session_params & p, mtpl_s
         cp_trunk.n_rs_seq = (uint32_t) s->rs_depth;
     }
     s->trunk = llama_init_from_model(model->model, cp_trunk);
+    if (s->trunk && s->recurrent && (int32_t) llama_n_rs_seq(s->trunk) != s->rs_depth) {
+        // llama.cpp clamps n_rs_seq to 0 for architectures it keeps no snapshots for
+        session_destroy(s);
+        return fail(MTPL_ERR_INTERNAL, "llama.cpp keeps no recurrent-state snapshots for " +
+                                           std::string(model->arch->name) + ": rejected drafts could not be rolled back");
+    }
     s->mtp = p.mtp != 0;
     if (!s->trunk || (s->mtp && !proposer_init(s->prop, model->head ? model->head : model->model, cp, info.n_embd, info.n_vocab, &s->tr))) {
         const std::string why = upstream_error();

@@ -1,5 +1,5 @@
-"""qwen35moe and qwen35 (Qwen3.5/3.6: a hybrid trunk of gated delta-net layers with a recurrent
-state and gated full-attention layers; one NextN block): what glm4moe's tests check, for these
+"""qwen35moe, qwen35 (Qwen3.5/3.6) and qwen3next (Qwen3-Next): a hybrid trunk of gated delta-net
+layers with a recurrent state and gated full-attention layers; one NextN block: what glm4moe's tests check, for these
 architectures (docs/recurrent.md), and what is new to them, the recurrent state's rollback.
 
 * the test-file writer lays keys and tensors out as llama.cpp's converter does;
@@ -28,12 +28,12 @@ from mla_cases import bad_file_fails_clearly, bools, check_sampled_distribution,
 from test_batch_invariance import compare
 from test_reference import PROMPT
 
-ARCHS = ["qwen35moe", "qwen35"]
+ARCHS = ["qwen35moe", "qwen35", "qwen3next"]
 
 
 def files_for(arch: str) -> dict:
     Spec = WRITERS[arch].SyntheticSpec
-    base = 200 if arch == "qwen35moe" else 300
+    base = {"qwen35moe": 200, "qwen35": 300, "qwen3next": 400}[arch]
     return {
         "own": Spec(nextn="own", noise=1.0, norm_noise=0.3, seed=base + 1),
         "tied": Spec(nextn="tied", noise=1.0, norm_noise=0.3, seed=base + 2),
@@ -81,18 +81,19 @@ def test_writer_lays_out_as_the_converter(files, arch):
     keys = {f.name: f for f in r.fields.values()}
     a = arch + "."
     for k in ("ssm.conv_kernel", "ssm.state_size", "ssm.group_count", "ssm.time_step_rank", "ssm.inner_size",
-              "full_attention_interval", "rope.dimension_sections", "attention.recurrent_layers",
-              "nextn_predict_layers"):
+              "full_attention_interval", "attention.recurrent_layers", "nextn_predict_layers"):
         assert a + k in keys, k
+    assert (a + "rope.dimension_sections" in keys) == (arch != "qwen3next")   # Qwen3-Next: plain NeoX rope
     layers = [bool(keys[a + "attention.recurrent_layers"].parts[i][0])
               for i in keys[a + "attention.recurrent_layers"].data]
     assert layers == [spec.recurrent(i) for i in range(spec.n_layer)] + [False]
-    assert [int(keys[a + "rope.dimension_sections"].parts[i][0]) for i in keys[a + "rope.dimension_sections"].data] \
-        == list(spec.rope_sections)
-    assert (a + "expert_count" in keys) == (arch == "qwen35moe")
+    if arch != "qwen3next":
+        assert [int(keys[a + "rope.dimension_sections"].parts[i][0]) for i in keys[a + "rope.dimension_sections"].data] \
+            == list(spec.rope_sections)
+    assert (a + "expert_count" in keys) == (arch != "qwen35")
     tensors = {t.name: t for t in r.tensors}
-    gdn = {"attn_qkv.weight", "attn_gate.weight", "ssm_conv1d.weight", "ssm_dt.bias", "ssm_a", "ssm_beta.weight",
-           "ssm_alpha.weight", "ssm_norm.weight", "ssm_out.weight"}
+    gdn = {"attn_qkv.weight", "attn_gate.weight", "ssm_conv1d.weight", "ssm_dt.bias", "ssm_a", "ssm_norm.weight",
+           "ssm_out.weight"} | ({"ssm_ba.weight"} if arch == "qwen3next" else {"ssm_beta.weight", "ssm_alpha.weight"})
     attn = {"attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_q_norm.weight", "attn_k_norm.weight",
             "attn_output.weight"}
     for i in range(spec.n_layer + 1):
@@ -217,14 +218,28 @@ def test_delta_net_projections_are_required(tmp_path, arch, tensor):
                            "delta-net layer 1 lacks blk.1." + tensor)
 
 
+def test_qwen3next_shares_the_delta_net_rules(tmp_path):
+    """Qwen3-Next's files follow the same delta-net rules (csrc/arch/gdn.cpp), without the rope
+    sections (its files have none: test_writer_lays_out_as_the_converter)."""
+    W = WRITERS["qwen3next"]
+    for keys, message in [({"ssm.group_count": u32(3)}, "multiple of ssm.group_count"),
+                          ({"ssm.inner_size": u32(32)}, "ssm.inner_size must be"),
+                          ({"attention.recurrent_layers": bools([False] * 5)}, "must mix")]:
+        bad_file_fails_clearly(str(W.write_synthetic(tmp_path / "bad.gguf", W.SyntheticSpec(seed=74), keys=keys)),
+                               message)
+
+
 def test_good_variations_load(tmp_path):
     """Legal files the rules must not refuse: the layer kinds from full_attention_interval alone,
-    another interval, no shared expert, as many key heads as value heads, a longer convolution."""
+    another interval, as many key heads as value heads, a longer convolution, Qwen3-Next's older
+    fused ssm_in."""
     for i, (arch, changes) in enumerate([
         ("qwen35moe", dict(layer_types=False)),
         ("qwen35moe", dict(n_layer=6, full_attention_interval=3)),
         ("qwen35", dict(ssm_k_heads=4, layer_types=False)),
         ("qwen35", dict(ssm_conv=6, rope_sections=(1, 1, 1, 1))),
+        ("qwen3next", dict(legacy_ssm_in=True)),
+        ("qwen3next", dict(ssm_k_heads=1, layer_types=False)),
     ]):
         W = WRITERS[arch]
         path = str(W.write_synthetic(tmp_path / f"good{i}.gguf", W.SyntheticSpec(seed=74 + i, **changes)))

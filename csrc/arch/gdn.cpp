@@ -55,8 +55,9 @@ std::string layer_kinds(const gguf_context * g, const std::string & a, uint32_t 
 
 } // namespace
 
-std::string check_gdn_hparams(const gguf_context * g, const char * arch, uint32_t n_block, uint32_t n_nextn, bool moe) {
-    const std::string a = std::string(arch) + ".";
+std::string check_gdn_hparams(const gguf_context * g, const gdn_rules & rules, uint32_t n_block, uint32_t n_nextn) {
+    const std::string a = std::string(rules.arch) + ".";
+    const bool moe = rules.moe;
     const auto need = [&](const char * key, uint32_t & v) { return get_uint(g, a + key, v); };
     for (const char * key : {"embedding_length", "attention.head_count", "attention.head_count_kv", "attention.key_length",
                              "attention.value_length", "rope.dimension_count", "feed_forward_length", "context_length",
@@ -81,7 +82,7 @@ std::string check_gdn_hparams(const gguf_context * g, const char * arch, uint32_
     uint32_t n_rot = k_len;
     need("rope.dimension_count", n_rot);
     if (n_rot == 0 || n_rot > k_len || n_rot % 2 != 0) return "rope.dimension_count must be even and in [2, key_length]";
-    {  // interleaved M-RoPE: four sections, the first three not all empty, at most n_rot / 2 pairs in all
+    if (rules.mrope) {  // interleaved M-RoPE: four sections, the first three not all empty, at most n_rot / 2 pairs in all
         const int64_t id = gguf_find_key(g, (a + "rope.dimension_sections").c_str());
         if (id < 0 || gguf_get_kv_type(g, id) != GGUF_TYPE_ARRAY || gguf_get_arr_n(g, id) != 4 ||
             (gguf_get_arr_type(g, id) != GGUF_TYPE_INT32 && gguf_get_arr_type(g, id) != GGUF_TYPE_UINT32)) {
@@ -128,10 +129,13 @@ std::string check_gdn_hparams(const gguf_context * g, const char * arch, uint32_
     // the projections a delta-net layer's graph multiplies by but the loader leaves optional
     if (gguf_find_tensor(g, "blk.0.attn_norm.weight") >= 0) {  // not an MTP-only file
         for (uint32_t i = 0; i < n_block - n_nextn; ++i) {
+            const std::string p = "blk." + std::to_string(i) + ".";
+            if (!recurrent[i] || (rules.legacy_ssm_in && gguf_find_tensor(g, (p + "ssm_in.weight").c_str()) >= 0)) {
+                continue;
+            }
             for (const char * t : {"attn_qkv.weight", "attn_gate.weight"}) {
-                const std::string name = "blk." + std::to_string(i) + "." + t;
-                if (recurrent[i] && gguf_find_tensor(g, name.c_str()) < 0) {
-                    return "delta-net layer " + std::to_string(i) + " lacks " + name;
+                if (gguf_find_tensor(g, (p + t).c_str()) < 0) {
+                    return "delta-net layer " + std::to_string(i) + " lacks " + p + t;
                 }
             }
         }

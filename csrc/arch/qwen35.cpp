@@ -9,7 +9,8 @@ namespace mtpl {
 namespace {
 
 std::string check_hparams(const gguf_context * g, uint32_t n_block, uint32_t n_nextn) {
-    return check_gdn_hparams(g, "qwen35", n_block, n_nextn, /*moe=*/false);
+    static const gdn_rules rules = {"qwen35", /*moe=*/false, /*mrope=*/true, /*legacy_ssm_in=*/false};
+    return check_gdn_hparams(g, rules, n_block, n_nextn);
 }
 
 std::string attention(const gguf_context * g) { return gdn_attention(g, "qwen35"); }

@@ -10,7 +10,8 @@ namespace mtpl {
 namespace {
 
 std::string check_hparams(const gguf_context * g, uint32_t n_block, uint32_t n_nextn) {
-    return check_gdn_hparams(g, "qwen35moe", n_block, n_nextn, /*moe=*/true);
+    static const gdn_rules rules = {"qwen35moe", /*moe=*/true, /*mrope=*/true, /*legacy_ssm_in=*/false};
+    return check_gdn_hparams(g, rules, n_block, n_nextn);
 }
 
 std::string attention(const gguf_context * g) { return gdn_attention(g, "qwen35moe"); }

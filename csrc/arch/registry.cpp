@@ -11,6 +11,7 @@ const arch_def * const k_archs[] = {
     &arch_deepseek32,
     &arch_qwen35moe,
     &arch_qwen35,
+    &arch_qwen3next,
 };
 
 } // namespace

@@ -11,5 +11,6 @@ extern const arch_def arch_glm_dsa;
 extern const arch_def arch_deepseek32;
 extern const arch_def arch_qwen35moe;
 extern const arch_def arch_qwen35;
+extern const arch_def arch_qwen3next;
 
 } // namespace mtpl

@@ -5,13 +5,13 @@ behaviour of a file), ``synthetic_weights(spec, tok)`` and ``write_synthetic(pat
 weights=None)``, laying out keys and tensors as llama.cpp's converter does for that architecture.
 Pieces several writers share are in ``common`` (all), ``deepseek2`` (the MLA block and keys) and
 ``dsa`` (the lightning indexer of glm_dsa and deepseek32) and ``qwen35moe`` (the gated delta-net
-hybrids: qwen35 is qwen35moe with dense FFNs).
+hybrids: qwen35 is qwen35moe with dense FFNs, qwen3next its older layout).
 """
 from __future__ import annotations
 
 from types import ModuleType
 
-from . import deepseek2, deepseek32, glm4moe, glm_dsa, qwen35, qwen35moe
+from . import deepseek2, deepseek32, glm4moe, glm_dsa, qwen3next, qwen35, qwen35moe
 
 WRITERS: dict[str, ModuleType] = {
     glm4moe.ARCH: glm4moe,
@@ -20,4 +20,5 @@ WRITERS: dict[str, ModuleType] = {
     deepseek32.ARCH: deepseek32,
     qwen35moe.ARCH: qwen35moe,
     qwen35.ARCH: qwen35,
+    qwen3next.ARCH: qwen3next,
 }

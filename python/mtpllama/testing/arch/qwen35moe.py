@@ -72,6 +72,12 @@ class SyntheticSpec:
     def moe(self) -> bool:
         return True
 
+    # how the architecture lays the delta net and rope out (qwen3next differs: see its writer)
+    mrope = True                     # interleaved M-RoPE (rope.dimension_sections)
+    fused_ba = False                 # beta and alpha in one projection (ssm_ba) instead of ssm_beta, ssm_alpha
+    legacy_ssm_in = False            # q, k, v and z in one projection (ssm_in) instead of attn_qkv, attn_gate
+    tokenizer_pre = "qwen35"
+
     def recurrent(self, i: int) -> bool:
         """Whether trunk layer i is a gated delta-net layer (the loader's rule)."""
         return i < self.n_layer and (i + 1) % self.full_attention_interval != 0
@@ -81,13 +87,19 @@ def gdn_block(W: dict[str, np.ndarray], rng: np.random.Generator, p: str, spec) 
     """A gated delta-net layer's tensors under prefix p."""
     d, S, Hk, Hv = spec.n_embd, spec.ssm_state, spec.ssm_k_heads, spec.ssm_v_heads
     conv_dim = 2 * Hk * S + Hv * S
-    W[p + "attn_qkv.weight"] = rng_normal(rng, (conv_dim, d), 1.0 / np.sqrt(d))
-    W[p + "attn_gate.weight"] = rng_normal(rng, (Hv * S, d), 1.0 / np.sqrt(d))
+    if spec.legacy_ssm_in:   # per key head [q (S) | k (S) | v (r S) | z (r S)], r = Hv / Hk
+        W[p + "ssm_in.weight"] = rng_normal(rng, (conv_dim + Hv * S, d), 1.0 / np.sqrt(d))
+    else:
+        W[p + "attn_qkv.weight"] = rng_normal(rng, (conv_dim, d), 1.0 / np.sqrt(d))
+        W[p + "attn_gate.weight"] = rng_normal(rng, (Hv * S, d), 1.0 / np.sqrt(d))
     W[p + "ssm_conv1d.weight"] = rng_normal(rng, (conv_dim, spec.ssm_conv), 0.5)
     W[p + "ssm_dt.bias"] = rng_normal(rng, (Hv,), 0.5)
     W[p + "ssm_a"] = (-np.exp(rng.uniform(-1.0, 1.0, Hv))).astype(np.float32)  # -exp(A_log), as converted
-    W[p + "ssm_beta.weight"] = rng_normal(rng, (Hv, d), 1.0 / np.sqrt(d))
-    W[p + "ssm_alpha.weight"] = rng_normal(rng, (Hv, d), 1.0 / np.sqrt(d))
+    if spec.fused_ba:        # per key head [beta (r) | alpha (r)]
+        W[p + "ssm_ba.weight"] = rng_normal(rng, (2 * Hv, d), 1.0 / np.sqrt(d))
+    else:
+        W[p + "ssm_beta.weight"] = rng_normal(rng, (Hv, d), 1.0 / np.sqrt(d))
+        W[p + "ssm_alpha.weight"] = rng_normal(rng, (Hv, d), 1.0 / np.sqrt(d))
     W[p + "ssm_norm.weight"] = np.ones(S, np.float32)
     W[p + "ssm_out.weight"] = rng_normal(rng, (d, Hv * S), spec.noise / np.sqrt(Hv * S))
 
@@ -186,7 +198,8 @@ def gdn_hparams(w, arch: str, spec, declared: int) -> None:
     w.add_rope_dimension_count(spec.n_rot)
     if declared:
         w.add_nextn_predict_layers(declared)
-    w.add_rope_dimension_sections(list(spec.rope_sections))
+    if spec.mrope:
+        w.add_rope_dimension_sections(list(spec.rope_sections))
     _ = gguf  # the writer's methods come from the gguf package
 
 
@@ -212,7 +225,7 @@ def write_file(path: str | Path, arch: str, spec, tok: Tokenizer | None, weights
         replace_keys(w, arch, keys)
 
     # the converter keeps routers and the delta net's convolution in f32 whatever the outtype (base.py)
-    return write_gguf(path, arch, spec.name, spec.n_ctx_train, tok, "qwen35", hparams, W, spec.dtype,
+    return write_gguf(path, arch, spec.name, spec.n_ctx_train, tok, spec.tokenizer_pre, hparams, W, spec.dtype,
                       keep_f32=lambda name: name.endswith(("ffn_gate_inp.weight", "ssm_conv1d.weight")),
                       chat_template=chat_template)
 
