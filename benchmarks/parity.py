@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                     # the tools print each piece with %s, which ends at a NUL byte (the synthetic
                     # vocabulary has a token for byte 0): compare without those
                     # (and the tool's stdout ends with newlines of its own: trailing ones are not compared)
-                    want = plain.text.replace("\x00", "").rstrip("\n")
+                    # (bytes first: a NUL between the bytes of one character must not split it)
+                    want = m.token_bytes(plain.tokens).replace(b"\x00", b"").decode("utf-8", "replace").rstrip("\n")
                     for _ in range(3):  # its asynchronous log sometimes loses the tail at exit: run again
                         out, _ = upstream([tools.completion, *common, "-p", prompt, "-no-cnv"])
                         text = _generated_text(out, prompt)

@@ -71,9 +71,9 @@ for _arch in ("glm-dsa", "deepseek32"):
         _arch + ".attention.indexer.top_k": [0, 1, 15, 2**31, 2**32 - 1],
     })
 
-# qwen35moe and qwen35 (gated delta-net hybrids): the delta net's sizes (they shape its state, its
+# qwen35moe, qwen35 and qwen3next (gated delta-net hybrids): the delta net's sizes (they shape its state, its
 # convolution and the head grouping), the layer pattern and the attention and expert sizes
-for _arch in ("qwen35moe", "qwen35"):
+for _arch in ("qwen35moe", "qwen35", "qwen3next"):
     BAD_VALUES.update({_arch + "." + k: v for k, v in {
         "block_count": [0, 1, 2, 4, 10_000, 2**32 - 1],
         "nextn_predict_layers": [0, 2, 5, 2**32 - 1],

@@ -1,11 +1,13 @@
-"""qwen35moe and qwen35 (Qwen3.5/3.6: gated delta-net + gated attention hybrids) against the numpy
-reference (reference/qwen35moe.py, which models both).
+"""qwen35moe, qwen35 (Qwen3.5/3.6) and qwen3next (Qwen3-Next): gated delta-net + gated attention
+hybrids, against the numpy reference (reference/qwen35moe.py, which models all three).
 
 Real generations with MTP drafting are recorded (every trunk and MTP row, every rollback) and
 replayed through the reference, which keeps the recurrent state after every position and restores
 it at each rollback, as llama.cpp's state snapshots do for the engine: every trunk logit row,
 trunk hand-over state, MTP logit row and MTP output state must be within tolerance, and broken
 references (no state rollback, the conv taps reversed, HF's value-head order, ...) are far off.
+qwen3next's own conventions (plain NeoX rope, beta and alpha from one ssm_ba per key head, value heads
+grouped by key head, the legacy fused ssm_in) are each caught when broken.
 
 Tolerances: TOL_F32 (2e-3) for f32 weights: the engine sits at ~5e-5 to 1.5e-4.  f16 weights:
 TOL_F16_GDN (1e-2).  An f16 product sees f16-rounded activations, and f32 noise flips some of those
@@ -20,7 +22,9 @@ true)): llama_context copies the first n_outputs rows of t_h_nextn, so a multi-r
 whose output row is not row 0 reported row 0's state (err_vs_row0 ~ 1e-7), which fed the next
 recursive draft (test_mtp_output_state_of_multi_row_batch).  Generation stays lossless, so only
 the reference sees it.  test_engine_matches_reference compares MTP output states of single-row
-evaluations only, so that it holds with or without the patch.
+evaluations only, so that it holds with or without the patch.  qwen3next's graph_mtp (qwen3next.cpp)
+gathers the output rows right after attention, upstream, so its multi-row MTP output states match
+without a patch.
 """
 from __future__ import annotations
 
@@ -35,8 +39,9 @@ from mla_cases import check_batch_equals_incremental, check_broken_reference, ch
 from test_reference import LONG_PROMPT, PROMPT, TOL_F32, Flavour, table_line
 
 R = REFERENCES["qwen35moe"]
-assert REFERENCES["qwen35"].Reference is R.Reference  # one reference models both
-MOE, DENSE = WRITERS["qwen35moe"], WRITERS["qwen35"]
+assert REFERENCES["qwen35"].Reference is R.Reference  # one reference models all three
+assert REFERENCES["qwen3next"].Reference is R.Reference
+MOE, DENSE, NEXT = WRITERS["qwen35moe"], WRITERS["qwen35"], WRITERS["qwen3next"]
 TOL_F16_GDN = 1e-2
 
 
@@ -49,6 +54,8 @@ class ArchFlavour(Flavour):
 # from attention.recurrent_layers and from full_attention_interval (1 and 2 of 4 layers attend), value
 # heads tiled over 2 key heads and Hv == Hk, conv kernels 4 and 3, GQA 2 and 4, IMROPE with and without
 # an unrotated ("e") pair, f32 and f16; short (one_chunk) and >= 64-token (tiled) prompt batches.
+# qwen3next: value heads grouped by key head (Hv/Hk = 2 and 3), beta/alpha from ssm_ba, NeoX rope, the
+# split attn_qkv/attn_gate and the legacy fused ssm_in (Hk = 2, so its per-key-head split matters).
 FLAVOURS = {
     "moe_tied": ArchFlavour(MOE.SyntheticSpec(norm_noise=0.3, seed=101), PROMPT, 180, 0.0, TOL_F32),
     # sections (2, 0, 1, 1) over 16 pairs (the sectors wrap around): pairs 1, 5, 9, 13 take p_e, which
@@ -60,6 +67,12 @@ FLAVOURS = {
     "moe_own_f16_interval2": ArchFlavour(MOE.SyntheticSpec(nextn="own", dtype="f16", layer_types=False,
                                                            full_attention_interval=2, norm_noise=0.3, seed=102),
                                          PROMPT, 180, 0.0, TOL_F16_GDN, near_tie=1e-3),
+    "next_tied": ArchFlavour(NEXT.SyntheticSpec(norm_noise=0.3, seed=401), PROMPT, 180, 0.0, TOL_F32, arch="qwen3next"),
+    # noise 1.8: the default's drafts are accepted too often for 20 rollbacks
+    "next_legacy_own": ArchFlavour(NEXT.SyntheticSpec(nextn="own", legacy_ssm_in=True, ssm_k_heads=2, ssm_v_heads=6,
+                                                      full_attention_interval=2, layer_types=False, n_head_kv=1,
+                                                      n_rot=16, ssm_conv=3, noise=1.8, norm_noise=0.3, seed=402),
+                                   LONG_PROMPT, 150, 0.2, TOL_F32, arch="qwen3next"),
 }
 
 
@@ -68,7 +81,8 @@ class _Writers:
 
     @staticmethod
     def write_synthetic(path, spec):
-        return (MOE if spec.moe else DENSE).write_synthetic(path, spec)
+        w = NEXT if isinstance(spec, NEXT.SyntheticSpec) else MOE if spec.moe else DENSE
+        return w.write_synthetic(path, spec)
 
 
 @pytest.fixture(scope="module")
@@ -79,12 +93,19 @@ def runs(tmp_path_factory):
 
 # --- the reference on its own ------------------------------------------------------------------
 
-@pytest.fixture(scope="module", params=["qwen35moe", "qwen35"])
+SMALL = {"qwen35moe": ("qwen35moe", {}), "qwen35": ("qwen35", {}), "qwen3next": ("qwen3next", {}),
+         # the legacy fused ssm_in, 3 value heads per key head
+         "qwen3next_legacy": ("qwen3next", dict(legacy_ssm_in=True, ssm_v_heads=6))}
+
+
+@pytest.fixture(scope="module", params=list(SMALL))
 def small_ref(request, tmp_path_factory):
-    W = WRITERS[request.param]
-    spec = W.SyntheticSpec(nextn="own", norm_noise=0.3, seed=5)
+    arch, kw = SMALL[request.param]
+    W = WRITERS[arch]
+    spec = W.SyntheticSpec(nextn="own", norm_noise=0.3, seed=5, **kw)
     hp, Wt, f16 = R.load_gguf(W.write_synthetic(tmp_path_factory.mktemp("q35_ref") / "small.gguf", spec))
-    assert hp.arch == request.param and hp.recurrent == (True, True, True, False)
+    assert hp.arch == arch and hp.recurrent == (True, True, True, False)
+    assert (hp.rope_type, hp.v_head_order) == (("neox", "grouped") if arch == "qwen3next" else ("imrope", "tiled"))
     return R.Reference(hp, Wt, f16, R.Variant(kv_f16=False, attn="exact"))
 
 
@@ -95,8 +116,8 @@ def test_reference_batch_equals_incremental(small_ref):
 
 
 def test_reference_rope_is_relative(small_ref):
-    """A common shift of positions changes nothing (the delta net ignores positions, IMROPE rotates
-    q and k alike); a different spacing does."""
+    """A common shift of positions changes nothing (the delta net ignores positions, IMROPE or
+    NeoX rope rotates q and k alike); a different spacing does."""
     check_rope_is_relative(small_ref, R.rel_err, 20)
 
 
@@ -125,9 +146,13 @@ def test_reference_delta_rule_is_the_ggml_kernel(small_ref):
     """The reference's delta-net layer for one token from a given state, against ggml's
     gated_delta_net kernel loop written out on its own transposed layout (s[j*S + i] = M[i][j]):
     scale the state by exp(g); delta[j] = (v[j] - sum_i s[j*S+i] k[i]) * beta; s[j*S+i] += k[i] delta[j];
-    out[j] = sum_i s[j*S+i] q[i] / sqrt(S)."""
+    out[j] = sum_i s[j*S+i] q[i] / sqrt(S).  The projections are read head by head as the graphs
+    lay them out: qwen35*'s attn_qkv, ssm_beta, ssm_alpha, value head h reading key head h % Hk;
+    qwen3next's ssm_ba (key head kh: [beta (r) | alpha (r)], value head kh*r + j), legacy ssm_in
+    (key head kh: [q (S) | k (S) | v (r S) | z (r S)]) and value head h reading key head h // r."""
     ref, hp = small_ref, small_ref.hp
     S, Hk, Hv = hp.ssm_state, hp.ssm_k_heads, hp.ssm_v_heads
+    r = Hv // Hk
     rng = np.random.default_rng(2)
     cache = ref.trunk_cache()[0]
     ref.delta_net(0, rng.standard_normal((5, hp.n_embd)), cache)    # some state to start from
@@ -142,16 +167,28 @@ def test_reference_delta_rule_is_the_ggml_kernel(small_ref):
     probe = Probe(window, M0)
     ref.delta_net(0, x, probe)
 
-    p = "blk.0."
-    qkv = x[0] @ ref.W[p + "attn_qkv.weight"].T
+    p, W = "blk.0.", ref.W
+    next_ = hp.arch == "qwen3next"
+    assert (p + "ssm_ba.weight" in W) == next_ and (p + "ssm_in.weight" in W) == (Hv == 6)
+    if p + "ssm_in.weight" in W:
+        m = x[0] @ W[p + "ssm_in.weight"].T
+        blk = [m[kh * (2 * S + 2 * r * S):(kh + 1) * (2 * S + 2 * r * S)] for kh in range(Hk)]
+        qkv = np.concatenate([b[:S] for b in blk] + [b[S:2 * S] for b in blk] + [b[2 * S:2 * S + r * S] for b in blk])
+    else:
+        qkv = x[0] @ W[p + "attn_qkv.weight"].T
+    if next_:
+        ba = x[0] @ W[p + "ssm_ba.weight"].T
+        b_logit = np.array([ba[(h // r) * 2 * r + h % r] for h in range(Hv)])
+        a_logit = np.array([ba[(h // r) * 2 * r + r + h % r] for h in range(Hv)])
+    else:
+        b_logit, a_logit = x[0] @ W[p + "ssm_beta.weight"].T, x[0] @ W[p + "ssm_alpha.weight"].T
     c = np.concatenate([window, qkv[None]])
-    c = np.array([c[:, ch] @ ref.W[p + "ssm_conv1d.weight"][ch] for ch in range(c.shape[1])])   # tap K-1: now
+    c = np.array([c[:, ch] @ W[p + "ssm_conv1d.weight"][ch] for ch in range(c.shape[1])])   # tap K-1: now
     c = c / (1 + np.exp(-c))
-    beta = 1 / (1 + np.exp(-(x[0] @ ref.W[p + "ssm_beta.weight"].T)))
-    a = x[0] @ ref.W[p + "ssm_alpha.weight"].T + ref.W[p + "ssm_dt.bias"]
-    g = np.log1p(np.exp(a)) * ref.W[p + "ssm_a"]
+    beta = 1 / (1 + np.exp(-b_logit))
+    g = np.log1p(np.exp(a_logit + W[p + "ssm_dt.bias"])) * W[p + "ssm_a"]
     for h in range(Hv):
-        kh = h % Hk
+        kh = h // r if next_ else h % Hk
         q = c[kh * S:(kh + 1) * S]
         k = c[Hk * S + kh * S: Hk * S + (kh + 1) * S]
         v = c[2 * Hk * S + h * S: 2 * Hk * S + (h + 1) * S]
@@ -161,6 +198,22 @@ def test_reference_delta_rule_is_the_ggml_kernel(small_ref):
         for j in range(S):
             s[j * S:(j + 1) * S] += k * delta[j]
         np.testing.assert_allclose(got_state[h], s.reshape(S, S).T, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("small_ref", ["qwen3next_legacy"], indirect=True)
+def test_reference_legacy_ssm_in_output_gate(small_ref):
+    """A legacy file's z (the output gate) is each key head's last r S rows of ssm_in, value head
+    kh*r + j reading rows [2S + r S + j S, 2S + r S + (j+1) S) of key head kh's block."""
+    ref, hp = small_ref, small_ref.hp
+    S, Hk, Hv = hp.ssm_state, hp.ssm_k_heads, hp.ssm_v_heads
+    r, n = Hv // Hk, 2 * S + 2 * (Hv // Hk) * S
+    x = np.random.default_rng(3).standard_normal((2, hp.n_embd))
+    _, z = ref.qkvz(0, x)
+    m = x @ ref.W["blk.0.ssm_in.weight"].T
+    for h in range(Hv):
+        kh, j = divmod(h, r)
+        z0 = kh * n + 2 * S + r * S + j * S
+        np.testing.assert_array_equal(z[:, h], m[:, z0:z0 + S])
 
 
 # --- the engine against the reference -------------------------------------------------------------
@@ -203,10 +256,11 @@ def test_engine_matches_reference(runs, name):
         assert worst.err < fl.tol, f"{name} {cat}: {worst}"
 
 
-@pytest.mark.parametrize("name", ["moe_tied", "dense_own_e_pair"])
+@pytest.mark.parametrize("name", ["moe_tied", "dense_own_e_pair", "next_tied", "next_legacy_own"])
 def test_mtp_output_state_of_multi_row_batch(runs, name):
     """The MTP output state of the output row of a multi-row MTP batch (the state the next draft
-    is fed with).  Without patches/0015 upstream returns the batch's row 0 state (err_vs_row0 ~ 1e-7)."""
+    is fed with).  Without patches/0015 upstream's qwen35moe and qwen35 return the batch's row 0 state
+    (err_vs_row0 ~ 1e-7); qwen3next's graph_mtp gathers the output rows after attention upstream."""
     res = runs(name).replay
     rows = [r for r in res.select("mtp_h", batched=True) if r.row > 0]
     assert len(rows) > 10
@@ -233,6 +287,13 @@ BROKEN = [
     ("moe_tied", dict(trunk_h="pre_norm"), "engine", "trunk_h"),           # hand-over before output_norm
     ("moe_tied", dict(trunk_h="pre_norm"), "reference", "mtp_logits"),     # ... seen through the MTP head
     ("moe_tied", dict(mtp_h="pre_norm"), "engine", "mtp_h"),               # fed back before shared_head_norm
+    # qwen3next's own conventions
+    ("next_tied", dict(kv_heads="tiled"), "engine", "trunk_logits"),       # qwen35's tiled value heads, not grouped
+    ("next_legacy_own", dict(kv_heads="tiled"), "engine", "trunk_logits"),  # ... with 3 value heads per key head
+    ("next_tied", dict(ba="alpha_beta"), "engine", "trunk_logits"),        # ssm_ba's beta and alpha halves swapped
+    ("next_legacy_own", dict(ssm_in="flat"), "engine", "trunk_logits"),    # ssm_in as [q | k | v | z], not per key head
+    ("next_legacy_own", dict(rope="norm"), "engine", "trunk_logits"),      # GPT-J pairs instead of NeoX's
+    ("next_legacy_own", dict(rollback=False), "engine", "trunk_logits"),
 ]
 
 

@@ -1,7 +1,8 @@
-"""An independent numpy reference of llama.cpp's ``qwen35moe`` (Qwen3.5/3.6 MoE) and ``qwen35``
-(the same with dense FFNs) forward passes and of their NextN (MTP) step, written from upstream's
-graphs (src/models/qwen35moe.cpp, qwen35.cpp, delta-net-base.cpp) and ggml's CPU kernels
-(gated_delta_net, ssm_conv, rope_multi), not from this project's C++.
+"""An independent numpy reference of llama.cpp's ``qwen35moe`` (Qwen3.5/3.6 MoE), ``qwen35`` (the
+same with dense FFNs) and ``qwen3next`` (Qwen3-Next) forward passes and of their NextN (MTP) step,
+written from upstream's graphs (src/models/qwen35moe.cpp, qwen35.cpp, qwen3next.cpp,
+delta-net-base.cpp) and ggml's CPU kernels (gated_delta_net, ssm_conv, rope_multi, rope), not from
+this project's C++.
 
 Numerics are those of reference/glm4moe.py (float64; f16 weights widened exactly; the f16 KV cache
 of the attention layers; f16-rounded activations into products with f16 weights; the CPU
@@ -17,7 +18,7 @@ The model, per position (x a row vector of n_embd)::
         a = (gated_delta_net if recurrent(il) else gated_attention)(rms(x) * attn_norm)
         x = x + a
         y = rms(x) * post_attention_norm
-        x = x + (moe(y) + sigmoid(ffn_gate_inp_shexp . y) * shared_expert(y)    # qwen35moe
+        x = x + (moe(y) + sigmoid(ffn_gate_inp_shexp . y) * shared_expert(y)    # qwen35moe, qwen3next
                  or swiglu(y))                                                   # qwen35
     h      = rms(x) * output_norm          # the LM head's input AND the state handed to the MTP block
     logits = output @ h                    # output.weight, or token_embd when the file has none
@@ -37,8 +38,9 @@ heads, K = ssm.conv_kernel; C = 2 Hk S + Hv S channels)::
                                             # the current input
     q, k = l2(c_q), l2(c_k) per head, l2(u) = u / sqrt(sum u^2 + eps)  (build_gdn_l2_norm)
     v    = c_v
-    per value head h, with key head h % Hk (ggml tiles the key heads; the converter orders the
-    value heads to match), state M (S x S, M[i, j]: key dim i, value dim j; ggml stores it
+    per value head h, with key head h % Hk (qwen35*: ggml tiles the key heads; the converter orders
+    the value heads to match) or h // r, r = Hv / Hk (qwen3next: the graph repeat-interleaves q and
+    k, HF's grouped order), state M (S x S, M[i, j]: key dim i, value dim j; ggml stores it
     transposed, s[j*S + i] = M[i, j]):
         M     = M * exp(g_h)
         delta = (v_h - M^T k) * beta_h
@@ -47,11 +49,20 @@ heads, K = ssm.conv_kernel; C = 2 Hk S + Hv S channels)::
     o   = rms(o_h) * ssm_norm * silu(z_h)   per head (build_norm_gated)
     out = ssm_out @ o
 
+qwen3next's projections (qwen3next.cpp's build_layer_attn_linear and build_qkvz), r = Hv / Hk:
+    ba = ssm_ba @ x, per key head kh [beta (r) | alpha (r)]: value head kh*r + j has
+        beta = sigmoid(ba[kh, j]) and alpha = ba[kh, r + j] (so both are flattened in (kh, j) order);
+    with attn_qkv / attn_gate as above, or (legacy files) one ssm_in @ x, per key head kh
+        [q (S) | k (S) | v (r S) | z (r S)]: qkv = [q of every kh | k of every kh | v of every kh]
+        and z likewise concatenated over kh (value head kh*r + j: v[kh][j*S:(j+1)*S]).
+
 gated_attention (H heads of hd, Hkv KV heads)::
 
     attn_q @ x = per head [q (hd) | gate (hd)];  k = attn_k @ x;  v = attn_v @ x
     q = rms(q) * attn_q_norm, k = rms(k) * attn_k_norm   (per head)
-    q, k rotated by interleaved M-RoPE (IMROPE) on their first n_rot dims: NeoX pairs
+    q, k rotated on their first n_rot dims; qwen3next: plain NeoX rope (ggml_rope_ext, rope type
+    NEOX: llama_model_rope_type), pairs (i, i + n_rot/2) at angle pos * base^(-2i/n_rot);
+    qwen35*: interleaved M-RoPE (IMROPE): NeoX pairs
         (i, i + n_rot/2), angle p_s * base^(-2i/n_rot), where the pair's sector s = i % sum(sections)
         picks the position: s % 3 == 1 and s < 3 sections[1]: p_h; s % 3 == 2 and s < 3 sections[2]:
         p_w; s % 3 == 0 and s < 3 sections[0]: p_t; else p_e.  For text tokens llama.cpp sets
@@ -61,14 +72,15 @@ gated_attention (H heads of hd, Hkv KV heads)::
 
 moe: p = softmax(ffn_gate_inp @ y) over all experts; the top n_expert_used of p are chosen; their
 weights p / sum (clamped at 2^-14), always normalised (build_moe_ffn's norm_w = true);
-expert_weights_scale is not read by qwen35moe's loader (stays 0: no scaling); each expert is
-down @ (silu(gate @ y) * (up @ y)).  The shared expert (when the file has one) is the same SwiGLU
-with the *_shexp weights, times sigmoid(ffn_gate_inp_shexp . y).
+expert_weights_scale is not read by qwen35moe's nor qwen3next's loader (stays 0: no scaling);
+each expert is down @ (silu(gate @ y) * (up @ y)).  The shared expert (when the file has one) is
+the same SwiGLU with the *_shexp weights, times sigmoid(ffn_gate_inp_shexp . y).
 
 NextN step for an entry (token t at position p, state h_in) (graph_mtp)::
 
     x = eh_proj @ concat(rms(E[t]) * enorm, rms(h_in) * hnorm)   # E: nextn.embed_tokens or token_embd
-    x = one gated-attention decoder block (its own KV cache) with the block's FFN
+    x = one gated-attention decoder block (its own KV cache) with the block's FFN (qwen3next:
+        always routed experts + gated shared expert)
     h_out  = rms(x) * shared_head_norm     # (fallback output_norm); fed back for the next draft
     logits = (shared_head_head or output) @ h_out
 
@@ -92,7 +104,10 @@ from .glm4moe import (CATEGORIES, KVCache, ProvenanceError, ReplayResult, RowErr
 __all__ = ["HParams", "Variant", "KVCache", "RecurrentCache", "Reference", "load_gguf", "replay", "rel_err",
            "ProvenanceError", "ReplayResult", "RowError", "CATEGORIES", "ARCHS"]
 
-ARCHS = ("qwen35moe", "qwen35")
+ARCHS = ("qwen35moe", "qwen35", "qwen3next")
+# per architecture: the rope (llama_model_rope_type) and which key head a value head reads
+ROPE_TYPE = {"qwen35moe": "imrope", "qwen35": "imrope", "qwen3next": "neox"}
+V_HEAD_ORDER = {"qwen35moe": "tiled", "qwen35": "tiled", "qwen3next": "grouped"}
 
 
 # --- model description ----------------------------------------------------------------
@@ -116,9 +131,11 @@ class HParams:
     ssm_k_heads: int             # Hk (ssm.group_count)
     ssm_v_heads: int             # Hv (ssm.time_step_rank)
     ssm_conv: int                # K (ssm.conv_kernel)
-    moe: bool                    # qwen35moe: routed experts (+ gated shared expert); qwen35: SwiGLU
+    moe: bool                    # qwen35moe, qwen3next: routed experts (+ gated shared expert); qwen35: SwiGLU
     n_expert: int = 0
     n_expert_used: int = 0
+    rope_type: str = "imrope"    # "imrope" (qwen35*: rope_sections apply) or "neox" (qwen3next)
+    v_head_order: str = "tiled"  # "tiled": value head h reads key head h % Hk; "grouped": h // (Hv / Hk)
 
 
 @dataclass(frozen=True)
@@ -132,9 +149,15 @@ class Variant:
     mtp_h: str = "post_norm"      # "pre_norm": feed back the state before shared_head_norm
     rollback: bool = True         # False: a forget keeps the recurrent state of the last evaluated position
     conv: str = "causal"          # "reversed": the conv taps flipped (tap 0 on the current input)
-    kv_heads: str = "tiled"       # "grouped": value head h reads key head h // (Hv / Hk) (HF's order)
-    rope: str = "imrope"          # "neox": every pair rotated by pos (p_e = pos, not 0); "norm": GPT-J
-                                  # style adjacent pairs (2i, 2i+1)
+    kv_heads: str | None = None   # None: the architecture's (hp.v_head_order); "tiled": value head h reads
+                                  # key head h % Hk (ggml's order, qwen35*); "grouped": h // (Hv / Hk) (HF's, qwen3next)
+    rope: str | None = None       # None: the architecture's (hp.rope_type); "imrope"; "neox": every pair
+                                  # rotated by pos (on qwen35*: p_e = pos, not 0); "norm": GPT-J style
+                                  # adjacent pairs (2i, 2i+1)
+    ba: str = "beta_alpha"        # qwen3next's ssm_ba per key head: "beta_alpha" [beta | alpha];
+                                  # "alpha_beta": the halves swapped
+    ssm_in: str = "per_key_head"  # legacy ssm_in: "per_key_head" [q | k | v | z] per key head;
+                                  # "flat": read as [q (Hk S) | k (Hk S) | v (Hv S) | z (Hv S)]
     attn_gate: bool = True        # False: the attention output not multiplied by sigmoid(gate)
     shexp_gate: bool = True       # False: the shared expert not multiplied by its sigmoid gate
     qk_norm: bool = True          # False: ignore attn_q_norm / attn_k_norm
@@ -145,7 +168,7 @@ class Variant:
 
 def load_gguf(path: str | Path) -> tuple[HParams, dict[str, np.ndarray], set[str]]:
     """Hyper-parameters, float64 weights (numpy layout: rows = output features) and the names of
-    the tensors stored as f16, read from a qwen35moe or qwen35 GGUF file."""
+    the tensors stored as f16, read from a qwen35moe, qwen35 or qwen3next GGUF file."""
     import gguf
 
     r = gguf.GGUFReader(str(path))
@@ -180,17 +203,23 @@ def load_gguf(path: str | Path) -> tuple[HParams, dict[str, np.ndarray], set[str
     if float(kv(a + "attention.scale", 0.0) or 0.0) != 0.0:
         raise ValueError("attention.scale is not modelled")
     W, f16 = read_weights(r)
-    moe = arch == "qwen35moe"
+    moe = arch in ("qwen35moe", "qwen3next")
+    sections = kv(a + "rope.dimension_sections")
+    if ROPE_TYPE[arch] == "imrope" and sections is None:
+        raise ValueError(f"{arch}: rope.dimension_sections missing")
     hp = HParams(
         arch=arch, n_vocab=W["token_embd.weight"].shape[0], n_embd=n_embd, n_layer=n_layer, n_layer_nextn=nextn,
         n_head=n_head, n_head_kv=int(kv(a + "attention.head_count_kv", n_head)), head_dim=head_dim,
         n_rot=int(kv(a + "rope.dimension_count", head_dim)), rope_base=float(kv(a + "rope.freq_base", 10000.0)),
-        rope_sections=tuple(int(v) for v in kv(a + "rope.dimension_sections")),  # type: ignore[arg-type]
+        rope_sections=tuple(int(v) for v in sections or (0, 0, 0, 0)),  # type: ignore[arg-type]
         eps=float(kv(a + "attention.layer_norm_rms_epsilon")), recurrent=recurrent,
         ssm_state=S, ssm_k_heads=int(kv(a + "ssm.group_count")), ssm_v_heads=Hv,
         ssm_conv=int(kv(a + "ssm.conv_kernel")), moe=moe,
         n_expert=int(kv(a + "expert_count", 0) or 0) if moe else 0,
-        n_expert_used=int(kv(a + "expert_used_count", 0) or 0) if moe else 0)
+        n_expert_used=int(kv(a + "expert_used_count", 0) or 0) if moe else 0,
+        rope_type=ROPE_TYPE[arch], v_head_order=V_HEAD_ORDER[arch])
+    if hp.ssm_v_heads % hp.ssm_k_heads:
+        raise ValueError("ssm.time_step_rank must be a multiple of ssm.group_count")
     return hp, W, f16
 
 
@@ -248,11 +277,16 @@ class Reference(_g.Reference):
 
     def __init__(self, hp: HParams, W: dict[str, np.ndarray], f16: set[str] = frozenset(), variant: Variant = Variant()):
         super().__init__(hp, W, f16, variant)  # type: ignore[arg-type]
+        self._rope = variant.rope or hp.rope_type
+        self._v_heads = variant.kv_heads or hp.v_head_order
         # the rotated pairs' position sources (ggml_mrope_cache_init, is_imrope): 0..3 = t, h, w, e
         s = hp.rope_sections
         n_sect = sum(s)
         src = []
         for i in range(hp.n_rot // 2):
+            if self._rope != "imrope":
+                src.append(0)
+                continue
             sector = i % n_sect
             if sector % 3 == 1 and sector < 3 * s[1]:
                 src.append(1)
@@ -271,11 +305,11 @@ class Reference(_g.Reference):
     def rope(self, x: np.ndarray, pos: np.ndarray) -> np.ndarray:
         """x (n, heads, head_dim) rotated over its first n_rot dims at text positions pos (n,)."""
         n_rot = self.hp.n_rot
-        rotated = self._text_pair if self.var.rope == "imrope" else np.ones_like(self._text_pair)
+        rotated = self._text_pair if self._rope == "imrope" else np.ones_like(self._text_pair)
         ang = np.where(rotated[None, :], pos[:, None].astype(np.float64), 0.0) * self._inv_freq[None, :]
         cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
         out = x.copy()
-        if self.var.rope != "norm":
+        if self._rope != "norm":
             x0, x1 = x[..., : n_rot // 2], x[..., n_rot // 2: n_rot]
             out[..., : n_rot // 2] = x0 * cos - x1 * sin
             out[..., n_rot // 2: n_rot] = x0 * sin + x1 * cos
@@ -315,17 +349,48 @@ class Reference(_g.Reference):
             o = o * _sigmoid(gate)
         return self.mm(p + "attn_output.weight", o)
 
+    def qkvz(self, il: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The delta net's conv input [q (Hk S) | k (Hk S) | v (Hv S)] (n, C) and output gate z
+        (n, Hv, S): from attn_qkv and attn_gate, or from a legacy file's fused ssm_in (per key head
+        [q (S) | k (S) | v (r S) | z (r S)], build_qkvz's legacy path)."""
+        hp, p = self.hp, f"blk.{il}."
+        n, S, Hk, Hv = x.shape[0], hp.ssm_state, hp.ssm_k_heads, hp.ssm_v_heads
+        if p + "ssm_in.weight" not in self.W:
+            return self.mm(p + "attn_qkv.weight", x), self.mm(p + "attn_gate.weight", x).reshape(n, Hv, S)
+        m = self.mm(p + "ssm_in.weight", x)                                           # (n, 2 Hk S + 2 Hv S)
+        if self.var.ssm_in == "flat":
+            C = 2 * Hk * S + Hv * S
+            return m[:, :C], m[:, C:].reshape(n, Hv, S)
+        r = Hv // Hk
+        m = m.reshape(n, Hk, 2 * S + 2 * r * S)
+        q, k = m[..., :S], m[..., S:2 * S]
+        v, z = m[..., 2 * S:2 * S + r * S], m[..., 2 * S + r * S:]
+        qkv = np.concatenate([q.reshape(n, Hk * S), k.reshape(n, Hk * S), v.reshape(n, Hv * S)], axis=1)
+        return qkv, z.reshape(n, Hv, S)
+
+    def beta_alpha(self, il: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The delta net's beta and alpha logits (n, Hv) each: ssm_beta and ssm_alpha, or qwen3next's
+        ssm_ba (per key head [beta (r) | alpha (r)], both flattened in (key head, j) order)."""
+        hp, p = self.hp, f"blk.{il}."
+        n, Hk, Hv = x.shape[0], hp.ssm_k_heads, hp.ssm_v_heads
+        if p + "ssm_ba.weight" not in self.W:
+            return self.mm(p + "ssm_beta.weight", x), self.mm(p + "ssm_alpha.weight", x)
+        r = Hv // Hk
+        ba = self.mm(p + "ssm_ba.weight", x).reshape(n, Hk, 2 * r)
+        b, a = ba[..., :r].reshape(n, Hv), ba[..., r:].reshape(n, Hv)
+        return (a, b) if self.var.ba == "alpha_beta" else (b, a)
+
     def delta_net(self, il: int, x: np.ndarray, cache: RecurrentCache) -> np.ndarray:
         hp, p, var = self.hp, f"blk.{il}.", self.var
         n, S, Hk, Hv = x.shape[0], hp.ssm_state, hp.ssm_k_heads, hp.ssm_v_heads
-        qkv = self.mm(p + "attn_qkv.weight", x)                                        # (n, C)
-        z = self.mm(p + "attn_gate.weight", x).reshape(n, Hv, S)
-        beta = _sigmoid(self.mm(p + "ssm_beta.weight", x))                             # (n, Hv)
-        g = _softplus(self.mm(p + "ssm_alpha.weight", x) + self.W[p + "ssm_dt.bias"]) * self.W[p + "ssm_a"]
+        qkv, z = self.qkvz(il, x)                                                      # (n, C), (n, Hv, S)
+        b, a = self.beta_alpha(il, x)                                                  # (n, Hv) each
+        beta = _sigmoid(b)
+        g = _softplus(a + self.W[p + "ssm_dt.bias"]) * self.W[p + "ssm_a"]
         w = self.W[p + "ssm_conv1d.weight"]                                            # (C, K)
         if var.conv == "reversed":
             w = w[:, ::-1]
-        key_of = np.arange(Hv) % Hk if var.kv_heads == "tiled" else np.arange(Hv) // (Hv // Hk)
+        key_of = np.arange(Hv) % Hk if self._v_heads == "tiled" else np.arange(Hv) // (Hv // Hk)
         norm_w = self.W[p + "ssm_norm.weight"]
         window, M = cache.state()
         out = np.zeros((n, Hv, S))
