@@ -4,10 +4,11 @@
     python3 benchmarks/generality.py                     # the whole set (~1.5 h on 2 cores)
     python3 benchmarks/generality.py --files dense-q4-unsure --no-sampled --rounds 1
 
-A fractional design of nine synthetic files that between them vary what a tuned controller would
+A fractional design of eleven synthetic files that between them vary what a tuned controller would
 get wrong -- the MTP head's calibration (sharp; right but unsure: as often right, less sure;
 wrong but sure), its agreement with the trunk (high, medium, low), dense or MoE, the
-quantisation (Q4_0, Q8_0, Q4_K, f16) and the architecture (glm4moe; deepseek2 with MLA) -- plus
+quantisation (Q4_0, Q8_0, Q4_K, f16) and the architecture (glm4moe; deepseek2 with MLA; qwen35moe
+with a recurrent trunk) -- plus
 the shipped default model.
 
 Protocol, per file and decoding mode (greedy; sampled at T 0.5 / 0.8 / 1.2 with llama.cpp's
@@ -92,6 +93,9 @@ DESIGN = [
     FileDesign("moe", "q4_0", "lo", "wrong-sure"),
     # another architecture: GLM-4.7-Flash-shaped (deepseek2, MLA), never tuned on
     FileDesign("flash", "q8_0", "hi", "unsure"),
+    # and a recurrent one: Qwen3.6-35B-A3B-shaped (qwen35moe: a rollback restores a state snapshot)
+    FileDesign("qwen36", "q8_0", "lo", "sharp"),
+    FileDesign("qwen36", "q4_0", "hi", "unsure"),
 ]
 
 TEMPERATURES = (0.5, 0.8, 1.2)

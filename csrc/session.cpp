@@ -18,8 +18,11 @@ namespace mtpl {
 namespace {
 
 // Recurrent trunks: state snapshots kept per pass, the deepest rollback (and so draft length) a
-// step can take.  Each costs the recurrent layers' state once (inspect reports it).
+// step can take.  Each costs the recurrent layers' state once (Session.memory()["kv"] counts it).
 constexpr int32_t k_rs_depth = 8;
+// Recurrent trunks: a prompt's state is saved this many tokens before its end, where a conversation's
+// next turn usually departs from the cached text (a reply's reasoning block dropped, its end re-rendered).
+constexpr int32_t k_ckpt_back = 64;
 
 bool abort_requested(void * data) {
     return static_cast<mtpl_session *>(data)->cancel.load();
@@ -78,6 +81,36 @@ bool trunk_forget(mtpl_session * s, int32_t pos) {
             hybrid->get_mem_recr()->set_rs_idx(0, 0);
         }
     }
+    return true;
+}
+
+// Recurrent trunks: save the recurrent state of the positions evaluated so far (no restore pending:
+// called right after a prompt pass).
+void save_checkpoint(mtpl_session * s) {
+    const size_t size = llama_state_seq_get_size_ext(s->trunk, 0, LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY);
+    s->ckpt.resize(size);
+    const bool ok = size > 0 && llama_state_seq_get_data_ext(s->trunk, s->ckpt.data(), size, 0,
+                                                             LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY) == size;
+    s->ckpt_pos = ok ? s->n_past : -1;
+}
+
+// Recurrent trunks: go back to the checkpoint (positions [0, ckpt_pos) evaluated).  False when none
+// can serve, or it could not be read back.
+bool restore_checkpoint(mtpl_session * s) {
+    if (s->ckpt_pos < 1 || s->ckpt_pos > s->n_past) {
+        return false;
+    }
+    if (llama_state_seq_set_data_ext(s->trunk, s->ckpt.data(), s->ckpt.size(), 0, LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY) !=
+            s->ckpt.size() ||
+        !llama_memory_seq_rm(llama_get_memory(s->trunk), 0, s->ckpt_pos, -1)) {  // the attention layers' entries
+        s->ckpt_pos = -1;
+        s->trunk_stale = true;  // the read may have cleared the state part-way
+        return false;
+    }
+    s->tr.forget(MTPL_DEBUG_TRUNK_FORGET, s->ckpt_pos);
+    s->n_past = s->ckpt_pos;
+    s->rs_rows = 0;
+    s->last_row = -1;
     return true;
 }
 
@@ -220,6 +253,7 @@ int32_t session_reset(mtpl_session * s) {
     s->trunk_stale = false;
     s->rs_rows = 0;
     s->last_row = -1;
+    s->ckpt_pos = -1;
     s->cancel.store(false);
     s->tr.reset();
     return MTPL_OK;
@@ -249,8 +283,15 @@ int32_t session_feed(mtpl_session * s, const int32_t * tokens, int32_t n) {
     }
     s->tokens.insert(s->tokens.end(), tokens, tokens + n);
     s->has_pending = false;
-    while (s->n_past < (int32_t) s->tokens.size()) {
-        const int32_t m = std::min((int32_t) s->tokens.size() - s->n_past, s->n_batch);
+    // recurrent trunks: a pass ends k_ckpt_back tokens before the prompt's end (the next request of a
+    // conversation shares the context up to about there) and the state is saved there
+    const int32_t n_total = (int32_t) s->tokens.size();
+    const int32_t ckpt_at = s->recurrent ? std::max(s->n_past + 1, n_total - k_ckpt_back) : -1;
+    while (s->n_past < n_total) {
+        int32_t m = std::min(n_total - s->n_past, s->n_batch);
+        if (s->n_past < ckpt_at && s->n_past + m > ckpt_at) {
+            m = ckpt_at - s->n_past;
+        }
         if (int32_t st = eval_trunk(s, s->n_past, m, false); st != MTPL_OK) {
             // keep what was evaluated; drop the rest so the context stays consistent
             s->tokens.resize((size_t) s->n_past);
@@ -261,6 +302,9 @@ int32_t session_feed(mtpl_session * s, const int32_t * tokens, int32_t n) {
             proposer_observe(s->prop, s->trunk, s->n_past, m);
         }
         s->n_past += m;
+        if (s->n_past == ckpt_at) {
+            save_checkpoint(s);
+        }
     }
     s->tokens.push_back(choose_next(s, llama_get_logits_ith(s->trunk, -1), s->tokens.size()));
     s->has_pending = true;
@@ -432,10 +476,17 @@ int32_t session_truncate(mtpl_session * s, int32_t n_keep) {
         s->last_step_valid = false;
         return MTPL_OK;
     }
-    // a recurrent state drops a tail by restoring a snapshot: one of the last pass's positions, when
-    // no restore is pending; otherwise the context is rebuilt from the kept prefix
+    if (s->ckpt_pos > n_keep - 1) {
+        s->ckpt_pos = -1;  // a checkpoint past the cut no longer describes the context
+    }
+    // A recurrent state drops a tail by restoring one of the last pass's snapshots (the cut within
+    // that pass, no restore pending), else from the checkpoint (the kept tokens after it are evaluated
+    // again below; the MTP cache's entries below n_keep pair kept tokens with the states the trunk
+    // computes again, so they stay), else the context is rebuilt from the kept prefix.
     const int32_t n_back = s->n_past - n_keep + 1;
-    if (s->recurrent && (s->trunk_stale || n_back > std::min(s->rs_rows - 1, s->rs_depth))) {
+    const bool by_snapshot = !s->trunk_stale && n_back <= std::min(s->rs_rows - 1, s->rs_depth);
+    if (s->recurrent && !by_snapshot &&
+        (s->trunk_stale || s->ckpt_pos > n_keep - 1 || !restore_checkpoint(s))) {
         std::vector<int32_t> keep(s->tokens.begin(), s->tokens.begin() + n_keep);
         session_reset(s);
         const mtpl_stats saved = s->stats;
@@ -455,14 +506,17 @@ int32_t session_truncate(mtpl_session * s, int32_t n_keep) {
         }
     }
     s->stats.n_reevaluated += n_keep - s->n_past;
-    if (int32_t st = eval_trunk(s, s->n_past, n_keep - s->n_past, false); st != MTPL_OK) {
-        s->tokens.resize((size_t) s->n_past);
-        return st;
+    while (s->n_past < n_keep) {  // one token, or from a checkpoint on
+        const int32_t m = std::min(n_keep - s->n_past, s->n_batch);
+        if (int32_t st = eval_trunk(s, s->n_past, m, false); st != MTPL_OK) {
+            s->tokens.resize((size_t) s->n_past);
+            return st;
+        }
+        s->n_past += m;
     }
     if (s->mtp) {
-        proposer_truncate(s->prop, n_keep, llama_get_embeddings_nextn_ith(s->trunk, 0));
+        proposer_truncate(s->prop, n_keep, llama_get_embeddings_nextn_ith(s->trunk, s->last_row));
     }
-    s->n_past = n_keep;
     s->tokens.push_back(choose_next(s, llama_get_logits_ith(s->trunk, -1), s->tokens.size()));
     s->has_pending = true;
     s->pending_emitted = false;

@@ -59,6 +59,8 @@ struct mtpl_session {
     int32_t rs_depth = 0;
     int32_t rs_rows = 0;
     bool trunk_stale = false;           // a failed pass left the state unknown: rebuild from tokens[0, n_past)
+    std::vector<uint8_t> ckpt;          // the recurrent state after positions [0, ckpt_pos) (-1: none)
+    int32_t ckpt_pos = -1;
     bool test_skip_rollback = false;    // test hook: drop rejected positions without restoring the state
 };
 

@@ -362,25 +362,28 @@ def test_verified_rows_equal_lone_rows(files, arch, dtype, k):
 # --- truncation: stop strings and prefix reuse --------------------------------------------------------
 
 def test_truncation_continues_as_a_fresh_context(models):
-    """Reusing a prefix cut 1..6 tokens back (the caches' end dropped, the rest reused): a recurrent
-    state restores one of the last pass's snapshots when no restore is pending, and otherwise is
-    rebuilt from the kept tokens; either way the continuation equals a fresh session's.  Both
-    paths are taken here."""
+    """Reusing a prefix cut back into the caches: a recurrent state restores one of the last pass's
+    snapshots (the cut within that pass, no restore pending), else the checkpoint saved 64 tokens
+    before the last prompt's end (the kept tokens after it evaluated again), else the kept prefix is
+    evaluated again; each way the continuation equals a fresh session's, and each way is taken."""
     m = models[("qwen35moe", "own")]
     spec = SpecConfig(4, 0.0, adaptive=False)
+    long_prompt = " ".join(PROMPTS)                  # > 64 tokens: its checkpoint is not at its start
+    cases = [(p, cut) for p in PROMPTS[:6] for cut in range(1, 7)] + [(long_prompt, 30), (long_prompt, 130)]
     ways = set()
-    for prompt in PROMPTS[:6]:
-        for cut in range(1, 7):
-            with m.session() as s, m.session() as fresh:
-                first = s.generate(prompt, 24, spec=spec)
-                context = m.tokenize(prompt) + first.tokens
-                new = context[:len(context) - cut] + m.tokenize(" x")
-                again = s.generate(new, 16, spec=spec, reuse_prefix=True)
-                ref = fresh.generate(new, 16, spec=spec)
-                assert again.tokens == ref.tokens, (prompt, cut)
-                n_keep = again.stats.cached_tokens + again.stats.reevaluated_tokens
-                ways.add("rebuilt" if again.stats.reevaluated_tokens == n_keep else "snapshot")
-    assert ways == {"rebuilt", "snapshot"}, ways
+    for prompt, cut in cases:
+        with m.session() as s, m.session() as fresh:
+            first = s.generate(prompt, 24, spec=spec)
+            context = m.tokenize(prompt) + first.tokens
+            new = context[:len(context) - cut] + m.tokenize(" x")
+            again = s.generate(new, 16, spec=spec, reuse_prefix=True)
+            ref = fresh.generate(new, 16, spec=spec)
+            assert again.tokens == ref.tokens, (prompt, cut)
+            st = again.stats
+            n_keep = st.cached_tokens + st.reevaluated_tokens
+            ways.add("rebuilt" if st.reevaluated_tokens == n_keep else
+                     "snapshot" if st.reevaluated_tokens <= 1 else "checkpoint")
+    assert ways == {"rebuilt", "snapshot", "checkpoint"}, ways
 
 
 def test_stop_strings(models):
@@ -464,3 +467,31 @@ def test_mtp_context_reserves_ffn_for_output_rows_only(tmp_path):
     per_row = (big - small) / (256 - 32)
     assert 0 < per_row < ffn_row, (small, big, per_row, ffn_row)
     assert r.tokens == plain.tokens and sum(r.stats.accepted) > 0
+
+
+# --- chat on a recurrent trunk -----------------------------------------------------------------------
+
+def test_chat_turns_on_a_recurrent_trunk(tmp_path, templates_dir):
+    """Qwen3.5's own chat template (llama.cpp's models/templates) on a qwen35moe file: MTP never
+    changes a greedy reply, and a second turn sent as the whole conversation (the first reply's
+    empty reasoning block no longer rendered: the text departs near the first prompt's end) reuses
+    the first turn's caches from the checkpoint and replies as a fresh session does."""
+    W = WRITERS["qwen35moe"]
+    path = W.write_synthetic(tmp_path / "chat.gguf", files_for("qwen35moe")["own"],
+                             chat_template=(templates_dir / "Qwen3.5-4B.jinja").read_text())
+    turn1 = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi there"}]
+    spec = SpecConfig(3, 0.0, adaptive=False)
+    with mtpllama.Model(str(path), session_defaults=ONE_THREAD) as m:
+        with m.session(mtp=False) as plain, m.session() as s:
+            first_plain = plain.chat(turn1, 24, thinking=False)
+            first = s.chat(turn1, 24, thinking=False, spec=spec)
+            assert first.tokens == first_plain.tokens
+            turn2 = turn1 + [first.message.to_dict(), {"role": "user", "content": "And then?"}]
+            second = s.chat(turn2, 24, thinking=False, spec=spec)
+        with m.session() as fresh:
+            ref = fresh.chat(turn2, 24, thinking=False, spec=spec)
+    st = second.stats
+    assert second.tokens == ref.tokens
+    assert st.cached_tokens > 0 and st.cached_tokens + st.prompt_tokens + st.reevaluated_tokens == second.prompt_tokens
+    # not the whole first turn again: from the checkpoint 64 tokens before the first prompt's end
+    assert st.reevaluated_tokens <= 64 < st.cached_tokens + st.reevaluated_tokens, st
