@@ -43,4 +43,11 @@ inline bool uint_or_absent(const gguf_context * g, const std::string & key) {
     return gguf_find_key(g, key.c_str()) < 0 || get_uint(g, key, v);
 }
 
+// whether tensor name, when the file has it, is stored as f32 (ggml's recurrent kernels read their
+// parameters as f32 and assert on anything else)
+inline bool f32_or_absent(const gguf_context * g, const std::string & name) {
+    const int64_t id = gguf_find_tensor(g, name.c_str());
+    return id < 0 || gguf_get_tensor_type(g, id) == GGML_TYPE_F32;
+}
+
 } // namespace mtpl

@@ -72,6 +72,25 @@ std::string nextn_problem(const gguf_context * g, const file_facts & f) {
     return "";
 }
 
+// Norm weights, biases and the other parameters not named "*.weight" (ssm_a, ssm_d) enter elementwise
+// products and sums, which ggml's CPU backend computes for an f32 activation with an f32 operand
+// only (anything else aborts); converters keep them f32.  "" when fine, else what is wrong.
+std::string check_elementwise_types(const gguf_context * g) {
+    const int64_t n = gguf_get_n_tensors(g);
+    for (int64_t i = 0; i < n; ++i) {
+        const std::string name = gguf_get_tensor_name(g, i);
+        const auto ends_with = [&](const std::string & suffix) {
+            return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+        };
+        if ((ends_with("norm.weight") || ends_with(".bias") || !ends_with(".weight")) &&
+            gguf_get_tensor_type(g, i) != GGML_TYPE_F32) {
+            return "tensor " + name + " is " + ggml_type_name(gguf_get_tensor_type(g, i)) +
+                   "; llama.cpp needs it f32 (it is added or multiplied elementwise)";
+        }
+    }
+    return "";
+}
+
 size_t scalar_size(gguf_type t) {
     switch (t) {
         case GGUF_TYPE_UINT8: case GGUF_TYPE_INT8: case GGUF_TYPE_BOOL: return 1;
@@ -245,6 +264,9 @@ int32_t read_file_facts(const std::string & path, file_facts & out) {
     std::string bad = out.def->check_hparams(g, out.block_count, out.nextn);
     if (bad.empty()) {
         bad = check_vocab(g, *out.def);
+    }
+    if (bad.empty()) {
+        bad = check_elementwise_types(g);
     }
     if (!bad.empty()) {
         return fail(MTPL_ERR_MODEL_LOAD, "invalid GGUF metadata in " + path + ": " + bad);

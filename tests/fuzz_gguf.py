@@ -97,6 +97,27 @@ for _arch in ("qwen35moe", "qwen35", "qwen3next"):
         "full_attention_interval": [0, 1, 2, 3, 5, 2**32 - 1],
     }.items()})
 
+# nemotron_h_moe: Mamba-2's sizes (heads, groups, inner size, state), and the expert sizes (its
+# per-layer kinds live in arrays, which only the byte flips reach)
+BAD_VALUES.update({"nemotron_h_moe." + k: v for k, v in {
+    "block_count": [0, 1, 2, 6, 10_000, 2**32 - 1],
+    "nextn_predict_layers": [0, 2, 7, 2**32 - 1],
+    "embedding_length": [0, 1, 63, 65, 2**31],
+    "attention.head_count": [0, 3, 5, 64, 2**32 - 1],
+    "attention.key_length": [0, 8, 15, 17, 2**20],
+    "attention.value_length": [0, 8, 15, 17, 2**20],
+    "expert_count": [0, 1, 7, 9, 100_000],
+    "expert_used_count": [0, 3, 9, 100_000],
+    "expert_feed_forward_length": [0, 16, 33, 2**31],
+    "expert_shared_feed_forward_length": [0, 16, 47, 2**31],
+    "expert_group_count": [0, 2, 3, 2**32 - 1],
+    "ssm.conv_kernel": [0, 1, 2, 5, 100, 2**31],
+    "ssm.inner_size": [0, 64, 100, 127, 2**31],
+    "ssm.state_size": [0, 1, 8, 15, 2**20],
+    "ssm.time_step_rank": [0, 1, 3, 7, 16, 2**31],
+    "ssm.group_count": [0, 1, 3, 4, 2**31],
+}.items()})
+
 
 def read_kv_layout(data: bytes):
     """Offsets of the scalar integer KV values in a GGUF file: {key: (offset, struct format)}."""

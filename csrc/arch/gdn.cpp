@@ -130,6 +130,9 @@ std::string check_gdn_hparams(const gguf_context * g, const gdn_rules & rules, u
     if (gguf_find_tensor(g, "blk.0.attn_norm.weight") >= 0) {  // not an MTP-only file
         for (uint32_t i = 0; i < n_block - n_nextn; ++i) {
             const std::string p = "blk." + std::to_string(i) + ".";
+            if (recurrent[i] && !f32_or_absent(g, p + "ssm_conv1d.weight")) {
+                return p + "ssm_conv1d.weight must be f32 (ggml's convolution reads it so)";
+            }
             if (!recurrent[i] || (rules.legacy_ssm_in && gguf_find_tensor(g, (p + "ssm_in.weight").c_str()) >= 0)) {
                 continue;
             }

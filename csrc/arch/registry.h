@@ -12,5 +12,6 @@ extern const arch_def arch_deepseek32;
 extern const arch_def arch_qwen35moe;
 extern const arch_def arch_qwen35;
 extern const arch_def arch_qwen3next;
+extern const arch_def arch_nemotron_h_moe;
 
 } // namespace mtpl
