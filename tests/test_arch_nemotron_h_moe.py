@@ -191,6 +191,8 @@ def test_quantised_elementwise_parameters_fail_clearly(tmp_path, monkeypatch):
     import mtpllama.testing.arch.nemotron_h_moe as mod
 
     real = mod.write_gguf
-    monkeypatch.setattr(mod, "write_gguf", lambda *a, **kw: real(*a, **{**kw, "keep_f32": None}))
-    path = str(W.write_synthetic(tmp_path / "quantised.gguf", Spec(dtype="q8_0", seed=81)))
-    bad_file_fails_clearly(path, "llama.cpp needs it f32")
+    for keep, message in [(lambda name: name.endswith("ssm_conv1d.weight"), "is f16; llama.cpp needs it f32"),
+                          (None, "ssm_conv1d.weight must be f32")]:   # the convolution too (ggml_ssm_conv)
+        monkeypatch.setattr(mod, "write_gguf", lambda *a, keep=keep, **kw: real(*a, **{**kw, "keep_f32": keep}))
+        path = str(W.write_synthetic(tmp_path / "quantised.gguf", Spec(dtype="q8_0", seed=81)))
+        bad_file_fails_clearly(path, message)

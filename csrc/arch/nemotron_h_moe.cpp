@@ -100,13 +100,9 @@ std::string check_hparams(const gguf_context * g, uint32_t n_block, uint32_t n_n
         n_mamba += kv[i] == 0 && ff[i] == 0;
         n_attn += kv[i] > 0;
         n_moe += ff[i] > 0;
-        if (kv[i] == 0 && ff[i] == 0) {
-            for (const char * t : {"ssm_conv1d.weight", "ssm_a", "ssm_d"}) {
-                const std::string name = "blk." + std::to_string(i) + "." + t;
-                if (!f32_or_absent(g, name)) {
-                    return name + " must be f32 (ggml's Mamba-2 kernels read it so)";
-                }
-            }
+        const std::string conv = "blk." + std::to_string(i) + ".ssm_conv1d.weight";
+        if (kv[i] == 0 && ff[i] == 0 && !f32_or_absent(g, conv)) {  // ssm_a, ssm_d: inspect's elementwise rule
+            return conv + " must be f32 (ggml's convolution reads it so)";
         }
     }
     if (n_mamba == 0 || n_attn == 0 || n_moe == 0) {
