@@ -118,6 +118,30 @@ BAD_VALUES.update({"nemotron_h_moe." + k: v for k, v in {
     "ssm.group_count": [0, 1, 3, 4, 2**31],
 }.items()})
 
+# bailingmoe3: the KDA head size and convolution, the MLA ranks and lengths, the expert sizes
+BAD_VALUES.update({"bailingmoe3." + k: v for k, v in {
+    "block_count": [0, 1, 2, 4, 10_000, 2**32 - 1],
+    "nextn_predict_layers": [0, 2, 5, 2**32 - 1],
+    "embedding_length": [0, 1, 63, 65, 2**31],
+    "attention.head_count": [0, 3, 5, 64, 2**32 - 1],
+    "attention.q_lora_rank": [0, 1, 47, 2**31],
+    "attention.kv_lora_rank": [0, 1, 31, 33, 2**31],
+    "attention.key_length": [0, 16, 47, 49, 2**20],
+    "attention.value_length": [0, 16, 31, 2**20],
+    "attention.key_length_mla": [0, 16, 31, 33, 2**20],
+    "attention.value_length_mla": [0, 15, 17, 2**20],
+    "rope.dimension_count": [0, 1, 15, 17, 32, 2**31],
+    "kda.head_dim": [0, 1, 8, 15, 17, 2**20],
+    "ssm.conv_kernel": [0, 1, 2, 5, 100, 2**31],
+    "expert_count": [0, 1, 7, 9, 100_000],
+    "expert_used_count": [0, 3, 9, 100_000],
+    "expert_gating_func": [0, 1, 3, 99],
+    "expert_feed_forward_length": [0, 16, 33, 2**31],
+    "expert_shared_count": [0, 2, 100],
+    "leading_dense_block_count": [0, 2, 4, 1000],
+    "feed_forward_length": [0, 64, 2**31],
+}.items()})
+
 
 def read_kv_layout(data: bytes):
     """Offsets of the scalar integer KV values in a GGUF file: {key: (offset, struct format)}."""

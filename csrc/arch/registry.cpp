@@ -13,6 +13,7 @@ const arch_def * const k_archs[] = {
     &arch_qwen35,
     &arch_qwen3next,
     &arch_nemotron_h_moe,
+    &arch_bailingmoe3,
 };
 
 } // namespace

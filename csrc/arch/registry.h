@@ -13,5 +13,6 @@ extern const arch_def arch_qwen35moe;
 extern const arch_def arch_qwen35;
 extern const arch_def arch_qwen3next;
 extern const arch_def arch_nemotron_h_moe;
+extern const arch_def arch_bailingmoe3;
 
 } // namespace mtpl

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import deepseek2, deepseek32, glm4moe, glm_dsa, nemotron_h_moe, qwen3next, qwen35, qwen35moe
+from . import bailingmoe3, deepseek2, deepseek32, glm4moe, glm_dsa, nemotron_h_moe, qwen3next, qwen35, qwen35moe
 
 WRITERS: dict[str, ModuleType] = {
     glm4moe.ARCH: glm4moe,
@@ -22,4 +22,5 @@ WRITERS: dict[str, ModuleType] = {
     qwen35.ARCH: qwen35,
     qwen3next.ARCH: qwen3next,
     nemotron_h_moe.ARCH: nemotron_h_moe,
+    bailingmoe3.ARCH: bailingmoe3,
 }
