@@ -91,6 +91,29 @@ std::string check_elementwise_types(const gguf_context * g) {
     return "";
 }
 
+// The expert-group keys llama.cpp's common loader asserts on for every architecture (whether or not
+// its graphs use groups).  "" when fine, else what is wrong.
+std::string check_expert_groups(const gguf_context * g, const std::string & a) {
+    for (const char * key : {"expert_count", "expert_group_count", "expert_group_used_count"}) {
+        if (!uint_or_absent(g, a + key)) {
+            return a + key + " must be a non-negative integer scalar";
+        }
+    }
+    uint32_t n_expert = 0, n_groups = 0, n_used = 0;
+    get_uint(g, a + "expert_count", n_expert);
+    get_uint(g, a + "expert_group_count", n_groups);
+    get_uint(g, a + "expert_group_used_count", n_used);
+    if (n_expert == 0) {
+        return n_groups == 0 ? "" : a + "expert_group_count needs experts";
+    }
+    if (n_groups >= n_expert) return a + "expert_group_count must be below expert_count";
+    if (n_groups > 1 && n_expert % n_groups != 0) return a + "expert_count must be a multiple of expert_group_count";
+    if (n_groups > 1 && (n_used == 0 || n_used >= n_groups)) {
+        return a + "expert_group_used_count must be in [1, expert_group_count - 1]";
+    }
+    return "";
+}
+
 size_t scalar_size(gguf_type t) {
     switch (t) {
         case GGUF_TYPE_UINT8: case GGUF_TYPE_INT8: case GGUF_TYPE_BOOL: return 1;
@@ -267,6 +290,9 @@ int32_t read_file_facts(const std::string & path, file_facts & out) {
     }
     if (bad.empty()) {
         bad = check_elementwise_types(g);
+    }
+    if (bad.empty()) {
+        bad = check_expert_groups(g, out.arch + ".");
     }
     if (!bad.empty()) {
         return fail(MTPL_ERR_MODEL_LOAD, "invalid GGUF metadata in " + path + ": " + bad);

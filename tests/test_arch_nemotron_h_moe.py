@@ -196,3 +196,11 @@ def test_quantised_elementwise_parameters_fail_clearly(tmp_path, monkeypatch):
         monkeypatch.setattr(mod, "write_gguf", lambda *a, keep=keep, **kw: real(*a, **{**kw, "keep_f32": keep}))
         path = str(W.write_synthetic(tmp_path / "quantised.gguf", Spec(dtype="q8_0", seed=81)))
         bad_file_fails_clearly(path, message)
+
+
+@pytest.mark.parametrize("groups", [3, 8, 2])
+def test_expert_groups_fail_clearly(tmp_path, groups):
+    """llama.cpp's common loader asserts on expert groups for every architecture (found by fuzzing
+    this one: 3 groups of 8 experts aborted the process); 2 groups need a used-group count."""
+    path = str(W.write_synthetic(tmp_path / "groups.gguf", Spec(seed=72), keys={"expert_group_count": u32(groups)}))
+    bad_file_fails_clearly(path, "expert_group")
