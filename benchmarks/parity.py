@@ -30,9 +30,10 @@ _RE_DRAFTS = re.compile(r"n_drafted\s*=\s*(\d+)")
 _RE_ACCEPT = re.compile(r"n_accept\s*=\s*(\d+)")
 
 
-# architectures whose files differ from the common case: nemotron_h_moe's NextN block has no own
-# embeddings or head, and its layers need less noise for the head to agree with the trunk
-BASES = {"nemotron_h_moe": dict(nextn="tied", noise=0.6)}
+# architectures whose files differ from the common case: the NextN blocks of nemotron_h_moe and
+# bailingmoe3 have no own embeddings or head, and nemotron's layers need less noise for the head to
+# agree with the trunk
+BASES = {"nemotron_h_moe": dict(nextn="tied", noise=0.6), "bailingmoe3": dict(nextn="tied")}
 
 
 def files(arch: str, d: Path) -> dict[str, Path]:
