@@ -8,10 +8,11 @@ from __future__ import annotations
 import pytest
 
 import mtpllama
-from mtpllama import SessionConfig, SpecConfig, _lib
 from mtpllama.testing.arch import WRITERS
 from mtpllama.testing.fixtures import ONE_THREAD, PROMPTS
 from mla_cases import bad_file_fails_clearly, f32, u32
+from recurrent_cases import (check_low_precision, check_mtp_equals_plain, check_mtp_ffn_on_output_rows,
+                             check_rollback_is_needed, check_truncation)
 from test_arch_qwen35 import _i32s
 from test_batch_invariance import compare
 from test_reference import PROMPT
@@ -93,35 +94,17 @@ def plain_outputs(model):
 @pytest.mark.parametrize("p_min", [0.0, 0.85])
 def test_mtp_equals_plain(model, plain_outputs, draft_max, p_min):
     """22 prompts x 64 tokens, fixed draft lengths 1..6, with and without a confidence floor."""
-    drafted = accepted = first = 0
-    for prompt in PROMPTS:
-        r = model.generate(prompt, 64, spec=SpecConfig(draft_max, p_min, adaptive=False))
-        assert r.tokens == plain_outputs[prompt].tokens, f"prompt {prompt!r}"
-        drafted += sum(r.stats.drafted)
-        accepted += sum(r.stats.accepted)
-        first += r.stats.accepted[0] if r.stats.accepted else 0
-    assert first > 0 and accepted < drafted
+    check_mtp_equals_plain(model, plain_outputs, draft_max, p_min)
 
 
 @pytest.mark.parametrize("dtype", ["f16", "q8_0"])
 def test_mtp_equals_plain_low_precision(files, dtype):
-    with mtpllama.Model(files[dtype], session_defaults=ONE_THREAD) as m:
-        for prompt in PROMPTS[:8]:
-            for k in (1, 4):
-                assert m.generate(prompt, 40, spec=SpecConfig(k, 0.0, adaptive=False)).tokens == \
-                    m.generate(prompt, 40, mtp=False).tokens, (prompt, k)
+    check_low_precision(files[dtype])
 
 
 def test_output_differs_without_the_rollback(model, plain_outputs):
-    """Skipping the snapshot restore (a test hook) leaves the rejected drafts in the KDA state."""
-    spec = SpecConfig(3, 0.0, adaptive=False)
-    with model.session() as s:
-        _lib.check(_lib.lib.mtpl_test_skip_rollback(s._ptr(), 1))
-        differ = 0
-        for prompt in PROMPTS[:8]:
-            s.reset()
-            differ += s.generate(prompt, 64, spec=spec).tokens != plain_outputs[prompt].tokens
-    assert differ >= 4, differ
+    """Skipping the snapshot restore leaves the rejected drafts in the recurrent state."""
+    check_rollback_is_needed(model, plain_outputs)
 
 
 @pytest.mark.parametrize("dtype", ["f32", "f16", "q8_0"])
@@ -133,36 +116,14 @@ def test_verified_rows_equal_lone_rows(files, dtype, k):
 
 
 def test_truncation_continues_as_a_fresh_context(model):
-    spec = SpecConfig(4, 0.0, adaptive=False)
-    for prompt in PROMPTS[:4]:
-        for cut in (1, 3, 20):
-            with model.session() as s, model.session() as fresh:
-                first = s.generate(prompt, 24, spec=spec)
-                context = model.tokenize(prompt) + first.tokens
-                new = context[:len(context) - cut] + model.tokenize(" x")
-                assert s.generate(new, 16, spec=spec, reuse_prefix=True).tokens == \
-                    fresh.generate(new, 16, spec=spec).tokens, (prompt, cut)
+    check_truncation(model)
 
 
 def test_mtp_context_reserves_ffn_for_output_rows_only(tmp_path):
     """patches/0018: the NextN block runs its FFN on output rows only (and reports the output row's
-    state), so the MTP context's compute buffer grows with n_batch by attention-sized rows."""
-    spec = Spec(n_expert=8, n_expert_used=4, n_ff_exp=512, seed=3)
-    path = W.write_synthetic(tmp_path / "wide_ffn.gguf", spec)
-    ffn_row = spec.n_expert_used * spec.n_ff_exp * 4
-
-    def mtp_compute(m, n_batch: int) -> int:
-        cfg = SessionConfig(n_threads=1, n_ctx=256, n_batch=n_batch)
-        with m.session(mtp=True, config=cfg) as a, m.session(mtp=False, config=cfg) as b:
-            return a.memory()["compute"] - b.memory()["compute"]
-
-    with mtpllama.Model(str(path)) as m:
-        small, big = mtp_compute(m, 32), mtp_compute(m, 256)
-        r = m.generate("def foo(x):", 40, spec=SpecConfig(3, 0.0, adaptive=False))
-        plain = m.generate("def foo(x):", 40, mtp=False)
-    per_row = (big - small) / (256 - 32)
-    assert 0 < per_row < ffn_row, (small, big, per_row, ffn_row)
-    assert r.tokens == plain.tokens and sum(r.stats.accepted) > 0
+    state)."""
+    spec = W.SyntheticSpec(n_expert=8, n_expert_used=4, n_ff_exp=512, seed=3)
+    check_mtp_ffn_on_output_rows(W.write_synthetic(tmp_path / "wide_ffn.gguf", spec), spec)
 
 
 @pytest.mark.slow

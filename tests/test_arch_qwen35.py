@@ -15,17 +15,15 @@ The numpy reference's replays are in tests/test_reference_qwen35.py.
 """
 from __future__ import annotations
 
-import dataclasses
-
-import numpy as np
 import pytest
 
 import mtpllama
-from mtpllama import SessionConfig, SpecConfig, _lib
+from mtpllama import SessionConfig, SpecConfig
 from mtpllama.testing.arch import WRITERS
 from mtpllama.testing.fixtures import ONE_THREAD, PROMPTS
 from mla_cases import bad_file_fails_clearly, bools, check_sampled_distribution, decodes_in_a_child, u32
 from test_batch_invariance import compare
+from recurrent_cases import check_mtp_ffn_on_output_rows, check_rollback_is_needed
 from test_reference import PROMPT
 
 ARCHS = ["qwen35moe", "qwen35", "qwen3next"]
@@ -324,24 +322,8 @@ def test_adaptive_is_lossless(models, arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_output_differs_without_the_rollback(models, plain_outputs, arch):
-    """The rollback is what keeps MTP lossless here: with the snapshot restore skipped (a test
-    hook; the rejected drafts' updates stay in the recurrent state) greedy output departs from
-    plain decoding, while the same session with the restore matches it."""
-    model = models[(arch, "own")]
-    spec = SpecConfig(3, 0.0, adaptive=False)
-    with model.session() as s:
-        rejected = differ = 0
-        _lib.check(_lib.lib.mtpl_test_skip_rollback(s._ptr(), 1))
-        for prompt in PROMPTS[:8]:
-            s.reset()
-            r = s.generate(prompt, 64, spec=spec)
-            rejected += sum(r.stats.drafted) - sum(r.stats.accepted)
-            differ += r.tokens != plain_outputs[((arch, "own"), prompt)].tokens
-        _lib.check(_lib.lib.mtpl_test_skip_rollback(s._ptr(), 0))
-        for prompt in PROMPTS[:8]:
-            s.reset()
-            assert s.generate(prompt, 64, spec=spec).tokens == plain_outputs[((arch, "own"), prompt)].tokens
-    assert rejected > 0 and differ >= 4, (rejected, differ)
+    """The rollback is what keeps MTP lossless here (see recurrent_cases.check_rollback_is_needed)."""
+    check_rollback_is_needed(models[(arch, "own")], {p: plain_outputs[((arch, "own"), p)] for p in PROMPTS})
 
 
 # --- batch invariance ---------------------------------------------------------------------------------
@@ -448,25 +430,9 @@ def test_fuzzed_files_never_crash_or_hang(tmp_path, arch):
 
 def test_mtp_context_reserves_ffn_for_output_rows_only(tmp_path):
     """patches/0015 (0004's half for qwen35moe): the NextN block runs its output projection and FFN
-    on output rows only, so the MTP context's compute buffer grows with n_batch by attention-sized
-    rows, not by every row's routed-expert intermediates."""
-    W = WRITERS["qwen35moe"]
-    spec = W.SyntheticSpec(nextn="own", n_expert=8, n_expert_used=4, n_ff_exp=512, seed=3)
-    path = W.write_synthetic(tmp_path / "wide_ffn.gguf", spec)
-    ffn_row = spec.n_expert_used * spec.n_ff_exp * 4  # bytes of one expert-FFN activation of one row
-
-    def mtp_compute(m, n_batch: int) -> int:
-        cfg = SessionConfig(n_threads=1, n_ctx=256, n_batch=n_batch)
-        with m.session(mtp=True, config=cfg) as a, m.session(mtp=False, config=cfg) as b:
-            return a.memory()["compute"] - b.memory()["compute"]
-
-    with mtpllama.Model(str(path)) as m:
-        small, big = mtp_compute(m, 32), mtp_compute(m, 256)
-        r = m.generate("def foo(x):", 40, spec=SpecConfig(3, 0.0, adaptive=False))
-        plain = m.generate("def foo(x):", 40, mtp=False)
-    per_row = (big - small) / (256 - 32)
-    assert 0 < per_row < ffn_row, (small, big, per_row, ffn_row)
-    assert r.tokens == plain.tokens and sum(r.stats.accepted) > 0
+    on output rows only."""
+    spec = WRITERS['qwen35moe'].SyntheticSpec(n_expert=8, n_expert_used=4, n_ff_exp=512, seed=3)
+    check_mtp_ffn_on_output_rows(WRITERS['qwen35moe'].write_synthetic(tmp_path / "wide_ffn.gguf", spec), spec)
 
 
 # --- chat on a recurrent trunk -----------------------------------------------------------------------
