@@ -294,6 +294,14 @@ class Reference:
         if self.var.qk_norm and p + "attn_k_norm.weight" in self.W:
             k = self.rms(k, p + "attn_k_norm.weight")
         q, k = self.rope(q, pos), self.rope(k, pos)
+        o = self.attend(q, k, v, pos, cache)
+        return self.mm(p + "attn_output.weight", o.reshape(n, hp.n_head * hd))
+
+    def attend(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: np.ndarray, cache: KVCache) -> np.ndarray:
+        """Causal grouped-query attention of q (n, n_head, hd) over the cache after adding k, v (n,
+        n_head_kv, hd) at pos (rounded to f16 as the cache stores them): (n, n_head, hd)."""
+        hp = self.hp
+        n, hd = q.shape[0], q.shape[-1]
         if self.var.kv_f16:
             k, v = _f16(k), _f16(v)
         cache.add(pos, k, v)
@@ -302,14 +310,12 @@ class Reference:
         V = np.repeat(cache.v, group, axis=1)
         visible = cache.pos[None, :] <= pos[:, None]                                   # (n, m): causal, by position
         if self.var.attn == "ggml_cpu" and self.var.kv_f16 and n < 64:
-            o = _fa_f16_accumulator(q, K, V, visible, 1.0 / np.sqrt(hd))
-        else:
-            s = np.einsum("nhd,mhd->hnm", q, K) / np.sqrt(hd)
-            s = np.where(visible[None], s, -np.inf)
-            s = np.exp(s - s.max(axis=-1, keepdims=True))
-            s /= s.sum(axis=-1, keepdims=True)
-            o = np.einsum("hnm,mhd->nhd", s, V)
-        return self.mm(p + "attn_output.weight", o.reshape(n, hp.n_head * hd))
+            return _fa_f16_accumulator(q, K, V, visible, 1.0 / np.sqrt(hd))
+        s = np.einsum("nhd,mhd->hnm", q, K) / np.sqrt(hd)
+        s = np.where(visible[None], s, -np.inf)
+        s = np.exp(s - s.max(axis=-1, keepdims=True))
+        s /= s.sum(axis=-1, keepdims=True)
+        return np.einsum("hnm,mhd->nhd", s, V)
 
     def swiglu(self, prefix: str, suffix: str, y: np.ndarray) -> np.ndarray:
         g = self.mm(f"{prefix}ffn_gate{suffix}.weight", y)

@@ -98,8 +98,8 @@ import numpy as np
 
 from . import glm4moe as _g
 from .deepseek2 import read_weights
-from .glm4moe import (CATEGORIES, KVCache, ProvenanceError, ReplayResult, RowError, _f16,
-                      _fa_f16_accumulator, _sigmoid, _silu, rel_err, replay)
+from .glm4moe import (CATEGORIES, KVCache, ProvenanceError, ReplayResult, RowError, _f16, _sigmoid, _silu,
+                      rel_err, replay)
 
 __all__ = ["HParams", "Variant", "KVCache", "RecurrentCache", "Reference", "load_gguf", "replay", "rel_err",
            "ProvenanceError", "ReplayResult", "RowError", "CATEGORIES", "ARCHS"]
@@ -329,22 +329,7 @@ class Reference(_g.Reference):
         if self.var.qk_norm:
             q, k = self.rms(q, p + "attn_q_norm.weight"), self.rms(k, p + "attn_k_norm.weight")
         q, k = self.rope(q, pos), self.rope(k, pos)
-        if self.var.kv_f16:
-            k, v = _f16(k), _f16(v)
-        cache.add(pos, k, v)
-        group = hp.n_head // hp.n_head_kv
-        K = np.repeat(cache.k, group, axis=1)                                          # (m, n_head, hd)
-        V = np.repeat(cache.v, group, axis=1)
-        visible = cache.pos[None, :] <= pos[:, None]                                   # (n, m): causal, by position
-        if self.var.attn == "ggml_cpu" and self.var.kv_f16 and n < 64:
-            o = _fa_f16_accumulator(q, K, V, visible, 1.0 / np.sqrt(hd))
-        else:
-            s = np.einsum("nhd,mhd->hnm", q, K) / np.sqrt(hd)
-            s = np.where(visible[None], s, -np.inf)
-            s = np.exp(s - s.max(axis=-1, keepdims=True))
-            s /= s.sum(axis=-1, keepdims=True)
-            o = np.einsum("hnm,mhd->nhd", s, V)
-        o = o.reshape(n, hp.n_head * hd)
+        o = self.attend(q, k, v, pos, cache).reshape(n, hp.n_head * hd)
         if self.var.attn_gate:
             o = o * _sigmoid(gate)
         return self.mm(p + "attn_output.weight", o)
