@@ -10,7 +10,7 @@ import pytest
 import mtpllama
 from mtpllama.testing.arch import WRITERS
 from mtpllama.testing.fixtures import ONE_THREAD, PROMPTS
-from mla_cases import bad_file_fails_clearly, f32, u32
+from mla_cases import bad_file_fails_clearly, check_sampled_distribution, f32, u32
 from recurrent_cases import (check_low_precision, check_mtp_equals_plain, check_mtp_ffn_on_output_rows,
                              check_rollback_is_needed, check_truncation)
 from test_arch_qwen35 import _i32s
@@ -136,3 +136,11 @@ def test_fuzzed_files_never_crash_or_hang(tmp_path):
     n = int(os.environ.get("MTPLLAMA_FUZZ_CASES", "1500")) // 4
     failures = fuzz_gguf.run(str(base), n, seed=5, batch=250, timeout_per_case=20.0)
     assert not failures, failures[:5]
+
+
+@pytest.mark.slow
+def test_sampled_mtp_has_plain_sampling_distribution(model):
+    """Three drafts a step on a recurrent trunk, verified as the defaults verify: the joint
+    distribution of the first 4 tokens equals plain sampling's, and an accept-everything verifier
+    is told apart (see mla_cases.check_sampled_distribution)."""
+    check_sampled_distribution(model, model.tokenize(PROMPT)[:6], 6000)

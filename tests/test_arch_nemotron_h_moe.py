@@ -10,7 +10,7 @@ import pytest
 import mtpllama
 from mtpllama.testing.arch import WRITERS
 from mtpllama.testing.fixtures import ONE_THREAD, PROMPTS
-from mla_cases import bad_file_fails_clearly, f32, u32
+from mla_cases import bad_file_fails_clearly, check_sampled_distribution, f32, u32
 from recurrent_cases import check_low_precision, check_mtp_equals_plain, check_rollback_is_needed, check_truncation
 from test_arch_qwen35 import _i32s
 from test_batch_invariance import compare
@@ -177,3 +177,11 @@ def test_expert_groups_fail_clearly(tmp_path, groups):
     this one: 3 groups of 8 experts aborted the process); 2 groups need a used-group count."""
     path = str(W.write_synthetic(tmp_path / "groups.gguf", Spec(seed=72), keys={"expert_group_count": u32(groups)}))
     bad_file_fails_clearly(path, "expert_group")
+
+
+@pytest.mark.slow
+def test_sampled_mtp_has_plain_sampling_distribution(model):
+    """Three drafts a step on a recurrent trunk, verified as the defaults verify: the joint
+    distribution of the first 4 tokens equals plain sampling's, and an accept-everything verifier
+    is told apart (see mla_cases.check_sampled_distribution)."""
+    check_sampled_distribution(model, model.tokenize(PROMPT)[:6], 6000)
