@@ -173,6 +173,26 @@ def err_before(res, category: str, end: int) -> float:
 
 # --- checks every MLA architecture's test file runs ------------------------------------------------------
 
+def check_split_halves(full: str, tmp_path) -> tuple[str, str]:
+    """extract_mtp / extract_trunk of full (the converter's --mtp / --no-mtp): the trunk with its head
+    file drafts exactly as the full file.  Returns (head, trunk) paths."""
+    from mtpllama import SpecConfig
+    from mtpllama.testing.fixtures import PROMPTS
+
+    head = mtpllama.extract_mtp(full, tmp_path / "head.gguf")
+    trunk = mtpllama.extract_trunk(full, tmp_path / "trunk.gguf")
+    assert [mtpllama.inspect(p).kind for p in (full, head, trunk)] == ["full", "mtp-only", "trunk-only"]
+    spec = SpecConfig(3, 0.0, adaptive=False)
+    with mtpllama.Model(full, session_defaults=ONE_THREAD) as a, \
+            mtpllama.Model(trunk, mtp_path=head, session_defaults=ONE_THREAD) as b:
+        assert b.info.mtp_separate
+        for prompt in PROMPTS[:3]:
+            ra, rb = a.generate(prompt, 32, spec=spec), b.generate(prompt, 32, spec=spec)
+            assert ra.tokens == rb.tokens == a.generate(prompt, 32, mtp=False).tokens
+            assert (ra.stats.drafted, ra.stats.accepted) == (rb.stats.drafted, rb.stats.accepted)
+    return str(head), str(trunk)
+
+
 def check_mtp_equals_plain(model, plain_outputs, flavour: str, prompts, draft_max: int, p_min: float) -> None:
     """Greedy MTP == plain on every prompt (64 tokens), and the head both right and wrong at the first two positions."""
     from mtpllama import SpecConfig

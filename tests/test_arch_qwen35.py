@@ -21,7 +21,8 @@ import mtpllama
 from mtpllama import SessionConfig, SpecConfig
 from mtpllama.testing.arch import WRITERS
 from mtpllama.testing.fixtures import ONE_THREAD, PROMPTS
-from mla_cases import bad_file_fails_clearly, bools, check_sampled_distribution, decodes_in_a_child, u32
+from mla_cases import (bad_file_fails_clearly, bools, check_sampled_distribution, check_split_halves,
+                       decodes_in_a_child, u32)
 from test_batch_invariance import compare
 from recurrent_cases import check_mtp_ffn_on_output_rows, check_rollback_is_needed
 from test_reference import PROMPT
@@ -126,20 +127,9 @@ def test_trunk_only_file(files, arch, key):
 
 
 def test_split_halves_draft_as_the_full_file(files, tmp_path):
-    """extract_mtp / extract_trunk of a qwen35moe file (the converter's --mtp / --no-mtp): the trunk
-    with its head file drafts exactly as the full file."""
-    full = files[("qwen35moe", "own")]
-    head = mtpllama.extract_mtp(full, tmp_path / "head.gguf")
-    trunk = mtpllama.extract_trunk(full, tmp_path / "trunk.gguf")
-    assert [mtpllama.inspect(p).kind for p in (full, head, trunk)] == ["full", "mtp-only", "trunk-only"]
-    spec = SpecConfig(3, 0.0, adaptive=False)
-    with mtpllama.Model(full, session_defaults=ONE_THREAD) as a, \
-            mtpllama.Model(trunk, mtp_path=head, session_defaults=ONE_THREAD) as b:
-        assert b.info.mtp_separate
-        for prompt in PROMPTS[:3]:
-            ra, rb = a.generate(prompt, 32, spec=spec), b.generate(prompt, 32, spec=spec)
-            assert ra.tokens == rb.tokens == a.generate(prompt, 32, mtp=False).tokens
-            assert (ra.stats.drafted, ra.stats.accepted) == (rb.stats.drafted, rb.stats.accepted)
+    """extract_mtp / extract_trunk of a qwen35moe file: the trunk with its head file drafts exactly as
+    the full file (mla_cases.check_split_halves)."""
+    check_split_halves(files[("qwen35moe", "own")], tmp_path)
 
 
 def _i32s(values):

@@ -209,6 +209,21 @@ def _fa_f16_accumulator(q: np.ndarray, K: np.ndarray, V: np.ndarray, visible: np
     return acc.astype(np.float64) / S[..., None]
 
 
+def rotate_pairs(x: np.ndarray, n_rot: int, cos: np.ndarray, sin: np.ndarray, neox: bool) -> np.ndarray:
+    """x with its first n_rot dims rotated by the angles' cos and sin: pairs (i, i + n_rot/2) (NeoX)
+    or (2i, 2i + 1)."""
+    out = x.copy()
+    if neox:
+        x0, x1 = x[..., : n_rot // 2], x[..., n_rot // 2: n_rot]
+        out[..., : n_rot // 2] = x0 * cos - x1 * sin
+        out[..., n_rot // 2: n_rot] = x0 * sin + x1 * cos
+    else:
+        x0, x1 = x[..., 0:n_rot:2], x[..., 1:n_rot:2]
+        out[..., 0:n_rot:2] = x0 * cos - x1 * sin
+        out[..., 1:n_rot:2] = x0 * sin + x1 * cos
+    return out
+
+
 def rel_err(got: np.ndarray, ref: np.ndarray) -> float:
     """max |got - ref| / max |ref| (over one row or a stack of rows)."""
     scale = float(np.max(np.abs(ref)))
@@ -272,16 +287,7 @@ class Reference:
         n_rot = self.hp.n_rot
         ang = pos[:, None].astype(np.float64) * self._inv_freq[None, :]            # (n, n_rot/2)
         cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
-        out = x.copy()
-        if self.var.rope == "neox":
-            x0, x1 = x[..., : n_rot // 2], x[..., n_rot // 2: n_rot]
-            out[..., : n_rot // 2] = x0 * cos - x1 * sin
-            out[..., n_rot // 2: n_rot] = x0 * sin + x1 * cos
-        else:
-            x0, x1 = x[..., 0:n_rot:2], x[..., 1:n_rot:2]
-            out[..., 0:n_rot:2] = x0 * cos - x1 * sin
-            out[..., 1:n_rot:2] = x0 * sin + x1 * cos
-        return out
+        return rotate_pairs(x, n_rot, cos, sin, neox=self.var.rope == "neox")
 
     def attention(self, il: int, x: np.ndarray, pos: np.ndarray, cache: KVCache) -> np.ndarray:
         hp, p = self.hp, f"blk.{il}."

@@ -308,16 +308,7 @@ class Reference(_g.Reference):
         rotated = self._text_pair if self._rope == "imrope" else np.ones_like(self._text_pair)
         ang = np.where(rotated[None, :], pos[:, None].astype(np.float64), 0.0) * self._inv_freq[None, :]
         cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
-        out = x.copy()
-        if self._rope != "norm":
-            x0, x1 = x[..., : n_rot // 2], x[..., n_rot // 2: n_rot]
-            out[..., : n_rot // 2] = x0 * cos - x1 * sin
-            out[..., n_rot // 2: n_rot] = x0 * sin + x1 * cos
-        else:
-            x0, x1 = x[..., 0:n_rot:2], x[..., 1:n_rot:2]
-            out[..., 0:n_rot:2] = x0 * cos - x1 * sin
-            out[..., 1:n_rot:2] = x0 * sin + x1 * cos
-        return out
+        return _g.rotate_pairs(x, n_rot, cos, sin, neox=self._rope != "norm")
 
     def attention(self, il: int, x: np.ndarray, pos: np.ndarray, cache: KVCache) -> np.ndarray:
         hp, p = self.hp, f"blk.{il}."
