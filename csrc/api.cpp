@@ -122,6 +122,18 @@ void clear_error() { t_last_error.clear(); }
 std::string upstream_error() { return t_upstream_error; }
 void clear_upstream_error() { t_upstream_error.clear(); }
 
+// Every backend that offers a batch-invariant mode (the CPU's is linked in; CUDA's, patches/0020, is
+// found through its registry when the build has it).
+void set_batch_invariant(int max_rows) {
+    ggml_cpu_set_batch_invariant(max_rows);
+    for (size_t i = 0; i < ggml_backend_reg_count(); ++i) {
+        ggml_backend_reg_t reg = ggml_backend_reg_get(i);
+        if (auto * fn = (void (*)(int)) ggml_backend_reg_get_proc_address(reg, "ggml_backend_set_batch_invariant")) {
+            fn(max_rows);
+        }
+    }
+}
+
 void ensure_backend() {
     static std::once_flag once;
     std::call_once(once, [] {
@@ -129,8 +141,8 @@ void ensure_backend() {
         llama_backend_init();
         // Verification batches (at most MTPL_MAX_DRAFT + 1 rows) must compute each row as plain
         // decoding computes it alone, or near-ties flip and greedy MTP output differs from plain
-        // output (patches/0003).
-        ggml_cpu_set_batch_invariant(MTPL_MAX_DRAFT + 1);
+        // output (patches/0003, 0020).
+        set_batch_invariant(MTPL_MAX_DRAFT + 1);
         // Decoding streams every weight once per step: 2 MiB pages spare TLB misses (patches/0007,
         // 0010; the gain is in benchmarks/RESULTS.md).
         ggml_backend_cpu_buffer_set_huge_pages(true);
@@ -186,13 +198,68 @@ int32_t mtpl_controller_simulate(const mtpl_controller_sim * sim, int32_t * out_
 
 int32_t mtpl_set_batch_invariant(int32_t enabled) {
     mtpl::ensure_backend();
-    ggml_cpu_set_batch_invariant(enabled ? MTPL_MAX_DRAFT + 1 : 0);
+    mtpl::set_batch_invariant(enabled ? MTPL_MAX_DRAFT + 1 : 0);
     return MTPL_OK;
 }
 
 int32_t mtpl_get_batch_invariant(void) {
     mtpl::ensure_backend();
     return ggml_cpu_batch_invariant(1) ? 1 : 0;
+}
+
+int32_t mtpl_devices(char * buf, int64_t cap, int64_t * n_out) {
+    return guarded([&]() -> int32_t {
+        mtpl::ensure_backend();
+        if (!buf || !n_out || cap <= 0) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "bad arguments to mtpl_devices");
+        }
+        std::string text;
+        for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+            ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+            const char * kind = "gpu";
+            switch (ggml_backend_dev_type(dev)) {
+                case GGML_BACKEND_DEVICE_TYPE_CPU: kind = "cpu"; break;
+                case GGML_BACKEND_DEVICE_TYPE_IGPU: kind = "igpu"; break;
+                case GGML_BACKEND_DEVICE_TYPE_ACCEL: kind = "accel"; break;
+                default: break;
+            }
+            size_t free = 0, total = 0;
+            ggml_backend_dev_memory(dev, &free, &total);
+            std::string desc = ggml_backend_dev_description(dev);
+            for (char & c : desc) {
+                if (c == '\t' || c == '\n') c = ' ';
+            }
+            text += std::string(ggml_backend_dev_name(dev)) + "\t" + desc + "\t" + kind + "\t" + std::to_string(free) +
+                    "\t" + std::to_string(total) + "\n";
+        }
+        *n_out = (int64_t) text.size();
+        if ((int64_t) text.size() + 1 > cap) {
+            return mtpl::fail(MTPL_ERR_BUFFER_TOO_SMALL, "buffer of " + std::to_string(cap) + " bytes is too small (" +
+                                                             std::to_string(text.size() + 1) + " needed)");
+        }
+        std::memcpy(buf, text.c_str(), text.size() + 1);
+        return MTPL_OK;
+    });
+}
+
+int32_t mtpl_cuda_graph_counts(int64_t * reused, int64_t * captured, int64_t * direct) {
+    mtpl::ensure_backend();
+    if (!reused || !captured || !direct) {
+        return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "reused, captured and direct must not be NULL");
+    }
+    ggml_backend_reg_t reg = ggml_backend_reg_by_name("CUDA");
+    auto * fn = reg ? (void (*)(uint64_t *, uint64_t *, uint64_t *)) ggml_backend_reg_get_proc_address(
+                          reg, "ggml_backend_cuda_graph_counts")
+                    : nullptr;
+    if (!fn) {
+        return mtpl::fail(MTPL_ERR_NO_BACKEND, "this build of mtpllama has no CUDA backend");
+    }
+    uint64_t r = 0, c = 0, d = 0;
+    fn(&r, &c, &d);
+    *reused = (int64_t) r;
+    *captured = (int64_t) c;
+    *direct = (int64_t) d;
+    return MTPL_OK;
 }
 
 int32_t mtpl_set_huge_pages(int32_t enabled) {
@@ -530,6 +597,23 @@ int32_t mtpl_session_memory(const mtpl_session * session, int64_t * weights, int
             return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "bad arguments to mtpl_session_memory");
         }
         mtpl::session_memory(session, weights, kv, compute);
+        return MTPL_OK;
+    });
+}
+
+int32_t mtpl_session_memory_by_buffer(const mtpl_session * session, int32_t mtp, char * buf, int64_t cap,
+                                      int64_t * n_out) {
+    return guarded([&]() -> int32_t {
+        if (!session || !buf || !n_out || cap <= 0) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "bad arguments to mtpl_session_memory_by_buffer");
+        }
+        const std::string text = mtpl::session_memory_by_buffer(session, mtp != 0);
+        *n_out = (int64_t) text.size();
+        if ((int64_t) text.size() + 1 > cap) {
+            return mtpl::fail(MTPL_ERR_BUFFER_TOO_SMALL, "buffer of " + std::to_string(cap) + " bytes is too small (" +
+                                                             std::to_string(text.size() + 1) + " needed)");
+        }
+        std::memcpy(buf, text.c_str(), text.size() + 1);
         return MTPL_OK;
     });
 }

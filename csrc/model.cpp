@@ -8,6 +8,7 @@
 #include "chat_format.h"
 #include "ggml-backend.h"
 #include "inspect.h"
+#include "llama-model.h"
 #include "model.h"
 #include "util.h"
 
@@ -33,11 +34,10 @@ ggml_backend_buffer_type_t find_buffer_type(const std::string & name, std::strin
     return nullptr;
 }
 
-int32_t parse_overrides(const char * spec, mtpl_model & m) {
-    if (!spec) {
-        return MTPL_OK;
-    }
-    std::string s(spec);
+// Rules "regex=DEVICE" (newline-separated), after `first` (rules that must win: the NextN block's).
+int32_t parse_overrides(const char * spec, std::vector<std::pair<std::string, ggml_backend_buffer_type_t>> first,
+                        override_list & out) {
+    std::string s(spec ? spec : "");
     size_t start = 0;
     while (start <= s.size()) {
         size_t end = s.find('\n', start);
@@ -61,14 +61,44 @@ int32_t parse_overrides(const char * spec, mtpl_model & m) {
         if (!buft) {
             return fail(MTPL_ERR_INVALID_ARGUMENT, "tensor override device '" + device + "' is unknown; available: " + known);
         }
-        m.override_patterns.push_back(pattern);
-        m.overrides.push_back({nullptr, buft});
+        first.emplace_back(pattern, buft);
     }
-    for (size_t i = 0; i < m.overrides.size(); ++i) {
-        m.overrides[i].pattern = m.override_patterns[i].c_str();
+    if (first.empty()) {
+        return MTPL_OK;
     }
-    m.overrides.push_back({nullptr, nullptr});
+    for (auto & [pattern, buft] : first) {
+        out.patterns.push_back(pattern);
+        out.list.push_back({nullptr, buft});
+    }
+    for (size_t i = 0; i < out.list.size(); ++i) {
+        out.list[i].pattern = out.patterns[i].c_str();
+    }
+    out.list.push_back({nullptr, nullptr});
     return MTPL_OK;
+}
+
+// A device by name ("CPU", "CUDA0", "RPC0[host:port]"), case-insensitive.
+ggml_backend_dev_t find_device(const std::string & name, std::string & known) {
+    const std::string want = lower(name);
+    ggml_backend_dev_t found = nullptr;
+    for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+        ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+        known += (known.empty() ? "" : ", ") + std::string(ggml_backend_dev_name(dev));
+        if (!found && lower(ggml_backend_dev_name(dev)) == want) {
+            found = dev;
+        }
+    }
+    return found;
+}
+
+// The NextN blocks of a file: blk.<first>. .. blk.<block_count - 1>.
+std::string nextn_pattern(const file_facts & f) {
+    std::string alt;
+    const uint32_t n = f.nextn ? f.nextn : 1;
+    for (uint32_t il = f.block_count - n; il < f.block_count; ++il) {
+        alt += (alt.empty() ? "" : "|") + std::to_string(il);
+    }
+    return "^blk\\.(" + alt + ")\\.";
 }
 
 } // namespace
@@ -108,18 +138,52 @@ int32_t model_load(const mtpl_model_params & p, mtpl_model ** out) {
                         "writes one from a full file), or load with mtp=False for plain decoding.");
     }
 
+    // mtp_device: the NextN layer's KV cache and compute follow the layer (patches/0019); on a device other
+    // than the CPU its weights go there too, ahead of tensor_overrides (so "exps=CPU" keeps the trunk's
+    // experts in RAM and the head's with the head).  On the CPU the weights keep the CPU's own buffer
+    // types (repacked, AMX), which an override would bypass.
+    ggml_backend_dev_t mtp_dev = nullptr;
+    if (p.mtp_device && *p.mtp_device) {
+        std::string known;
+        mtp_dev = find_device(p.mtp_device, known);
+        if (!mtp_dev) {
+            return fail(MTPL_ERR_INVALID_ARGUMENT, std::string("mtp_device '") + p.mtp_device +
+                                                       "' is unknown; available: " + known);
+        }
+        if (!p.mtp) {
+            return fail(MTPL_ERR_INVALID_ARGUMENT, "mtp_device is given but MTP is off (mtp=False)");
+        }
+    }
+    const bool cpu_head = mtp_dev && ggml_backend_dev_type(mtp_dev) == GGML_BACKEND_DEVICE_TYPE_CPU;
+    auto head_rules = [&](const file_facts & f) {
+        std::vector<std::pair<std::string, ggml_backend_buffer_type_t>> r;
+        if (mtp_dev && !cpu_head) {
+            r.emplace_back(nextn_pattern(f), ggml_backend_dev_buffer_type(mtp_dev));
+        }
+        return r;
+    };
+
     auto * m = new mtpl_model();
     m->arch = facts.def;
-    if (int32_t st = parse_overrides(p.tensor_overrides, *m); st != MTPL_OK) {
+    if (int32_t st = parse_overrides(p.tensor_overrides, head_path.empty() ? head_rules(facts) : decltype(head_rules(facts)){},
+                                     m->overrides);
+        st != MTPL_OK) {
         delete m;
         return st;
+    }
+    if (!head_path.empty()) {
+        if (int32_t st = parse_overrides(p.tensor_overrides, head_rules(head), m->head_overrides); st != MTPL_OK) {
+            delete m;
+            return st;
+        }
     }
 
     llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = p.n_gpu_layers;
     mp.load_mode = p.use_mmap ? LLAMA_LOAD_MODE_MMAP : LLAMA_LOAD_MODE_NONE;
     mp.load_mtp = p.mtp != 0 && head_path.empty();
-    mp.tensor_buft_overrides = m->overrides.empty() ? nullptr : m->overrides.data();
+    mp.tensor_buft_overrides = m->overrides.list.empty() ? nullptr : m->overrides.list.data();
+    mp.nextn_device = mtp_dev;
 
     clear_upstream_error();
     m->model = llama_model_load_from_file(path.c_str(), mp);
@@ -130,6 +194,7 @@ int32_t model_load(const mtpl_model_params & p, mtpl_model ** out) {
     }
     if (!head_path.empty()) {
         mp.load_mtp = true;
+        mp.tensor_buft_overrides = m->head_overrides.list.empty() ? nullptr : m->head_overrides.list.data();
         clear_upstream_error();
         m->head = llama_model_load_from_file(head_path.c_str(), mp);
         if (!m->head) {
@@ -158,6 +223,11 @@ int32_t model_load(const mtpl_model_params & p, mtpl_model ** out) {
     info.nextn_bytes_file = nextn.nextn_bytes;
     info.n_params = (int64_t) llama_model_n_params(m->model) + (m->head ? (int64_t) llama_model_n_params(m->head) : 0);
     info.mtp_separate = m->head ? 1 : 0;
+    if (p.mtp) {
+        const llama_model * hm = m->head ? m->head : m->model;
+        const int il = (int) hm->hparams.n_layer_all - 1;
+        std::snprintf(info.mtp_device, sizeof(info.mtp_device), "%s", ggml_backend_dev_name(hm->dev_layer(il)));
+    }
     *out = m;
     return MTPL_OK;
 }

@@ -16,6 +16,12 @@ extern "C" {
 
 namespace mtpl {
 struct chat_templates;  // the model's chat template, parsed on first use (chat_format.cpp)
+
+// tensor_buft_overrides as llama.cpp takes them: patterns kept alive, NULL-terminated
+struct override_list {
+    std::vector<std::string> patterns;
+    std::vector<llama_model_tensor_buft_override> list;
+};
 }
 
 struct mtpl_model {
@@ -24,8 +30,8 @@ struct mtpl_model {
     const llama_vocab * vocab = nullptr;
     const mtpl::arch_def * arch = nullptr;
     mtpl_model_info info{};
-    std::vector<std::string> override_patterns;
-    std::vector<llama_model_tensor_buft_override> overrides;
+    mtpl::override_list overrides;       // for model
+    mtpl::override_list head_overrides;  // for head
     std::atomic<int32_t> n_sessions{0};
     mtpl::chat_templates * chat = nullptr;  // set once, under chat_mutex, by the first chat render
     std::mutex chat_mutex;

@@ -29,7 +29,8 @@ enum mtpl_status {
     MTPL_ERR_MTP_MISMATCH = 13,    /* the MTP head file does not belong to the trunk's model */
     MTPL_ERR_NO_CHAT_TEMPLATE = 14, /* the model file has no chat template (tokenizer.chat_template) */
     MTPL_ERR_CHAT_TEMPLATE = 15,   /* the chat template does not parse, or failed to render these messages */
-    MTPL_ERR_CHAT_PARSE = 16       /* generated text does not match the parser of the chat format */
+    MTPL_ERR_CHAT_PARSE = 16,      /* generated text does not match the parser of the chat format */
+    MTPL_ERR_NO_BACKEND = 17       /* this build has no such backend (e.g. CUDA in a CPU-only build) */
 };
 
 /* Why a generation step stopped emitting tokens. */
@@ -62,6 +63,8 @@ typedef struct mtpl_model_params {
     const char * tensor_overrides;  /* newline-separated "regex=DEVICE" rules (llama.cpp -ot), or NULL */
     int32_t use_mmap;               /* 1: memory-map the file */
     const char * mtp_path;          /* an MTP-only file holding the NextN block (NULL: the head is in path) */
+    const char * mtp_device;        /* device for the NextN block, its KV cache and compute ("CPU", "CUDA0", an
+                                       RPC device); NULL: placed by n_gpu_layers like the last trunk layer */
 } mtpl_model_params;
 
 typedef struct mtpl_model_info {
@@ -81,6 +84,7 @@ typedef struct mtpl_model_info {
     int64_t nextn_bytes_file;       /* bytes of NextN tensors in the file */
     int64_t n_params;               /* parameters loaded */
     int32_t mtp_separate;           /* the NextN block came from mtp_path */
+    char mtp_device[64];            /* the device the NextN block runs on ("" when it is not loaded) */
 } mtpl_model_info;
 
 typedef struct mtpl_session_params {
@@ -175,8 +179,8 @@ const char * mtpl_last_error(void);
 int32_t mtpl_set_log(mtpl_log_fn fn, void * user_data, int32_t min_level);
 
 /* Batch invariance (process-wide, on by default): every row of a verification batch is computed
-   with the same CPU kernels as a lone row, so greedy MTP output equals plain greedy output bit for
-   bit.  0 turns it off: verification may then use faster batched kernels, whose last bits differ,
+   with the same kernels as a lone row (CPU: patches/0003; CUDA: 0020), so greedy MTP output equals
+   plain greedy output bit for bit.  0 turns it off: verification may then use faster batched kernels, whose last bits differ,
    and a near-tie may decide differently than plain decoding would.  Set it before decoding. */
 int32_t mtpl_set_batch_invariant(int32_t enabled);
 int32_t mtpl_get_batch_invariant(void);
@@ -186,6 +190,16 @@ int32_t mtpl_get_batch_invariant(void);
    the kernel as transparent huge pages (patches/0007, 0010).  A mapped file's weights are unaffected. */
 int32_t mtpl_set_huge_pages(int32_t enabled);
 int32_t mtpl_get_huge_pages(void);
+
+/* The devices this build and machine offer (ggml's backend devices: "CPU", "CUDA0", ...), one line each,
+   "NAME<TAB>DESCRIPTION<TAB>KIND<TAB>FREE<TAB>TOTAL\n" (KIND: cpu, gpu, igpu, accel; memory in bytes),
+   written NUL-terminated to buf (n_out: bytes without the NUL; MTPL_ERR_BUFFER_TOO_SMALL when cap is
+   too small).  These names are what tensor_overrides and mtp_device take. */
+int32_t mtpl_devices(char * buf, int64_t cap, int64_t * n_out);
+
+/* CUDA graph computations since the process started (patches/0021): launched from a reused graph,
+   captured into a new or updated graph, evaluated kernel by kernel.  MTPL_ERR_NO_BACKEND without CUDA. */
+int32_t mtpl_cuda_graph_counts(int64_t * reused, int64_t * captured, int64_t * direct);
 
 
 /* What a GGUF file holds, as the engine sees it, without loading it (mtpl_file_inspect). */
@@ -246,6 +260,11 @@ int32_t mtpl_session_n_ctx(const mtpl_session * session, int32_t * out);
 /* bytes allocated by llama.cpp for this session's model weights, KV caches and compute buffers
    (all devices; weights are those actually loaded, so a model loaded with mtp=0 has no NextN bytes) */
 int32_t mtpl_session_memory(const mtpl_session * session, int64_t * weights, int64_t * kv, int64_t * compute);
+/* the same per buffer type, for the trunk context (mtp = 0) or the MTP context (mtp = 1): one line per buffer
+   type, "NAME<TAB>weights<TAB>kv<TAB>compute\n", written NUL-terminated to buf (n_out: bytes without the NUL;
+   MTPL_ERR_BUFFER_TOO_SMALL when cap is too small).  The MTP context lists the weights it computes with. */
+int32_t mtpl_session_memory_by_buffer(const mtpl_session * session, int32_t mtp, char * buf, int64_t cap,
+                                      int64_t * n_out);
 int32_t mtpl_session_get_stats(const mtpl_session * session, mtpl_stats * out);
 int32_t mtpl_session_reset_stats(mtpl_session * session);
 /* ask the running (or next) feed/step of this session to stop soon (thread-safe): that call returns

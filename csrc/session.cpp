@@ -557,4 +557,16 @@ void session_memory(const mtpl_session * s, int64_t * weights, int64_t * kv, int
     }
 }
 
+std::string session_memory_by_buffer(const mtpl_session * s, bool mtp) {
+    std::string out;
+    if (mtp && !s->mtp) {
+        return out;
+    }
+    for (const auto & [buft, mb] : llama_get_memory_breakdown(mtp ? s->prop.ctx : s->trunk)) {
+        out += std::string(ggml_backend_buft_name(buft)) + "\t" + std::to_string(mb.model) + "\t" +
+               std::to_string(mb.context) + "\t" + std::to_string(mb.compute) + "\n";
+    }
+    return out;
+}
+
 } // namespace mtpl

@@ -75,5 +75,7 @@ int32_t session_truncate(mtpl_session * s, int32_t n_keep);
 void session_stats(const mtpl_session * s, mtpl_stats & out);
 void session_reset_stats(mtpl_session * s);
 void session_memory(const mtpl_session * s, int64_t * weights, int64_t * kv, int64_t * compute);
+// per buffer type of one context: "NAME\tweights\tkv\tcompute\n" lines (mtpl_session_memory_by_buffer)
+std::string session_memory_by_buffer(const mtpl_session * s, bool mtp);
 
 } // namespace mtpl

@@ -21,6 +21,7 @@ from .errors import (
     ModelNotFoundError,
     MtpllamaError,
     MtpMismatchError,
+    NoBackendError,
     NoChatTemplateError,
     NoMtpHeadError,
     NotGGUFError,
@@ -31,8 +32,8 @@ from .errors import (
 from .chat import ChatDelta, ChatMessage, ChatPrompt, ChatResult, ChatStream, ToolCall, ToolCallDelta
 from .fileinfo import FileInfo, inspect
 from .split import extract_mtp, extract_trunk
-from .model import (GenerationResult, GenerationStats, Model, ModelInfo, Session, batch_invariant, huge_pages,
-                    set_batch_invariant, set_huge_pages)
+from .model import (Device, GenerationResult, GenerationStats, MemoryUse, Model, ModelInfo, Session, batch_invariant,
+                    cuda_graph_counts, devices, huge_pages, set_batch_invariant, set_huge_pages)
 
 logging.getLogger("mtpllama").addHandler(logging.NullHandler())
 
@@ -45,5 +46,6 @@ __all__ = [
     "set_huge_pages", "huge_pages", "inspect", "FileInfo",
     "MtpMismatchError", "SplitError", "extract_mtp", "extract_trunk",
     "ChatMessage", "ChatResult", "ChatDelta", "ChatPrompt", "ChatStream", "ToolCall", "ToolCallDelta",
-    "NoChatTemplateError", "ChatTemplateError", "ChatParseError",
+    "NoChatTemplateError", "ChatTemplateError", "ChatParseError", "NoBackendError",
+    "MemoryUse", "cuda_graph_counts", "Device", "devices",
 ]

@@ -29,7 +29,7 @@ class ModelConfig:
     n_gpu_layers: int = 0
     """Layers to offload to the GPU (-1: all).  Ignored by a CPU-only build."""
     tensor_overrides: tuple[str, ...] = ()
-    """llama.cpp ``-ot`` rules, "REGEX=DEVICE", e.g. ``r"blk\\.46\\..*=CUDA0"`` to keep the MTP block on a GPU."""
+    """llama.cpp ``-ot`` rules, "REGEX=DEVICE", e.g. ``"exps=CPU"`` to keep the routed experts in RAM."""
     use_mmap: bool | None = None
     """True: memory-map the file (llama.cpp's default).  False: read it into memory.  None (default):
     read it when it takes at most 3/4 of the memory available now (Linux's MemAvailable), map it
@@ -42,6 +42,13 @@ class ModelConfig:
     head with a full file): same architecture, hyperparameters and vocabulary, its NextN block
     right after the trunk's layers, else MtpMismatchError.  ``mtpllama extract-mtp`` writes one
     from a full file."""
+    mtp_device: str | None = None
+    """Where the NextN block runs: "CPU", "CUDA0", ... (a device of this build; unknown names raise
+    InvalidArgumentError listing them).  Its KV cache and compute go there; on a GPU its weights too,
+    ahead of tensor_overrides, so the GLM recipe ``n_gpu_layers=-1, tensor_overrides=("exps=CPU",),
+    mtp_device="CUDA0"`` keeps the trunk's routed experts in RAM and the whole head on the GPU.  On
+    the CPU its weights keep the CPU's own (repacked) buffer types unless an override moves them.
+    None: the block is placed by n_gpu_layers, as the layer after the last trunk layer."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.path, str) or not self.path:
@@ -57,6 +64,11 @@ class ModelConfig:
         for rule in self.tensor_overrides:
             if not isinstance(rule, str) or "=" not in rule or "\n" in rule:
                 raise ValueError(f"tensor override {rule!r} is not of the form 'REGEX=DEVICE'")
+        if self.mtp_device is not None:
+            if not isinstance(self.mtp_device, str) or not self.mtp_device or "\0" in self.mtp_device:
+                raise TypeError("mtp_device must be a device name such as 'CPU' or 'CUDA0', or None")
+            if not self.mtp:
+                raise ValueError("mtp_device is given but mtp is False")
 
 
 def mem_available() -> int | None:

@@ -68,6 +68,10 @@ class ChatParseError(MtpllamaError, ValueError):
     """Generated text does not match the parser of the model's chat format."""
 
 
+class NoBackendError(MtpllamaError, RuntimeError):
+    """This build of mtpllama has no such backend (CUDA asked of a CPU-only build)."""
+
+
 # MTPL_ERR_<name> (csrc/mtpllama.h, enum mtpl_status) -> exception class
 STATUS_ERRORS: dict[str, type[MtpllamaError]] = {
     "INVALID_ARGUMENT": InvalidArgumentError,
@@ -86,4 +90,5 @@ STATUS_ERRORS: dict[str, type[MtpllamaError]] = {
     "NO_CHAT_TEMPLATE": NoChatTemplateError,
     "CHAT_TEMPLATE": ChatTemplateError,
     "CHAT_PARSE": ChatParseError,
+    "NO_BACKEND": NoBackendError,
 }

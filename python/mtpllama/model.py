@@ -46,6 +46,16 @@ class ModelInfo:
     """The file is memory-mapped (False: its tensors were read into memory); see ModelConfig.use_mmap."""
     mtp_separate: bool = False
     """The NextN block came from ModelConfig.mtp_path (its counts above are that file's)."""
+    mtp_device: str = ""
+    """The device the NextN block runs on ("CPU", "CUDA0", ...; "" when it is not loaded)."""
+
+
+@dataclass(frozen=True)
+class MemoryUse:
+    """Bytes llama.cpp allocated in one buffer type for one context (Session.memory_by_buffer)."""
+    weights: int
+    kv: int
+    compute: int
 
 
 @dataclass
@@ -163,14 +173,14 @@ class Model(_Closeable):
 
     def __init__(self, path: str | os.PathLike | None = None, *, mtp: bool = True, n_gpu_layers: int = 0,
                  tensor_overrides: Sequence[str] = (), use_mmap: bool | None = None,
-                 mtp_path: str | os.PathLike | None = None,
+                 mtp_path: str | os.PathLike | None = None, mtp_device: str | None = None,
                  config: ModelConfig | None = None, session_defaults: SessionConfig | None = None) -> None:
         """session_defaults: the SessionConfig of sessions opened by generate()/stream() and by
         session() without arguments (e.g. SessionConfig(n_threads=4, n_ctx=8192))."""
         self._handle = ffi.NULL
         self.session_defaults = session_defaults or SessionConfig()
         if config is not None and (path is not None or mtp is not True or n_gpu_layers != 0 or tensor_overrides
-                                   or use_mmap is not None or mtp_path is not None):
+                                   or use_mmap is not None or mtp_path is not None or mtp_device is not None):
             raise TypeError("pass either a ModelConfig or a path with keyword arguments, not both")
         if config is None:
             if path is None:
@@ -181,7 +191,7 @@ class Model(_Closeable):
                 raise TypeError(f"mtp_path must be a str or os.PathLike, got {type(mtp_path).__name__}")
             config = ModelConfig(os.fspath(path), mtp=mtp, n_gpu_layers=n_gpu_layers,
                                  tensor_overrides=tuple(tensor_overrides), use_mmap=use_mmap,
-                                 mtp_path=None if mtp_path is None else os.fspath(mtp_path))
+                                 mtp_path=None if mtp_path is None else os.fspath(mtp_path), mtp_device=mtp_device)
         self.config = config
         self._sessions: weakref.WeakSet[Session] = weakref.WeakSet()
         self._default: dict[bool, Session] = {}
@@ -190,10 +200,11 @@ class Model(_Closeable):
         path_b = ffi.new("char[]", config.path.encode())
         ot_b = ffi.new("char[]", "\n".join(config.tensor_overrides).encode()) if config.tensor_overrides else ffi.NULL
         head_b = ffi.new("char[]", config.mtp_path.encode()) if config.mtp_path else ffi.NULL
+        dev_b = ffi.new("char[]", config.mtp_device.encode()) if config.mtp_device else ffi.NULL
         use_mmap = resolve_use_mmap(config, mem_available())
         params = ffi.new("mtpl_model_params *", {
             "path": path_b, "mtp": int(config.mtp), "n_gpu_layers": config.n_gpu_layers,
-            "tensor_overrides": ot_b, "use_mmap": int(use_mmap), "mtp_path": head_b})
+            "tensor_overrides": ot_b, "use_mmap": int(use_mmap), "mtp_path": head_b, "mtp_device": dev_b})
         out = ffi.new("mtpl_model **")
         _lib.check(lib.mtpl_model_load(params, out))
         self._handle = out[0]
@@ -205,7 +216,8 @@ class Model(_Closeable):
             n_ctx_train=info.n_ctx_train, file_has_mtp=bool(info.file_has_mtp), mtp_loaded=bool(info.mtp_loaded),
             n_tensors_file=info.n_tensors_file, n_tensors_nextn_file=info.n_tensors_nextn_file,
             token_eos=info.token_eos, model_bytes=info.model_bytes, nextn_bytes_file=info.nextn_bytes_file,
-            n_params=info.n_params, use_mmap=use_mmap, mtp_separate=bool(info.mtp_separate))
+            n_params=info.n_params, use_mmap=use_mmap, mtp_separate=bool(info.mtp_separate),
+            mtp_device=ffi.string(info.mtp_device).decode())
 
     # -- lifetime ---------------------------------------------------------------
     def _ptr(self):
@@ -394,6 +406,50 @@ def huge_pages() -> bool:
     return bool(lib.mtpl_get_huge_pages())
 
 
+@dataclass(frozen=True)
+class Device:
+    """A device of this build and machine (mtpllama.devices())."""
+    name: str
+    """What tensor_overrides and mtp_device take: "CPU", "CUDA0", ..."""
+    description: str
+    kind: str
+    """"cpu", "gpu", "igpu" or "accel"."""
+    memory_free: int
+    memory_total: int
+
+
+def _text_call(fn, *args) -> str:
+    """Call an engine function that writes NUL-terminated text (buf, cap, n_out), growing buf as told."""
+    cap = 4096
+    n = ffi.new("int64_t *")
+    while True:
+        buf = ffi.new("char[]", cap)
+        st = fn(*args, buf, cap, n)
+        if st == lib.MTPL_ERR_BUFFER_TOO_SMALL and n[0] + 1 > cap:
+            cap = n[0] + 1
+            continue
+        _lib.check(st)
+        return ffi.string(buf).decode(errors="replace")
+
+
+def devices() -> list[Device]:
+    """The devices llama.cpp can place layers and tensors on in this build (the CPU first)."""
+    out = []
+    for line in _text_call(lib.mtpl_devices).splitlines():
+        name, desc, kind, free, total = line.split("\t")
+        out.append(Device(name, desc, kind, int(free), int(total)))
+    return out
+
+
+def cuda_graph_counts() -> dict[str, int]:
+    """Process-wide CUDA graph computations so far: {'reused', 'captured', 'direct'} (launched from a
+    reused CUDA graph, captured into a new one, evaluated kernel by kernel).  NoBackendError in a
+    build without CUDA."""
+    r, c, d = ffi.new("int64_t *"), ffi.new("int64_t *"), ffi.new("int64_t *")
+    _lib.check(lib.mtpl_cuda_graph_counts(r, c, d), "cuda_graph_counts")
+    return {"reused": r[0], "captured": c[0], "direct": d[0]}
+
+
 def gen_params(spec: SpecConfig, sampling: SamplingConfig):
     """The engine's mtpl_gen_params for a generation with these settings."""
     sm = sampling
@@ -514,6 +570,17 @@ class Session(_Closeable):
         w, kv, c = ffi.new("int64_t *"), ffi.new("int64_t *"), ffi.new("int64_t *")
         _lib.check(lib.mtpl_session_memory(self._ptr(), w, kv, c))
         return {"weights": w[0], "kv": kv[0], "compute": c[0]}
+
+    def memory_by_buffer(self, mtp: bool = False) -> dict[str, MemoryUse]:
+        """The same per buffer type ("CPU", "CUDA0", "CUDA_Host", ...) for the trunk context, or for the
+        MTP context with mtp=True ({} in a session without MTP): where the model's weights, the
+        context's KV cache and its compute buffer live (both contexts list the same weights)."""
+        text = _text_call(lib.mtpl_session_memory_by_buffer, self._ptr(), int(mtp))
+        out: dict[str, MemoryUse] = {}
+        for line in text.splitlines():
+            name, w, kv, c = line.rsplit("\t", 3)
+            out[name] = MemoryUse(int(w), int(kv), int(c))
+        return out
 
     # -- debugging (tests) ---------------------------------------------------------------
     def debug_record(self, enable: bool = True) -> None:
