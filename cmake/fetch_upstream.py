@@ -167,6 +167,11 @@ def first_missing_patch(tree: Path, patches: list[Path]) -> Path | None:
 def check_user_tree(tree: Path, patches: list[Path]) -> str:
     if not (tree / "include" / "llama.h").exists():
         raise SystemExit(f"MTPLLAMA_LLAMA_CPP_DIR={tree} is not a llama.cpp source tree (no include/llama.h)")
+    ready = tree / ".mtpllama-ready"
+    if ready.is_file() and ready.read_text().split() == [UPSTREAM_COMMIT, patches_hash(patches)]:
+        # patched by a tool of ours that writes this marker (benchmarks/gpu_check.sh on machines
+        # without git): the patch set it names is this one
+        return UPSTREAM_COMMIT
     missing = first_missing_patch(tree, patches)
     if missing is not None:
         raise SystemExit(f"MTPLLAMA_LLAMA_CPP_DIR={tree} lacks mtpllama's patch {missing.name} (or has it out of "

@@ -104,3 +104,18 @@ def test_check_works_when_the_temporary_directory_is_inside_a_repository(tmp_pat
     assert fu.first_missing_patch(tree, patches).name == "0002-p.patch"
     (tree / "src" / "a.c").write_text(versions[2])
     assert fu.first_missing_patch(tree, patches) is None
+
+
+def test_marker_of_this_patch_set_is_trusted_and_a_stale_one_is_not(tmp_path):
+    """benchmarks/gpu_check.sh patches a pruned tree on machines that may lack git and marks it with
+    the patch set's hash, as fetch_upstream.py marks its own trees: the check trusts a marker naming
+    this patch set (no git involved) and checks the tree itself when the marker names another."""
+    tree, patches, versions = _series(tmp_path)
+    (tree / "src" / "a.c").write_text(versions[0])  # neither patch applied
+    (tree / "src" / "b.c").write_text("int x;\n")
+    marker = tree / ".mtpllama-ready"
+    marker.write_text(f"{fu.UPSTREAM_COMMIT}\n{fu.patches_hash(patches)}\n")
+    assert fu.check_user_tree(tree, patches) == fu.UPSTREAM_COMMIT
+    marker.write_text(f"{fu.UPSTREAM_COMMIT}\n0123456789abcdef\n")
+    with pytest.raises(SystemExit, match=patches[-1].name):
+        fu.check_user_tree(tree, patches)
