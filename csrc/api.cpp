@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "chat_format.h"
+#include "rpc.h"
 #include "controller_sim.h"
 #include "ggml.h"
 #include "ggml-backend.h"
@@ -239,6 +240,32 @@ int32_t mtpl_devices(char * buf, int64_t cap, int64_t * n_out) {
         }
         std::memcpy(buf, text.c_str(), text.size() + 1);
         return MTPL_OK;
+    });
+}
+
+int32_t mtpl_set_rpc_timeout(int32_t ms) {
+    mtpl::ensure_backend();
+    if (ms < 0) {
+        return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "the RPC timeout must be >= 0 ms (0: wait forever)");
+    }
+    return mtpl::rpc_set_timeout(ms);
+}
+
+int32_t mtpl_get_rpc_timeout(int32_t * ms) {
+    if (!ms) {
+        return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "ms must not be NULL");
+    }
+    *ms = mtpl::rpc_timeout();
+    return MTPL_OK;
+}
+
+int32_t mtpl_rpc_serve(const char * endpoint, int32_t n_threads, const char * cache_dir) {
+    return guarded([&]() -> int32_t {
+        mtpl::ensure_backend();
+        if (!endpoint || !*endpoint || n_threads < 1) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "mtpl_rpc_serve needs an endpoint and n_threads >= 1");
+        }
+        return mtpl::rpc_serve(endpoint, n_threads, cache_dir);
     });
 }
 

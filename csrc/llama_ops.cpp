@@ -1,8 +1,10 @@
 // Thin helpers over llama.cpp calls shared by the session and the proposer.
 #include "llama_ops.h"
 
+#include <stdexcept>
 #include <string>
 
+#include "rpc.h"
 #include "util.h"
 
 namespace mtpl {
@@ -18,7 +20,19 @@ void batch_add(llama_batch_ext * b, int32_t token, int32_t pos, bool output, con
 
 int32_t process(llama_context * ctx, llama_batch_ext * b, std::atomic<bool> & cancel, const char * what) {
     clear_upstream_error();
-    const int32_t rc = llama_process(ctx, LLAMA_PROCESS_TYPE_DECODE, b);
+    // a lost RPC worker throws from the call that needed it, or leaves a failure behind for results
+    // read asynchronously (patches/0022): either fails this pass
+    std::string lost;
+    const uint64_t failures = rpc_failures();
+    int32_t rc;
+    try {
+        rc = llama_process(ctx, LLAMA_PROCESS_TYPE_DECODE, b);
+    } catch (const std::exception & e) {
+        return fail(MTPL_ERR_DECODE, std::string(what) + " failed: " + e.what());
+    }
+    if (rpc_failures(&lost) != failures) {
+        return fail(MTPL_ERR_DECODE, std::string(what) + " failed: " + lost);
+    }
     if (rc == 0) {
         return MTPL_OK;
     }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
+#include <cstring>
 #include <regex>
 
 #include "chat_format.h"
@@ -10,6 +11,7 @@
 #include "inspect.h"
 #include "llama-model.h"
 #include "model.h"
+#include "rpc.h"
 #include "util.h"
 
 namespace mtpl {
@@ -178,7 +180,34 @@ int32_t model_load(const mtpl_model_params & p, mtpl_model ** out) {
         }
     }
 
+    // RPC workers' devices first (llama.cpp's order: fewer transfers), then this machine's GPUs.  Once a
+    // worker is registered the list is explicit, so a model never spills onto another model's workers.
+    std::vector<std::string> endpoints;
+    for (size_t start = 0, end; p.rpc_servers && start <= std::strlen(p.rpc_servers); start = end + 1) {
+        const std::string all(p.rpc_servers);
+        end = all.find('\n', start);
+        if (end == std::string::npos) end = all.size();
+        if (end > start) endpoints.push_back(all.substr(start, end - start));
+    }
+    std::vector<ggml_backend_dev_t> devices;
+    if (int32_t st = rpc_devices(endpoints, devices); st != MTPL_OK) {
+        delete m;
+        return st;
+    }
+    if (rpc_any_registered()) {
+        for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+            ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+            const auto type = ggml_backend_dev_type(dev);
+            if ((type == GGML_BACKEND_DEVICE_TYPE_GPU || type == GGML_BACKEND_DEVICE_TYPE_IGPU) &&
+                std::string(ggml_backend_reg_name(ggml_backend_dev_backend_reg(dev))).rfind("RPC", 0) != 0) {
+                devices.push_back(dev);
+            }
+        }
+        devices.push_back(nullptr);
+    }
+
     llama_model_params mp = llama_model_default_params();
+    mp.devices = devices.empty() ? nullptr : devices.data();
     mp.n_gpu_layers = p.n_gpu_layers;
     mp.load_mode = p.use_mmap ? LLAMA_LOAD_MODE_MMAP : LLAMA_LOAD_MODE_NONE;
     mp.load_mtp = p.mtp != 0 && head_path.empty();

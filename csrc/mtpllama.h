@@ -65,6 +65,8 @@ typedef struct mtpl_model_params {
     const char * mtp_path;          /* an MTP-only file holding the NextN block (NULL: the head is in path) */
     const char * mtp_device;        /* device for the NextN block, its KV cache and compute ("CPU", "CUDA0", an
                                        RPC device); NULL: placed by n_gpu_layers like the last trunk layer */
+    const char * rpc_servers;       /* newline-separated "HOST:PORT" of mtpllama-rpc-server workers whose devices
+                                       (RPC0, RPC1, ... in order) take layers before local GPUs; NULL: none */
 } mtpl_model_params;
 
 typedef struct mtpl_model_info {
@@ -196,6 +198,16 @@ int32_t mtpl_get_huge_pages(void);
    written NUL-terminated to buf (n_out: bytes without the NUL; MTPL_ERR_BUFFER_TOO_SMALL when cap is
    too small).  These names are what tensor_overrides and mtp_device take. */
 int32_t mtpl_devices(char * buf, int64_t cap, int64_t * n_out);
+
+/* RPC workers (process-wide): a send or receive that waits longer than ms on a worker fails the call
+   that needed it (MTPL_ERR_DECODE naming the worker; 0: wait forever).  Applies to connections made
+   afterwards; the default is 60000. */
+int32_t mtpl_set_rpc_timeout(int32_t ms);
+int32_t mtpl_get_rpc_timeout(int32_t * ms);
+/* Serve this machine's CPU to RPC clients at endpoint ("HOST:PORT") with n_threads threads, with the
+   kernel switches mtpllama sets (batch invariance, huge pages), until the process ends; cache_dir
+   (or NULL) caches tensors clients send by hash.  Returns only on failure to listen. */
+int32_t mtpl_rpc_serve(const char * endpoint, int32_t n_threads, const char * cache_dir);
 
 /* CUDA graph computations since the process started (patches/0021): launched from a reused graph,
    captured into a new or updated graph, evaluated kernel by kernel.  MTPL_ERR_NO_BACKEND without CUDA. */

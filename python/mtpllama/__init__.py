@@ -33,7 +33,8 @@ from .chat import ChatDelta, ChatMessage, ChatPrompt, ChatResult, ChatStream, To
 from .fileinfo import FileInfo, inspect
 from .split import extract_mtp, extract_trunk
 from .model import (Device, GenerationResult, GenerationStats, MemoryUse, Model, ModelInfo, Session, batch_invariant,
-                    cuda_graph_counts, devices, huge_pages, set_batch_invariant, set_huge_pages)
+                    cuda_graph_counts, devices, huge_pages, rpc_timeout, set_batch_invariant, set_huge_pages,
+                    set_rpc_timeout)
 
 logging.getLogger("mtpllama").addHandler(logging.NullHandler())
 
@@ -47,5 +48,5 @@ __all__ = [
     "MtpMismatchError", "SplitError", "extract_mtp", "extract_trunk",
     "ChatMessage", "ChatResult", "ChatDelta", "ChatPrompt", "ChatStream", "ToolCall", "ToolCallDelta",
     "NoChatTemplateError", "ChatTemplateError", "ChatParseError", "NoBackendError",
-    "MemoryUse", "cuda_graph_counts", "Device", "devices",
+    "MemoryUse", "cuda_graph_counts", "Device", "devices", "set_rpc_timeout", "rpc_timeout",
 ]

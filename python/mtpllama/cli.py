@@ -17,6 +17,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-ngl", "--n-gpu-layers", type=int, default=0)
     p.add_argument("-ot", "--override-tensor", action="append", default=[], metavar="REGEX=DEVICE",
                    help="place tensors matching REGEX on DEVICE (repeatable, or comma-separated)")
+    p.add_argument("--rpc", metavar="HOST:PORT[,HOST:PORT...]", default="",
+                   help="mtpllama-rpc-server workers whose devices (RPC0, RPC1, ...) take layers first")
     p.add_argument("--mtp-device", metavar="DEVICE",
                    help="run the MTP (NextN) block, its KV cache and compute on DEVICE (CPU, CUDA0, ...); "
                         "GLM recipe: -ngl 99 -ot exps=CPU --mtp-device CUDA0")
@@ -43,6 +45,10 @@ def _overrides(raw: list[str]) -> tuple[str, ...]:
     return tuple(r for item in raw for r in item.split(",") if r)
 
 
+def _rpc(raw: str) -> tuple[str, ...]:
+    return tuple(r.strip() for r in raw.split(",") if r.strip())
+
+
 def _print_stats(st, out=sys.stdout) -> None:
     acc = ", ".join(f"{a:.0%}" for a in st.acceptance) or "-"
     print(f"tokens: {st.generated_tokens} in {st.steps} steps ({st.mean_tokens_per_step:.2f}/step), "
@@ -54,7 +60,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
 
     with Model(a.model, mtp=not a.no_mtp, n_gpu_layers=a.n_gpu_layers, mtp_path=None if a.no_mtp else a.mtp_path,
                tensor_overrides=_overrides(a.override_tensor), use_mmap=a.use_mmap,
-               mtp_device=None if a.no_mtp else a.mtp_device) as model:
+               mtp_device=None if a.no_mtp else a.mtp_device, rpc_servers=_rpc(a.rpc)) as model:
         with model.session(SessionConfig(n_ctx=a.ctx_size, n_threads=a.threads)) as s:
             spec = None if a.no_mtp else SpecConfig(a.draft_max, a.draft_p_min, adaptive=not a.no_adaptive)
             prompt = a.prompt if a.prompt is not None else sys.stdin.read()
@@ -75,8 +81,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
                  api_key=a.api_key or os.environ.get("MTPLLAMA_API_KEY") or None, n_ctx=a.ctx_size,
                  n_threads=a.threads, mtp=not a.no_mtp, mtp_path=None if a.no_mtp else a.mtp_path, spec=spec,
                  n_gpu_layers=a.n_gpu_layers, tensor_overrides=_overrides(a.override_tensor), use_mmap=a.use_mmap,
-                 mtp_device=None if a.no_mtp else a.mtp_device, max_queue=a.queue_size, alias=a.alias, log_level="debug" if a.verbose else "info",
-                 step_delay=a.debug_step_delay)
+                 mtp_device=None if a.no_mtp else a.mtp_device, rpc_servers=_rpc(a.rpc), max_queue=a.queue_size,
+                 alias=a.alias, log_level="debug" if a.verbose else "info", step_delay=a.debug_step_delay)
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
@@ -90,7 +96,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
     rates: dict[str, list[float]] = {name: [] for name, _ in settings}
     acc: dict[str, list[float]] = {}
     with Model(a.model, n_gpu_layers=a.n_gpu_layers, tensor_overrides=_overrides(a.override_tensor), mtp_path=a.mtp_path,
-               use_mmap=a.use_mmap, mtp_device=a.mtp_device, session_defaults=SessionConfig(n_ctx=a.ctx_size, n_threads=a.threads)) as m:
+               use_mmap=a.use_mmap, mtp_device=a.mtp_device, rpc_servers=_rpc(a.rpc),
+               session_defaults=SessionConfig(n_ctx=a.ctx_size, n_threads=a.threads)) as m:
         m.generate(a.prompt, 8, mtp=False)  # warm-up
         for _ in range(a.repeats):  # A/B/C/... per round, not all A then all B
             for name, spec in settings:

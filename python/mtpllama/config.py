@@ -49,6 +49,12 @@ class ModelConfig:
     mtp_device="CUDA0"`` keeps the trunk's routed experts in RAM and the whole head on the GPU.  On
     the CPU its weights keep the CPU's own (repacked) buffer types unless an override moves them.
     None: the block is placed by n_gpu_layers, as the layer after the last trunk layer."""
+    rpc_servers: tuple[str, ...] = ()
+    """"HOST:PORT" of ``mtpllama-rpc-server`` workers (docs/rpc.md).  Their devices (RPC0, RPC1, ...
+    in this order) take layers before this machine's GPUs, split by their free memory as llama.cpp
+    splits layers (n_gpu_layers counts them; tensor_overrides and mtp_device take their names).  A
+    worker that cannot be reached raises ModelLoadError naming it; one that dies or stalls (see
+    mtpllama.set_rpc_timeout) ends the generation with DecodeError, and the model must be closed."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.path, str) or not self.path:
@@ -64,6 +70,12 @@ class ModelConfig:
         for rule in self.tensor_overrides:
             if not isinstance(rule, str) or "=" not in rule or "\n" in rule:
                 raise ValueError(f"tensor override {rule!r} is not of the form 'REGEX=DEVICE'")
+        if isinstance(self.rpc_servers, str):
+            raise TypeError("rpc_servers must be a sequence of 'HOST:PORT' strings, not one string")
+        for ep in self.rpc_servers:
+            host, _, port = ep.rpartition(":") if isinstance(ep, str) else ("", "", "")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536 or "\n" in ep:
+                raise ValueError(f"RPC worker {ep!r} is not 'HOST:PORT'")
         if self.mtp_device is not None:
             if not isinstance(self.mtp_device, str) or not self.mtp_device or "\0" in self.mtp_device:
                 raise TypeError("mtp_device must be a device name such as 'CPU' or 'CUDA0', or None")

@@ -174,13 +174,14 @@ class Model(_Closeable):
     def __init__(self, path: str | os.PathLike | None = None, *, mtp: bool = True, n_gpu_layers: int = 0,
                  tensor_overrides: Sequence[str] = (), use_mmap: bool | None = None,
                  mtp_path: str | os.PathLike | None = None, mtp_device: str | None = None,
-                 config: ModelConfig | None = None, session_defaults: SessionConfig | None = None) -> None:
+                 rpc_servers: Sequence[str] = (), config: ModelConfig | None = None, session_defaults: SessionConfig | None = None) -> None:
         """session_defaults: the SessionConfig of sessions opened by generate()/stream() and by
         session() without arguments (e.g. SessionConfig(n_threads=4, n_ctx=8192))."""
         self._handle = ffi.NULL
         self.session_defaults = session_defaults or SessionConfig()
         if config is not None and (path is not None or mtp is not True or n_gpu_layers != 0 or tensor_overrides
-                                   or use_mmap is not None or mtp_path is not None or mtp_device is not None):
+                                   or use_mmap is not None or mtp_path is not None or mtp_device is not None
+                                   or rpc_servers):
             raise TypeError("pass either a ModelConfig or a path with keyword arguments, not both")
         if config is None:
             if path is None:
@@ -191,7 +192,8 @@ class Model(_Closeable):
                 raise TypeError(f"mtp_path must be a str or os.PathLike, got {type(mtp_path).__name__}")
             config = ModelConfig(os.fspath(path), mtp=mtp, n_gpu_layers=n_gpu_layers,
                                  tensor_overrides=tuple(tensor_overrides), use_mmap=use_mmap,
-                                 mtp_path=None if mtp_path is None else os.fspath(mtp_path), mtp_device=mtp_device)
+                                 mtp_path=None if mtp_path is None else os.fspath(mtp_path), mtp_device=mtp_device,
+                                 rpc_servers=rpc_servers if isinstance(rpc_servers, str) else tuple(rpc_servers))
         self.config = config
         self._sessions: weakref.WeakSet[Session] = weakref.WeakSet()
         self._default: dict[bool, Session] = {}
@@ -201,10 +203,12 @@ class Model(_Closeable):
         ot_b = ffi.new("char[]", "\n".join(config.tensor_overrides).encode()) if config.tensor_overrides else ffi.NULL
         head_b = ffi.new("char[]", config.mtp_path.encode()) if config.mtp_path else ffi.NULL
         dev_b = ffi.new("char[]", config.mtp_device.encode()) if config.mtp_device else ffi.NULL
+        rpc_b = ffi.new("char[]", "\n".join(config.rpc_servers).encode()) if config.rpc_servers else ffi.NULL
         use_mmap = resolve_use_mmap(config, mem_available())
         params = ffi.new("mtpl_model_params *", {
             "path": path_b, "mtp": int(config.mtp), "n_gpu_layers": config.n_gpu_layers,
-            "tensor_overrides": ot_b, "use_mmap": int(use_mmap), "mtp_path": head_b, "mtp_device": dev_b})
+            "tensor_overrides": ot_b, "use_mmap": int(use_mmap), "mtp_path": head_b, "mtp_device": dev_b,
+            "rpc_servers": rpc_b})
         out = ffi.new("mtpl_model **")
         _lib.check(lib.mtpl_model_load(params, out))
         self._handle = out[0]
@@ -439,6 +443,22 @@ def devices() -> list[Device]:
         name, desc, kind, free, total = line.split("\t")
         out.append(Device(name, desc, kind, int(free), int(total)))
     return out
+
+
+def set_rpc_timeout(seconds: float) -> None:
+    """Process-wide: a call to an RPC worker that waits longer than this fails the generation with
+    DecodeError naming the worker (default 60 s; 0 waits forever).  Applies to connections made
+    afterwards, i.e. to models loaded afterwards."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds < 2**31 / 1000:
+        raise ValueError(f"the RPC timeout must be a number of seconds >= 0, got {seconds!r}")
+    _lib.check(lib.mtpl_set_rpc_timeout(int(round(seconds * 1000))), "set_rpc_timeout")
+
+
+def rpc_timeout() -> float:
+    """The RPC timeout in seconds (0: none)."""
+    ms = ffi.new("int32_t *")
+    _lib.check(lib.mtpl_get_rpc_timeout(ms))
+    return ms[0] / 1000
 
 
 def cuda_graph_counts() -> dict[str, int]:

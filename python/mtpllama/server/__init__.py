@@ -19,7 +19,7 @@ from pathlib import Path
 def serve(model_path: str, *, host: str = "127.0.0.1", port: int = 8080, parallel: int = 1, api_key: str | None = None,
           n_ctx: int = 0, n_threads: int = 0, mtp: bool = True, mtp_path: str | None = None, spec=None,
           n_gpu_layers: int = 0, tensor_overrides: tuple[str, ...] = (), use_mmap: bool | None = None,
-          mtp_device: str | None = None,
+          mtp_device: str | None = None, rpc_servers: tuple[str, ...] = (),
           max_queue: int = 16, alias: str | None = None, log_level: str = "info", step_delay: float = 0.0) -> int:
     """Serve model_path until SIGINT or SIGTERM: requests in flight are cancelled at their next step
     boundary, the sessions and the model are freed, and the function returns 0."""
@@ -37,7 +37,8 @@ def serve(model_path: str, *, host: str = "127.0.0.1", port: int = 8080, paralle
         raise ValueError("--parallel must be >= 1")
     threads = n_threads or max(1, (os.cpu_count() or 1) // parallel)
     model = Model(model_path, mtp=mtp, mtp_path=mtp_path, n_gpu_layers=n_gpu_layers,
-                  tensor_overrides=tensor_overrides, use_mmap=use_mmap, mtp_device=mtp_device)
+                  tensor_overrides=tensor_overrides, use_mmap=use_mmap, mtp_device=mtp_device,
+                  rpc_servers=rpc_servers)
     try:
         pool = SessionPool(model, parallel, session_config=SessionConfig(n_ctx=n_ctx, n_threads=threads),
                            spec=spec, mtp=mtp, max_queue=max_queue, step_delay=step_delay)
