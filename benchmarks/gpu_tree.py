@@ -8,7 +8,7 @@
 
 The registry sdist (77 MB) is more than may travel, so `prepare` keeps only what the CUDA build and
 upstream's two benchmark tools compile from (CMake files, include/, src/, common/, vendor/, ggml
-with its CPU and CUDA backends, tools/completion, examples/speculative-simple), unpatched, from the
+with its CPU, CUDA and RPC backends, tools/completion, examples/speculative-simple), unpatched, from the
 hash-checked sdist (cmake/fetch_upstream.py fetches it), and writes MANIFEST.sha256: the sha256 of
 every file kept.  `verify` checks every file against the manifest (none missing, changed or added)
 and the manifest against PRUNED_MANIFEST_SHA256 below, so a tree altered together with its manifest
@@ -34,14 +34,15 @@ from fetch_upstream import (UPSTREAM_COMMIT, VENDOR_PREFIX, cache_root, fetch_sd
                             patched_paths, patches_hash)
 
 # sha256 of MANIFEST.sha256 for the pinned sdist and the rules below (`digest` prints it)
-PRUNED_MANIFEST_SHA256 = "e68fe3cce6b3b4ae26d3b2100247c41cbb3b039ca0541f6d50c9dd7eebde9ec3"
+PRUNED_MANIFEST_SHA256 = "df8dffe3cde5c9392b90bf1648b1eac3bf7938a8c7ded14095f80d8ac3a6bb06"
 MANIFEST = "MANIFEST.sha256"
 CARRY = REPO / "build" / "gpu-carry"
 TARBALL = "llama.cpp-pruned.tar.gz"
 PATCHED = "patched-files.tar.gz"   # the files patches/ changes, patched (for machines without git)
 
 KEEP_DIRS = ("cmake/", "include/", "src/", "common/", "vendor/", "licenses/", "ggml/cmake/", "ggml/include/",
-             "ggml/src/ggml-cpu/", "ggml/src/ggml-cuda/", "tools/completion/", "examples/speculative-simple/")
+             "ggml/src/ggml-cpu/", "ggml/src/ggml-cuda/", "ggml/src/ggml-rpc/", "tools/completion/",
+             "examples/speculative-simple/")
 KEEP_FILES = ("CMakeLists.txt", "LICENSE", "ggml/CMakeLists.txt")
 
 # The GPU image (Python 3.12) lacks these; pinned to what this repository is tested with.
