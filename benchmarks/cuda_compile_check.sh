@@ -45,7 +45,7 @@ done
 mkdir -p "$TK/lib/stubs"
 if [ ! -e "$TK/lib/stubs/libcuda.so" ]; then
   echo 'void mtpllama_cuda_stub(void) {}' > "$TK/lib/stubs/stub.c"
-  cc -shared -fPIC -o "$TK/lib/stubs/libcuda.so" "$TK/lib/stubs/stub.c"
+  cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$TK/lib/stubs/libcuda.so" "$TK/lib/stubs/stub.c"
 fi
 
 # The patched tree's directory is named by the patch set; a copy at a fixed path keeps
@@ -90,7 +90,8 @@ lib=$(find "$BUILD" -name 'libggml-cuda.a' | head -1)
 nm -u --format=just-symbols "$lib" | grep -E '^cu[A-Z]' | sort -u > "$TK/lib/stubs/symbols.txt"
 wc -l < "$TK/lib/stubs/symbols.txt"
 sed 's/.*/int &(void) { return 999; }/' "$TK/lib/stubs/symbols.txt" > "$TK/lib/stubs/stub.c"
-cc -shared -fPIC -o "$TK/lib/stubs/libcuda.so" "$TK/lib/stubs/stub.c"
+cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$TK/lib/stubs/libcuda.so" "$TK/lib/stubs/stub.c"
+rm -f "$BUILD/libmtpllama.so"  # relink against this stub
 
 phase "link libmtpllama"
 cmake --build "$BUILD" --target mtpllama -j "$JOBS"
@@ -98,6 +99,9 @@ so=$(find "$BUILD" -maxdepth 1 -name 'libmtpllama.so' | head -1)
 ls -la "$so"
 # The CUDA backend is inside: its registration function and the device code for $ARCH.
 nm -D --defined-only "$so" | grep -c ' T mtpl_' | sed 's/^/exported mtpl_ symbols: /'
-nm "$so" | grep -q ggml_backend_cuda_reg && echo "ggml_backend_cuda_reg: present"
-"$TK/bin/cuobjdump" --list-elf "$so" 2>/dev/null | head -3 || true
+# the CUDA backend and our CUDA patches are inside
+for sym in ggml_backend_cuda_reg ggml_cuda_batch_invariant_rows ggml_backend_cuda_graph_counts; do
+  echo "$sym: $(nm "$so" | grep -c "$sym")"
+done
+readelf -d "$so" | grep NEEDED
 phase "done"
