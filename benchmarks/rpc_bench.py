@@ -5,8 +5,8 @@ that delays every chunk of bytes by a fixed one-way time, all layers on the work
     python3 benchmarks/rpc_bench.py                                  # the issue's grid (~30 min)
     python3 benchmarks/rpc_bench.py --models dense-hi --delays 0 5 --tokens 64 --rounds 1
 
-Per model, one-way delay and MTP block placement (local: mtp_device="CPU"; remote: where n_gpu_layers
-puts it, the second worker), decode tokens/s of plain decoding, fixed k (p_min 0) and the defaults,
+Per model, one-way delay and MTP block placement (local: mtp_device="CPU", the default with workers;
+remote: on the second worker, where n_gpu_layers alone would put it), decode tokens/s of plain decoding, fixed k (p_min 0) and the defaults,
 interleaved, one prompt kind per round (code, prose, chat-formatted), one thread per process.  Prints
 a table and writes --json.  Every MTP output is checked against plain output.
 """
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                 proxies = [DelayProxy(w.port, delay / 1e3) for w in workers]
                 eps = [f"127.0.0.1:{p.port}" for p in proxies]
                 for place in a.placements:
-                    cell = run_cell(path, eps, "CPU" if place == "local" else None, a)
+                    cell = run_cell(path, eps, "CPU" if place == "local" else eps[-1], a)
                     cell.update(model=name, delay_ms=delay, placement=place)
                     out["cells"].append(cell)
                     a.json.write_text(json.dumps(out, indent=1))

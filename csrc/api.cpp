@@ -225,7 +225,11 @@ int32_t mtpl_devices(char * buf, int64_t cap, int64_t * n_out) {
                 default: break;
             }
             size_t free = 0, total = 0;
-            ggml_backend_dev_memory(dev, &free, &total);
+            try {
+                ggml_backend_dev_memory(dev, &free, &total);
+            } catch (const std::exception &) {
+                free = total = 0;  // an RPC worker that no longer answers (patches/0022): listed, with no memory
+            }
             std::string desc = ggml_backend_dev_description(dev);
             for (char & c : desc) {
                 if (c == '\t' || c == '\n') c = ' ';

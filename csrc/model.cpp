@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
-#include <cstring>
 #include <regex>
 
 #include "chat_format.h"
@@ -79,14 +78,17 @@ int32_t parse_overrides(const char * spec, std::vector<std::pair<std::string, gg
     return MTPL_OK;
 }
 
-// A device by name ("CPU", "CUDA0", "RPC0[host:port]"), case-insensitive.
+// A device by name ("CPU", "CUDA0", "RPC0"), case-insensitive, or an RPC worker's first device by its
+// endpoint ("10.0.0.3:50052").
 ggml_backend_dev_t find_device(const std::string & name, std::string & known) {
     const std::string want = lower(name);
     ggml_backend_dev_t found = nullptr;
     for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
         ggml_backend_dev_t dev = ggml_backend_dev_get(i);
-        known += (known.empty() ? "" : ", ") + std::string(ggml_backend_dev_name(dev));
-        if (!found && lower(ggml_backend_dev_name(dev)) == want) {
+        const bool rpc = std::string(ggml_backend_reg_name(ggml_backend_dev_backend_reg(dev))).rfind("RPC", 0) == 0;
+        known += (known.empty() ? "" : ", ") + std::string(ggml_backend_dev_name(dev)) +
+                 (rpc ? " (" + std::string(ggml_backend_dev_description(dev)) + ")" : "");
+        if (!found && (lower(ggml_backend_dev_name(dev)) == want || (rpc && ggml_backend_dev_description(dev) == name))) {
             found = dev;
         }
     }
@@ -140,6 +142,33 @@ int32_t model_load(const mtpl_model_params & p, mtpl_model ** out) {
                         "writes one from a full file), or load with mtp=False for plain decoding.");
     }
 
+    // RPC workers' devices first (llama.cpp's order: fewer transfers), then this machine's GPUs.  Once a
+    // worker is registered the list is explicit, so a model never spills onto another model's workers.
+    // Registered before the names below are resolved: mtp_device and tensor_overrides may name them.
+    std::vector<std::string> endpoints;
+    const std::string rpc_all = p.rpc_servers ? p.rpc_servers : "";
+    for (size_t start = 0; start < rpc_all.size();) {
+        size_t end = rpc_all.find('\n', start);
+        if (end == std::string::npos) end = rpc_all.size();
+        if (end > start) endpoints.push_back(rpc_all.substr(start, end - start));
+        start = end + 1;
+    }
+    std::vector<ggml_backend_dev_t> devices;
+    if (int32_t st = rpc_devices(endpoints, devices); st != MTPL_OK) {
+        return st;
+    }
+    if (rpc_any_registered()) {
+        for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+            ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+            const auto type = ggml_backend_dev_type(dev);
+            if ((type == GGML_BACKEND_DEVICE_TYPE_GPU || type == GGML_BACKEND_DEVICE_TYPE_IGPU) &&
+                std::string(ggml_backend_reg_name(ggml_backend_dev_backend_reg(dev))).rfind("RPC", 0) != 0) {
+                devices.push_back(dev);
+            }
+        }
+        devices.push_back(nullptr);
+    }
+
     // mtp_device: the NextN layer's KV cache and compute follow the layer (patches/0019); on a device other
     // than the CPU its weights go there too, ahead of tensor_overrides (so "exps=CPU" keeps the trunk's
     // experts in RAM and the head's with the head).  On the CPU the weights keep the CPU's own buffer
@@ -154,6 +183,17 @@ int32_t model_load(const mtpl_model_params & p, mtpl_model ** out) {
         }
         if (!p.mtp) {
             return fail(MTPL_ERR_INVALID_ARGUMENT, "mtp_device is given but MTP is off (mtp=False)");
+        }
+    }
+    // With layers on RPC workers the head stays on this machine unless told otherwise (its first GPU, else
+    // the CPU): every drafted token would otherwise cost a round trip (benchmarks/RESULTS.md, "RPC").
+    if (!mtp_dev && p.mtp && !endpoints.empty()) {
+        mtp_dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
+        for (ggml_backend_dev_t dev : devices) {
+            if (dev && std::string(ggml_backend_reg_name(ggml_backend_dev_backend_reg(dev))).rfind("RPC", 0) != 0) {
+                mtp_dev = dev;
+                break;
+            }
         }
     }
     const bool cpu_head = mtp_dev && ggml_backend_dev_type(mtp_dev) == GGML_BACKEND_DEVICE_TYPE_CPU;
@@ -178,32 +218,6 @@ int32_t model_load(const mtpl_model_params & p, mtpl_model ** out) {
             delete m;
             return st;
         }
-    }
-
-    // RPC workers' devices first (llama.cpp's order: fewer transfers), then this machine's GPUs.  Once a
-    // worker is registered the list is explicit, so a model never spills onto another model's workers.
-    std::vector<std::string> endpoints;
-    for (size_t start = 0, end; p.rpc_servers && start <= std::strlen(p.rpc_servers); start = end + 1) {
-        const std::string all(p.rpc_servers);
-        end = all.find('\n', start);
-        if (end == std::string::npos) end = all.size();
-        if (end > start) endpoints.push_back(all.substr(start, end - start));
-    }
-    std::vector<ggml_backend_dev_t> devices;
-    if (int32_t st = rpc_devices(endpoints, devices); st != MTPL_OK) {
-        delete m;
-        return st;
-    }
-    if (rpc_any_registered()) {
-        for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
-            ggml_backend_dev_t dev = ggml_backend_dev_get(i);
-            const auto type = ggml_backend_dev_type(dev);
-            if ((type == GGML_BACKEND_DEVICE_TYPE_GPU || type == GGML_BACKEND_DEVICE_TYPE_IGPU) &&
-                std::string(ggml_backend_reg_name(ggml_backend_dev_backend_reg(dev))).rfind("RPC", 0) != 0) {
-                devices.push_back(dev);
-            }
-        }
-        devices.push_back(nullptr);
     }
 
     llama_model_params mp = llama_model_default_params();

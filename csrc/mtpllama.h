@@ -194,7 +194,8 @@ int32_t mtpl_set_huge_pages(int32_t enabled);
 int32_t mtpl_get_huge_pages(void);
 
 /* The devices this build and machine offer (ggml's backend devices: "CPU", "CUDA0", ...), one line each,
-   "NAME<TAB>DESCRIPTION<TAB>KIND<TAB>FREE<TAB>TOTAL\n" (KIND: cpu, gpu, igpu, accel; memory in bytes),
+   "NAME<TAB>DESCRIPTION<TAB>KIND<TAB>FREE<TAB>TOTAL\n" (KIND: cpu, gpu, igpu, accel; memory in bytes, 0 for
+   an RPC worker that does not answer),
    written NUL-terminated to buf (n_out: bytes without the NUL; MTPL_ERR_BUFFER_TOO_SMALL when cap is
    too small).  These names are what tensor_overrides and mtp_device take. */
 int32_t mtpl_devices(char * buf, int64_t cap, int64_t * n_out);

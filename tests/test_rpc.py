@@ -138,6 +138,45 @@ def test_mtp_device_places_the_block_locally_or_on_a_worker(files, workers, wher
             assert {n for n, u in s.memory_by_buffer().items() if u.kv > 0} == {"CPU"}  # trunk stays local
 
 
+def test_names_of_a_models_own_workers_resolve_on_its_first_load(files, workers):
+    """A fresh process: the workers are registered before mtp_device and -ot names are resolved."""
+    code = (f"import mtpllama\n"
+            f"m = mtpllama.Model({files['q8_0']!r}, rpc_servers={[w.endpoint for w in workers]!r}, "
+            f"mtp_device='RPC1', tensor_overrides=('blk\\\\.0\\\\.=RPC0',))\n"
+            f"print(m.info.mtp_device)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "RPC1", r.stderr[-2000:]
+
+
+def test_the_head_stays_local_by_default_and_goes_where_named(files, workers):
+    eps = [w.endpoint for w in workers]
+    with mtpllama.Model(files["q8_0"], session_defaults=ONE_THREAD, n_gpu_layers=-1, rpc_servers=eps) as m:
+        assert m.info.mtp_device == "CPU"  # no round trip per drafted token
+        with m.session() as s:
+            s.generate("x", 4)
+            assert {n for n, u in s.memory_by_buffer(mtp=True).items() if u.kv} == {"CPU"}
+    with mtpllama.Model(files["q8_0"], session_defaults=ONE_THREAD, n_gpu_layers=-1, rpc_servers=eps,
+                        mtp_device=eps[1]) as m, m.session() as s:  # a worker named by its endpoint
+        s.generate("x", 4)
+        kv_at = [n for n, u in s.memory_by_buffer(mtp=True).items() if u.kv]
+        assert len(kv_at) == 1 and eps[1] in kv_at[0]
+
+
+def test_tensor_overrides_name_rpc_devices(files, workers):
+    """-ot rules take a worker's device name: the named tensors go there, the rest stays local."""
+    eps = [w.endpoint for w in workers]
+    names = {d.description: d.name for d in mtpllama.devices() if d.name.startswith("RPC")}
+    with mtpllama.Model(files["q8_0"], session_defaults=ONE_THREAD, mtp=False) as m:
+        want = m.generate(PROMPTS[3], 16).tokens
+    with mtpllama.Model(files["q8_0"], session_defaults=ONE_THREAD, n_gpu_layers=0, rpc_servers=eps,
+                        tensor_overrides=(rf"blk\.1\.=" + names.get(eps[1], "RPC1"),)) as m, m.session() as s:
+        assert s.generate(PROMPTS[3], 16, spec=GREEDY[2]).tokens == want
+        trunk = s.memory_by_buffer()
+        remote = {n: u.weights for n, u in trunk.items() if n.startswith("RPC") and u.weights}
+        assert len(remote) == 1 and eps[1] in next(iter(remote)), trunk  # only the named worker holds weights
+        assert trunk["CPU"].weights > next(iter(remote.values())) > 0, trunk
+
+
 def test_unreachable_worker_raises_naming_it(files):
     port = free_port()
     with pytest.raises(mtpllama.ModelLoadError, match=f"RPC worker 127.0.0.1:{port} cannot be reached"):
@@ -163,7 +202,7 @@ def test_bad_timeouts():
             mtpllama.set_rpc_timeout(bad)
 
 
-def _lose_worker_mid_generation(files, timeout, how: str) -> tuple[Exception, float]:
+def _lose_worker_mid_generation(files, timeout, how: str) -> tuple[Exception, float, str]:
     timeout(2.0)
     w = Worker()
     try:
@@ -179,15 +218,17 @@ def _lose_worker_mid_generation(files, timeout, how: str) -> tuple[Exception, fl
             with pytest.raises(mtpllama.DecodeError) as e:
                 for _ in it:
                     pass
-            return e.value, time.monotonic() - t0
+            return e.value, time.monotonic() - t0, w.endpoint
     finally:
         w.stop()
 
 
 def test_worker_killed_mid_generation_raises(files, timeout):
-    err, waited = _lose_worker_mid_generation(files, timeout, "kill")
-    assert "RPC worker 127.0.0.1:" in str(err) and "stopped answering" in str(err)
+    err, waited, endpoint = _lose_worker_mid_generation(files, timeout, "kill")
+    assert f"RPC worker {endpoint} stopped answering" in str(err)
     assert waited < 2.5
+    # the dead worker's device is still listed, with no memory
+    assert [d.memory_total for d in mtpllama.devices() if d.description == endpoint] == [0]
     # a new model loads afterwards, on a new worker at the same or another address
     w = Worker()
     try:
@@ -200,7 +241,7 @@ def test_worker_killed_mid_generation_raises(files, timeout):
 
 
 def test_worker_stalled_mid_generation_raises_within_the_timeout(files, timeout):
-    err, waited = _lose_worker_mid_generation(files, timeout, "stop")
+    err, waited, _ = _lose_worker_mid_generation(files, timeout, "stop")
     assert "stalled for more than 2000 ms" in str(err)
     assert 1.5 < waited < 4.0, waited
 

@@ -43,12 +43,14 @@ class ModelConfig:
     right after the trunk's layers, else MtpMismatchError.  ``mtpllama extract-mtp`` writes one
     from a full file."""
     mtp_device: str | None = None
-    """Where the NextN block runs: "CPU", "CUDA0", ... (a device of this build; unknown names raise
-    InvalidArgumentError listing them).  Its KV cache and compute go there; on a GPU its weights too,
+    """Where the NextN block runs: "CPU", "CUDA0", "RPC0", or an RPC worker's "HOST:PORT" (a device
+    of this build; unknown names raise InvalidArgumentError listing them).  Its KV cache and compute go there; on a GPU its weights too,
     ahead of tensor_overrides, so the GLM recipe ``n_gpu_layers=-1, tensor_overrides=("exps=CPU",),
     mtp_device="CUDA0"`` keeps the trunk's routed experts in RAM and the whole head on the GPU.  On
     the CPU its weights keep the CPU's own (repacked) buffer types unless an override moves them.
-    None: the block is placed by n_gpu_layers, as the layer after the last trunk layer."""
+    None: the block is placed by n_gpu_layers, as the layer after the last trunk layer; with
+    rpc_servers, on this machine (its first GPU, else the CPU), where a drafted token costs no round
+    trip."""
     rpc_servers: tuple[str, ...] = ()
     """"HOST:PORT" of ``mtpllama-rpc-server`` workers (docs/rpc.md).  Their devices (RPC0, RPC1, ...
     in this order) take layers before this machine's GPUs, split by their free memory as llama.cpp
