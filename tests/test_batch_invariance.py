@@ -34,9 +34,8 @@ def invariance():
         mtpllama.set_batch_invariant(True)
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("invariance")
+def write_files(d) -> dict[str, str]:
+    """One small file per weight type (f32, f16, q8_0, q4_0, q4_k) in folder d (also tests/test_gpu.py's)."""
     out = {}
     for dtype in ("f32", "f16", "q8_0", "q4_0"):
         spec = SyntheticSpec(nextn="own", dtype=dtype, n_embd=128, n_ff=256, n_ff_exp=64, head_dim=32,
@@ -47,6 +46,11 @@ def files(tmp_path_factory):
                          norm_noise=0.3, seed=41)
     out["q4_k"] = str(write_synthetic(d / "q4_k.gguf", spec))
     return out
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return write_files(tmp_path_factory.mktemp("invariance"))
 
 
 def trunk_rows(session, prompt, n: int, k: int) -> tuple[list[int], dict]:
