@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import mtpllama
-import runners
 from analysis import UpstreamTools
 from fixtures import ADAPTIVE, PLAIN, Setting, ensure
 from runners import LOADS, Load, Upstream

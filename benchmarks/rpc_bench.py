@@ -27,18 +27,13 @@ from pathlib import Path
 
 import mtpllama
 from fixtures import ensure
+from mtpllama.testing.rpc import Worker, free_port
 
 PROMPTS = [
     "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
     "The history of the printing press begins in the fifteenth century, when",
     "<|user|>\nExplain what a hash map is, briefly.<|assistant|>\n",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class DelayProxy:
@@ -88,24 +83,6 @@ class DelayProxy:
         wreader, wwriter = await asyncio.open_connection("127.0.0.1", self.target_port)
         wwriter.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         await asyncio.gather(self._pump(creader, wwriter), self._pump(wreader, cwriter), return_exceptions=True)
-
-
-class Worker:
-    def __init__(self, threads: int) -> None:
-        self.port = free_port()
-        self.proc = subprocess.Popen([sys.executable, "-m", "mtpllama.rpc", "--port", str(self.port),
-                                      "-t", str(threads)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(300):
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("worker did not start")
-
-    def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
 
 
 def settings(ks: list[int]) -> list[tuple[str, mtpllama.SpecConfig | None]]:
@@ -182,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for w in workers:
             w.stop()
-    print(f"\n| model | one-way delay | MTP block | plain t/s | best fixed / plain | defaults / plain | "
-          f"defaults / best fixed | lossless |\n|---|---|---|---|---|---|---|---|")
+    print("\n| model | one-way delay | MTP block | plain t/s | best fixed / plain | defaults / plain | "
+          "defaults / best fixed | lossless |\n|---|---|---|---|---|---|---|---|")
     for c in out["cells"]:
         print(f"| {c['model']} | {c['delay_ms']:g} ms | {c['placement']} | {c['median_tps']['plain']:.1f} | "
               f"{c['best_fixed_vs_plain']:.2f}x | {c['defaults_vs_plain']:.2f}x | {c['defaults_vs_best_fixed']:.2f}x | "

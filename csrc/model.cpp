@@ -21,14 +21,32 @@ std::string lower(std::string s) {
     return s;
 }
 
-// Find a buffer type by device name ("CPU", "CUDA0") or buffer type name.
-ggml_backend_buffer_type_t find_buffer_type(const std::string & name, std::string & known) {
+// A device by name ("CPU", "CUDA0", "RPC0"), case-insensitive, or an RPC worker's first device by its
+// endpoint ("10.0.0.3:50052").
+ggml_backend_dev_t find_device(const std::string & name, std::string & known) {
     const std::string want = lower(name);
+    ggml_backend_dev_t found = nullptr;
     for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
         ggml_backend_dev_t dev = ggml_backend_dev_get(i);
-        ggml_backend_buffer_type_t buft = ggml_backend_dev_buffer_type(dev);
-        known += (known.empty() ? "" : ", ") + std::string(ggml_backend_dev_name(dev));
-        if (lower(ggml_backend_dev_name(dev)) == want || (buft && lower(ggml_backend_buft_name(buft)) == want)) {
+        const bool rpc = std::string(ggml_backend_reg_name(ggml_backend_dev_backend_reg(dev))).rfind("RPC", 0) == 0;
+        known += (known.empty() ? "" : ", ") + std::string(ggml_backend_dev_name(dev)) +
+                 (rpc ? " (" + std::string(ggml_backend_dev_description(dev)) + ")" : "");
+        if (!found && (lower(ggml_backend_dev_name(dev)) == want || (rpc && ggml_backend_dev_description(dev) == name))) {
+            found = dev;
+        }
+    }
+    return found;
+}
+
+// A buffer type by device (as find_device names them) or by buffer type name ("CUDA_Host").
+ggml_backend_buffer_type_t find_buffer_type(const std::string & name, std::string & known) {
+    if (ggml_backend_dev_t dev = find_device(name, known)) {
+        return ggml_backend_dev_buffer_type(dev);
+    }
+    const std::string want = lower(name);
+    for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+        ggml_backend_buffer_type_t buft = ggml_backend_dev_buffer_type(ggml_backend_dev_get(i));
+        if (buft && lower(ggml_backend_buft_name(buft)) == want) {
             return buft;
         }
     }
@@ -76,23 +94,6 @@ int32_t parse_overrides(const char * spec, std::vector<std::pair<std::string, gg
     }
     out.list.push_back({nullptr, nullptr});
     return MTPL_OK;
-}
-
-// A device by name ("CPU", "CUDA0", "RPC0"), case-insensitive, or an RPC worker's first device by its
-// endpoint ("10.0.0.3:50052").
-ggml_backend_dev_t find_device(const std::string & name, std::string & known) {
-    const std::string want = lower(name);
-    ggml_backend_dev_t found = nullptr;
-    for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
-        ggml_backend_dev_t dev = ggml_backend_dev_get(i);
-        const bool rpc = std::string(ggml_backend_reg_name(ggml_backend_dev_backend_reg(dev))).rfind("RPC", 0) == 0;
-        known += (known.empty() ? "" : ", ") + std::string(ggml_backend_dev_name(dev)) +
-                 (rpc ? " (" + std::string(ggml_backend_dev_description(dev)) + ")" : "");
-        if (!found && (lower(ggml_backend_dev_name(dev)) == want || (rpc && ggml_backend_dev_description(dev) == name))) {
-            found = dev;
-        }
-    }
-    return found;
 }
 
 // The NextN blocks of a file: blk.<first>. .. blk.<block_count - 1>.

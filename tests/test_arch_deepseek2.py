@@ -25,7 +25,9 @@ from mtpllama.testing.arch import WRITERS
 from mtpllama.testing.fixtures import ONE_THREAD, PROMPTS
 from reference import REFERENCES
 from mla_cases import (check_batch_equals_incremental, check_broken_reference, check_engine_matches_reference,
-                       check_mtp_equals_plain, check_rope_is_relative, check_sampled_distribution, make_runs)
+                       check_mtp_equals_plain, check_rope_is_relative, check_sampled_distribution, check_split_halves,
+                       make_runs)
+from recurrent_cases import check_mtp_ffn_on_output_rows
 from test_batch_invariance import compare
 from test_reference import LONG_PROMPT, PROMPT, TOL_F16, TOL_F32, Flavour, spec_config
 
@@ -175,17 +177,7 @@ def test_split_halves_draft_as_the_full_file(files, tmp_path):
     """extract_mtp / extract_trunk of a deepseek2 file (the converter's --mtp / --no-mtp): the
     trunk with its head file drafts exactly as the full file, and as a trunk-only quant with it."""
     full = files["own"]
-    head = mtpllama.extract_mtp(full, tmp_path / "head.gguf")
-    trunk = mtpllama.extract_trunk(full, tmp_path / "trunk.gguf")
-    assert [mtpllama.inspect(p).kind for p in (full, head, trunk)] == ["full", "mtp-only", "trunk-only"]
-    spec = SpecConfig(3, 0.0, adaptive=False)
-    with mtpllama.Model(full, session_defaults=ONE_THREAD) as a, \
-            mtpllama.Model(trunk, mtp_path=head, session_defaults=ONE_THREAD) as b:
-        assert b.info.mtp_separate
-        for prompt in PROMPTS[:3]:
-            ra, rb = a.generate(prompt, 32, spec=spec), b.generate(prompt, 32, spec=spec)
-            assert ra.tokens == rb.tokens == a.generate(prompt, 32, mtp=False).tokens
-            assert (ra.stats.drafted, ra.stats.accepted) == (rb.stats.drafted, rb.stats.accepted)
+    head, trunk = check_split_halves(full, tmp_path)
     other = D.write_synthetic(tmp_path / "other.gguf", dataclasses.replace(FILES["own"], kv_lora_rank=48))
     with pytest.raises(mtpllama.MtpMismatchError, match="kv_lora_rank"):   # another MLA shape's head
         mtpllama.Model(str(other), mtp_path=head)
@@ -520,17 +512,4 @@ def test_mtp_context_reserves_ffn_for_output_rows_only(tmp_path):
     routed-expert intermediates (tests/test_session.py has glm4moe's twin)."""
     spec = Spec(nextn="own", n_expert=8, n_expert_used=4, n_ff_exp=512, seed=3)
     path = D.write_synthetic(tmp_path / "wide_ffn.gguf", spec)
-    ffn_row = spec.n_expert_used * spec.n_ff_exp * 4  # bytes of one expert-FFN activation of one row
-
-    def mtp_compute(m, n_batch: int) -> int:
-        cfg = mtpllama.SessionConfig(n_threads=1, n_ctx=256, n_batch=n_batch)
-        with m.session(mtp=True, config=cfg) as a, m.session(mtp=False, config=cfg) as b:
-            return a.memory()["compute"] - b.memory()["compute"]
-
-    with mtpllama.Model(str(path)) as m:
-        small, big = mtp_compute(m, 32), mtp_compute(m, 256)
-        r = m.generate("def foo(x):", 40, spec=SpecConfig(3, 0.0, adaptive=False))
-        plain = m.generate("def foo(x):", 40, mtp=False)
-    per_row = (big - small) / (256 - 32)
-    assert 0 < per_row < ffn_row, (small, big, per_row, ffn_row)
-    assert r.tokens == plain.tokens and sum(r.stats.accepted) > 0
+    check_mtp_ffn_on_output_rows(str(path), spec)

@@ -23,8 +23,9 @@ import pytest
 import mtpllama
 from mla_cases import (DSA_BAD_KEYS, MLA_BAD_KEYS, bad_file_fails_clearly, check_batch_equals_incremental,
                        check_broken_reference, check_engine_matches_reference, check_mtp_equals_plain,
-                       check_rope_is_relative, check_sampled_distribution, decodes_in_a_child, err_before, make_runs,
-                       tie_end, u32)
+                       check_rope_is_relative, check_sampled_distribution, check_split_halves, decodes_in_a_child,
+                       err_before, make_runs, tie_end, u32)
+from recurrent_cases import check_mtp_ffn_on_output_rows
 from mtpllama import SpecConfig
 from mtpllama.testing.arch import WRITERS
 from mtpllama.testing.fixtures import ONE_THREAD, PROMPTS
@@ -147,17 +148,7 @@ def test_split_halves_draft_as_the_full_file(files, tmp_path):
     """extract_mtp / extract_trunk (the converter's --mtp / --no-mtp): the trunk with its head file
     (the NextN block's indexer goes with the head) drafts exactly as the full file."""
     full = files["tied"]
-    head = mtpllama.extract_mtp(full, tmp_path / "head.gguf")
-    trunk = mtpllama.extract_trunk(full, tmp_path / "trunk.gguf")
-    assert [mtpllama.inspect(p).kind for p in (full, head, trunk)] == ["full", "mtp-only", "trunk-only"]
-    spec = SpecConfig(3, 0.0, adaptive=False)
-    with mtpllama.Model(full, session_defaults=ONE_THREAD) as a, \
-            mtpllama.Model(trunk, mtp_path=head, session_defaults=ONE_THREAD) as b:
-        assert b.info.mtp_separate
-        for prompt in PROMPTS[:3]:
-            ra, rb = a.generate(prompt, 32, spec=spec), b.generate(prompt, 32, spec=spec)
-            assert ra.tokens == rb.tokens == a.generate(prompt, 32, mtp=False).tokens
-            assert (ra.stats.drafted, ra.stats.accepted) == (rb.stats.drafted, rb.stats.accepted)
+    head, trunk = check_split_halves(full, tmp_path)
     other = D.write_synthetic(tmp_path / "other.gguf", dataclasses.replace(FILES["tied"], index_top_k=32))
     with pytest.raises(mtpllama.MtpMismatchError, match="top_k"):       # another indexer's head
         mtpllama.Model(str(other), mtp_path=head)
@@ -438,17 +429,4 @@ def test_mtp_context_reserves_ffn_for_output_rows_only(tmp_path):
     routed-expert intermediates."""
     spec = Spec(nextn="own", n_expert=8, n_expert_used=4, n_ff_exp=512, seed=3)
     path = D.write_synthetic(tmp_path / "wide_ffn.gguf", spec)
-    ffn_row = spec.n_expert_used * spec.n_ff_exp * 4  # bytes of one expert-FFN activation of one row
-
-    def mtp_compute(m, n_batch: int) -> int:
-        cfg = mtpllama.SessionConfig(n_threads=1, n_ctx=256, n_batch=n_batch)
-        with m.session(mtp=True, config=cfg) as a, m.session(mtp=False, config=cfg) as b:
-            return a.memory()["compute"] - b.memory()["compute"]
-
-    with mtpllama.Model(str(path)) as m:
-        small, big = mtp_compute(m, 32), mtp_compute(m, 256)
-        r = m.generate("def foo(x):", 40, spec=SpecConfig(3, 0.0, adaptive=False))
-        plain = m.generate("def foo(x):", 40, mtp=False)
-    per_row = (big - small) / (256 - 32)
-    assert 0 < per_row < ffn_row, (small, big, per_row, ffn_row)
-    assert r.tokens == plain.tokens and sum(r.stats.accepted) > 0
+    check_mtp_ffn_on_output_rows(str(path), spec)

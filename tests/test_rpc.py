@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,42 +16,10 @@ import mtpllama
 from mtpllama import SpecConfig
 from mtpllama.testing import SyntheticSpec, write_synthetic
 from mtpllama.testing.fixtures import ONE_THREAD, PROMPTS
+from mtpllama.testing.rpc import Worker, free_port
 
 GREEDY = [None, SpecConfig(draft_max=1, draft_p_min=0.0, adaptive=False),
           SpecConfig(draft_max=3, draft_p_min=0.0, adaptive=False), SpecConfig()]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Worker:
-    """An mtpllama-rpc-server process on loopback."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.endpoint = f"127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "mtpllama.rpc", "--port", str(self.port), "-t", "1"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"worker exited: {self.proc.stdout.read().decode(errors='replace')}")
-                time.sleep(0.05)
-        raise RuntimeError("worker did not listen in 30 s")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGCONT)
-            self.proc.kill()
-        self.proc.wait()
-        self.proc.stdout.close()
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +136,7 @@ def test_tensor_overrides_name_rpc_devices(files, workers):
     with mtpllama.Model(files["q8_0"], session_defaults=ONE_THREAD, mtp=False) as m:
         want = m.generate(PROMPTS[3], 16).tokens
     with mtpllama.Model(files["q8_0"], session_defaults=ONE_THREAD, n_gpu_layers=0, rpc_servers=eps,
-                        tensor_overrides=(rf"blk\.1\.=" + names.get(eps[1], "RPC1"),)) as m, m.session() as s:
+                        tensor_overrides=(r"blk\.1\.=" + names.get(eps[1], "RPC1"),)) as m, m.session() as s:
         assert s.generate(PROMPTS[3], 16, spec=GREEDY[2]).tokens == want
         trunk = s.memory_by_buffer()
         remote = {n: u.weights for n, u in trunk.items() if n.startswith("RPC") and u.weights}
