@@ -1,6 +1,7 @@
 // The C surface: argument checks, status codes, the thread-local last error, and
 // the log hook.  Everything that can be checked here is checked before llama.cpp
 // sees it, because upstream aborts the process on many failed asserts.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -708,6 +709,29 @@ int32_t mtpl_test_skip_rollback(mtpl_session * session, int32_t skip) {
         return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "session is NULL");
     }
     session->test_skip_rollback = skip != 0;
+    return MTPL_OK;
+}
+
+int32_t mtpl_test_states_gap_every(mtpl_session * session, int32_t every) {
+    if (!session || every < 0) {
+        return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "session is NULL or every < 0");
+    }
+    session->test_gap_every = every;
+    session->test_passes = 0;
+    return MTPL_OK;
+}
+
+int32_t mtpl_test_mtp_entries(const mtpl_session * session, int32_t * trunk_pos, int32_t * tokens, int32_t cap,
+                              int32_t * n_out) {
+    if (!session || !n_out || cap < 0 || (cap > 0 && (!trunk_pos || !tokens))) {
+        return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "session or n_out is NULL, or cap < 0 without buffers");
+    }
+    const auto & p = session->prop;
+    *n_out = session->mtp ? (int32_t) p.entry_pos.size() : 0;
+    for (int32_t i = 0; i < std::min(cap, *n_out); ++i) {
+        trunk_pos[i] = p.entry_pos[(size_t) i];
+        tokens[i] = p.entry_tok[(size_t) i];
+    }
     return MTPL_OK;
 }
 

@@ -38,14 +38,18 @@
 // Plain steps.  A step drafts at all only if the first draft is worth the head call, as above.
 // Whether it is uses a draw of the first position's acceptance from what the counts allow
 // (Thompson sampling), so a head judged on a few unlucky drafts is tried again, and often where
-// the decision is close.  Otherwise the step is plain and leaves the MTP head alone (its cache
-// catches up in one batch when drafting resumes, at a measured cost per position; a draft after
-// plain steps pays for up to 16 of them).  While plain, a probe drafts now and then: at least 16
-// steps apart, doubling to 512 while probes confirm, spaced so that a probe's expected loss (its
-// verified row, the head call and, up to half the budget, the catch-up) stays near 0.5% of the
-// time; 2 steps after a probe whose first draft was accepted against the odds (estimated below
-// one in two), and as far after a session reset as the same budget says, where drafting could pay
-// at all (not where a verified row costs a full step, whatever the acceptance).
+// the decision is close.  Otherwise the step is plain and leaves the MTP head alone.  Its trunk
+// pass leaves out the states the head drafts from where that saves more than 2% of a plain pass
+// (their transfer, over RPC a round trip, timed at the start and now and then by leaving them
+// out; and the catch-up each would cost later) and more than it costs: a next step that wants to
+// draft (as often as recent steps did) must first run plain with the states.  Decisions then
+// weigh drafting against a plain pass without them.  A pass without states leaves a gap in the
+// MTP cache (draft.h).  While plain, a probe drafts now and then: at least 16 steps apart,
+// doubling to 512 while probes confirm, spaced so that a probe's expected loss (its verified row,
+// the head call, the states and graphs it needs) stays near 0.5% of the time; 2 steps after a
+// probe whose first draft was accepted against the odds (estimated below one in two), and as far
+// after a session reset as the same budget says, where drafting could pay at all (not where a
+// verified row costs a full step, whatever the acceptance).
 //
 // Sampled decoding.  Rejection sampling is lossless for any draft distribution q; its acceptance
 // at a position is sum_x min(p(x), q(x)).  The verifier computes that overlap for each mixture of
@@ -82,6 +86,8 @@ constexpr int64_t k_probe_min = 16;
 constexpr int64_t k_probe_soon = 2;       // after a probe whose first draft was accepted against the odds
 constexpr int64_t k_probe_max = 512;
 constexpr double k_probe_budget = 0.005;  // a probe's expected loss, as a share of the time between probes
+constexpr double k_states_share = 0.03;   // plain passes may leave the states out where that saves this share
+constexpr double k_want_decay = 0.9;      // the share of steps that want to draft: a mean aged by this per step
 constexpr double k_min_overlap_rows = 8;  // a position chooses its own mixture after this many rows
 constexpr int32_t k_mix_start = 1;        // ... before that, the first position's is this one of k_mix_grid
 constexpr double k_mix_forget = 0.3;      // a position's acceptance counts are kept at this weight when its mixture changes
@@ -135,7 +141,14 @@ struct controller {
     int32_t last_n = -1;            // drafts the last step verified: the row count whose graph is kept
     timing head;                    // the step's first MTP evaluation, in steady state
     timing catch_up;                // ... and what it adds per position it catches up after plain steps
-    int64_t behind = 0;             // positions the MTP cache is behind the trunk (after plain steps)
+    int64_t behind = 0;             // positions the head call would catch up (plain steps that reported states)
+    double want = 0.0;              // share of recent steps whose plan wanted to draft
+    timing bare;                    // a plain trunk pass that does not report its states
+    int32_t bare_tries = 0;         // plain steps at the start spent timing it
+    double states_cost = 0.0;       // what reporting them adds to a plain pass
+    bool states_off_pays = false;   // leaving the states out of plain passes saves more than k_states_share
+    bool states = true;             // this step's trunk pass reports its states
+    bool deferred = false;          // the last step wanted to draft but had no states: this one drafts
     timing decode;                  // one further MTP evaluation
     timing other;                   // the rest of a step, the caller's time between steps included
     tally cell[K][NB];              // draft i accepted, by its confidence bucket
@@ -319,16 +332,15 @@ int32_t sweep_length(const controller & c, bool drafting) {
     return k;
 }
 
-// steps until the next probe: a probe verifies one draft at least and catches the head up on the
-// steps since the last, and its expected loss (in plain steps) may be k_probe_budget of the time
-// until the next one.  The catch-up grows with the wait: it may take half the budget, beyond that
-// its cost is the price of ever drafting again (a wait that it alone would make endless would
-// leave a text where drafting pays undiscovered).
+// steps until the next probe: a probe verifies one draft at least, and its expected loss (in plain
+// steps) may be k_probe_budget of the time until the next one.
 int64_t probe_wait(const controller & c) {
     const double t0 = std::max(step_seconds(c, 0), 1e-12);
-    const double loss = std::max(0.0, c.rate * (c.v[1] - c.v[0] + c.head.mean) - c.a_mean[0]) / std::max(c.rate * t0, 1e-12);
-    const double per_step = std::min(c.catch_up.mean / t0, 0.5 * k_probe_budget);  // catching up, per plain step waited
-    return (int64_t) std::min(loss / (k_probe_budget - per_step), 1e9);
+    // the trunk's graph is built anew when the states come back and when they go again
+    // (and a plain pass before it reports the states, where plain passes leave them out)
+    const double extra = c.v[1] - c.v[0] + c.head.mean + (c.states_off_pays ? c.states_cost + 2.0 * c.rebuild.mean : 0.0);
+    const double loss = std::max(0.0, c.rate * extra - c.a_mean[0]) / std::max(c.rate * t0, 1e-12);
+    return (int64_t) std::min(loss / k_probe_budget, 1e9);
 }
 
 } // namespace
@@ -356,7 +368,16 @@ void controller_new_text(controller * c) {
     }
 }
 
-step_plan controller_plan(controller * c, int32_t k_max, bool adaptive) {
+// This step would draft but the last pass left its states out: it runs plain and reports them.
+step_plan defer(controller * c, step_plan plan) {
+    plan.k_max = 0;
+    plan.states = c->states = true;
+    c->probing = false;
+    c->force = 0;
+    return plan;
+}
+
+step_plan controller_plan(controller * c, int32_t k_max, bool adaptive, bool have_states) {
     c->steps++;
     c->adaptive = adaptive;
     c->k_max = std::clamp(k_max, 0, K);
@@ -364,7 +385,8 @@ step_plan controller_plan(controller * c, int32_t k_max, bool adaptive) {
     c->n_conf = 0;
     c->probing = false;
     c->force = 0;
-    step_plan plan{c->k_max, {}};
+    c->states = c->k_max > 0;
+    step_plan plan{c->k_max, {}, c->states};
     if (adaptive) {
         choose_mixes(*c, plan.mix);
     }
@@ -377,6 +399,12 @@ step_plan controller_plan(controller * c, int32_t k_max, bool adaptive) {
         c->sw[k] = k != c->last_n && c->rebuild.n > 0 ? c->rebuild.mean : 0.0;
     }
     c->d = c->decode.n > 0 ? c->decode.mean : c->head.mean;
+    // a plain pass that leaves its states out saves their transfer and their later catch-up
+    c->states_cost = c->bare.n > 0 && c->verify[0].n > 0 ? std::max(0.0, c->verify[0].mean - c->bare.mean) : 0.0;
+    c->states_off_pays = c->states_cost + c->catch_up.mean > k_states_share * c->verify[0].mean;
+    if (c->states_off_pays && c->bare.n > 0) {
+        c->v[0] = c->bare.mean;
+    }
     // R: the best fixed draft length under the estimates
     double tokens = 1.0, p = 1.0;
     c->rate = 0.0;
@@ -399,6 +427,9 @@ step_plan controller_plan(controller * c, int32_t k_max, bool adaptive) {
 
     // start: time a step verifying one draft (kept whatever its confidence), then a plain one
     if (c->head.n == 0 || c->verify[1].n == 0) {
+        if (!have_states) {
+            return defer(c, plan);
+        }
         plan.k_max = 1;
         c->probing = true;
         return plan;
@@ -407,6 +438,15 @@ step_plan controller_plan(controller * c, int32_t k_max, bool adaptive) {
         plan.k_max = 0;
         return plan;
     }
+    // ... and plain ones that leave the states out (the first builds its graph anew)
+    if (c->bare.n < 3 && c->bare_tries < 5) {
+        c->bare_tries++;
+        plan.k_max = 0;
+        plan.states = c->states = false;
+        return plan;
+    }
+    const bool deferred = c->deferred;
+    c->deferred = false;
     // draft if the first draft is worth the head call, at acceptances scaled by one draw of the first
     // position's acceptance from what its counts allow (one draw, not one per bucket: the largest of
     // many noisy draws would draft far too often where drafting does not pay)
@@ -418,9 +458,15 @@ step_plan controller_plan(controller * c, int32_t k_max, bool adaptive) {
     // after plain steps the head call also catches up on them (charged up to k_probe_min of them: the
     // rest buys the drafting steps that follow, and probes keep finding those)
     const double behind = (double) std::min(c->behind, k_probe_min);
-    const double gain = draft_worth(*c, 0, 1.0, c->acc_draw) - c->rate * (c->head.mean + c->catch_up.mean * behind);
+    // (and without the states, a plain pass that reports them first)
+    const double head_cost = c->head.mean + c->catch_up.mean * behind + (have_states ? 0.0 : c->states_cost);
+    const double gain = draft_worth(*c, 0, 1.0, c->acc_draw) - c->rate * head_cost;
+    c->want = k_want_decay * c->want + (1.0 - k_want_decay) * (gain > 0.0 ? 1.0 : 0.0);
     if (c->steps >= c->next_sweep && c->pos[0].n >= k_sweep_after) {
         const int32_t k = sweep_length(*c, gain > 0.0);
+        if (k >= 0 && !have_states) {
+            return defer(c, plan);
+        }
         if (k >= 0) {
             const double loss = std::max(0.0, step_seconds(*c, k) - step_seconds(*c, 0)) / std::max(step_seconds(*c, 0), 1e-12);
             c->next_sweep = c->steps + (c->verify[k].n == 0 ? k_sweep_every
@@ -431,10 +477,17 @@ step_plan controller_plan(controller * c, int32_t k_max, bool adaptive) {
         }
         c->next_sweep = c->steps + k_resweep_min;
     }
-    if (gain > 0.0) {
+    if ((gain > 0.0 || deferred) && !have_states) {
+        c->deferred = true;
+        return defer(c, plan);
+    }
+    if (gain > 0.0 || deferred) {
         c->probe_every = k_probe_min;
         c->next_probe = c->steps + k_probe_min;
         return plan;
+    }
+    if (c->steps >= c->next_probe && !have_states) {
+        return defer(c, plan);
     }
     if (c->steps >= c->next_probe) {
         c->next_probe = c->steps + std::min(std::max(c->probe_every, probe_wait(*c)), k_probe_max);
@@ -442,7 +495,14 @@ step_plan controller_plan(controller * c, int32_t k_max, bool adaptive) {
         c->probing = true;
         return plan;
     }
+    // Leave the states out where that saves more than it costs: a next step that wants to draft
+    // (as often as recent ones did) would run plain first, giving up its expected gain and building
+    // the trunk's graph twice.  Or leave them out to time a pass without them.
+    const bool time_bare = c->bare.n == 0 || c->steps - c->bare.at > k_stale_steps;
+    const double g = std::max(0.0, draft_worth(*c, 0, 1.0, c->acc[0]) - c->rate * head_cost) / std::max(c->rate, 1e-12);
+    const bool keep = c->want * (g + 2.0 * c->rebuild.mean) > c->states_cost + c->catch_up.mean;
     plan.k_max = 0;
+    plan.states = c->states = !(time_bare || (c->states_off_pays && !keep));
     return plan;
 }
 
@@ -514,11 +574,17 @@ void controller_update(controller * c, const step_record & r) {
             c->mix_idx[i] = best;
         }
     }
-    c->behind = r.n_mtp_calls > 0 ? 0 : c->behind + 1;
+    c->behind = r.n_mtp_calls > 0 || !c->states ? 0 : c->behind + 1;
     // a pass that built its graph anew (the row count changed) costs more than the steady pass V(k) is
     // about: that extra is learnt apart and charged to a decision that changes the row count
     const int32_t n = r.n_drafted;
-    if (r.trunk_reused) {
+    if (!c->states) {  // a plain pass without states (built anew when the states were on before)
+        if (r.trunk_reused) {
+            c->bare.add(r.t_verify, c->steps);
+        } else if (c->bare.n > 0) {
+            c->rebuild.add(std::max(1e-9, r.t_verify - c->bare.mean), c->steps);
+        }
+    } else if (r.trunk_reused) {
         c->verify[n].add(r.t_verify, c->steps);
         c->verify_reused[n] = true;
     } else {

@@ -38,9 +38,11 @@ constexpr float k_mix_grid[k_n_mix] = {0.0f, 0.5f, 0.8f, 0.95f, 1.0f};
 struct step_plan {
     int32_t k_max;              // drafts at most (0: a plain step that leaves the MTP head alone)
     float mix[MTPL_MAX_DRAFT];  // sampled decoding: the mixture of draft i's distribution (see k_mix_grid)
+    bool states;                // this step's trunk pass reports its states (the next step may draft)
 };
-// adaptive: choose; otherwise draft k_max every step (the estimates are kept either way)
-step_plan controller_plan(controller * c, int32_t k_max, bool adaptive);
+// adaptive: choose; otherwise draft k_max every step (the estimates are kept either way).
+// have_states: the last trunk pass reported its states (without them this step cannot draft).
+step_plan controller_plan(controller * c, int32_t k_max, bool adaptive, bool have_states);
 // Draft i (0-based) has head confidence conf (the head's probability of the drafted token; < 0: not
 // computed, as a fixed plan's greedy drafts): verify it?  false ends the step's drafting.  Always
 // true when the plan was not adaptive.

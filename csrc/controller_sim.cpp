@@ -16,8 +16,9 @@ void controller_simulate(const mtpl_controller_sim & sim, int32_t * out_drafts, 
     const auto noisy = [&](double t) { return t * std::max(0.5, 1.0 + sim.noise * normal(rng)); };
     tokens = 0.0;
     seconds = 0.0;
-    int32_t backlog = 1;  // positions the MTP cache has not seen
+    int32_t backlog = 1;  // positions the MTP cache has not seen, the head entry included (0: after a gap)
     bool kept_up = false;
+    bool states = true;
     for (int32_t step = 0; step < sim.n_steps; ++step) {
         if (sim.text_steps > 0 && step > 0 && step % sim.text_steps == 0) {
             controller_new_text(c.get());
@@ -27,7 +28,8 @@ void controller_simulate(const mtpl_controller_sim & sim, int32_t * out_drafts, 
         const double * accept = after ? sim.accept_after : sim.accept;
         const bool burst = step >= sim.burst_start && step < sim.burst_start + sim.burst_steps;
         const double speed = (after && sim.speed_after > 0.0 ? sim.speed_after : 1.0) * (burst ? sim.burst_speed : 1.0);
-        const int32_t k_max = controller_plan(c.get(), sim.k_max, sim.adaptive != 0).k_max;
+        const step_plan plan = controller_plan(c.get(), sim.k_max, sim.adaptive != 0, states);
+        const int32_t k_max = plan.k_max;
         double t_head = 0.0, t_draft = 0.0;
         int32_t n_kept = 0, n_acc = 0, n_calls = 0;
         bool all_accepted = true;
@@ -54,14 +56,16 @@ void controller_simulate(const mtpl_controller_sim & sim, int32_t * out_drafts, 
                 t_draft += noisy(speed * sim.draft_s);
             }
         }
-        const double t_verify = noisy(speed * sim.verify_s[n_kept]);
+        const double t_verify = noisy(speed * (sim.verify_s[n_kept] + (plan.states ? sim.states_s : 0.0)));
         const double t_other = noisy(speed * sim.other_s);
         const double t = t_head + t_draft + t_verify + t_other;
         controller_update(c.get(), {n_kept, n_acc, n_calls, t_head, t_draft, t_verify, t, 0.0, kept_up,
                                     k_max > 0 ? backlog - 1 : 0, nullptr, 0});
         out_drafts[step] = n_kept;
         kept_up = k_max > 0;
-        backlog = (k_max > 0 ? 0 : backlog) + n_acc + 1;
+        // a pass without states leaves a gap; the first pass after one adds its rows but the first
+        backlog = plan.states ? (k_max > 0 || backlog == 0 ? 0 : backlog) + n_acc + 1 : 0;
+        states = plan.states;
         tokens += n_acc + 1;
         seconds += t;
     }

@@ -63,32 +63,45 @@ double sum_exp_below(const float * x, int32_t n, float m) {
     return sum;
 }
 
+// Drop the MTP cache's drafts (entries from mtp_next on).
+void drop_drafts(proposer & p) {
+    llama_memory_seq_rm(llama_get_memory(p.ctx), 0, p.mtp_next, -1);
+    p.tr->forget(MTPL_DEBUG_MTP_FORGET, p.n_past);
+}
+
 // Evaluate the backlog and the head entry (pending token, h_last) at n_trunk, in batches of at
 // most n_batch; the head entry's logits are the first draft's.  *head_idx receives its row.
 int32_t catch_up_and_head(proposer & p, const std::vector<int32_t> & tokens, int32_t n_trunk,
                           std::atomic<bool> & cancel, int32_t * head_idx, int32_t & n_calls) {
-    llama_memory_t mem = llama_get_memory(p.ctx);
-    llama_memory_seq_rm(mem, 0, p.n_past, -1);  // drafts of the previous step
-    p.tr->forget(MTPL_DEBUG_MTP_FORGET, p.n_past);
+    drop_drafts(p);
     const size_t row = (size_t) p.n_embd;
+    const int32_t first = p.backlog.empty() ? n_trunk : p.bl_start;
     const auto state = [&](int32_t pos) {
-        return pos == n_trunk ? p.h_last.data() : p.backlog.data() + (size_t) (pos - p.n_past) * row;
+        return pos == n_trunk ? p.h_last.data() : p.backlog.data() + (size_t) (pos - first) * row;
     };
-    int32_t pos = p.n_past;
+    // after a gap (first > n_past) the entries go on at the next MTP position, with a larger shift
+    const int32_t shift = first - p.mtp_next;
+    const bool new_segment = p.segments.empty() || p.segments.back().shift != shift;
+    if (new_segment) {
+        p.segments.push_back({first, shift});
+    }
+    int32_t pos = first;
     while (pos <= n_trunk) {
         const int32_t n = std::min(n_trunk + 1 - pos, p.n_batch);
         llama_batch_ext_clear(p.batch);
         for (int32_t i = 0; i < n; ++i) {
             const bool head = pos + i == n_trunk;
-            batch_add(p.batch, tokens[pos + i], pos + i, head, state(pos + i), p.n_embd);
+            batch_add(p.batch, tokens[pos + i], pos + i - shift, head, state(pos + i), p.n_embd);
             if (head) {
                 *head_idx = i;
             }
         }
         n_calls++;
         if (int32_t st = process(p.ctx, p.batch, cancel, "MTP evaluation"); st != MTPL_OK) {
-            llama_memory_seq_rm(mem, 0, p.n_past, -1);
-            p.tr->forget(MTPL_DEBUG_MTP_FORGET, p.n_past);
+            drop_drafts(p);
+            if (new_segment) {
+                p.segments.pop_back();
+            }
             return st;
         }
         p.tr->next_call();
@@ -100,8 +113,13 @@ int32_t catch_up_and_head(proposer & p, const std::vector<int32_t> & tokens, int
         }
         pos += n;
     }
+    for (int32_t q = first; q <= n_trunk; ++q) {
+        p.entry_pos.push_back(q);
+        p.entry_tok.push_back(tokens[q]);
+    }
     p.backlog.clear();
     p.n_past = n_trunk + 1;
+    p.mtp_next = n_trunk + 1 - shift;
     return MTPL_OK;
 }
 
@@ -128,6 +146,7 @@ bool proposer_init(proposer & p, llama_model * model, llama_context_params cp, i
     p.n_vocab = n_vocab;
     p.n_batch = (int32_t) cp.n_batch;
     p.h_last.assign((size_t) n_embd, 0.0f);
+    p.h_valid = true;  // position 0 pairs its token with a zero state
     p.h_scratch.assign((size_t) n_embd, 0.0f);
     p.tr = tr;
     return true;
@@ -142,38 +161,64 @@ void proposer_free(proposer & p) {
 
 void proposer_reset(proposer & p) {
     llama_memory_clear(llama_get_memory(p.ctx), true);
-    std::fill(p.h_last.begin(), p.h_last.end(), 0.0f);
+    std::fill(p.h_last.begin(), p.h_last.end(), 0.0f);  // position 0 pairs its token with a zero state
+    p.h_valid = true;
     p.n_past = 0;
+    p.mtp_next = 0;
+    p.segments.clear();
+    p.entry_pos.clear();
+    p.entry_tok.clear();
     p.backlog.clear();
     p.kept_up = false;
 }
 
-void proposer_observe(proposer & p, llama_context * trunk, int32_t pos0, int32_t n_rows) {
+void proposer_observe(proposer & p, llama_context * trunk, int32_t pos0, int32_t n_rows, bool with_states) {
+    if (!with_states) {  // a gap: these positions' states are unknown, and so is the next one's input
+        p.backlog.clear();
+        p.h_valid = false;
+        return;
+    }
     const size_t row = (size_t) p.n_embd;
     for (int32_t i = 0; i < n_rows; ++i) {
-        if (pos0 + i >= p.n_past) {
+        if (pos0 + i >= p.n_past && p.h_valid) {
+            if (p.backlog.empty()) {
+                p.bl_start = pos0 + i;
+            }
             p.backlog.insert(p.backlog.end(), p.h_last.begin(), p.h_last.end());
         }
         std::memcpy(p.h_last.data(), llama_get_embeddings_nextn_ith(trunk, i), row * sizeof(float));
+        p.h_valid = true;
     }
 }
 
 void proposer_forget(proposer & p, int32_t pos) {
     const int32_t from = std::min(pos, p.n_past);
-    llama_memory_seq_rm(llama_get_memory(p.ctx), 0, from, -1);
+    // the segments after `from` go; entries of the one it falls in stay below it
+    int32_t next = p.mtp_next;
+    while (!p.segments.empty() && p.segments.back().from > from) {
+        next = std::min(next, p.segments.back().from - p.segments.back().shift);
+        p.segments.pop_back();
+    }
+    p.mtp_next = p.segments.empty() ? 0 : std::min(next, from - p.segments.back().shift);
+    llama_memory_seq_rm(llama_get_memory(p.ctx), 0, p.mtp_next, -1);
+    p.entry_pos.resize((size_t) p.mtp_next);
+    p.entry_tok.resize((size_t) p.mtp_next);
     p.tr->forget(MTPL_DEBUG_MTP_FORGET, from);
+    p.n_past = from;
 }
 
 void proposer_truncate(proposer & p, int32_t n_keep, const float * h_last) {
     // entries at p < n_keep pair tokens and states that stay; the backlog keeps its prefix
     if (p.n_past > n_keep) {
         proposer_forget(p, n_keep);
-        p.n_past = n_keep;
         p.backlog.clear();
-    } else {
-        p.backlog.resize((size_t) (n_keep - p.n_past) * (size_t) p.n_embd);
+    } else if (!p.backlog.empty()) {
+        p.backlog.resize((size_t) std::max(0, n_keep - p.bl_start) * (size_t) p.n_embd);
     }
-    std::memcpy(p.h_last.data(), h_last, (size_t) p.n_embd * sizeof(float));
+    p.h_valid = h_last != nullptr;
+    if (p.h_valid) {
+        std::memcpy(p.h_last.data(), h_last, (size_t) p.n_embd * sizeof(float));
+    }
     p.kept_up = false;
 }
 
@@ -190,8 +235,11 @@ int32_t proposer_draft(proposer & p, const std::vector<int32_t> & tokens, int32_
     if (k <= 0) {
         return MTPL_OK;
     }
+    if (!p.h_valid) {  // the last trunk pass left its states out: nothing to draft from
+        return MTPL_OK;
+    }
     int32_t last = 0;
-    out.n_behind = n_trunk - p.n_past;
+    out.n_behind = (int32_t) (p.backlog.size() / (size_t) p.n_embd);
     auto t0 = clock_type::now();
     if (int32_t st = catch_up_and_head(p, tokens, n_trunk, cancel, &last, out.n_calls); st != MTPL_OK) {
         return st;
@@ -237,11 +285,10 @@ int32_t proposer_draft(proposer & p, const std::vector<int32_t> & tokens, int32_
         t0 = clock_type::now();
         std::memcpy(p.h_scratch.data(), llama_get_embeddings_nextn_ith(p.ctx, last), row * sizeof(float));
         llama_batch_ext_clear(p.batch);
-        batch_add(p.batch, tok, n_trunk + 1 + i, true, p.h_scratch.data(), p.n_embd);
+        batch_add(p.batch, tok, p.mtp_next + i, true, p.h_scratch.data(), p.n_embd);
         out.n_calls++;
         if (int32_t st = process(p.ctx, p.batch, cancel, "MTP draft"); st != MTPL_OK) {
-            llama_memory_seq_rm(llama_get_memory(p.ctx), 0, p.n_past, -1);
-            p.tr->forget(MTPL_DEBUG_MTP_FORGET, p.n_past);
+            drop_drafts(p);
             return st;
         }
         p.tr->next_call();

@@ -14,9 +14,16 @@ namespace mtpl {
 
 // Positions.  The trunk has evaluated tokens[0, n_trunk); tokens[n_trunk] is the pending token.
 // The MTP block pairs token t_p with the trunk's state h_{p-1}: fed (t_p, h_{p-1}) at position p
-// it outputs logits for position p + 1.  Its cache holds positions [0, n_past); for each position
-// p in [n_past, n_trunk) the backlog keeps h_{p-1}, and h_last is h_{n_trunk-1}.  n_past ==
-// n_trunk + 1 means the head entry (pending token, h_last) is already in the cache.
+// it outputs logits for position p + 1.  Its cache holds entries for positions below n_past (gaps
+// aside, below); the backlog keeps h_{p-1} for positions p in [bl_start, bl_start + its rows), all
+// at or above n_past; h_last is h_{n_trunk-1} when h_valid.  n_past == n_trunk + 1 means the head
+// entry (pending token, h_last) is already in the cache.
+//
+// Gaps.  A trunk pass may leave its states out (a session that has stopped drafting skips reading
+// them: over RPC each read is a round trip).  Its positions never enter the MTP cache, which goes
+// on after the gap at the next free MTP position (llama.cpp wants a sequence's positions
+// consecutive): from there MTP positions run behind trunk positions by a larger shift, and the
+// head sees its older entries as nearer than they were.  That changes only what it drafts.
 struct proposer {
     llama_context * ctx = nullptr;
     llama_batch_ext * batch = nullptr;
@@ -24,8 +31,18 @@ struct proposer {
     int32_t n_vocab = 0;
     int32_t n_batch = 0;
     int32_t n_past = 0;
+    int32_t mtp_next = 0;       // the MTP position the next cache entry takes
+    struct segment {
+        int32_t from;           // trunk position of the segment's first entry
+        int32_t shift;          // MTP position = trunk position - shift within it
+    };
+    std::vector<segment> segments;  // the cache's runs of entries between gaps, in order
+    std::vector<int32_t> entry_pos;  // trunk position and token of each cache entry, by MTP position
+    std::vector<int32_t> entry_tok;  // (bookkeeping checked by tests: mtpl_test_mtp_entries)
+    int32_t bl_start = 0;       // trunk position of the backlog's first row
     std::vector<float> backlog;
     std::vector<float> h_last;
+    bool h_valid = false;       // h_last holds h_{n_trunk-1}
     std::vector<float> h_scratch;
     bool kept_up = false;       // the last step called the MTP head (its backlog is one step's rows)
     std::vector<draft_dist> q;  // the distributions this step's drafts were drawn from (sampled decoding)
@@ -39,7 +56,7 @@ struct draft_outcome {
     double t_head = 0.0;        // seconds of the first one (the backlog and the head entry)
     double t_draft = 0.0;       // seconds of the others
     bool steady = false;        // the MTP cache was in step before this step (see controller.h)
-    int32_t n_behind = 0;       // positions the first evaluation caught up before the head entry
+    int32_t n_behind = 0;       // backlog positions the first evaluation caught up before the head entry
 };
 
 // Create the MTP context on the trunk's model (cp: the trunk's context parameters).
@@ -48,16 +65,18 @@ bool proposer_init(proposer & p, llama_model * model, llama_context_params cp, i
 void proposer_free(proposer & p);
 void proposer_reset(proposer & p);
 // The trunk's last pass evaluated rows [0, n_rows) from position pos0: their states join the
-// backlog (where the MTP cache lacks the position) and the last becomes h_last.
-void proposer_observe(proposer & p, llama_context * trunk, int32_t pos0, int32_t n_rows);
+// backlog (where the MTP cache lacks the position) and the last becomes h_last.  with_states false:
+// the pass left its states out, and those positions are skipped.
+void proposer_observe(proposer & p, llama_context * trunk, int32_t pos0, int32_t n_rows, bool with_states);
 // Drop MTP cache entries from position pos on.
 void proposer_forget(proposer & p, int32_t pos);
-// The trunk's context was cut to n_keep tokens and its last row re-evaluated (state h_last).
+// The trunk's context was cut to n_keep tokens and its last row re-evaluated (state h_last; nullptr:
+// that pass left its states out).
 void proposer_truncate(proposer & p, int32_t n_keep, const float * h_last);
 // Draft up to k tokens after tokens (whose last, at position n_trunk, is the pending one): each
 // draft is drawn from the head's distribution (as the verify mode wants, mixed toward its arg-max
 // as mix[i] says), fed back with the head's own output state.  Drafting ends at a draft whose
-// head probability is below draft_p_min, or where the controller ends it.
+// head probability is below draft_p_min, or where the controller ends it.  No drafts without h_last.
 int32_t proposer_draft(proposer & p, const std::vector<int32_t> & tokens, int32_t n_trunk, int32_t k,
                        const float * mix, const mtpl_gen_params & g, controller * ctl, rng_type & rng,
                        std::atomic<bool> & cancel, std::vector<int32_t> & drafts, draft_outcome & out);

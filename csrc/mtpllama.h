@@ -166,6 +166,8 @@ typedef struct mtpl_stats {
     int64_t n_reevaluated;          /* context tokens mtpl_session_truncate evaluated again (the last kept one,
                                        whose logits and state the next token needs; all kept ones on an
                                        architecture with recurrent state) */
+    int64_t n_stateless_passes;     /* verification passes that left out the states the MTP head drafts from
+                                       (the adaptive controller had stopped drafting) */
 } mtpl_stats;
 
 
@@ -365,6 +367,7 @@ typedef struct mtpl_controller_sim {
     double draft_s;
     double other_s;
     double catch_up_s;
+    double states_s;                /* what a trunk pass adds when it reports the states the head drafts from */
     double noise;
     double conf_lo[MTPL_MAX_DRAFT];
     double conf_hi[MTPL_MAX_DRAFT];
@@ -382,15 +385,24 @@ typedef struct mtpl_controller_sim {
 int32_t mtpl_controller_simulate(const mtpl_controller_sim * sim, int32_t * out_drafts, double * out_tokens,
                                  double * out_seconds);
 
+/* Recurrent trunks: with skip = 1 the session drops rejected positions without restoring the
+   recurrent state to a snapshot (not lossless: what a missing rollback does). */
+int32_t mtpl_test_skip_rollback(mtpl_session * session, int32_t skip);
+
+/* With every > 0, every every-th verification pass leaves out the states the MTP head drafts from,
+   whatever the controller says, and the step after it cannot draft: a gap in the MTP cache
+   (a plain step far from drafting does this where it pays).  0: as the controller says. */
+int32_t mtpl_test_states_gap_every(mtpl_session * session, int32_t every);
+/* The MTP cache's entries in MTP position order: the trunk position and token each pairs (the
+   session's bookkeeping, for tests).  Writes min(*n_out, cap) of them; *n_out: how many there are. */
+int32_t mtpl_test_mtp_entries(const mtpl_session * session, int32_t * trunk_pos, int32_t * tokens, int32_t cap,
+                              int32_t * n_out);
+
 /* Verification alone, on hand-made rows: n_drafts + 1 trunk logit rows (row i follows
    tokens[0, n_before + i)), tokens[n_before, n_before + n_drafts) the drafts, q_probs the dense
    draft distributions (n_drafts rows of n_vocab probabilities; read by rejection sampling only,
    may be NULL otherwise), with a generator seeded by seed.  Returns the drafts accepted and the
    next token. */
-/* Recurrent trunks: with skip = 1 the session drops rejected positions without restoring the
-   recurrent state to a snapshot (not lossless: what a missing rollback does). */
-int32_t mtpl_test_skip_rollback(mtpl_session * session, int32_t skip);
-
 int32_t mtpl_test_verify(const float * rows, int32_t n_vocab, const int32_t * tokens, int32_t n_before,
                          int32_t n_drafts, const float * q_probs, const mtpl_gen_params * params, uint64_t seed,
                          int32_t * n_accepted, int32_t * next);

@@ -32,6 +32,14 @@ bool is_eog(const mtpl_session * s, int32_t tok) {
     return llama_vocab_is_eog(s->model->vocab, tok);
 }
 
+// Whether the trunk's passes report their states for the MTP head (no-op in a plain session).
+void set_states(mtpl_session * s, bool on) {
+    if (s->mtp && on != s->states) {
+        llama_set_embeddings_nextn(s->trunk, on, false);
+        s->states = on;
+    }
+}
+
 // Evaluate tokens[pos0, pos0 + n) in the trunk; logits for all rows if all_logits, else for the
 // last row only.  On failure the trunk forgets what the call may have left.
 int32_t eval_trunk(mtpl_session * s, int32_t pos0, int32_t n, bool all_logits) {
@@ -56,7 +64,7 @@ int32_t eval_trunk(mtpl_session * s, int32_t pos0, int32_t n, bool all_logits) {
         const bool out = all_logits || i == n - 1;
         s->tr.row(MTPL_DEBUG_TRUNK_ROW, pos0 + i, s->tokens[pos0 + i], nullptr,
                   out ? llama_get_logits_ith(s->trunk, i) : nullptr,
-                  s->mtp ? llama_get_embeddings_nextn_ith(s->trunk, i) : nullptr);
+                  s->states ? llama_get_embeddings_nextn_ith(s->trunk, i) : nullptr);
     }
     return MTPL_OK;
 }
@@ -127,6 +135,7 @@ int32_t rebuild_trunk(mtpl_session * s) {
     s->trunk_stale = false;
     s->n_past = 0;
     s->stats.n_reevaluated += n_keep;
+    set_states(s, true);
     while (s->n_past < n_keep) {
         const int32_t m = std::min(n_keep - s->n_past, s->n_batch);
         if (int32_t st = eval_trunk(s, s->n_past, m, false); st != MTPL_OK) {
@@ -135,7 +144,7 @@ int32_t rebuild_trunk(mtpl_session * s) {
             return st;
         }
         if (s->mtp) {
-            proposer_observe(s->prop, s->trunk, s->n_past, m);
+            proposer_observe(s->prop, s->trunk, s->n_past, m, s->states);
         }
         s->n_past += m;
     }
@@ -224,7 +233,7 @@ int32_t session_create(mtpl_model * model, const mtpl_session_params & p, mtpl_s
     s->trunk_batch = llama_batch_ext_init(s->trunk);
     if (s->mtp) {
         // the trunk reports its state for every position: the MTP block pairs each with a token
-        llama_set_embeddings_nextn(s->trunk, true, false);
+        set_states(s, true);
         s->ctl.reset(controller_new());
         s->dense.assign((size_t) info.n_vocab, 0.0f);
     }
@@ -283,6 +292,7 @@ int32_t session_feed(mtpl_session * s, const int32_t * tokens, int32_t n) {
     }
     s->tokens.insert(s->tokens.end(), tokens, tokens + n);
     s->has_pending = false;
+    set_states(s, true);  // the head drafts best knowing the whole prompt
     // recurrent trunks: a pass ends k_ckpt_back tokens before the prompt's end (the next request of a
     // conversation shares the context up to about there) and the state is saved there
     const int32_t n_total = (int32_t) s->tokens.size();
@@ -299,7 +309,7 @@ int32_t session_feed(mtpl_session * s, const int32_t * tokens, int32_t n) {
             return st;
         }
         if (s->mtp) {
-            proposer_observe(s->prop, s->trunk, s->n_past, m);
+            proposer_observe(s->prop, s->trunk, s->n_past, m, s->states);
         }
         s->n_past += m;
         if (s->n_past == ckpt_at) {
@@ -349,9 +359,9 @@ int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, mtpl_step_r
     }
 
     // whether and how deep to draft: the controller's plan, bounded by the token budget and the context
-    step_plan plan{0, {}};
+    step_plan plan{0, {}, false};
     if (s->mtp) {
-        plan = controller_plan(s->ctl.get(), s->gen.draft_max, s->gen.adaptive != 0);
+        plan = controller_plan(s->ctl.get(), s->gen.draft_max, s->gen.adaptive != 0, s->prop.h_valid);
     }
     int32_t k = std::min(plan.k_max, n_max - res->n_tokens - 1);
     k = std::min(k, s->n_ctx - s->n_past - 1);
@@ -380,6 +390,8 @@ int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, mtpl_step_r
     const int32_t pos0 = s->n_past;
     s->tokens.insert(s->tokens.end(), s->drafts.begin(), s->drafts.end());
     const int32_t reused0 = llama_perf_context(s->trunk).n_reused;
+    const bool test_gap = s->test_gap_every > 0 && ++s->test_passes % s->test_gap_every == 0;
+    set_states(s, plan.states && !test_gap);
     if (int32_t st = eval_trunk(s, pos0, n_drafts + 1, true); st != MTPL_OK) {
         s->tokens.resize((size_t) pos0 + 1);
         return st;
@@ -411,7 +423,7 @@ int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, mtpl_step_r
     const int32_t n_acc = v.n_accepted;
     forget_from(s, pos0 + n_acc + 1);
     if (s->mtp) {
-        proposer_observe(s->prop, s->trunk, pos0, n_acc + 1);
+        proposer_observe(s->prop, s->trunk, pos0, n_acc + 1, s->states);
     }
     s->n_past = pos0 + n_acc + 1;
     s->last_row = n_acc;
@@ -444,6 +456,7 @@ int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, mtpl_step_r
     mtpl_stats & st = s->stats;
     st.n_steps++;
     st.n_generated += n_acc + 1;
+    st.n_stateless_passes += s->mtp && !s->states;
     st.drafts_per_step[n_drafts]++;
     for (int32_t i = 0; i < n_drafts && i < MTPL_MAX_DRAFT; ++i) {
         st.drafted[i]++;
@@ -468,7 +481,7 @@ int32_t session_truncate(mtpl_session * s, int32_t n_keep) {
         // only the pending token goes: the trunk's last pass still holds the kept end's logits and state
         s->tokens.resize((size_t) n_keep);
         if (s->mtp) {
-            proposer_truncate(s->prop, n_keep, llama_get_embeddings_nextn_ith(s->trunk, s->last_row));
+            proposer_truncate(s->prop, n_keep, s->states ? llama_get_embeddings_nextn_ith(s->trunk, s->last_row) : nullptr);
         }
         s->tokens.push_back(choose_next(s, llama_get_logits_ith(s->trunk, s->last_row), s->tokens.size()));
         s->has_pending = true;
@@ -506,6 +519,7 @@ int32_t session_truncate(mtpl_session * s, int32_t n_keep) {
         }
     }
     s->stats.n_reevaluated += n_keep - s->n_past;
+    set_states(s, true);
     while (s->n_past < n_keep) {  // one token, or from a checkpoint on
         const int32_t m = std::min(n_keep - s->n_past, s->n_batch);
         if (int32_t st = eval_trunk(s, s->n_past, m, false); st != MTPL_OK) {

@@ -20,6 +20,7 @@ struct mtpl_session {
     llama_context * trunk = nullptr;
     llama_batch_ext * trunk_batch = nullptr;
     bool mtp = false;                   // the session drafts: prop and ctl are set up
+    bool states = false;                // the trunk reports its states for the MTP head (llama_set_embeddings_nextn)
     mtpl::proposer prop;
     mtpl::controller_ptr ctl;
     int32_t n_ctx = 0;
@@ -62,6 +63,8 @@ struct mtpl_session {
     std::vector<uint8_t> ckpt;          // the recurrent state after positions [0, ckpt_pos) (-1: none)
     int32_t ckpt_pos = -1;
     bool test_skip_rollback = false;    // test hook: drop rejected positions without restoring the state
+    int32_t test_gap_every = 0;         // test hook: every n-th verification pass leaves its states out
+    int64_t test_passes = 0;            // ... counting from when it was set
 };
 
 namespace mtpl {

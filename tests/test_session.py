@@ -6,8 +6,8 @@ import gc
 import pytest
 
 import mtpllama
-from mtpllama.testing.fixtures import ONE_THREAD
-from mtpllama import SpecConfig
+from mtpllama import SpecConfig, _lib
+from mtpllama.testing.fixtures import ONE_THREAD, PROMPTS
 
 
 def test_stream_equals_generate(glm45):
@@ -246,3 +246,71 @@ def test_weights_read_into_memory_sit_on_huge_pages(tmp_path, dtype):
         finally:
             mtpllama.set_huge_pages(True)
         assert grew_off == 0
+
+
+def _gap_every(session, every: int) -> None:
+    """Every every-th verification pass leaves out the states the MTP head drafts from (a test hook:
+    the controller does this on plain steps far from drafting where it pays)."""
+    _lib.check(_lib.lib.mtpl_test_states_gap_every(session._ptr(), every))
+
+
+def _checked_mtp_entries(session) -> list[tuple[int, int]]:
+    """The MTP cache's entries as (trunk position, token), checked: positions increase, and each
+    entry pairs the context's token at its position (no entry of a discarded continuation stays)."""
+    n = _lib.ffi.new("int32_t *")
+    _lib.check(_lib.lib.mtpl_test_mtp_entries(session._ptr(), _lib.ffi.NULL, _lib.ffi.NULL, 0, n))
+    pos, tok = _lib.ffi.new("int32_t[]", max(1, n[0])), _lib.ffi.new("int32_t[]", max(1, n[0]))
+    _lib.check(_lib.lib.mtpl_test_mtp_entries(session._ptr(), pos, tok, n[0], n))
+    entries = list(zip(pos[0:n[0]], tok[0:n[0]]))
+    ctx = session.tokens
+    assert all(a[0] < b[0] for a, b in zip(entries, entries[1:])), entries
+    assert all(p < len(ctx) and ctx[p] == t for p, t in entries), (entries, ctx)
+    return entries
+
+
+def test_gaps_in_the_mtp_cache_keep_output_and_drafting(glm45):
+    """A pass without the trunk's states leaves a gap in the MTP cache; the cache goes on at the
+    next free MTP position (llama.cpp refuses a sequence whose positions jump).  Output stays plain
+    output, the step after a gap cannot draft, and drafting after gaps accepts about as often as
+    without them (the head's input after a gap is the trunk's state, not a stale one)."""
+    spec = SpecConfig(3, 0.0, adaptive=False)
+    acceptance = {}
+    for every in (0, 2, 3):
+        accepted = drafted = 0
+        for prompt in PROMPTS[:6]:
+            plain = glm45.generate(prompt, 48, mtp=False)
+            with glm45.session() as s:
+                _gap_every(s, every)
+                r = s.generate(prompt, 48, spec=spec)
+                entries = _checked_mtp_entries(s)
+            assert r.tokens == plain.tokens, (every, prompt)
+            assert (entries[-1][0] + 1 > len(entries)) == (every > 0)  # gaps, where passes left states out
+            st = r.stats
+            if every:
+                gaps = st.stateless_passes
+                assert gaps == (st.steps - 1) // every  # the prompt pass counts as a step
+                assert st.drafts_per_step[0] >= gaps - 1  # each gap makes the next step (if any) plain
+            else:
+                assert st.stateless_passes == 0
+            accepted, drafted = accepted + sum(st.accepted), drafted + sum(st.drafted)
+        acceptance[every] = accepted / drafted
+    assert acceptance[0] > 0.4
+    assert min(acceptance[2], acceptance[3]) > 0.8 * acceptance[0], acceptance
+
+
+def test_gaps_survive_rollbacks_into_older_segments(glm45):
+    """Rolling the context back past gaps (a conversation's next request keeping a shorter prefix)
+    cuts the MTP cache within the segment of entries the cut falls in; output stays plain output."""
+    spec = SpecConfig(3, 0.0, adaptive=False)
+    with glm45.session() as s:
+        _gap_every(s, 3)
+        s.generate("def foo(x):", 50, spec=spec)
+        ctx = s.tokens
+        for cut in (45, 30, 12, 3):  # each into what the one before kept
+            prompt = ctx[:cut] + glm45.tokenize(" y = 2")
+            r = s.generate(prompt, 24, spec=spec, reuse_prefix=True)
+            assert r.stats.cached_tokens + r.stats.reevaluated_tokens == cut
+            assert r.tokens == glm45.generate(prompt, 24, mtp=False).tokens, cut
+            assert sum(r.stats.drafted) > 0
+            _checked_mtp_entries(s)
+            ctx = s.tokens

@@ -108,6 +108,9 @@ class GenerationStats:
     reevaluated_tokens: int = 0
     """Context tokens evaluated again to roll the context back (a stop string's cut, or keeping a
     prompt's cached prefix: the last kept token, whose logits and state the next token needs)."""
+    stateless_passes: int = 0
+    """Verification passes that left out the trunk states the MTP head drafts from: the adaptive
+    controller had stopped drafting (over RPC each state read is a round trip)."""
     cached_tokens: int = 0
     """Prompt tokens the session's caches already held (reuse_prefix=True, chat): not evaluated again.
     prompt_tokens counts the rest, the tokens fed."""
@@ -155,7 +158,7 @@ class GenerationStats:
             draft_mix=[float(st.draft_mix[i]) for i in range(n)],
             trunk_graphs_reused=int(st.n_trunk_graphs_reused),
             mtp_graphs_reused=int(st.n_mtp_graphs_reused),
-            reevaluated_tokens=int(st.n_reevaluated))
+            reevaluated_tokens=int(st.n_reevaluated), stateless_passes=int(st.n_stateless_passes))
 
 
 @dataclass

@@ -61,14 +61,16 @@ class SimHead:
 @dataclass(frozen=True)
 class SimCosts:
     """Seconds of a simulated step's parts: the trunk pass over k drafts (verify[k], k = 0..k_max),
-    the head call, each further MTP decode, the rest of the step, and the catch-up per position
-    the MTP cache missed during plain steps."""
+    the head call, each further MTP decode, the rest of the step, the catch-up per position the
+    MTP cache missed during plain steps, and what a trunk pass adds when it reports the states the
+    head drafts from (over RPC: a round trip)."""
 
     verify: tuple[float, ...]
     head: float
     draft: float
     other: float = 0.0
     catch_up: float = 0.0
+    states: float = 0.0
 
 
 def simulate_controller(costs: SimCosts, head: SimHead, n_steps: int, *, adaptive: bool = True, k_max: int | None = None,
@@ -87,6 +89,7 @@ def simulate_controller(costs: SimCosts, head: SimHead, n_steps: int, *, adaptiv
     for k, t in enumerate(costs.verify):
         sim.verify_s[k] = t
     sim.head_s, sim.draft_s, sim.other_s, sim.catch_up_s = costs.head, costs.draft, costs.other, costs.catch_up
+    sim.states_s = costs.states
     sim.noise = noise
     for i in range(_lib.MAX_DRAFT):
         sim.conf_lo[i], sim.conf_hi[i] = head.at("conf_lo", i), head.at("conf_hi", i)

@@ -19,7 +19,7 @@ def fixed_rate(costs: SimCosts, head: SimHead, k: int, p_min: float) -> float:
     """Tokens per second of drafting k a step with none below p_min, in closed form: draft i is
     made with chance m_i = P(confidence >= p_min) and then accepted with chance alpha_i (the mean
     acceptance over the confidences >= p_min); a step that made j drafts ran j MTP decodes after
-    the head call (k - 1 if j = k) and a trunk pass over j drafts."""
+    the head call (k - 1 if j = k) and a trunk pass over j drafts that reports its states."""
     if k == 0:
         return 1.0 / (costs.verify[0] + costs.other)
     m, alpha = [], []
@@ -32,7 +32,7 @@ def fixed_rate(costs: SimCosts, head: SimHead, k: int, p_min: float) -> float:
         alpha.append(f[made].mean() if made.any() else 0.0)
     at_least = np.cumprod([1.0] + m)  # P(at least j drafts made)
     tokens = 1.0 + sum(np.prod([m[i] * alpha[i] for i in range(j)]) for j in range(1, k + 1))
-    seconds = costs.head + costs.other
+    seconds = costs.head + costs.other + costs.states
     for j in range(k + 1):
         exactly = at_least[j] - (at_least[j + 1] if j < k else 0.0)
         seconds += exactly * (costs.verify[j] + min(j, k - 1) * costs.draft)
@@ -59,6 +59,10 @@ NONCONVEX = SimCosts(ms(15.0, 28.0, 38.0, 31.0, 33.0, 36.0, 38.0), head=1.2 * MS
 # the shipped default model: compute-bound, a pass over k + 1 rows costs k + 1 steps
 COMPUTE = SimCosts(ms(*(0.5 * (k + 1) for k in range(7))), head=0.3 * MS, draft=0.3 * MS, other=0.05 * MS)
 LINEAR = SimCosts(ms(20, 24, 28, 32, 36, 40, 44), head=1.0 * MS, draft=1.0 * MS, other=0.5 * MS)
+# layers on RPC workers 5 ms away, the head local: round trips dominate, and reading the states the
+# head drafts from is one more (benchmarks/rpc_bench.py, dense files)
+RPC = SimCosts(ms(62, 66, 70, 74, 78, 82, 86), head=2.0 * MS, draft=2.0 * MS, other=0.5 * MS, catch_up=0.1 * MS,
+               states=10.0 * MS)
 
 SHARP_HIGH = SimHead(accept=(0.95, 0.9, 0.88), conf_lo=(0.6,), conf_hi=(1.0,), slope=(1.0,))
 UNSURE = SimHead(accept=(0.9,), conf_lo=(0.1,), conf_hi=(0.5,))                   # right, but unsure
@@ -80,4 +84,7 @@ CASES = {
     "low-moe": (MOE, LOW),
     "compute-bound": (COMPUTE, MID),
     "high-moe": (MOE, MOE_HI),
+    "rpc-low": (RPC, LOW),                       # confident drafts pay, the rest do not
+    "rpc-wrong-but-sure": (RPC, WRONG_SURE),     # plain decoding, without reading the states
+    "rpc-high": (RPC, SHARP_HIGH),
 }
