@@ -7,7 +7,8 @@
 Each configuration is a long-lived server process holding one session, kept across the rounds
 as bench.py keeps it, so a controller carries what it learned from round to round.  A build
 is a copied libmtpllama.so with its mtpllama.h beside it (the binding reads the header next to
-the library).  Every round runs each server once, the order rotating; printed per
+the library), or a directory holding a whole `mtpllama` package (an unpacked wheel of another
+commit: its stats may have other fields).  Every round runs each server once, the order rotating; printed per
 configuration: median tokens/s, the medians of its per-round ratios to plain decoding and to
 each fixed k, and for adaptive the draft lengths it chose (steps at k = 0..4, all rounds).
 Fixed k and plain run on the first build.
@@ -45,10 +46,12 @@ for line in sys.stdin:
 
 class Server:
     def __init__(self, lib: str, k: int, path: Path, a) -> None:
-        code = SERVER.format(package_root=PACKAGE_ROOT, path=str(path), threads=a.threads, ctx=a.ctx, k=k,
+        # a directory: an installed package's root (an unpacked wheel), its own Python code with its library
+        root, env = (lib, dict(os.environ)) if Path(lib).is_dir() else (PACKAGE_ROOT, dict(os.environ, MTPLLAMA_LIBRARY=lib))
+        code = SERVER.format(package_root=str(root), path=str(path), threads=a.threads, ctx=a.ctx, k=k,
                              prompt=a.prompt, tokens=a.tokens)
-        self.p = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ, MTPLLAMA_LIBRARY=lib),
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.p = subprocess.Popen([sys.executable, "-c", code], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  text=True)
 
     def run(self) -> tuple[float, list[int]]:
         self.p.stdin.write("go\n")
