@@ -39,7 +39,7 @@
 // Whether it is uses a draw of the first position's acceptance from what the counts allow
 // (Thompson sampling), so a head judged on a few unlucky drafts is tried again, and often where
 // the decision is close.  Otherwise the step is plain and leaves the MTP head alone.  Its trunk
-// pass leaves out the states the head drafts from where that saves more than 2% of a plain pass
+// pass leaves out the states the head drafts from where that saves more than 3% of a plain pass
 // (their transfer, over RPC a round trip, timed at the start and now and then by leaving them
 // out; and the catch-up each would cost later) and more than it costs: a next step that wants to
 // draft (as often as recent steps did) must first run plain with the states.  Decisions then
@@ -498,11 +498,13 @@ step_plan controller_plan(controller * c, int32_t k_max, bool adaptive, bool hav
     // Leave the states out where that saves more than it costs: a next step that wants to draft
     // (as often as recent ones did) would run plain first, giving up its expected gain and building
     // the trunk's graph twice.  Or leave them out to time a pass without them.
-    const bool time_bare = c->bare.n == 0 || c->steps - c->bare.at > k_stale_steps;
-    const double g = std::max(0.0, draft_worth(*c, 0, 1.0, c->acc[0]) - c->rate * head_cost) / std::max(c->rate, 1e-12);
-    const bool keep = c->want * (g + 2.0 * c->rebuild.mean) > c->states_cost + c->catch_up.mean;
+    bool off = c->bare.n == 0 || c->steps - c->bare.at > k_stale_steps;
+    if (!off && c->states_off_pays) {
+        const double g = std::max(0.0, draft_worth(*c, 0, 1.0, c->acc[0]) - c->rate * head_cost) / std::max(c->rate, 1e-12);
+        off = c->want * (g + 2.0 * c->rebuild.mean) <= c->states_cost + c->catch_up.mean;
+    }
     plan.k_max = 0;
-    plan.states = c->states = !(time_bare || (c->states_off_pays && !keep));
+    plan.states = c->states = !off;
     return plan;
 }
 

@@ -146,9 +146,9 @@ bool proposer_init(proposer & p, llama_model * model, llama_context_params cp, i
     p.n_vocab = n_vocab;
     p.n_batch = (int32_t) cp.n_batch;
     p.h_last.assign((size_t) n_embd, 0.0f);
-    p.h_valid = true;  // position 0 pairs its token with a zero state
     p.h_scratch.assign((size_t) n_embd, 0.0f);
     p.tr = tr;
+    proposer_reset(p);
     return true;
 }
 
