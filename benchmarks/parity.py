@@ -4,6 +4,7 @@
 --spec-type draft-mtp`` measures it on the same file.
 
     python3 benchmarks/parity.py deepseek2 --tokens 64 --prompts 20
+    python3 benchmarks/parity.py hy_v3 --k 3     # several heads: acceptance over 3 chained drafts
 
 For each test file of the architecture (own head f32, tied head f32, Q8_0; written by its writer
 in mtpllama.testing.arch) and each prompt: mtpllama's plain greedy text against llama-completion's,
@@ -33,7 +34,7 @@ _RE_ACCEPT = re.compile(r"n_accept\s*=\s*(\d+)")
 # architectures whose files differ from the common case: the NextN blocks of nemotron_h_moe and
 # bailingmoe3 have no own embeddings or head, and nemotron's layers need less noise for the head to
 # agree with the trunk
-BASES = {"nemotron_h_moe": dict(nextn="tied", noise=0.6), "bailingmoe3": dict(nextn="tied")}
+BASES = {"nemotron_h_moe": dict(nextn="tied", noise=0.6), "bailingmoe3": dict(nextn="tied"), "hy_v3": dict(nextn="tied")}
 
 
 def files(arch: str, d: Path) -> dict[str, Path]:
@@ -59,11 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompts", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-gap", type=float, default=0.03)
+    ap.add_argument("--k", type=int, default=1, help="draft length of both engines (p_min 0, fixed)")
     a = ap.parse_args(argv)
     tools = build_upstream_tools()
     prompts = PROMPTS[: a.prompts]
     ok = True
-    print(f"| file | texts equal | mtpllama k=1 acceptance (drafts) | upstream draft-mtp k=1 (drafts) | gap |")
+    print(f"| file | texts equal | mtpllama k={a.k} acceptance (drafts) | upstream draft-mtp k={a.k} (drafts) | gap |")
     print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for name, path in files(a.arch, Path(tmp)).items():
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             with mtpllama.Model(str(path), session_defaults=cfg) as m:
                 for prompt in prompts:
                     plain = m.generate(prompt, a.tokens, mtp=False)
-                    k1 = m.generate(prompt, a.tokens, spec=mtpllama.SpecConfig(1, 0.0, adaptive=False))
+                    k1 = m.generate(prompt, a.tokens, spec=mtpllama.SpecConfig(a.k, 0.0, adaptive=False))
                     assert k1.tokens == plain.tokens, f"{name}: greedy MTP != plain on {prompt!r}"
                     dr += sum(k1.stats.drafted)
                     acc += sum(k1.stats.accepted)
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                               file=sys.stderr)
                     for _ in range(3):  # the same asynchronous log may lose the report
                         _, err = upstream([tools.speculative, *common, "-p", prompt, "--spec-type", "draft-mtp",
-                                           "--spec-draft-n-max", "1", "--spec-draft-p-min", "0", "-lv", "4"])
+                                           "--spec-draft-n-max", str(a.k), "--spec-draft-p-min", "0", "-lv", "4"])
                         md, ma = _RE_DRAFTS.search(err), _RE_ACCEPT.search(err)
                         if md and ma:
                             break

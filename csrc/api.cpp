@@ -721,16 +721,20 @@ int32_t mtpl_test_states_gap_every(mtpl_session * session, int32_t every) {
     return MTPL_OK;
 }
 
-int32_t mtpl_test_mtp_entries(const mtpl_session * session, int32_t * trunk_pos, int32_t * tokens, int32_t cap,
-                              int32_t * n_out) {
+int32_t mtpl_test_mtp_entries(const mtpl_session * session, int32_t head, int32_t * trunk_pos, int32_t * tokens,
+                              int32_t cap, int32_t * n_out) {
     if (!session || !n_out || cap < 0 || (cap > 0 && (!trunk_pos || !tokens))) {
         return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "session or n_out is NULL, or cap < 0 without buffers");
     }
-    const auto & p = session->prop;
-    *n_out = session->mtp ? (int32_t) p.entry_pos.size() : 0;
+    if (session->mtp && (head < 0 || head >= (int32_t) session->prop.heads.size())) {
+        return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "head must be in [0, " +
+                                                         std::to_string(session->prop.heads.size()) + ")");
+    }
+    const mtpl::head_lane * h = session->mtp ? &session->prop.heads[(size_t) head] : nullptr;
+    *n_out = h ? (int32_t) h->entry_pos.size() : 0;
     for (int32_t i = 0; i < std::min(cap, *n_out); ++i) {
-        trunk_pos[i] = p.entry_pos[(size_t) i];
-        tokens[i] = p.entry_tok[(size_t) i];
+        trunk_pos[i] = h->entry_pos[(size_t) i];
+        tokens[i] = h->entry_tok[(size_t) i];
     }
     return MTPL_OK;
 }

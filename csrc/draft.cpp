@@ -63,63 +63,121 @@ double sum_exp_below(const float * x, int32_t n, float m) {
     return sum;
 }
 
-// Drop the MTP cache's drafts (entries from mtp_next on).
-void drop_drafts(proposer & p) {
-    llama_memory_seq_rm(llama_get_memory(p.ctx), 0, p.mtp_next, -1);
-    p.tr->forget(MTPL_DEBUG_MTP_FORGET, p.n_past);
+// A head that drafting has not reached for this many backlog rows catches up in a call of its own.
+constexpr int32_t k_lag_rows = 256;
+
+// Drop a head's drafts (its cache entries from mtp_next on).
+void drop_drafts(proposer & p, head_lane & h) {
+    llama_memory_seq_rm(llama_get_memory(h.ctx), 0, h.mtp_next, -1);
+    if (&h == &p.heads[0]) {
+        p.tr->forget(MTPL_DEBUG_MTP_FORGET, h.n_past);
+    }
 }
 
-// Evaluate the backlog and the head entry (pending token, h_last) at n_trunk, in batches of at
-// most n_batch; the head entry's logits are the first draft's.  *head_idx receives its row.
-int32_t catch_up_and_head(proposer & p, const std::vector<int32_t> & tokens, int32_t n_trunk,
-                          std::atomic<bool> & cancel, int32_t * head_idx, int32_t & n_calls) {
-    drop_drafts(p);
+// Drop head h's entries from trunk position pos on.
+void forget_head(proposer & p, head_lane & h, int32_t pos) {
+    const int32_t from = std::min(pos, h.n_past);
+    // the segments after `from` go; entries of the one it falls in stay below it
+    int32_t next = h.mtp_next;
+    while (!h.segments.empty() && h.segments.back().from > from) {
+        next = std::min(next, h.segments.back().from - h.segments.back().shift);
+        h.segments.pop_back();
+    }
+    h.mtp_next = h.segments.empty() ? 0 : std::min(next, from - h.segments.back().shift);
+    llama_memory_seq_rm(llama_get_memory(h.ctx), 0, h.mtp_next, -1);
+    h.entry_pos.resize((size_t) h.mtp_next);
+    h.entry_tok.resize((size_t) h.mtp_next);
+    if (&h == &p.heads[0]) {
+        p.tr->forget(MTPL_DEBUG_MTP_FORGET, from);
+    }
+    h.n_past = from;
+}
+
+// The lowest n_past of the heads: the backlog keeps rows from there on.
+int32_t lowest_past(const proposer & p) {
+    int32_t lo = p.heads[0].n_past;
+    for (const head_lane & h : p.heads) {
+        lo = std::min(lo, h.n_past);
+    }
+    return lo;
+}
+
+// Backlog rows below every head's n_past are no longer needed.
+void trim_backlog(proposer & p) {
     const size_t row = (size_t) p.n_embd;
-    const int32_t first = p.backlog.empty() ? n_trunk : p.bl_start;
+    const int32_t n_rows = (int32_t) (p.backlog.size() / row);
+    const int32_t drop = std::clamp(lowest_past(p) - p.bl_start, 0, n_rows);
+    if (drop > 0) {
+        p.backlog.erase(p.backlog.begin(), p.backlog.begin() + (ptrdiff_t) ((size_t) drop * row));
+        p.bl_start += drop;
+    }
+}
+
+// The trunk position head h's next evaluation starts at: the backlog's first row it lacks, or the
+// head entry when it lacks none.
+int32_t first_row(const proposer & p, const head_lane & h, int32_t n_trunk) {
+    const int32_t bl_end = p.bl_start + (int32_t) (p.backlog.size() / (size_t) p.n_embd);
+    return p.backlog.empty() ? n_trunk : std::min(std::max(p.bl_start, h.n_past), bl_end);
+}
+
+// Evaluate on head j the rows [first_row, end): the backlog rows it lacks, then (end > n_trunk) the
+// head entry (pending token, h_last) at n_trunk, then this step's drafts before draft end - n_trunk -
+// 1, drafts[t - 1] at n_trunk + t paired with chain row t; in batches of at most n_batch.  The last
+// row's logits and state come out at *last_idx.  Rows up to the head entry stay in the cache.
+int32_t head_call(proposer & p, int32_t j, const std::vector<int32_t> & tokens, int32_t n_trunk, int32_t end,
+                  const std::vector<int32_t> & drafts, std::atomic<bool> & cancel, int32_t * last_idx,
+                  int32_t & n_calls) {
+    head_lane & h = p.heads[(size_t) j];
+    const bool traced = j == 0;  // the trace (and the references replaying it) follow the first head
+    drop_drafts(p, h);
+    const size_t row = (size_t) p.n_embd;
+    const int32_t first = first_row(p, h, n_trunk);
     const auto state = [&](int32_t pos) {
-        return pos == n_trunk ? p.h_last.data() : p.backlog.data() + (size_t) (pos - first) * row;
+        return pos > n_trunk ? p.chain.data() + (size_t) (pos - n_trunk) * row
+               : pos == n_trunk ? p.h_last.data() : p.backlog.data() + (size_t) (pos - p.bl_start) * row;
     };
+    const auto token = [&](int32_t pos) { return pos > n_trunk ? drafts[(size_t) (pos - n_trunk - 1)] : tokens[pos]; };
     // after a gap (first > n_past) the entries go on at the next MTP position, with a larger shift
-    const int32_t shift = first - p.mtp_next;
-    const bool new_segment = p.segments.empty() || p.segments.back().shift != shift;
+    const int32_t shift = first - h.mtp_next;
+    const bool new_segment = h.segments.empty() || h.segments.back().shift != shift;
     if (new_segment) {
-        p.segments.push_back({first, shift});
+        h.segments.push_back({first, shift});
     }
     int32_t pos = first;
-    while (pos <= n_trunk) {
-        const int32_t n = std::min(n_trunk + 1 - pos, p.n_batch);
-        llama_batch_ext_clear(p.batch);
+    while (pos < end) {
+        const int32_t n = std::min(end - pos, p.n_batch);
+        llama_batch_ext_clear(h.batch);
         for (int32_t i = 0; i < n; ++i) {
-            const bool head = pos + i == n_trunk;
-            batch_add(p.batch, tokens[pos + i], pos + i - shift, head, state(pos + i), p.n_embd);
-            if (head) {
-                *head_idx = i;
-            }
+            batch_add(h.batch, token(pos + i), pos + i - shift, pos + i == end - 1, state(pos + i), p.n_embd);
         }
         n_calls++;
-        if (int32_t st = process(p.ctx, p.batch, cancel, "MTP evaluation"); st != MTPL_OK) {
-            drop_drafts(p);
+        if (int32_t st = process(h.ctx, h.batch, cancel, "MTP evaluation"); st != MTPL_OK) {
+            drop_drafts(p, h);
             if (new_segment) {
-                p.segments.pop_back();
+                h.segments.pop_back();
             }
             return st;
         }
-        p.tr->next_call();
-        for (int32_t i = 0; i < n && p.tr->on; ++i) {
-            const bool head = pos + i == n_trunk;
-            p.tr->row(MTPL_DEBUG_MTP_ROW, pos + i, tokens[pos + i], state(pos + i),
-                      head ? llama_get_logits_ith(p.ctx, i) : nullptr,
-                      head ? llama_get_embeddings_nextn_ith(p.ctx, i) : nullptr);
+        if (traced) {
+            p.tr->next_call();
+            for (int32_t i = 0; i < n && p.tr->on; ++i) {
+                const bool out = pos + i == end - 1;
+                p.tr->row(MTPL_DEBUG_MTP_ROW, pos + i, token(pos + i), state(pos + i),
+                          out ? llama_get_logits_ith(h.ctx, i) : nullptr,
+                          out ? llama_get_embeddings_nextn_ith(h.ctx, i) : nullptr);
+            }
         }
+        *last_idx = n - 1;
         pos += n;
     }
-    for (int32_t q = first; q <= n_trunk; ++q) {
-        p.entry_pos.push_back(q);
-        p.entry_tok.push_back(tokens[q]);
+    const int32_t kept = std::min(end, n_trunk + 1);
+    for (int32_t q = first; q < kept; ++q) {
+        h.entry_pos.push_back(q);
+        h.entry_tok.push_back(tokens[q]);
     }
-    p.backlog.clear();
-    p.n_past = n_trunk + 1;
-    p.mtp_next = n_trunk + 1 - shift;
+    h.n_past = kept;
+    h.mtp_next = kept - shift;
+    trim_backlog(p);
     return MTPL_OK;
 }
 
@@ -135,39 +193,50 @@ bool proposer_init(proposer & p, llama_model * model, llama_context_params cp, i
     // every MTP call outputs one row (the head entry, or a draft): buffers for one output row,
     // and with patches/0004 FFN buffers for one row too
     cp.n_outputs_max = 1;
-    p.ctx = llama_init_from_model(model, cp);
-    if (!p.ctx) {
-        return false;
+    const int32_t n_heads = std::max(1, (int32_t) llama_model_n_layer_nextn(model));
+    p.heads.assign((size_t) n_heads, head_lane{});
+    for (int32_t j = 0; j < n_heads; ++j) {
+        head_lane & h = p.heads[(size_t) j];
+        h.ctx = llama_init_from_model(model, cp);
+        if (!h.ctx) {
+            return false;
+        }
+        llama_set_nextn_layer_offset(h.ctx, j);
+        // the MTP context reports its output state only for rows that output logits
+        llama_set_embeddings_nextn(h.ctx, true, true);
+        h.batch = llama_batch_ext_init(h.ctx);
     }
-    // the MTP context reports its output state only for rows that output logits
-    llama_set_embeddings_nextn(p.ctx, true, true);
-    p.batch = llama_batch_ext_init(p.ctx);
     p.n_embd = n_embd;
     p.n_vocab = n_vocab;
     p.n_batch = (int32_t) cp.n_batch;
     p.h_last.assign((size_t) n_embd, 0.0f);
-    p.h_scratch.assign((size_t) n_embd, 0.0f);
     p.tr = tr;
     proposer_reset(p);
     return true;
 }
 
 void proposer_free(proposer & p) {
-    if (p.batch) llama_batch_ext_free(p.batch);
-    if (p.ctx) llama_free(p.ctx);
-    p.batch = nullptr;
-    p.ctx = nullptr;
+    for (head_lane & h : p.heads) {
+        if (h.batch) llama_batch_ext_free(h.batch);
+        if (h.ctx) llama_free(h.ctx);
+    }
+    p.heads.clear();
 }
 
 void proposer_reset(proposer & p) {
-    llama_memory_clear(llama_get_memory(p.ctx), true);
+    for (head_lane & h : p.heads) {
+        if (h.ctx) {
+            llama_memory_clear(llama_get_memory(h.ctx), true);
+        }
+        h.n_past = 0;
+        h.mtp_next = 0;
+        h.segments.clear();
+        h.entry_pos.clear();
+        h.entry_tok.clear();
+    }
     std::fill(p.h_last.begin(), p.h_last.end(), 0.0f);  // position 0 pairs its token with a zero state
     p.h_valid = true;
-    p.n_past = 0;
-    p.mtp_next = 0;
-    p.segments.clear();
-    p.entry_pos.clear();
-    p.entry_tok.clear();
+    p.bl_start = 0;
     p.backlog.clear();
     p.kept_up = false;
 }
@@ -179,8 +248,9 @@ void proposer_observe(proposer & p, llama_context * trunk, int32_t pos0, int32_t
         return;
     }
     const size_t row = (size_t) p.n_embd;
+    const int32_t lo = lowest_past(p);
     for (int32_t i = 0; i < n_rows; ++i) {
-        if (pos0 + i >= p.n_past && p.h_valid) {
+        if (pos0 + i >= lo && p.h_valid) {
             if (p.backlog.empty()) {
                 p.bl_start = pos0 + i;
             }
@@ -192,29 +262,20 @@ void proposer_observe(proposer & p, llama_context * trunk, int32_t pos0, int32_t
 }
 
 void proposer_forget(proposer & p, int32_t pos) {
-    const int32_t from = std::min(pos, p.n_past);
-    // the segments after `from` go; entries of the one it falls in stay below it
-    int32_t next = p.mtp_next;
-    while (!p.segments.empty() && p.segments.back().from > from) {
-        next = std::min(next, p.segments.back().from - p.segments.back().shift);
-        p.segments.pop_back();
+    for (head_lane & h : p.heads) {
+        forget_head(p, h, pos);
     }
-    p.mtp_next = p.segments.empty() ? 0 : std::min(next, from - p.segments.back().shift);
-    llama_memory_seq_rm(llama_get_memory(p.ctx), 0, p.mtp_next, -1);
-    p.entry_pos.resize((size_t) p.mtp_next);
-    p.entry_tok.resize((size_t) p.mtp_next);
-    p.tr->forget(MTPL_DEBUG_MTP_FORGET, from);
-    p.n_past = from;
 }
 
 void proposer_truncate(proposer & p, int32_t n_keep, const float * h_last) {
     // entries at p < n_keep pair tokens and states that stay; the backlog keeps its prefix
-    if (p.n_past > n_keep) {
-        proposer_forget(p, n_keep);
-        p.backlog.clear();
-    } else if (!p.backlog.empty()) {
-        p.backlog.resize((size_t) std::max(0, n_keep - p.bl_start) * (size_t) p.n_embd);
+    for (head_lane & h : p.heads) {
+        if (h.n_past > n_keep) {
+            forget_head(p, h, n_keep);
+        }
     }
+    const int32_t n_rows = (int32_t) (p.backlog.size() / (size_t) p.n_embd);
+    p.backlog.resize((size_t) std::clamp(n_keep - p.bl_start, 0, n_rows) * (size_t) p.n_embd);
     p.h_valid = h_last != nullptr;
     if (p.h_valid) {
         std::memcpy(p.h_last.data(), h_last, (size_t) p.n_embd * sizeof(float));
@@ -238,22 +299,35 @@ int32_t proposer_draft(proposer & p, const std::vector<int32_t> & tokens, int32_
     if (!p.h_valid) {  // the last trunk pass left its states out: nothing to draft from
         return MTPL_OK;
     }
+    const int32_t n_heads = (int32_t) p.heads.size();
+    const size_t row = (size_t) p.n_embd;
     int32_t last = 0;
-    out.n_behind = (int32_t) (p.backlog.size() / (size_t) p.n_embd);
+    out.n_behind = n_trunk - first_row(p, p.heads[0], n_trunk);
     auto t0 = clock_type::now();
-    if (int32_t st = catch_up_and_head(p, tokens, n_trunk, cancel, &last, out.n_calls); st != MTPL_OK) {
+    if (int32_t st = head_call(p, 0, tokens, n_trunk, n_trunk + 1, drafts, cancel, &last, out.n_calls); st != MTPL_OK) {
         return st;
     }
+    // a head that drafting has not reached for long catches up apart, so the backlog stays short
+    for (int32_t j = 1; j < n_heads; ++j) {
+        if (n_trunk - first_row(p, p.heads[(size_t) j], n_trunk) > k_lag_rows) {
+            int32_t unused = 0;
+            if (int32_t st = head_call(p, j, tokens, n_trunk, n_trunk, drafts, cancel, &unused, out.n_calls);
+                st != MTPL_OK) {
+                return st;
+            }
+        }
+    }
     out.t_head = seconds_since(t0);
-    const size_t row = (size_t) p.n_embd;
     const bool greedy = plain_greedy(g);
     const mtpl_gen_params qg = draft_params(g);
     const bool mixed = draft_mix_allowed(g);
     if ((int32_t) p.q.size() < k) {
         p.q.resize((size_t) k);
     }
+    p.chain.resize((size_t) (k + 1) * row);
+    head_lane * from = &p.heads[0];  // the head whose output this draft comes from
     for (int32_t i = 0; i < k; ++i) {
-        const float * logits = llama_get_logits_ith(p.ctx, last);
+        const float * logits = llama_get_logits_ith(from->ctx, last);
         int32_t tok;
         float conf;
         if (greedy) {
@@ -283,19 +357,31 @@ int32_t proposer_draft(proposer & p, const std::vector<int32_t> & tokens, int32_
             break;
         }
         t0 = clock_type::now();
-        std::memcpy(p.h_scratch.data(), llama_get_embeddings_nextn_ith(p.ctx, last), row * sizeof(float));
-        llama_batch_ext_clear(p.batch);
-        batch_add(p.batch, tok, p.mtp_next + i, true, p.h_scratch.data(), p.n_embd);
-        out.n_calls++;
-        if (int32_t st = process(p.ctx, p.batch, cancel, "MTP draft"); st != MTPL_OK) {
-            drop_drafts(p);
-            return st;
+        // draft i + 1 pairs draft i with the state that predicted it
+        float * h_in = p.chain.data() + (size_t) (i + 1) * row;
+        std::memcpy(h_in, llama_get_embeddings_nextn_ith(from->ctx, last), row * sizeof(float));
+        if (i + 1 < n_heads) {  // the next head, over the step's rows
+            from = &p.heads[(size_t) (i + 1)];
+            if (int32_t st = head_call(p, i + 1, tokens, n_trunk, n_trunk + i + 2, drafts, cancel, &last, out.n_calls);
+                st != MTPL_OK) {
+                return st;
+            }
+        } else {  // the last head again, on its own output
+            llama_batch_ext_clear(from->batch);
+            batch_add(from->batch, tok, from->mtp_next + i, true, h_in, p.n_embd);
+            out.n_calls++;
+            if (int32_t st = process(from->ctx, from->batch, cancel, "MTP draft"); st != MTPL_OK) {
+                drop_drafts(p, *from);
+                return st;
+            }
+            if (n_heads == 1) {
+                p.tr->next_call();
+                p.tr->row(MTPL_DEBUG_MTP_ROW, n_trunk + 1 + i, tok, h_in, llama_get_logits_ith(from->ctx, 0),
+                          llama_get_embeddings_nextn_ith(from->ctx, 0));
+            }
+            last = 0;
         }
-        p.tr->next_call();
-        p.tr->row(MTPL_DEBUG_MTP_ROW, n_trunk + 1 + i, tok, p.h_scratch.data(), llama_get_logits_ith(p.ctx, 0),
-                  llama_get_embeddings_nextn_ith(p.ctx, 0));
         out.t_draft += seconds_since(t0);
-        last = 0;
     }
     p.kept_up = true;
     return MTPL_OK;

@@ -13,23 +13,26 @@
 namespace mtpl {
 
 // Positions.  The trunk has evaluated tokens[0, n_trunk); tokens[n_trunk] is the pending token.
-// The MTP block pairs token t_p with the trunk's state h_{p-1}: fed (t_p, h_{p-1}) at position p
-// it outputs logits for position p + 1.  Its cache holds entries for positions below n_past (gaps
-// aside, below); the backlog keeps h_{p-1} for positions p in [bl_start, bl_start + its rows), all
-// at or above n_past; h_last is h_{n_trunk-1} when h_valid.  n_past == n_trunk + 1 means the head
-// entry (pending token, h_last) is already in the cache.
+// An MTP block pairs token t_p with the trunk's state h_{p-1}: fed (t_p, h_{p-1}) at position p
+// it outputs logits for position p + 1.  A head's cache holds entries for positions below its
+// n_past (gaps aside, below); the backlog keeps h_{p-1} for positions p in [bl_start, bl_start +
+// its rows), all at or above the lowest head's n_past; h_last is h_{n_trunk-1} when h_valid.
+// n_past == n_trunk + 1 means the head entry (pending token, h_last) is already in that cache.
 //
 // Gaps.  A trunk pass may leave its states out (a session that has stopped drafting skips reading
-// them: over RPC each read is a round trip).  Its positions never enter the MTP cache, which goes
+// them: over RPC each read is a round trip).  Its positions never enter the MTP caches, which go
 // on after the gap at the next free MTP position (llama.cpp wants a sequence's positions
 // consecutive): from there MTP positions run behind trunk positions by a larger shift, and the
 // head sees its older entries as nearer than they were.  That changes only what it drafts.
-struct proposer {
+//
+// Several heads (a file with n NextN blocks, trained as a chain) draft as llama.cpp chains them:
+// draft i comes from head i, fed the pending token and the drafts before it, each paired with the
+// state of the head before (head 0's with the trunk's).  Each head has a context of its own (its
+// own cache positions), and catches up on the backlog only when a step drafts that deep, in the
+// same call: one MTP call per draft, as with one head.  Past the last head, the last one recurses.
+struct head_lane {
     llama_context * ctx = nullptr;
     llama_batch_ext * batch = nullptr;
-    int32_t n_embd = 0;
-    int32_t n_vocab = 0;
-    int32_t n_batch = 0;
     int32_t n_past = 0;
     int32_t mtp_next = 0;       // the MTP position the next cache entry takes
     struct segment {
@@ -39,11 +42,18 @@ struct proposer {
     std::vector<segment> segments;  // the cache's runs of entries between gaps, in order
     std::vector<int32_t> entry_pos;  // trunk position and token of each cache entry, by MTP position
     std::vector<int32_t> entry_tok;  // (bookkeeping checked by tests: mtpl_test_mtp_entries)
+};
+
+struct proposer {
+    std::vector<head_lane> heads;  // heads[i] drafts the i-th token of a step (the last one beyond)
+    int32_t n_embd = 0;
+    int32_t n_vocab = 0;
+    int32_t n_batch = 0;
     int32_t bl_start = 0;       // trunk position of the backlog's first row
     std::vector<float> backlog;
     std::vector<float> h_last;
     bool h_valid = false;       // h_last holds h_{n_trunk-1}
-    std::vector<float> h_scratch;
+    std::vector<float> chain;   // the states each call of this step fed its last row (several heads)
     bool kept_up = false;       // the last step called the MTP head (its backlog is one step's rows)
     std::vector<draft_dist> q;  // the distributions this step's drafts were drawn from (sampled decoding)
     sampler_scratch scratch;
@@ -59,7 +69,7 @@ struct draft_outcome {
     int32_t n_behind = 0;       // backlog positions the first evaluation caught up before the head entry
 };
 
-// Create the MTP context on the trunk's model (cp: the trunk's context parameters).
+// Create an MTP context per NextN block of model (cp: the trunk's context parameters).
 bool proposer_init(proposer & p, llama_model * model, llama_context_params cp, int32_t n_embd, int32_t n_vocab,
                    trace * tr);
 void proposer_free(proposer & p);

@@ -393,10 +393,11 @@ int32_t mtpl_test_skip_rollback(mtpl_session * session, int32_t skip);
    whatever the controller says, and the step after it cannot draft: a gap in the MTP cache
    (a plain step far from drafting does this where it pays).  0: as the controller says. */
 int32_t mtpl_test_states_gap_every(mtpl_session * session, int32_t every);
-/* The MTP cache's entries in MTP position order: the trunk position and token each pairs (the
-   session's bookkeeping, for tests).  Writes min(*n_out, cap) of them; *n_out: how many there are. */
-int32_t mtpl_test_mtp_entries(const mtpl_session * session, int32_t * trunk_pos, int32_t * tokens, int32_t cap,
-                              int32_t * n_out);
+/* NextN block `head`'s MTP cache entries in MTP position order: the trunk position and token each
+   pairs (the session's bookkeeping, for tests).  Writes min(*n_out, cap) of them; *n_out: how many
+   there are. */
+int32_t mtpl_test_mtp_entries(const mtpl_session * session, int32_t head, int32_t * trunk_pos, int32_t * tokens,
+                              int32_t cap, int32_t * n_out);
 
 /* Verification alone, on hand-made rows: n_drafts + 1 trunk logit rows (row i follows
    tokens[0, n_before + i)), tokens[n_before, n_before + n_drafts) the drafts, q_probs the dense

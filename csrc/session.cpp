@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
 #include <thread>
 
 #include "llama-ext.h"
@@ -538,6 +539,17 @@ int32_t session_truncate(mtpl_session * s, int32_t n_keep) {
     return MTPL_OK;
 }
 
+namespace {
+// llama.cpp counts graph reuses per context: the heads' together
+int64_t mtp_reused(const mtpl_session * s) {
+    int64_t n = 0;
+    for (const head_lane & h : s->prop.heads) {
+        n += llama_perf_context(h.ctx).n_reused;
+    }
+    return n;
+}
+} // namespace
+
 void session_stats(const mtpl_session * s, mtpl_stats & out) {
     out = s->stats;
     if (s->mtp) {
@@ -545,13 +557,13 @@ void session_stats(const mtpl_session * s, mtpl_stats & out) {
     }
     // llama.cpp counts graph reuses per context; report those since the last stats reset
     out.n_trunk_graphs_reused = llama_perf_context(s->trunk).n_reused - s->reused_base_trunk;
-    out.n_mtp_graphs_reused = s->mtp ? llama_perf_context(s->prop.ctx).n_reused - s->reused_base_mtp : 0;
+    out.n_mtp_graphs_reused = s->mtp ? mtp_reused(s) - s->reused_base_mtp : 0;
 }
 
 void session_reset_stats(mtpl_session * s) {
     s->stats = mtpl_stats{};
     s->reused_base_trunk = llama_perf_context(s->trunk).n_reused;
-    s->reused_base_mtp = s->mtp ? llama_perf_context(s->prop.ctx).n_reused : 0;
+    s->reused_base_mtp = s->mtp ? mtp_reused(s) : 0;
 }
 
 void session_memory(const mtpl_session * s, int64_t * weights, int64_t * kv, int64_t * compute) {
@@ -562,9 +574,9 @@ void session_memory(const mtpl_session * s, int64_t * weights, int64_t * kv, int
         *kv += (int64_t) mb.context;
         *compute += (int64_t) mb.compute;
     }
-    if (s->mtp) {
-        for (const auto & [buft, mb] : llama_get_memory_breakdown(s->prop.ctx)) {
-            *weights += s->model->head ? (int64_t) mb.model : 0;  // a head file's weights are its own
+    for (size_t j = 0; s->mtp && j < s->prop.heads.size(); ++j) {
+        for (const auto & [buft, mb] : llama_get_memory_breakdown(s->prop.heads[j].ctx)) {
+            *weights += s->model->head && j == 0 ? (int64_t) mb.model : 0;  // a head file's weights are its own
             *kv += (int64_t) mb.context;
             *compute += (int64_t) mb.compute;
         }
@@ -576,7 +588,18 @@ std::string session_memory_by_buffer(const mtpl_session * s, bool mtp) {
     if (mtp && !s->mtp) {
         return out;
     }
-    for (const auto & [buft, mb] : llama_get_memory_breakdown(mtp ? s->prop.ctx : s->trunk)) {
+    // the heads' contexts (several for a file with several NextN blocks) share the weights
+    std::map<ggml_backend_buffer_type_t, llama_memory_breakdown_data> sum;
+    const size_t n_ctx = mtp ? s->prop.heads.size() : 1;
+    for (size_t j = 0; j < n_ctx; ++j) {
+        for (const auto & [buft, mb] : llama_get_memory_breakdown(mtp ? s->prop.heads[j].ctx : s->trunk)) {
+            auto & t = sum[buft];
+            t.model = j == 0 ? mb.model : t.model;
+            t.context += mb.context;
+            t.compute += mb.compute;
+        }
+    }
+    for (const auto & [buft, mb] : sum) {
         out += std::string(ggml_backend_buft_name(buft)) + "\t" + std::to_string(mb.model) + "\t" +
                std::to_string(mb.context) + "\t" + std::to_string(mb.compute) + "\n";
     }

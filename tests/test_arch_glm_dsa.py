@@ -24,7 +24,7 @@ import mtpllama
 from mla_cases import (DSA_BAD_KEYS, MLA_BAD_KEYS, bad_file_fails_clearly, bools, check_batch_equals_incremental,
                        check_broken_reference, check_engine_matches_reference, check_mtp_equals_plain,
                        check_rope_is_relative, check_sampled_distribution, check_split_halves, decodes_in_a_child,
-                       err_before, make_runs, string, tie_end, u32)
+                       dsa_reference_params, err_before, make_runs, string, tie_end, u32)
 from recurrent_cases import check_mtp_ffn_on_output_rows
 from mtpllama import SpecConfig
 from mtpllama.testing.arch import WRITERS
@@ -339,7 +339,7 @@ def test_reference_rope_is_relative(small_ref):
     check_rope_is_relative(small_ref, R.rel_err, 40)
 
 
-@pytest.mark.parametrize("name", GOOD)
+@pytest.mark.parametrize("name", dsa_reference_params({n: FLAVOURS[n] for n in GOOD}))
 def test_engine_matches_reference(runs, name):
     check_engine_matches_reference(name, runs(name), FLAVOURS[name])
 

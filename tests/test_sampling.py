@@ -200,7 +200,7 @@ def test_coupled_plain_sampling_has_the_sampler_distribution(sessions):
 # is genuinely uncertain (two likely successors) and whose head is less sure than the trunk (head_scale):
 # the controller drafts, and moves its draft mixture toward the arg-max.
 UNSURE_WIDE = dict(n_embd=512, n_layer=3, n_dense_lead=2, n_head=8, n_head_kv=2, head_dim=64, n_rot=32, n_ff=4096,
-                   n_ff_exp=256, dtype="q8_0", head_scale=0.3, noise=3.0)
+                   n_ff_exp=256, dtype="q8_0", head_scale=0.2, noise=3.0)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import pytest
 
 import mtpllama
 from mtpllama import SpecConfig, _lib
+from mtpllama.testing import hooks
 from mtpllama.testing.fixtures import ONE_THREAD, PROMPTS
 
 
@@ -248,20 +249,13 @@ def test_weights_read_into_memory_sit_on_huge_pages(tmp_path, dtype):
         assert grew_off == 0
 
 
-def _gap_every(session, every: int) -> None:
-    """Every every-th verification pass leaves out the states the MTP head drafts from (a test hook:
-    the controller does this on plain steps far from drafting where it pays)."""
-    _lib.check(_lib.lib.mtpl_test_states_gap_every(session._ptr(), every))
+_gap_every = hooks.states_gap_every
 
 
-def _checked_mtp_entries(session) -> list[tuple[int, int]]:
-    """The MTP cache's entries as (trunk position, token), checked: positions increase, and each
+def _checked_mtp_entries(session, head: int = 0) -> list[tuple[int, int]]:
+    """An MTP cache's entries as (trunk position, token), checked: positions increase, and each
     entry pairs the context's token at its position (no entry of a discarded continuation stays)."""
-    n = _lib.ffi.new("int32_t *")
-    _lib.check(_lib.lib.mtpl_test_mtp_entries(session._ptr(), _lib.ffi.NULL, _lib.ffi.NULL, 0, n))
-    pos, tok = _lib.ffi.new("int32_t[]", max(1, n[0])), _lib.ffi.new("int32_t[]", max(1, n[0]))
-    _lib.check(_lib.lib.mtpl_test_mtp_entries(session._ptr(), pos, tok, n[0], n))
-    entries = list(zip(pos[0:n[0]], tok[0:n[0]]))
+    entries = hooks.mtp_entries(session, head)
     ctx = session.tokens
     assert all(a[0] < b[0] for a, b in zip(entries, entries[1:])), entries
     assert all(p < len(ctx) and ctx[p] == t for p, t in entries), (entries, ctx)

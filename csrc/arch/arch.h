@@ -10,6 +10,9 @@
 
 namespace mtpl {
 
+// NextN blocks an architecture whose blocks draft as a chain may have (one MTP context each)
+constexpr uint32_t k_max_heads = 8;
+
 struct arch_def {
     const char * name;              // general.architecture, as llama.cpp names it
     const char * models;            // the models users know it by, for messages
@@ -20,7 +23,7 @@ struct arch_def {
     std::string (*check_hparams)(const gguf_context * g, uint32_t n_block, uint32_t n_nextn);
     // the tensors every NextN block holds (names after "blk.N."), ending with nullptr
     const char * const * nextn_tensors;
-    uint32_t max_nextn;             // NextN blocks the engine can draft with
+    uint32_t max_nextn;             // NextN blocks the engine can draft with (several: chained)
     // the trunk keeps per-sequence state (recurrent layers) that dropping a cache tail cannot
     // roll back: a rollback must restore a snapshot instead
     bool recurrent;

@@ -14,6 +14,7 @@ const arch_def * const k_archs[] = {
     &arch_qwen3next,
     &arch_nemotron_h_moe,
     &arch_bailingmoe3,
+    &arch_hy_v3,
 };
 
 } // namespace

@@ -104,3 +104,19 @@ def simulate_controller(costs: SimCosts, head: SimHead, n_steps: int, *, adaptiv
     tokens, seconds = ffi.new("double *"), ffi.new("double *")
     _lib.check(lib.mtpl_controller_simulate(sim, drafts, tokens, seconds), "simulate")
     return list(drafts)[:n_steps], tokens[0], seconds[0]
+
+
+def mtp_entries(session, head: int = 0) -> list[tuple[int, int]]:
+    """NextN block head's MTP cache entries as (trunk position, token), in MTP position order (the
+    engine's bookkeeping)."""
+    n = ffi.new("int32_t *")
+    _lib.check(lib.mtpl_test_mtp_entries(session._ptr(), head, ffi.NULL, ffi.NULL, 0, n), "mtp_entries")
+    pos, tok = ffi.new("int32_t[]", max(1, n[0])), ffi.new("int32_t[]", max(1, n[0]))
+    _lib.check(lib.mtpl_test_mtp_entries(session._ptr(), head, pos, tok, n[0], n), "mtp_entries")
+    return list(zip(pos[0:n[0]], tok[0:n[0]]))
+
+
+def states_gap_every(session, every: int) -> None:
+    """Every every-th verification pass leaves out the states the MTP head drafts from (the
+    controller does this on plain steps far from drafting where it pays)."""
+    _lib.check(lib.mtpl_test_states_gap_every(session._ptr(), every), "states_gap_every")

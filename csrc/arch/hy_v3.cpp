@@ -1,0 +1,111 @@
+// hy_v3: Tencent Hy3 (llama.cpp's src/models/hy-v3.cpp).  GQA with q/k norms and full-width RoPE,
+// a sigmoid-routed MoE with a shared expert after leading dense blocks, and one or more NextN
+// blocks after the trunk, each a full decoder block; several are chained (draft/proposer).
+#include "arch/arch.h"
+#include "arch/registry.h"
+#include "gguf_read.h"
+
+namespace mtpl {
+namespace {
+
+bool has(const gguf_context * g, uint32_t b, const char * t) {
+    return gguf_find_tensor(g, ("blk." + std::to_string(b) + "." + t).c_str()) >= 0;
+}
+
+// The graphs pick a block's FFN by its router: a MoE block needs its experts and the shared expert
+// (always added), any other block a dense FFN; a missing one is a null weight in the graph.
+std::string check_ffn(const gguf_context * g, uint32_t b) {
+    if (!has(g, b, "attn_norm.weight")) {
+        return "";  // not in this file (a trunk-only or MTP-only half)
+    }
+    const std::string blk = "block " + std::to_string(b);
+    if (has(g, b, "ffn_gate_inp.weight")) {
+        const bool gate_up = has(g, b, "ffn_gate_up_exps.weight") ||
+                             (has(g, b, "ffn_gate_exps.weight") && has(g, b, "ffn_up_exps.weight"));
+        if (!gate_up || !has(g, b, "ffn_down_exps.weight")) return blk + " has a router but not all of its experts";
+        for (const char * t : {"ffn_gate_shexp.weight", "ffn_up_shexp.weight", "ffn_down_shexp.weight"}) {
+            if (!has(g, b, t)) return blk + " lacks its shared expert (" + t + ")";
+        }
+        return "";
+    }
+    for (const char * t : {"ffn_gate.weight", "ffn_up.weight", "ffn_down.weight"}) {
+        if (!has(g, b, t)) return blk + " has neither a router nor a dense FFN (" + t + ")";
+    }
+    return "";
+}
+
+std::string check_hparams(const gguf_context * g, uint32_t n_block, uint32_t n_nextn) {
+    const std::string a = "hy_v3.";
+    const auto need = [&](const char * key, uint32_t & v) { return get_uint(g, a + key, v); };
+    for (const char * key : {"embedding_length", "attention.head_count", "attention.head_count_kv", "expert_count",
+                             "expert_used_count", "attention.key_length", "attention.value_length",
+                             "rope.dimension_count", "expert_feed_forward_length", "expert_shared_feed_forward_length",
+                             "feed_forward_length", "context_length", "expert_gating_func"}) {
+        if (!uint_or_absent(g, a + key)) {
+            return a + key + " must be a non-negative integer scalar";
+        }
+    }
+    uint32_t n_embd = 0, n_head = 0, n_head_kv = 0, n_expert = 0, n_used = 0, n_ff_exp = 0, n_ctx = 0;
+    if (!need("embedding_length", n_embd) || n_embd == 0 || n_embd > (1u << 17)) return "embedding_length missing or out of range";
+    if (!need("attention.head_count", n_head) || n_head == 0 || n_head > 1024) return "attention.head_count missing or out of range";
+    if (!need("attention.head_count_kv", n_head_kv)) n_head_kv = n_head;
+    if (n_head_kv == 0 || n_head % n_head_kv != 0) return "attention.head_count_kv must divide attention.head_count";
+    uint32_t k_len = 0, v_len = 0;
+    if (!need("attention.key_length", k_len)) {
+        if (n_embd % n_head != 0) return "embedding_length is not a multiple of attention.head_count";
+        k_len = n_embd / n_head;
+    }
+    if (!need("attention.value_length", v_len)) v_len = k_len;
+    uint32_t n_rot = k_len;
+    need("rope.dimension_count", n_rot);
+    // both graphs assert head dim K == V == the rotated width
+    if (k_len == 0 || k_len > 4096 || k_len % 2 != 0 || v_len != k_len || n_rot != k_len) {
+        return "attention key_length, value_length and rope.dimension_count must be equal, even and at most 4096";
+    }
+    if (!need("expert_count", n_expert) || n_expert == 0 || n_expert > 512) return "expert_count missing or out of [1, 512]";
+    if (!need("expert_used_count", n_used) || n_used == 0 || n_used > n_expert) return "expert_used_count must be in [1, expert_count]";
+    if (!need("expert_feed_forward_length", n_ff_exp) || n_ff_exp == 0 || n_ff_exp > (1u << 20)) {
+        return "expert_feed_forward_length missing or out of range";
+    }
+    uint32_t n_ff_sh = 0;
+    if (need("expert_shared_feed_forward_length", n_ff_sh) && n_ff_sh > (1u << 22)) return "expert_shared_feed_forward_length out of range";
+    uint32_t n_ff = 0;
+    if (need("feed_forward_length", n_ff) && n_ff > (1u << 22)) return "feed_forward_length out of range";
+    if (need("context_length", n_ctx) && n_ctx == 0) return "context_length is 0";
+    uint32_t gating = 0;
+    if (need("expert_gating_func", gating) && gating > 2) return "expert_gating_func must be 0, 1 (softmax) or 2 (sigmoid)";
+    (void) n_nextn;
+    for (uint32_t b = 0; b < n_block; ++b) {
+        if (std::string bad = check_ffn(g, b); !bad.empty()) {
+            return bad;
+        }
+    }
+    return "";
+}
+
+// embed_tokens and shared_head_head are optional (Hy3 uses the trunk's); shared_head_norm holds
+// the block's final norm, and the trunk's output_norm stands in when it is absent
+const char * const k_nextn_tensors[] = {"nextn.eh_proj.weight", "nextn.enorm.weight", "nextn.hnorm.weight",
+                                        "attn_norm.weight", "attn_q_norm.weight", "attn_k_norm.weight",
+                                        "ffn_norm.weight", nullptr};
+
+std::string attention(const gguf_context * g) {
+    uint32_t n_head = 0, n_head_kv = 0, k_len = 0;
+    get_uint(g, "hy_v3.attention.head_count", n_head);
+    if (!get_uint(g, "hy_v3.attention.head_count_kv", n_head_kv)) n_head_kv = n_head;
+    if (!get_uint(g, "hy_v3.attention.key_length", k_len)) {
+        uint32_t n_embd = 0;
+        get_uint(g, "hy_v3.embedding_length", n_embd);
+        k_len = n_embd / n_head;
+    }
+    return "GQA: " + std::to_string(n_head) + " heads, " + std::to_string(n_head_kv) + " KV heads, head dim " +
+           std::to_string(k_len) + " (q/k norms)";
+}
+
+} // namespace
+
+const arch_def arch_hy_v3 = {
+    "hy_v3", "Hy3", "gpt2", check_hparams, k_nextn_tensors, k_max_heads, false, attention,
+};
+
+} // namespace mtpl

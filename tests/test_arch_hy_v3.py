@@ -1,0 +1,248 @@
+"""hy_v3 (Tencent Hy3: GQA with q/k norms, sigmoid MoE with a shared expert, several NextN blocks
+chained as llama.cpp's draft-mtp chains them): the writer, the rules of csrc/arch/hy_v3.cpp, greedy
+MTP == plain at every draft length (beyond the head count too), which head drafts which position,
+each head's cache kept in step lazily (csrc/draft.h), batch invariance, truncation, the split
+halves, fuzzing, sampling.  No numpy reference (issue 28 asks one for qwen35moe only)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import mtpllama
+from mtpllama import SpecConfig
+from mtpllama.testing import hooks
+from mtpllama.testing.arch import WRITERS
+from mtpllama.testing.bpe import train_bpe
+from mtpllama.testing.fixtures import ONE_THREAD, PROMPTS
+from mla_cases import bad_file_fails_clearly, check_sampled_distribution, check_split_halves, u32
+from recurrent_cases import check_low_precision, check_mtp_equals_plain, check_truncation
+from test_batch_invariance import compare
+from test_reference import PROMPT
+
+W = WRITERS["hy_v3"]
+Spec = W.SyntheticSpec
+N_HEADS = Spec().n_nextn
+
+FILES = {
+    "f32": Spec(norm_noise=0.3, seed=701),
+    "f16": Spec(norm_noise=0.3, dtype="f16", seed=702),
+    "q8_0": Spec(norm_noise=0.3, dtype="q8_0", seed=703),
+    "broken1": Spec(norm_noise=0.3, seed=701, broken_heads=(1,)),
+    "broken2": Spec(norm_noise=0.3, seed=701, broken_heads=(2,)),
+}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, str]:
+    d = tmp_path_factory.mktemp("hy_v3")
+    return {k: str(W.write_synthetic(d / f"{k}.gguf", spec)) for k, spec in FILES.items()}
+
+
+@pytest.fixture(scope="module")
+def model(files):
+    with mtpllama.Model(files["f32"], session_defaults=ONE_THREAD) as m:
+        yield m
+
+
+def test_writer_and_inspect(files):
+    """HYV3Model's layout: the NextN blocks appended after the trunk, each a full MoE block with the
+    final norm as nextn.shared_head_norm and no MTP embeddings or head of its own."""
+    import gguf
+
+    r = gguf.GGUFReader(files["q8_0"])
+    keys = {f.name: int(f.parts[f.data[0]][0]) for f in r.fields.values() if f.name.startswith("hy_v3.") and f.data}
+    spec = FILES["q8_0"]
+    assert keys["hy_v3.block_count"] == spec.n_layer + N_HEADS and keys["hy_v3.nextn_predict_layers"] == N_HEADS
+    tensors = {t.name: t for t in r.tensors}
+    for j in range(N_HEADS):
+        p = f"blk.{spec.n_layer + j}."
+        assert {p + "nextn.eh_proj.weight", p + "nextn.shared_head_norm.weight", p + "ffn_up_shexp.weight",
+                p + "attn_q_norm.weight"} <= set(tensors)
+        assert p + "nextn.embed_tokens.weight" not in tensors and p + "nextn.shared_head_head.weight" not in tensors
+    assert "blk.0.ffn_up.weight" in tensors and "blk.1.ffn_up_exps.weight" in tensors
+    assert tensors["blk.1.ffn_gate_inp.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+    info = mtpllama.inspect(files["f32"])
+    assert info.supported and info.has_mtp and info.n_layer_nextn == N_HEADS
+    assert info.attention == "GQA: 4 heads, 2 KV heads, head dim 16 (q/k norms)"
+
+
+BAD_KEYS = [
+    ({"attention.value_length": u32(8)}, "must be equal"),
+    ({"rope.dimension_count": u32(8)}, "must be equal"),
+    ({"attention.head_count_kv": u32(3)}, "head_count_kv must divide"),
+    ({"expert_used_count": u32(9)}, "expert_used_count"),
+    ({"expert_feed_forward_length": None}, "expert_feed_forward_length"),
+    ({"expert_gating_func": u32(7)}, "expert_gating_func"),
+    ({"nextn_predict_layers": u32(9), "block_count": u32(11)}, "supports 8"),
+]
+
+
+@pytest.mark.parametrize("keys,message", BAD_KEYS, ids=[f"{i}-" + ",".join(k) for i, (k, _) in enumerate(BAD_KEYS)])
+def test_bad_hyperparameters_fail_clearly(tmp_path, keys, message):
+    """Each is something the hy_v3 graphs assert on or the loader needs."""
+    path = W.write_synthetic(tmp_path / "bad.gguf", Spec(seed=71), keys=keys)
+    if "supports" in message:  # more NextN blocks than the engine chains: drafting is refused, plain works
+        info = mtpllama.inspect(str(path))
+        assert not info.has_mtp and message in info.mtp_problem
+        return
+    bad_file_fails_clearly(str(path), message)
+
+
+@pytest.mark.parametrize("drop,message", [
+    (("blk.1.ffn_up_shexp.weight",), "lacks its shared expert"),
+    (("blk.2.ffn_down_exps.weight",), "not all of its experts"),
+    (("blk.0.ffn_gate.weight",), "neither a router nor a dense FFN"),
+])
+def test_blocks_missing_ffn_weights_fail_clearly(tmp_path, drop, message):
+    """The graphs pick a block's FFN by its router and build it from whatever weights loaded (all
+    optional in the loader): a missing one is a null weight at the first decode."""
+    tok = train_bpe(n_merges=Spec().n_merges)
+    weights = W.synthetic_weights(Spec(seed=72), tok)
+    for name in drop:
+        del weights[name]
+    bad_file_fails_clearly(str(W.write_synthetic(tmp_path / "bad.gguf", Spec(seed=72), tok=tok, weights=weights)),
+                           message)
+
+
+@pytest.fixture(scope="module")
+def plain_outputs(model):
+    return {p: model.generate(p, 64, mtp=False) for p in PROMPTS}
+
+
+@pytest.mark.parametrize("draft_max", [1, 2, 3, 4, 5, 6])
+@pytest.mark.parametrize("p_min", [0.0, 0.85])
+def test_mtp_equals_plain(model, plain_outputs, draft_max, p_min):
+    """22 prompts x 64 tokens, fixed draft lengths 1..6 (3 heads: 4..6 recurse with the last)."""
+    check_mtp_equals_plain(model, plain_outputs, draft_max, p_min)
+
+
+@pytest.mark.parametrize("dtype", ["f16", "q8_0"])
+def test_mtp_equals_plain_low_precision(files, dtype):
+    check_low_precision(files[dtype])
+
+
+def _acceptance(path: str, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Drafts made and accepted per position, fixed draft length k, 10 prompts x 48 tokens."""
+    drafted = np.zeros(k, int)
+    accepted = np.zeros(k, int)
+    with mtpllama.Model(path, session_defaults=ONE_THREAD) as m:
+        for prompt in PROMPTS[:10]:
+            st = m.generate(prompt, 48, spec=SpecConfig(k, 0.0, adaptive=False)).stats
+            drafted += (list(st.drafted) + [0] * k)[:k]
+            accepted += (list(st.accepted) + [0] * k)[:k]
+    return drafted, accepted
+
+
+def test_each_head_drafts_its_position(files):
+    """Draft i comes from head i, and the last head drafts on beyond: a head whose logits are flat
+    (it drafts token 0, which the trunk seldom picks) ends acceptance at its position, while the
+    heads before it keep theirs.  Drafting every position with the first head would not notice a
+    broken second one."""
+    d, a = _acceptance(files["f32"])
+    # every head, and the last one recursing (position 4), is right more often than not after a hit
+    assert a[0] > 0.4 * d[0] and all(a[i] > 0.5 * a[i - 1] for i in range(1, 4)), (d, a)
+    d1, a1 = _acceptance(files["broken1"])
+    assert a1[0] > 0.4 * d1[0] and d1[1] > 0.9 * d1[0] and a1[1] <= 0.02 * a1[0], (d1, a1)
+    d2, a2 = _acceptance(files["broken2"])
+    assert a2[1] > 0.5 * a2[0] and d2[2] > 0.9 * d2[0] and a2[2] <= 0.02 * a2[1], (d2, a2)
+
+
+def _checked(session, head: int) -> list[tuple[int, int]]:
+    """Head head's cache entries, checked against the context: positions increase and each pairs
+    the context's token there."""
+    entries = hooks.mtp_entries(session, head)
+    ctx = session.tokens
+    assert all(x[0] < y[0] for x, y in zip(entries, entries[1:])), entries
+    assert all(p < len(ctx) and ctx[p] == t for p, t in entries), (head, entries, ctx)
+    return entries
+
+
+def test_heads_catch_up_when_reached(model):
+    """A head evaluates nothing until a step drafts that deep; then it catches up on every position
+    since in the same call (its entries cover the context), and after rollbacks (a shorter prefix
+    reused) every head's entries still pair the kept context's tokens."""
+    with model.session() as s:
+        r = s.generate(PROMPTS[0], 40, spec=SpecConfig(1, 0.0, adaptive=False))
+        assert sum(r.stats.drafted) > 0
+        assert len(_checked(s, 0)) > 40 and _checked(s, 1) == [] and _checked(s, 2) == []
+        calls = r.stats.mtp_calls
+        r = s.generate(PROMPTS[0], 40, spec=SpecConfig(3, 0.0, adaptive=False), reuse_prefix=True)
+        assert r.stats.drafted[2] > 0
+        n_ctx = len(s.tokens)
+        for j in range(N_HEADS):
+            entries = _checked(s, j)
+            assert entries[0][0] == 0 and entries[-1][0] >= n_ctx - 8, (j, entries[-1], n_ctx)
+        # one MTP call per draft: a head's catching up shares the call that drafts with it
+        assert r.stats.mtp_calls <= sum(r.stats.drafted) + 1, (r.stats.mtp_calls, r.stats.drafted, calls)
+        ctx = s.tokens
+        for cut in (60, 31, 5):
+            prompt = ctx[:cut] + model.tokenize(" y = 2")
+            r = s.generate(prompt, 24, spec=SpecConfig(3, 0.0, adaptive=False), reuse_prefix=True)
+            assert r.tokens == model.generate(prompt, 24, mtp=False).tokens, cut
+            for j in range(N_HEADS):
+                _checked(s, j)
+            ctx = s.tokens
+
+
+def test_a_head_left_behind_catches_up_apart(model):
+    """A head no step reached for 256 positions catches up in a call of its own, so the trunk
+    states kept for it stay few."""
+    with model.session() as s:
+        s.generate(PROMPTS[1], 300, spec=SpecConfig(1, 0.0, adaptive=False))
+        n = len(s.tokens)
+        assert n > 270
+        for j in (1, 2):
+            entries = _checked(s, j)
+            assert entries and entries[-1][0] >= n - 1 - 256 - 8, (j, entries[-1:], n)
+
+
+def test_memory_counts_every_head(files):
+    """Each head has its own context and cache: an MTP session's KV grows with the head count."""
+    tok = train_bpe(n_merges=Spec().n_merges)
+
+    def kv(n_nextn: int, d) -> int:
+        path = W.write_synthetic(d / f"h{n_nextn}.gguf", Spec(seed=9, n_nextn=n_nextn), tok=tok)
+        with mtpllama.Model(str(path)) as m, m.session(n_ctx=256) as s:
+            return s.memory()["kv"]
+
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        one, three = kv(1, Path(d)), kv(3, Path(d))
+    assert three > one
+
+
+@pytest.mark.parametrize("dtype", ["f32", "q8_0"])
+@pytest.mark.parametrize("k", [1, 4])
+def test_verified_rows_equal_lone_rows(files, dtype, k):
+    with mtpllama.Model(files[dtype]) as m:
+        same, diff = compare(m, PROMPT, 48, k, threads=1)
+    assert same >= 20 and diff == 0, (same, diff)
+
+
+def test_truncation_continues_as_a_fresh_context(model):
+    check_truncation(model)
+
+
+def test_split_halves_draft_as_the_full_file(files, tmp_path):
+    check_split_halves(files["f32"], tmp_path)
+
+
+@pytest.mark.slow
+def test_fuzzed_files_never_crash_or_hang(tmp_path):
+    import os
+
+    import fuzz_gguf
+
+    base = W.write_synthetic(tmp_path / "base.gguf", Spec(seed=79))
+    n = int(os.environ.get("MTPLLAMA_FUZZ_CASES", "1500")) // 4
+    failures = fuzz_gguf.run(str(base), n, seed=7, batch=250, timeout_per_case=20.0)
+    assert not failures, failures[:5]
+
+
+@pytest.mark.slow
+def test_sampled_mtp_has_plain_sampling_distribution(model):
+    """Three drafts a step from three chained heads, verified as the defaults verify (see
+    mla_cases.check_sampled_distribution)."""
+    check_sampled_distribution(model, model.tokenize(PROMPT)[:6], 6000)
