@@ -65,6 +65,9 @@ double sum_exp_below(const float * x, int32_t n, float m) {
 
 // A head that drafting has not reached for this many backlog rows catches up in a call of its own.
 constexpr int32_t k_lag_rows = 256;
+// A head reached with more rows to catch up than this catches up apart first: a draft's time then
+// stays what the controller should weigh (the catching up is upkeep, paid once per gap).
+constexpr int32_t k_joined_rows = 16;
 
 // Drop a head's drafts (its cache entries from mtp_next on).
 void drop_drafts(proposer & p, head_lane & h) {
@@ -179,6 +182,22 @@ int32_t head_call(proposer & p, int32_t j, const std::vector<int32_t> & tokens, 
     h.mtp_next = kept - shift;
     trim_backlog(p);
     return MTPL_OK;
+}
+
+// Head j catches up on its backlog rows (not the head entry) in a call of its own when it lacks more
+// than max_rows of them; the seconds count as upkeep.
+int32_t keep_up(proposer & p, int32_t j, const std::vector<int32_t> & tokens, int32_t n_trunk, int32_t max_rows,
+                std::atomic<bool> & cancel, draft_outcome & out) {
+    if (n_trunk - first_row(p, p.heads[(size_t) j], n_trunk) <= max_rows) {
+        return MTPL_OK;
+    }
+    const auto t0 = clock_type::now();
+    int32_t unused = 0;
+    const int32_t calls0 = out.n_calls;
+    const int32_t st = head_call(p, j, tokens, n_trunk, n_trunk, {}, cancel, &unused, out.n_calls);
+    out.n_upkeep += out.n_calls - calls0;
+    out.t_upkeep += seconds_since(t0);
+    return st;
 }
 
 } // namespace
@@ -307,17 +326,13 @@ int32_t proposer_draft(proposer & p, const std::vector<int32_t> & tokens, int32_
     if (int32_t st = head_call(p, 0, tokens, n_trunk, n_trunk + 1, drafts, cancel, &last, out.n_calls); st != MTPL_OK) {
         return st;
     }
+    out.t_head = seconds_since(t0);
     // a head that drafting has not reached for long catches up apart, so the backlog stays short
     for (int32_t j = 1; j < n_heads; ++j) {
-        if (n_trunk - first_row(p, p.heads[(size_t) j], n_trunk) > k_lag_rows) {
-            int32_t unused = 0;
-            if (int32_t st = head_call(p, j, tokens, n_trunk, n_trunk, drafts, cancel, &unused, out.n_calls);
-                st != MTPL_OK) {
-                return st;
-            }
+        if (int32_t st = keep_up(p, j, tokens, n_trunk, k_lag_rows, cancel, out); st != MTPL_OK) {
+            return st;
         }
     }
-    out.t_head = seconds_since(t0);
     const bool greedy = plain_greedy(g);
     const mtpl_gen_params qg = draft_params(g);
     const bool mixed = draft_mix_allowed(g);
@@ -357,11 +372,15 @@ int32_t proposer_draft(proposer & p, const std::vector<int32_t> & tokens, int32_
             break;
         }
         t0 = clock_type::now();
+        const double upkeep0 = out.t_upkeep;
         // draft i + 1 pairs draft i with the state that predicted it
         float * h_in = p.chain.data() + (size_t) (i + 1) * row;
         std::memcpy(h_in, llama_get_embeddings_nextn_ith(from->ctx, last), row * sizeof(float));
         if (i + 1 < n_heads) {  // the next head, over the step's rows
             from = &p.heads[(size_t) (i + 1)];
+            if (int32_t st = keep_up(p, i + 1, tokens, n_trunk, k_joined_rows, cancel, out); st != MTPL_OK) {
+                return st;
+            }
             if (int32_t st = head_call(p, i + 1, tokens, n_trunk, n_trunk + i + 2, drafts, cancel, &last, out.n_calls);
                 st != MTPL_OK) {
                 return st;
@@ -381,7 +400,7 @@ int32_t proposer_draft(proposer & p, const std::vector<int32_t> & tokens, int32_
             }
             last = 0;
         }
-        out.t_draft += seconds_since(t0);
+        out.t_draft += seconds_since(t0) - (out.t_upkeep - upkeep0);
     }
     p.kept_up = true;
     return MTPL_OK;

@@ -65,6 +65,8 @@ struct draft_outcome {
     int32_t n_calls = 0;        // MTP graph evaluations
     double t_head = 0.0;        // seconds of the first one (the backlog and the head entry)
     double t_draft = 0.0;       // seconds of the others
+    int32_t n_upkeep = 0;       // calls that only caught a head up (several heads: draft.cpp), among n_calls
+    double t_upkeep = 0.0;      // and their seconds
     bool steady = false;        // the MTP cache was in step before this step (see controller.h)
     int32_t n_behind = 0;       // backlog positions the first evaluation caught up before the head entry
 };

@@ -448,9 +448,10 @@ int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, mtpl_step_r
 
     if (s->mtp) {  // what the controller learns holds for any k chosen by anyone
         const double gap = s->last_step_valid ? std::chrono::duration<double>(t0 - s->last_step_end).count() : -1.0;
-        controller_update(s->ctl.get(), {n_drafts, n_acc, drafted.n_calls, drafted.t_head, drafted.t_draft, t_verify,
-                                         seconds_since(t0), gap, drafted.steady, drafted.n_behind, s->overlap, n_overlap,
-                                         trunk_reused});
+        // a head's catching up apart is upkeep, not a cost of this step's drafts (draft.cpp)
+        controller_update(s->ctl.get(), {n_drafts, n_acc, drafted.n_calls - drafted.n_upkeep, drafted.t_head,
+                                         drafted.t_draft, t_verify, seconds_since(t0) - drafted.t_upkeep, gap,
+                                         drafted.steady, drafted.n_behind, s->overlap, n_overlap, trunk_reused});
         s->last_step_end = clock_type::now();
         s->last_step_valid = true;
     }

@@ -159,8 +159,8 @@ def _checked(session, head: int) -> list[tuple[int, int]]:
 
 def test_heads_catch_up_when_reached(model):
     """A head evaluates nothing until a step drafts that deep; then it catches up on every position
-    since in the same call (its entries cover the context), and after rollbacks (a shorter prefix
-    reused) every head's entries still pair the kept context's tokens."""
+    since (its entries cover the context), and after rollbacks (a shorter prefix reused) every
+    head's entries still pair the kept context's tokens."""
     with model.session() as s:
         r = s.generate(PROMPTS[0], 40, spec=SpecConfig(1, 0.0, adaptive=False))
         assert sum(r.stats.drafted) > 0
@@ -172,8 +172,8 @@ def test_heads_catch_up_when_reached(model):
         for j in range(N_HEADS):
             entries = _checked(s, j)
             assert entries[0][0] == 0 and entries[-1][0] >= n_ctx - 8, (j, entries[-1], n_ctx)
-        # one MTP call per draft: a head's catching up shares the call that drafts with it
-        assert r.stats.mtp_calls <= sum(r.stats.drafted) + 1, (r.stats.mtp_calls, r.stats.drafted, calls)
+        # one MTP call per draft, and one for each head reached after a gap of more than 16 positions
+        assert r.stats.mtp_calls <= sum(r.stats.drafted) + N_HEADS - 1, (r.stats.mtp_calls, r.stats.drafted, calls)
         ctx = s.tokens
         for cut in (60, 31, 5):
             prompt = ctx[:cut] + model.tokenize(" y = 2")
