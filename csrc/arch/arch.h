@@ -31,6 +31,11 @@ struct arch_def {
     std::string (*attention)(const gguf_context * g) = nullptr;
 };
 
+// Block b's FFN weights as a graph that picks the FFN by the router needs them: a router with all
+// experts (and the shared expert when shared_expert), else a dense FFN (always, when dense_only).
+// "" when fine or when the block is not in the file, else what is missing.
+std::string check_block_ffn(const gguf_context * g, uint32_t b, bool shared_expert, bool dense_only);
+
 // the architecture named so, or null
 const arch_def * find_arch(const std::string & name);
 // the supported names, comma-separated

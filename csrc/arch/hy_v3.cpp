@@ -8,32 +8,6 @@
 namespace mtpl {
 namespace {
 
-bool has(const gguf_context * g, uint32_t b, const char * t) {
-    return gguf_find_tensor(g, ("blk." + std::to_string(b) + "." + t).c_str()) >= 0;
-}
-
-// The graphs pick a block's FFN by its router: a MoE block needs its experts and the shared expert
-// (always added), any other block a dense FFN; a missing one is a null weight in the graph.
-std::string check_ffn(const gguf_context * g, uint32_t b) {
-    if (!has(g, b, "attn_norm.weight")) {
-        return "";  // not in this file (a trunk-only or MTP-only half)
-    }
-    const std::string blk = "block " + std::to_string(b);
-    if (has(g, b, "ffn_gate_inp.weight")) {
-        const bool gate_up = has(g, b, "ffn_gate_up_exps.weight") ||
-                             (has(g, b, "ffn_gate_exps.weight") && has(g, b, "ffn_up_exps.weight"));
-        if (!gate_up || !has(g, b, "ffn_down_exps.weight")) return blk + " has a router but not all of its experts";
-        for (const char * t : {"ffn_gate_shexp.weight", "ffn_up_shexp.weight", "ffn_down_shexp.weight"}) {
-            if (!has(g, b, t)) return blk + " lacks its shared expert (" + t + ")";
-        }
-        return "";
-    }
-    for (const char * t : {"ffn_gate.weight", "ffn_up.weight", "ffn_down.weight"}) {
-        if (!has(g, b, t)) return blk + " has neither a router nor a dense FFN (" + t + ")";
-    }
-    return "";
-}
-
 std::string check_hparams(const gguf_context * g, uint32_t n_block, uint32_t n_nextn) {
     const std::string a = "hy_v3.";
     const auto need = [&](const char * key, uint32_t & v) { return get_uint(g, a + key, v); };
@@ -76,7 +50,7 @@ std::string check_hparams(const gguf_context * g, uint32_t n_block, uint32_t n_n
     if (need("expert_gating_func", gating) && gating > 2) return "expert_gating_func must be 0, 1 (softmax) or 2 (sigmoid)";
     (void) n_nextn;
     for (uint32_t b = 0; b < n_block; ++b) {
-        if (std::string bad = check_ffn(g, b); !bad.empty()) {
+        if (std::string bad = check_block_ffn(g, b, true, false); !bad.empty()) {
             return bad;
         }
     }

@@ -14,32 +14,6 @@
 namespace mtpl {
 namespace {
 
-// a per-layer integer key as llama.cpp's get_key_or_arr reads it: a scalar for every block, or an
-// array of exactly n_block entries; false when neither
-bool per_layer(const gguf_context * g, const std::string & key, uint32_t n_block, std::vector<uint32_t> & out) {
-    out.assign(n_block, 0);
-    const int64_t id = gguf_find_key(g, key.c_str());
-    if (id < 0) {
-        return false;
-    }
-    if (gguf_get_kv_type(g, id) != GGUF_TYPE_ARRAY) {
-        uint32_t v = 0;
-        if (!get_uint(g, key, v)) return false;
-        out.assign(n_block, v);
-        return true;
-    }
-    const gguf_type t = gguf_get_arr_type(g, id);
-    if (gguf_get_arr_n(g, id) != n_block || (t != GGUF_TYPE_UINT32 && t != GGUF_TYPE_INT32)) {
-        return false;
-    }
-    const auto * v = static_cast<const int32_t *>(gguf_get_arr_data(g, id));
-    for (uint32_t i = 0; i < n_block; ++i) {
-        if (v[i] < 0) return false;
-        out[i] = (uint32_t) v[i];
-    }
-    return true;
-}
-
 bool finite_f32(const gguf_context * g, const std::string & key, bool required) {
     const int64_t id = gguf_find_key(g, key.c_str());
     if (id < 0) return !required;

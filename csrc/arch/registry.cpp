@@ -15,6 +15,7 @@ const arch_def * const k_archs[] = {
     &arch_nemotron_h_moe,
     &arch_bailingmoe3,
     &arch_hy_v3,
+    &arch_mimo2,
 };
 
 } // namespace

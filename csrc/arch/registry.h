@@ -15,5 +15,6 @@ extern const arch_def arch_qwen3next;
 extern const arch_def arch_nemotron_h_moe;
 extern const arch_def arch_bailingmoe3;
 extern const arch_def arch_hy_v3;
+extern const arch_def arch_mimo2;
 
 } // namespace mtpl

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import bailingmoe3, deepseek2, deepseek32, glm4moe, glm_dsa, hy_v3, nemotron_h_moe, qwen3next, qwen35, qwen35moe
+from . import bailingmoe3, deepseek2, deepseek32, glm4moe, glm_dsa, hy_v3, mimo2, nemotron_h_moe, qwen3next, qwen35, qwen35moe
 
 WRITERS: dict[str, ModuleType] = {
     glm4moe.ARCH: glm4moe,
@@ -24,4 +24,5 @@ WRITERS: dict[str, ModuleType] = {
     nemotron_h_moe.ARCH: nemotron_h_moe,
     bailingmoe3.ARCH: bailingmoe3,
     hy_v3.ARCH: hy_v3,
+    mimo2.ARCH: mimo2,
 }
