@@ -180,6 +180,7 @@ int32_t head_call(proposer & p, int32_t j, const std::vector<int32_t> & tokens, 
     }
     h.n_past = kept;
     h.mtp_next = kept - shift;
+    h.warm = true;
     trim_backlog(p);
     return MTPL_OK;
 }
@@ -381,9 +382,18 @@ int32_t proposer_draft(proposer & p, const std::vector<int32_t> & tokens, int32_
             if (int32_t st = keep_up(p, i + 1, tokens, n_trunk, k_joined_rows, cancel, out); st != MTPL_OK) {
                 return st;
             }
+            // a head's first call sets its context up: upkeep too, or the controller would take a
+            // draft from this head for a hundred times dearer than it is
+            const bool cold = !from->warm;
+            const auto t_call = clock_type::now();
+            const int32_t calls0 = out.n_calls;
             if (int32_t st = head_call(p, i + 1, tokens, n_trunk, n_trunk + i + 2, drafts, cancel, &last, out.n_calls);
                 st != MTPL_OK) {
                 return st;
+            }
+            if (cold) {
+                out.n_upkeep += out.n_calls - calls0;
+                out.t_upkeep += seconds_since(t_call);
             }
         } else {  // the last head again, on its own output
             llama_batch_ext_clear(from->batch);

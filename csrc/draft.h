@@ -42,6 +42,7 @@ struct head_lane {
     std::vector<segment> segments;  // the cache's runs of entries between gaps, in order
     std::vector<int32_t> entry_pos;  // trunk position and token of each cache entry, by MTP position
     std::vector<int32_t> entry_tok;  // (bookkeeping checked by tests: mtpl_test_mtp_entries)
+    bool warm = false;          // it has evaluated a batch (a context's first one costs far more)
 };
 
 struct proposer {
