@@ -143,6 +143,28 @@ BAD_VALUES.update({"bailingmoe3." + k: v for k, v in {
 }.items()})
 
 
+# the architectures with several NextN blocks: the block and head counts, the attention and expert
+# sizes, the window (their per-block head counts and window pattern live in arrays: byte flips)
+for _arch in ("hy_v3", "mimo2", "step35"):
+    BAD_VALUES.update({_arch + "." + k: v for k, v in {
+        "block_count": [0, 1, 2, 4, 6, 10_000, 2**32 - 1],
+        "nextn_predict_layers": [0, 1, 2, 4, 9, 2**32 - 1],
+        "embedding_length": [0, 1, 63, 65, 2**31],
+        "attention.head_count": [0, 3, 5, 64, 2**32 - 1],
+        "attention.head_count_kv": [0, 3, 4, 8, 2**32 - 1],
+        "attention.key_length": [0, 8, 15, 17, 2**20],
+        "attention.value_length": [0, 8, 11, 17, 2**20],
+        "rope.dimension_count": [0, 1, 6, 7, 32, 2**31],
+        "attention.sliding_window": [0, 1, 2**32 - 1],
+        "expert_count": [0, 1, 7, 9, 100_000],
+        "expert_used_count": [0, 3, 9, 100_000],
+        "expert_feed_forward_length": [0, 16, 33, 2**31],
+        "expert_shared_feed_forward_length": [0, 16, 33, 2**31],
+        "feed_forward_length": [0, 64, 2**31],
+        "context_length": [0, 1, 2**32 - 1],
+        "expert_gating_func": [0, 1, 3, 99],
+    }.items()})
+
 def read_kv_layout(data: bytes):
     """Offsets of the scalar integer KV values in a GGUF file: {key: (offset, struct format)}."""
     off = 4 + 4

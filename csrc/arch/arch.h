@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "gguf.h"
 
@@ -35,6 +36,13 @@ struct arch_def {
 // experts (and the shared expert when shared_expert), else a dense FFN (always, when dense_only).
 // "" when fine or when the block is not in the file, else what is missing.
 std::string check_block_ffn(const gguf_context * g, uint32_t b, bool shared_expert, bool dense_only);
+// The sliding window and its per-block pattern (a prefix `a`, e.g. "mimo2."), which llama.cpp requires
+// and asserts marks a block at least.  "" when fine, else what is wrong.
+std::string check_swa_layers(const gguf_context * g, const std::string & a, uint32_t n_block);
+// Per-block head counts (a scalar or one per block): the KV count divides the query count.  heads
+// receives the query counts.  "" when fine, else what is wrong.
+std::string check_layer_heads(const gguf_context * g, const std::string & a, uint32_t n_block,
+                              std::vector<uint32_t> & heads);
 
 // the architecture named so, or null
 const arch_def * find_arch(const std::string & name);

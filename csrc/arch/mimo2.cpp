@@ -21,18 +21,11 @@ std::string check_hparams(const gguf_context * g, uint32_t n_block, uint32_t n_n
             return a + key + " must be a non-negative integer scalar";
         }
     }
-    uint32_t n_embd = 0, n_expert = 0, n_used = 0, n_ctx = 0, n_swa = 0, n_ff = 0;
+    uint32_t n_embd = 0, n_expert = 0, n_used = 0, n_ctx = 0, n_ff = 0;
     if (!need("embedding_length", n_embd) || n_embd == 0 || n_embd > (1u << 17)) return "embedding_length missing or out of range";
-    std::vector<uint32_t> heads, kv_heads;
-    if (!per_layer(g, a + "attention.head_count", n_block, heads)) return "attention.head_count must be an integer or one per block";
-    if (!per_layer(g, a + "attention.head_count_kv", n_block, kv_heads)) {
-        return "attention.head_count_kv must be an integer or one per block";
-    }
-    for (uint32_t b = 0; b < n_block; ++b) {
-        if (heads[b] == 0 || heads[b] > 1024) return "attention.head_count out of [1, 1024] at block " + std::to_string(b);
-        if (kv_heads[b] == 0 || heads[b] % kv_heads[b] != 0) {
-            return "attention.head_count_kv must divide attention.head_count (block " + std::to_string(b) + ")";
-        }
+    std::vector<uint32_t> heads;
+    if (std::string bad = check_layer_heads(g, a, n_block, heads); !bad.empty()) {
+        return bad;
     }
     uint32_t k_len = 0, v_len = 0;
     if (!need("attention.key_length", k_len)) {
@@ -44,22 +37,8 @@ std::string check_hparams(const gguf_context * g, uint32_t n_block, uint32_t n_n
     uint32_t n_rot = k_len;
     need("rope.dimension_count", n_rot);
     if (n_rot == 0 || n_rot > k_len || n_rot % 2 != 0) return "rope.dimension_count must be even and in [2, key_length]";
-    // the window and the per-layer pattern are required; llama.cpp asserts on a pattern with no window layer
-    if (!need("attention.sliding_window", n_swa) || n_swa == 0) return "attention.sliding_window missing or 0";
-    {
-        const int64_t id = gguf_find_key(g, (a + "attention.sliding_window_pattern").c_str());
-        if (id < 0 || gguf_get_kv_type(g, id) != GGUF_TYPE_ARRAY) return "attention.sliding_window_pattern missing (one entry per block)";
-        const gguf_type t = gguf_get_arr_type(g, id);
-        const size_t n = gguf_get_arr_n(g, id);
-        if ((t != GGUF_TYPE_BOOL && t != GGUF_TYPE_INT32 && t != GGUF_TYPE_UINT32) || n > 512) {
-            return "attention.sliding_window_pattern must be an array of at most 512 booleans or integers";
-        }
-        bool any = false;
-        for (size_t i = 0; i < n && i < n_block; ++i) {
-            any = any || (t == GGUF_TYPE_BOOL ? static_cast<const int8_t *>(gguf_get_arr_data(g, id))[i] != 0
-                                              : static_cast<const int32_t *>(gguf_get_arr_data(g, id))[i] != 0);
-        }
-        if (!any) return "attention.sliding_window_pattern marks no block as sliding-window";
+    if (std::string bad = check_swa_layers(g, a, n_block); !bad.empty()) {
+        return bad;
     }
     if (!need("expert_count", n_expert) || n_expert == 0 || n_expert > 512) return "expert_count missing or out of [1, 512]";
     if (!need("expert_used_count", n_used) || n_used == 0 || n_used > n_expert) return "expert_used_count must be in [1, expert_count]";

@@ -16,6 +16,7 @@ const arch_def * const k_archs[] = {
     &arch_bailingmoe3,
     &arch_hy_v3,
     &arch_mimo2,
+    &arch_step35,
 };
 
 } // namespace

@@ -16,5 +16,6 @@ extern const arch_def arch_nemotron_h_moe;
 extern const arch_def arch_bailingmoe3;
 extern const arch_def arch_hy_v3;
 extern const arch_def arch_mimo2;
+extern const arch_def arch_step35;
 
 } // namespace mtpl
