@@ -143,9 +143,10 @@ BAD_VALUES.update({"bailingmoe3." + k: v for k, v in {
 }.items()})
 
 
-# the architectures with several NextN blocks: the block and head counts, the attention and expert
-# sizes, the window (their per-block head counts and window pattern live in arrays: byte flips)
-for _arch in ("hy_v3", "mimo2", "step35"):
+# the architectures with several NextN blocks, and cohere2moe: the block and head counts, the
+# attention and expert sizes, the window (per-block head counts and window patterns that live in
+# arrays only the byte flips reach)
+for _arch in ("hy_v3", "mimo2", "step35", "cohere2moe"):
     BAD_VALUES.update({_arch + "." + k: v for k, v in {
         "block_count": [0, 1, 2, 4, 6, 10_000, 2**32 - 1],
         "nextn_predict_layers": [0, 1, 2, 4, 9, 2**32 - 1],
@@ -163,6 +164,8 @@ for _arch in ("hy_v3", "mimo2", "step35"):
         "feed_forward_length": [0, 64, 2**31],
         "context_length": [0, 1, 2**32 - 1],
         "expert_gating_func": [0, 1, 3, 99],
+        "leading_dense_block_count": [0, 2, 4, 5, 1000],
+        "attention.sliding_window_pattern": [0, 1, 2, 3, 2**32 - 1],
     }.items()})
 
 def read_kv_layout(data: bytes):

@@ -186,4 +186,6 @@ def test_fuzzed_files_never_crash_or_hang(tmp_path):
 def test_sampled_mtp_has_plain_sampling_distribution(model):
     """Three drafts a step from three chained heads, verified as the defaults verify (see
     mla_cases.check_sampled_distribution)."""
-    check_sampled_distribution(model, model.tokenize(PROMPT)[:6], 6000)
+    # this file's trunk is nearly sure after the shared test prompt's first tokens: a prompt after
+    # which the first 4 tokens vary enough for the test's degrees of freedom
+    check_sampled_distribution(model, model.tokenize(PROMPTS[7]), 6000)

@@ -17,6 +17,7 @@ const arch_def * const k_archs[] = {
     &arch_hy_v3,
     &arch_mimo2,
     &arch_step35,
+    &arch_cohere2moe,
 };
 
 } // namespace

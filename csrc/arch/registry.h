@@ -17,5 +17,6 @@ extern const arch_def arch_bailingmoe3;
 extern const arch_def arch_hy_v3;
 extern const arch_def arch_mimo2;
 extern const arch_def arch_step35;
+extern const arch_def arch_cohere2moe;
 
 } // namespace mtpl

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import bailingmoe3, deepseek2, deepseek32, glm4moe, glm_dsa, hy_v3, mimo2, nemotron_h_moe, qwen3next, qwen35, qwen35moe, step35
+from . import (bailingmoe3, cohere2moe, deepseek2, deepseek32, glm4moe, glm_dsa, hy_v3, mimo2, nemotron_h_moe, qwen3next,
+               qwen35, qwen35moe, step35)
 
 WRITERS: dict[str, ModuleType] = {
     glm4moe.ARCH: glm4moe,
@@ -26,4 +27,5 @@ WRITERS: dict[str, ModuleType] = {
     hy_v3.ARCH: hy_v3,
     mimo2.ARCH: mimo2,
     step35.ARCH: step35,
+    cohere2moe.ARCH: cohere2moe,
 }
