@@ -34,7 +34,7 @@ _RE_ACCEPT = re.compile(r"n_accept\s*=\s*(\d+)")
 # architectures whose files differ from the common case: the NextN blocks of nemotron_h_moe and
 # bailingmoe3 have no own embeddings or head, and nemotron's layers need less noise for the head to
 # agree with the trunk
-BASES = {"nemotron_h_moe": dict(nextn="tied", noise=0.6), "bailingmoe3": dict(nextn="tied"), "hy_v3": dict(nextn="tied"), "mimo2": dict(nextn="tied")}
+BASES = {"nemotron_h_moe": dict(nextn="tied", noise=0.6), "bailingmoe3": dict(nextn="tied"), "hy_v3": dict(nextn="tied"), "mimo2": dict(nextn="tied"), "cohere2moe": dict(nextn="own")}
 
 
 def files(arch: str, d: Path) -> dict[str, Path]:
