@@ -9,11 +9,8 @@ import pytest
 import mtpllama
 from mtpllama.testing.arch import WRITERS
 from mtpllama.testing.bpe import train_bpe
-from mtpllama.testing.fixtures import ONE_THREAD, PROMPTS
-from mla_cases import bad_file_fails_clearly, check_sampled_distribution, check_split_halves, f32, u32
-from recurrent_cases import check_low_precision, check_mtp_equals_plain, check_truncation
-from test_batch_invariance import compare
-from test_reference import PROMPT
+from arch_suite import ArchSuite, files, model, plain_outputs  # noqa: F401 (fixtures the suite uses)
+from mla_cases import bad_file_fails_clearly, f32, u32
 
 W = WRITERS["cohere2moe"]
 Spec = W.SyntheticSpec
@@ -23,38 +20,6 @@ FILES = {
     "f16": Spec(norm_noise=0.3, dtype="f16", seed=802),
     "q8_0": Spec(norm_noise=0.3, dtype="q8_0", seed=803),
 }
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory) -> dict[str, str]:
-    d = tmp_path_factory.mktemp("cohere2moe")
-    return {k: str(W.write_synthetic(d / f"{k}.gguf", spec)) for k, spec in FILES.items()}
-
-
-@pytest.fixture(scope="module")
-def model(files):
-    with mtpllama.Model(files["f32"], session_defaults=ONE_THREAD) as m:
-        yield m
-
-
-def test_writer_and_inspect(files):
-    """Cohere2MoeModel's layout: the window pattern over the trunk's layers only, no FFN norm, no
-    selection bias, the NextN block a MoE block; the LayerNorm epsilon and the logit scale."""
-    import gguf
-
-    spec = FILES["q8_0"]
-    r = gguf.GGUFReader(files["q8_0"])
-    fields = {f.name: f for f in r.fields.values()}
-    pat = fields["cohere2moe.attention.sliding_window_pattern"]
-    assert [bool(pat.parts[i][0]) for i in pat.data] == list(spec.pattern)
-    assert "cohere2moe.attention.layer_norm_epsilon" in fields and "cohere2moe.logit_scale" in fields
-    tensors = {t.name for t in r.tensors}
-    n = spec.n_layer
-    assert {f"blk.{n}.nextn.eh_proj.weight", f"blk.{n}.ffn_gate_inp.weight", f"blk.{n}.ffn_up_shexp.weight"} <= tensors
-    assert not any(t.endswith(("ffn_norm.weight", "exp_probs_b.bias", "exp_probs_b")) for t in tensors)
-    info = mtpllama.inspect(files["f32"])
-    assert info.supported and info.has_mtp and info.n_layer_nextn == 1
-    assert info.attention == "GQA with sliding-window layers (window 12): 4 heads, 2 KV heads, head dim 16"
 
 
 BAD_KEYS = [
@@ -90,52 +55,25 @@ def test_a_nextn_block_without_a_router_is_refused(tmp_path):
     assert not info.has_mtp and "no blk.4.ffn_gate_inp.weight" in info.mtp_problem
 
 
-@pytest.fixture(scope="module")
-def plain_outputs(model):
-    return {p: model.generate(p, 64, mtp=False) for p in PROMPTS}
+class TestCohere2moe(ArchSuite):
+    W = W
+    FUZZ_SEED = 9
 
+    def test_writer_and_inspect(self, files):
+        """Cohere2MoeModel's layout: the window pattern over the trunk's layers only, no FFN norm, no
+        selection bias, the NextN block a MoE block; the LayerNorm epsilon and the logit scale."""
+        import gguf
 
-@pytest.mark.parametrize("draft_max", [1, 2, 3, 4, 5, 6])
-@pytest.mark.parametrize("p_min", [0.0, 0.85])
-def test_mtp_equals_plain(model, plain_outputs, draft_max, p_min):
-    """22 prompts x 64 tokens (past the 12-token window), fixed draft lengths 1..6."""
-    check_mtp_equals_plain(model, plain_outputs, draft_max, p_min)
-
-
-@pytest.mark.parametrize("dtype", ["f16", "q8_0"])
-def test_mtp_equals_plain_low_precision(files, dtype):
-    check_low_precision(files[dtype])
-
-
-@pytest.mark.parametrize("dtype", ["f32", "q8_0"])
-@pytest.mark.parametrize("k", [1, 4])
-def test_verified_rows_equal_lone_rows(files, dtype, k):
-    with mtpllama.Model(files[dtype]) as m:
-        same, diff = compare(m, PROMPT, 48, k, threads=1)
-    assert same >= 20 and diff == 0, (same, diff)
-
-
-def test_truncation_continues_as_a_fresh_context(model):
-    check_truncation(model)
-
-
-def test_split_halves_draft_as_the_full_file(files, tmp_path):
-    check_split_halves(files["f32"], tmp_path)
-
-
-@pytest.mark.slow
-def test_fuzzed_files_never_crash_or_hang(tmp_path):
-    import os
-
-    import fuzz_gguf
-
-    base = W.write_synthetic(tmp_path / "base.gguf", Spec(seed=79))
-    n = int(os.environ.get("MTPLLAMA_FUZZ_CASES", "1500")) // 4
-    failures = fuzz_gguf.run(str(base), n, seed=9, batch=250, timeout_per_case=20.0)
-    assert not failures, failures[:5]
-
-
-@pytest.mark.slow
-def test_sampled_mtp_has_plain_sampling_distribution(model):
-    """Three drafts a step, verified as the defaults verify (see mla_cases.check_sampled_distribution)."""
-    check_sampled_distribution(model, model.tokenize(PROMPT)[:6], 6000)
+        spec = FILES["q8_0"]
+        r = gguf.GGUFReader(files["q8_0"])
+        fields = {f.name: f for f in r.fields.values()}
+        pat = fields["cohere2moe.attention.sliding_window_pattern"]
+        assert [bool(pat.parts[i][0]) for i in pat.data] == list(spec.pattern)
+        assert "cohere2moe.attention.layer_norm_epsilon" in fields and "cohere2moe.logit_scale" in fields
+        tensors = {t.name for t in r.tensors}
+        n = spec.n_layer
+        assert {f"blk.{n}.nextn.eh_proj.weight", f"blk.{n}.ffn_gate_inp.weight", f"blk.{n}.ffn_up_shexp.weight"} <= tensors
+        assert not any(t.endswith(("ffn_norm.weight", "exp_probs_b.bias", "exp_probs_b")) for t in tensors)
+        info = mtpllama.inspect(files["f32"])
+        assert info.supported and info.has_mtp and info.n_layer_nextn == 1
+        assert info.attention == "GQA with sliding-window layers (window 12): 4 heads, 2 KV heads, head dim 16"

@@ -10,13 +10,8 @@ import pytest
 import mtpllama
 from mtpllama.testing.arch import WRITERS
 from mtpllama.testing.bpe import train_bpe
-from mtpllama.testing.fixtures import ONE_THREAD, PROMPTS
-from heads_cases import (check_each_head_drafts_its_position, check_head_left_behind_catches_up,
-                         check_heads_catch_up_when_reached, check_memory_counts_every_head)
-from mla_cases import bad_file_fails_clearly, check_sampled_distribution, check_split_halves, u32
-from recurrent_cases import check_low_precision, check_mtp_equals_plain, check_truncation
-from test_batch_invariance import compare
-from test_reference import PROMPT
+from arch_suite import HeadsSuite, files, model, plain_outputs  # noqa: F401 (fixtures the suite uses)
+from mla_cases import bad_file_fails_clearly, u32
 
 W = WRITERS["hy_v3"]
 Spec = W.SyntheticSpec
@@ -31,40 +26,6 @@ FILES = {
 }
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory) -> dict[str, str]:
-    d = tmp_path_factory.mktemp("hy_v3")
-    return {k: str(W.write_synthetic(d / f"{k}.gguf", spec)) for k, spec in FILES.items()}
-
-
-@pytest.fixture(scope="module")
-def model(files):
-    with mtpllama.Model(files["f32"], session_defaults=ONE_THREAD) as m:
-        yield m
-
-
-def test_writer_and_inspect(files):
-    """HYV3Model's layout: the NextN blocks appended after the trunk, each a full MoE block with the
-    final norm as nextn.shared_head_norm and no MTP embeddings or head of its own."""
-    import gguf
-
-    r = gguf.GGUFReader(files["q8_0"])
-    keys = {f.name: int(f.parts[f.data[0]][0]) for f in r.fields.values() if f.name.startswith("hy_v3.") and f.data}
-    spec = FILES["q8_0"]
-    assert keys["hy_v3.block_count"] == spec.n_layer + N_HEADS and keys["hy_v3.nextn_predict_layers"] == N_HEADS
-    tensors = {t.name: t for t in r.tensors}
-    for j in range(N_HEADS):
-        p = f"blk.{spec.n_layer + j}."
-        assert {p + "nextn.eh_proj.weight", p + "nextn.shared_head_norm.weight", p + "ffn_up_shexp.weight",
-                p + "attn_q_norm.weight"} <= set(tensors)
-        assert p + "nextn.embed_tokens.weight" not in tensors and p + "nextn.shared_head_head.weight" not in tensors
-    assert "blk.0.ffn_up.weight" in tensors and "blk.1.ffn_up_exps.weight" in tensors
-    assert tensors["blk.1.ffn_gate_inp.weight"].tensor_type == gguf.GGMLQuantizationType.F32
-    info = mtpllama.inspect(files["f32"])
-    assert info.supported and info.has_mtp and info.n_layer_nextn == N_HEADS
-    assert info.attention == "GQA: 4 heads, 2 KV heads, head dim 16 (q/k norms)"
-
-
 BAD_KEYS = [
     ({"attention.value_length": u32(8)}, "must be equal"),
     ({"rope.dimension_count": u32(8)}, "must be equal"),
@@ -72,19 +33,13 @@ BAD_KEYS = [
     ({"expert_used_count": u32(9)}, "expert_used_count"),
     ({"expert_feed_forward_length": None}, "expert_feed_forward_length"),
     ({"expert_gating_func": u32(7)}, "expert_gating_func"),
-    ({"nextn_predict_layers": u32(9), "block_count": u32(11)}, "supports 8"),
 ]
 
 
 @pytest.mark.parametrize("keys,message", BAD_KEYS, ids=[f"{i}-" + ",".join(k) for i, (k, _) in enumerate(BAD_KEYS)])
 def test_bad_hyperparameters_fail_clearly(tmp_path, keys, message):
     """Each is something the hy_v3 graphs assert on or the loader needs."""
-    path = W.write_synthetic(tmp_path / "bad.gguf", Spec(seed=71), keys=keys)
-    if "supports" in message:  # more NextN blocks than the engine chains: drafting is refused, plain works
-        info = mtpllama.inspect(str(path))
-        assert not info.has_mtp and message in info.mtp_problem
-        return
-    bad_file_fails_clearly(str(path), message)
+    bad_file_fails_clearly(str(W.write_synthetic(tmp_path / "bad.gguf", Spec(seed=71), keys=keys)), message)
 
 
 @pytest.mark.parametrize("drop,message", [
@@ -103,69 +58,27 @@ def test_blocks_missing_ffn_weights_fail_clearly(tmp_path, drop, message):
                            message)
 
 
-@pytest.fixture(scope="module")
-def plain_outputs(model):
-    return {p: model.generate(p, 64, mtp=False) for p in PROMPTS}
+class TestHyV3(HeadsSuite):
+    W = W
+    FUZZ_SEED = 7
 
+    def test_writer_and_inspect(self, files):
+        """HYV3Model's layout: the NextN blocks appended after the trunk, each a full MoE block with the
+        final norm as nextn.shared_head_norm and no MTP embeddings or head of its own."""
+        import gguf
 
-@pytest.mark.parametrize("draft_max", [1, 2, 3, 4, 5, 6])
-@pytest.mark.parametrize("p_min", [0.0, 0.85])
-def test_mtp_equals_plain(model, plain_outputs, draft_max, p_min):
-    """22 prompts x 64 tokens, fixed draft lengths 1..6 (3 heads: 4..6 recurse with the last)."""
-    check_mtp_equals_plain(model, plain_outputs, draft_max, p_min)
-
-
-@pytest.mark.parametrize("dtype", ["f16", "q8_0"])
-def test_mtp_equals_plain_low_precision(files, dtype):
-    check_low_precision(files[dtype])
-
-
-def test_each_head_drafts_its_position(files):
-    check_each_head_drafts_its_position(files["f32"], files["broken1"], files["broken2"])
-
-
-def test_heads_catch_up_when_reached(model):
-    check_heads_catch_up_when_reached(model, N_HEADS)
-
-
-def test_a_head_left_behind_catches_up_apart(model):
-    check_head_left_behind_catches_up(model, N_HEADS)
-
-
-def test_memory_counts_every_head(tmp_path):
-    check_memory_counts_every_head(W, Spec(seed=9), tmp_path)
-
-
-@pytest.mark.parametrize("dtype", ["f32", "q8_0"])
-@pytest.mark.parametrize("k", [1, 4])
-def test_verified_rows_equal_lone_rows(files, dtype, k):
-    with mtpllama.Model(files[dtype]) as m:
-        same, diff = compare(m, PROMPT, 48, k, threads=1)
-    assert same >= 20 and diff == 0, (same, diff)
-
-
-def test_truncation_continues_as_a_fresh_context(model):
-    check_truncation(model)
-
-
-def test_split_halves_draft_as_the_full_file(files, tmp_path):
-    check_split_halves(files["f32"], tmp_path)
-
-
-@pytest.mark.slow
-def test_fuzzed_files_never_crash_or_hang(tmp_path):
-    import os
-
-    import fuzz_gguf
-
-    base = W.write_synthetic(tmp_path / "base.gguf", Spec(seed=79))
-    n = int(os.environ.get("MTPLLAMA_FUZZ_CASES", "1500")) // 4
-    failures = fuzz_gguf.run(str(base), n, seed=7, batch=250, timeout_per_case=20.0)
-    assert not failures, failures[:5]
-
-
-@pytest.mark.slow
-def test_sampled_mtp_has_plain_sampling_distribution(model):
-    """Three drafts a step from three chained heads, verified as the defaults verify (see
-    mla_cases.check_sampled_distribution)."""
-    check_sampled_distribution(model, model.tokenize(PROMPT)[:6], 6000)
+        r = gguf.GGUFReader(files["q8_0"])
+        keys = {f.name: int(f.parts[f.data[0]][0]) for f in r.fields.values() if f.name.startswith("hy_v3.") and f.data}
+        spec = FILES["q8_0"]
+        assert keys["hy_v3.block_count"] == spec.n_layer + N_HEADS and keys["hy_v3.nextn_predict_layers"] == N_HEADS
+        tensors = {t.name: t for t in r.tensors}
+        for j in range(N_HEADS):
+            p = f"blk.{spec.n_layer + j}."
+            assert {p + "nextn.eh_proj.weight", p + "nextn.shared_head_norm.weight", p + "ffn_up_shexp.weight",
+                    p + "attn_q_norm.weight"} <= set(tensors)
+            assert p + "nextn.embed_tokens.weight" not in tensors and p + "nextn.shared_head_head.weight" not in tensors
+        assert "blk.0.ffn_up.weight" in tensors and "blk.1.ffn_up_exps.weight" in tensors
+        assert tensors["blk.1.ffn_gate_inp.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+        info = mtpllama.inspect(files["f32"])
+        assert info.supported and info.has_mtp and info.n_layer_nextn == N_HEADS
+        assert info.attention == "GQA: 4 heads, 2 KV heads, head dim 16 (q/k norms)"

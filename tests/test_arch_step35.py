@@ -12,13 +12,8 @@ import pytest
 import mtpllama
 from mtpllama.testing.arch import WRITERS
 from mtpllama.testing.bpe import train_bpe
-from mtpllama.testing.fixtures import ONE_THREAD, PROMPTS
-from heads_cases import (check_each_head_drafts_its_position, check_head_left_behind_catches_up,
-                         check_heads_catch_up_when_reached, check_memory_counts_every_head)
-from mla_cases import bad_file_fails_clearly, check_sampled_distribution, check_split_halves, f32, u32
-from recurrent_cases import check_low_precision, check_mtp_equals_plain, check_truncation
-from test_batch_invariance import compare
-from test_reference import PROMPT
+from arch_suite import HeadsSuite, files, model, plain_outputs  # noqa: F401 (fixtures the suite uses)
+from mla_cases import bad_file_fails_clearly, f32, u32
 
 W = WRITERS["step35"]
 Spec = W.SyntheticSpec
@@ -31,43 +26,6 @@ FILES = {
     "broken1": Spec(norm_noise=0.3, seed=701, broken_heads=(1,)),
     "broken2": Spec(norm_noise=0.3, seed=701, broken_heads=(2,)),
 }
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory) -> dict[str, str]:
-    d = tmp_path_factory.mktemp("step35")
-    return {k: str(W.write_synthetic(d / f"{k}.gguf", spec)) for k, spec in FILES.items()}
-
-
-@pytest.fixture(scope="module")
-def model(files):
-    with mtpllama.Model(files["f32"], session_defaults=ONE_THREAD) as m:
-        yield m
-
-
-def test_writer_and_inspect(files):
-    """Step35Model's layout: head counts and the window pattern over every block (the NextN blocks
-    full attention), the head-wise gate, the NextN blocks MoE with their own head."""
-    import gguf
-
-    spec = FILES["q8_0"]
-    r = gguf.GGUFReader(files["q8_0"])
-    fields = {f.name: f for f in r.fields.values()}
-    arr = lambda k: [int(fields["step35." + k].parts[i][0]) for i in fields["step35." + k].data]
-    pattern = list(spec.pattern) + [0] * N_HEADS
-    assert arr("attention.sliding_window_pattern") == pattern
-    assert arr("attention.head_count") == [spec.n_head_swa if p else spec.n_head for p in pattern]
-    assert arr("attention.head_count_kv") == [spec.n_head_kv_swa if p else spec.n_head_kv for p in pattern]
-    tensors = {t.name: t for t in r.tensors}
-    for j in range(N_HEADS):
-        p = f"blk.{spec.n_layer + j}."
-        assert {p + "nextn.eh_proj.weight", p + "nextn.shared_head_head.weight", p + "nextn.shared_head_norm.weight",
-                p + "attn_gate.weight", p + "ffn_up_shexp.weight", p + "ffn_gate_inp.weight"} <= set(tensors)
-        assert p + "nextn.embed_tokens.weight" not in tensors
-    assert tensors["blk.1.ffn_gate_inp.weight"].tensor_type == gguf.GGMLQuantizationType.F32
-    info = mtpllama.inspect(files["f32"])
-    assert info.supported and info.has_mtp and info.n_layer_nextn == N_HEADS
-    assert info.attention == "GQA with sliding-window layers (window 12): 4 heads of 16, q/k norms"
 
 
 BAD_KEYS = [
@@ -88,15 +46,6 @@ BAD_KEYS = [
 def test_bad_hyperparameters_fail_clearly(tmp_path, keys, message):
     """Each is something the step35 graphs or llama.cpp's loader assert on or need."""
     bad_file_fails_clearly(str(W.write_synthetic(tmp_path / "bad.gguf", Spec(seed=71), keys=keys)), message)
-
-
-def test_more_heads_than_the_engine_chains_are_refused(tmp_path):
-    """Drafting is refused with a reason, plain decoding still runs."""
-    path = str(W.write_synthetic(tmp_path / "nine.gguf", Spec(seed=73, n_nextn=9)))
-    info = mtpllama.inspect(path)
-    assert not info.has_mtp and "supports 8" in info.mtp_problem
-    with mtpllama.Model(path, mtp=False) as m:
-        assert len(m.generate("def f(x):", 8).tokens) == 8
 
 
 @pytest.mark.parametrize("drop,message", [
@@ -120,70 +69,30 @@ def test_blocks_missing_weights_fail_clearly(tmp_path, drop, message):
     bad_file_fails_clearly(path, message)
 
 
-@pytest.fixture(scope="module")
-def plain_outputs(model):
-    return {p: model.generate(p, 64, mtp=False) for p in PROMPTS}
+class TestStep35(HeadsSuite):
+    W = W
+    FUZZ_SEED = 7
 
+    def test_writer_and_inspect(self, files):
+        """Step35Model's layout: head counts and the window pattern over every block (the NextN blocks
+        full attention), the head-wise gate, the NextN blocks MoE with their own head."""
+        import gguf
 
-@pytest.mark.parametrize("draft_max", [1, 2, 3, 4, 5, 6])
-@pytest.mark.parametrize("p_min", [0.0, 0.85])
-def test_mtp_equals_plain(model, plain_outputs, draft_max, p_min):
-    """22 prompts x 64 tokens (past the 12-token window), fixed draft lengths 1..6 (3 heads: 4..6
-    recurse with the last)."""
-    check_mtp_equals_plain(model, plain_outputs, draft_max, p_min)
-
-
-@pytest.mark.parametrize("dtype", ["f16", "q8_0"])
-def test_mtp_equals_plain_low_precision(files, dtype):
-    check_low_precision(files[dtype])
-
-
-def test_each_head_drafts_its_position(files):
-    check_each_head_drafts_its_position(files["f32"], files["broken1"], files["broken2"])
-
-
-def test_heads_catch_up_when_reached(model):
-    check_heads_catch_up_when_reached(model, N_HEADS)
-
-
-def test_a_head_left_behind_catches_up_apart(model):
-    check_head_left_behind_catches_up(model, N_HEADS)
-
-
-def test_memory_counts_every_head(tmp_path):
-    check_memory_counts_every_head(W, Spec(seed=9), tmp_path)
-
-
-@pytest.mark.parametrize("dtype", ["f32", "q8_0"])
-@pytest.mark.parametrize("k", [1, 4])
-def test_verified_rows_equal_lone_rows(files, dtype, k):
-    with mtpllama.Model(files[dtype]) as m:
-        same, diff = compare(m, PROMPT, 48, k, threads=1)
-    assert same >= 20 and diff == 0, (same, diff)
-
-
-def test_truncation_continues_as_a_fresh_context(model):
-    check_truncation(model)
-
-
-def test_split_halves_draft_as_the_full_file(files, tmp_path):
-    check_split_halves(files["f32"], tmp_path)
-
-
-@pytest.mark.slow
-def test_fuzzed_files_never_crash_or_hang(tmp_path):
-    import os
-
-    import fuzz_gguf
-
-    base = W.write_synthetic(tmp_path / "base.gguf", Spec(seed=79))
-    n = int(os.environ.get("MTPLLAMA_FUZZ_CASES", "1500")) // 4
-    failures = fuzz_gguf.run(str(base), n, seed=7, batch=250, timeout_per_case=20.0)
-    assert not failures, failures[:5]
-
-
-@pytest.mark.slow
-def test_sampled_mtp_has_plain_sampling_distribution(model):
-    """Three drafts a step from three chained heads, verified as the defaults verify (see
-    mla_cases.check_sampled_distribution)."""
-    check_sampled_distribution(model, model.tokenize(PROMPT)[:6], 6000)
+        spec = FILES["q8_0"]
+        r = gguf.GGUFReader(files["q8_0"])
+        fields = {f.name: f for f in r.fields.values()}
+        arr = lambda k: [int(fields["step35." + k].parts[i][0]) for i in fields["step35." + k].data]
+        pattern = list(spec.pattern) + [0] * N_HEADS
+        assert arr("attention.sliding_window_pattern") == pattern
+        assert arr("attention.head_count") == [spec.n_head_swa if p else spec.n_head for p in pattern]
+        assert arr("attention.head_count_kv") == [spec.n_head_kv_swa if p else spec.n_head_kv for p in pattern]
+        tensors = {t.name: t for t in r.tensors}
+        for j in range(N_HEADS):
+            p = f"blk.{spec.n_layer + j}."
+            assert {p + "nextn.eh_proj.weight", p + "nextn.shared_head_head.weight", p + "nextn.shared_head_norm.weight",
+                    p + "attn_gate.weight", p + "ffn_up_shexp.weight", p + "ffn_gate_inp.weight"} <= set(tensors)
+            assert p + "nextn.embed_tokens.weight" not in tensors
+        assert tensors["blk.1.ffn_gate_inp.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+        info = mtpllama.inspect(files["f32"])
+        assert info.supported and info.has_mtp and info.n_layer_nextn == N_HEADS
+        assert info.attention == "GQA with sliding-window layers (window 12): 4 heads of 16, q/k norms"

@@ -6,7 +6,7 @@ import gc
 import pytest
 
 import mtpllama
-from mtpllama import SpecConfig, _lib
+from mtpllama import SpecConfig
 from mtpllama.testing import hooks
 from mtpllama.testing.fixtures import ONE_THREAD, PROMPTS
 

@@ -36,6 +36,17 @@ struct arch_def {
 // experts (and the shared expert when shared_expert), else a dense FFN (always, when dense_only).
 // "" when fine or when the block is not in the file, else what is missing.
 std::string check_block_ffn(const gguf_context * g, uint32_t b, bool shared_expert, bool dense_only);
+// The head dims as llama.cpp reads them (prefix `a`): key_length (else n_embd / n_head), value_length
+// (else key_length), rope.dimension_count (else key_length), each K and V in [1, 4096].  "" when
+// readable, else what is wrong.
+struct head_dims {
+    uint32_t k = 0, v = 0, rot = 0;
+};
+std::string read_head_dims(const gguf_context * g, const std::string & a, uint32_t n_embd, uint32_t n_head,
+                           head_dims & out);
+// Routed experts: expert_count in [1, 512], expert_used_count in [1, expert_count] and
+// expert_feed_forward_length (a scalar or one per block), which the loaders require.
+std::string check_experts(const gguf_context * g, const std::string & a, uint32_t n_block);
 // The sliding window and its per-block pattern (a prefix `a`, e.g. "mimo2."), which llama.cpp requires
 // and asserts marks a block at least.  "" when fine, else what is wrong.
 std::string check_swa_layers(const gguf_context * g, const std::string & a, uint32_t n_block);

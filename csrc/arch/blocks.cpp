@@ -36,6 +36,34 @@ std::string check_block_ffn(const gguf_context * g, uint32_t b, bool shared_expe
     return "";
 }
 
+std::string read_head_dims(const gguf_context * g, const std::string & a, uint32_t n_embd, uint32_t n_head,
+                           head_dims & out) {
+    if (!get_uint(g, a + "attention.key_length", out.k)) {
+        if (n_head == 0 || n_embd % n_head != 0) return "embedding_length is not a multiple of attention.head_count";
+        out.k = n_embd / n_head;
+    }
+    if (!get_uint(g, a + "attention.value_length", out.v)) out.v = out.k;
+    if (!get_uint(g, a + "rope.dimension_count", out.rot)) out.rot = out.k;
+    if (out.k == 0 || out.k > 4096 || out.v == 0 || out.v > 4096) return "attention key and value lengths must be in [1, 4096]";
+    return "";
+}
+
+std::string check_experts(const gguf_context * g, const std::string & a, uint32_t n_block) {
+    uint32_t n_expert = 0, n_used = 0;
+    if (!get_uint(g, a + "expert_count", n_expert) || n_expert == 0 || n_expert > 512) return "expert_count missing or out of [1, 512]";
+    if (!get_uint(g, a + "expert_used_count", n_used) || n_used == 0 || n_used > n_expert) {
+        return "expert_used_count must be in [1, expert_count]";
+    }
+    std::vector<uint32_t> ff_exp;
+    if (!per_layer(g, a + "expert_feed_forward_length", n_block, ff_exp)) {
+        return "expert_feed_forward_length missing (an integer or one per block)";
+    }
+    for (uint32_t f : ff_exp) {
+        if (f == 0 || f > (1u << 20)) return "expert_feed_forward_length out of [1, 2^20]";
+    }
+    return "";
+}
+
 std::string check_swa_layers(const gguf_context * g, const std::string & a, uint32_t n_block) {
     uint32_t n_swa = 0;
     if (!uint_or_absent(g, a + "attention.sliding_window") || !get_uint(g, a + "attention.sliding_window", n_swa) ||

@@ -19,27 +19,21 @@ std::string check_hparams(const gguf_context * g, uint32_t n_block, uint32_t n_n
             return a + key + " must be a non-negative integer scalar";
         }
     }
-    uint32_t n_embd = 0, n_head = 0, n_head_kv = 0, n_expert = 0, n_used = 0, n_ff_exp = 0, n_ctx = 0;
+    uint32_t n_embd = 0, n_head = 0, n_head_kv = 0, n_ctx = 0;
     if (!need("embedding_length", n_embd) || n_embd == 0 || n_embd > (1u << 17)) return "embedding_length missing or out of range";
     if (!need("attention.head_count", n_head) || n_head == 0 || n_head > 1024) return "attention.head_count missing or out of range";
     if (!need("attention.head_count_kv", n_head_kv)) n_head_kv = n_head;
     if (n_head_kv == 0 || n_head % n_head_kv != 0) return "attention.head_count_kv must divide attention.head_count";
-    uint32_t k_len = 0, v_len = 0;
-    if (!need("attention.key_length", k_len)) {
-        if (n_embd % n_head != 0) return "embedding_length is not a multiple of attention.head_count";
-        k_len = n_embd / n_head;
+    head_dims hd;
+    if (std::string bad = read_head_dims(g, a, n_embd, n_head, hd); !bad.empty()) {
+        return bad;
     }
-    if (!need("attention.value_length", v_len)) v_len = k_len;
-    uint32_t n_rot = k_len;
-    need("rope.dimension_count", n_rot);
     // both graphs assert head dim K == V == the rotated width
-    if (k_len == 0 || k_len > 4096 || k_len % 2 != 0 || v_len != k_len || n_rot != k_len) {
+    if (hd.k % 2 != 0 || hd.v != hd.k || hd.rot != hd.k) {
         return "attention key_length, value_length and rope.dimension_count must be equal, even and at most 4096";
     }
-    if (!need("expert_count", n_expert) || n_expert == 0 || n_expert > 512) return "expert_count missing or out of [1, 512]";
-    if (!need("expert_used_count", n_used) || n_used == 0 || n_used > n_expert) return "expert_used_count must be in [1, expert_count]";
-    if (!need("expert_feed_forward_length", n_ff_exp) || n_ff_exp == 0 || n_ff_exp > (1u << 20)) {
-        return "expert_feed_forward_length missing or out of range";
+    if (std::string bad = check_experts(g, a, n_block); !bad.empty()) {
+        return bad;
     }
     uint32_t n_ff_sh = 0;
     if (need("expert_shared_feed_forward_length", n_ff_sh) && n_ff_sh > (1u << 22)) return "expert_shared_feed_forward_length out of range";

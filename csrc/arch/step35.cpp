@@ -33,33 +33,23 @@ std::string check_hparams(const gguf_context * g, uint32_t n_block, uint32_t /*n
             return a + key + " must be a non-negative integer scalar";
         }
     }
-    uint32_t n_embd = 0, n_expert = 0, n_used = 0, n_ctx = 0;
+    uint32_t n_embd = 0, n_ctx = 0;
     if (!need("embedding_length", n_embd) || n_embd == 0 || n_embd > (1u << 17)) return "embedding_length missing or out of range";
     std::vector<uint32_t> heads;
     if (std::string bad = check_layer_heads(g, a, n_block, heads); !bad.empty()) {
         return bad;
     }
-    uint32_t k_len = 0, v_len = 0;
-    if (!need("attention.key_length", k_len)) {
-        if (n_embd % heads[0] != 0) return "embedding_length is not a multiple of attention.head_count";
-        k_len = n_embd / heads[0];
+    head_dims hd;
+    if (std::string bad = read_head_dims(g, a, n_embd, heads[0], hd); !bad.empty()) {
+        return bad;
     }
-    if (!need("attention.value_length", v_len)) v_len = k_len;
-    if (k_len == 0 || k_len > 4096 || v_len == 0 || v_len > 4096) return "attention key and value lengths must be in [1, 4096]";
     // window layers rotate rope.dimension_count dims, full-attention layers half of them: both even
-    uint32_t n_rot = k_len;
-    need("rope.dimension_count", n_rot);
-    if (n_rot == 0 || n_rot > k_len || n_rot % 4 != 0) return "rope.dimension_count must be a multiple of 4 in [4, key_length]";
+    if (hd.rot == 0 || hd.rot > hd.k || hd.rot % 4 != 0) return "rope.dimension_count must be a multiple of 4 in [4, key_length]";
     if (std::string bad = check_swa_layers(g, a, n_block); !bad.empty()) {
         return bad;
     }
-    if (!need("expert_count", n_expert) || n_expert == 0 || n_expert > 512) return "expert_count missing or out of [1, 512]";
-    if (!need("expert_used_count", n_used) || n_used == 0 || n_used > n_expert) return "expert_used_count must be in [1, expert_count]";
-    {
-        std::vector<uint32_t> ff_exp;
-        if (!per_layer(g, a + "expert_feed_forward_length", n_block, ff_exp)) {
-            return "expert_feed_forward_length missing (an integer or one per block)";
-        }
+    if (std::string bad = check_experts(g, a, n_block); !bad.empty()) {
+        return bad;
     }
     if (need("context_length", n_ctx) && n_ctx == 0) return "context_length is 0";
     uint32_t gating = 0;
