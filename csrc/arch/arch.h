@@ -50,10 +50,14 @@ std::string check_experts(const gguf_context * g, const std::string & a, uint32_
 // The sliding window and its per-block pattern (a prefix `a`, e.g. "mimo2."), which llama.cpp requires
 // and asserts marks a block at least.  "" when fine, else what is wrong.
 std::string check_swa_layers(const gguf_context * g, const std::string & a, uint32_t n_block);
-// Per-block head counts (a scalar or one per block): the KV count divides the query count.  heads
-// receives the query counts.  "" when fine, else what is wrong.
+// Per-block head counts (a scalar or one per block; no KV count: the query count): the KV count
+// divides the query count.  heads receives the query counts.  "" when fine, else what is wrong.
 std::string check_layer_heads(const gguf_context * g, const std::string & a, uint32_t n_block,
                               std::vector<uint32_t> & heads);
+// embedding_length, the per-block head counts and the head dims (first block's head count) as the
+// two above read them.  "" when fine, else what is wrong.
+std::string read_attention(const gguf_context * g, const std::string & a, uint32_t n_block, uint32_t & n_embd,
+                           std::vector<uint32_t> & heads, head_dims & hd);
 
 // the architecture named so, or null
 const arch_def * find_arch(const std::string & name);

@@ -89,7 +89,9 @@ std::string check_layer_heads(const gguf_context * g, const std::string & a, uin
                               std::vector<uint32_t> & heads) {
     std::vector<uint32_t> kv_heads;
     if (!per_layer(g, a + "attention.head_count", n_block, heads)) return "attention.head_count must be an integer or one per block";
-    if (!per_layer(g, a + "attention.head_count_kv", n_block, kv_heads)) {
+    if (gguf_find_key(g, (a + "attention.head_count_kv").c_str()) < 0) {
+        kv_heads = heads;
+    } else if (!per_layer(g, a + "attention.head_count_kv", n_block, kv_heads)) {
         return "attention.head_count_kv must be an integer or one per block";
     }
     for (uint32_t b = 0; b < n_block; ++b) {
@@ -99,6 +101,17 @@ std::string check_layer_heads(const gguf_context * g, const std::string & a, uin
         }
     }
     return "";
+}
+
+std::string read_attention(const gguf_context * g, const std::string & a, uint32_t n_block, uint32_t & n_embd,
+                           std::vector<uint32_t> & heads, head_dims & hd) {
+    if (!get_uint(g, a + "embedding_length", n_embd) || n_embd == 0 || n_embd > (1u << 17)) {
+        return "embedding_length missing or out of range";
+    }
+    if (std::string bad = check_layer_heads(g, a, n_block, heads); !bad.empty()) {
+        return bad;
+    }
+    return read_head_dims(g, a, n_embd, heads[0], hd);
 }
 
 } // namespace mtpl

@@ -46,13 +46,10 @@ std::string check_hparams(const gguf_context * g, uint32_t n_block, uint32_t n_n
         }
     }
     const uint32_t n_layer = n_block - n_nextn;
-    uint32_t n_embd = 0, n_head = 0, n_head_kv = 0, n_dense = 0, n_ctx = 0;
-    if (!need("embedding_length", n_embd) || n_embd == 0 || n_embd > (1u << 17)) return "embedding_length missing or out of range";
-    if (!need("attention.head_count", n_head) || n_head == 0 || n_head > 1024) return "attention.head_count missing or out of range";
-    if (!need("attention.head_count_kv", n_head_kv)) n_head_kv = n_head;
-    if (n_head_kv == 0 || n_head % n_head_kv != 0) return "attention.head_count_kv must divide attention.head_count";
+    uint32_t n_embd = 0, n_dense = 0, n_ctx = 0;
+    std::vector<uint32_t> heads;
     head_dims hd;
-    if (std::string bad = read_head_dims(g, a, n_embd, n_head, hd); !bad.empty()) {
+    if (std::string bad = read_attention(g, a, n_block, n_embd, heads, hd); !bad.empty()) {
         return bad;
     }
     // both graphs assert head dim K == V == the rotated width

@@ -34,13 +34,9 @@ std::string check_hparams(const gguf_context * g, uint32_t n_block, uint32_t /*n
         }
     }
     uint32_t n_embd = 0, n_ctx = 0;
-    if (!need("embedding_length", n_embd) || n_embd == 0 || n_embd > (1u << 17)) return "embedding_length missing or out of range";
     std::vector<uint32_t> heads;
-    if (std::string bad = check_layer_heads(g, a, n_block, heads); !bad.empty()) {
-        return bad;
-    }
     head_dims hd;
-    if (std::string bad = read_head_dims(g, a, n_embd, heads[0], hd); !bad.empty()) {
+    if (std::string bad = read_attention(g, a, n_block, n_embd, heads, hd); !bad.empty()) {
         return bad;
     }
     // window layers rotate rope.dimension_count dims, full-attention layers half of them: both even

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..bpe import Tokenizer, train_bpe
 from ..gguf_writer import write_gguf
-from .common import apply_norm_noise, embeddings_and_head, ffn_weights, nextn_weights, rng_normal
+from .common import apply_norm_noise, embeddings_and_head, ffn_weights, moe_keys, nextn_weights, rng_normal
 
 ARCH = "cohere2moe"
 
@@ -92,21 +92,14 @@ def write_synthetic(path: str | Path, spec: SyntheticSpec = SyntheticSpec(), tok
     declared = 1 if (spec.nextn != "none" or spec.nextn_declared) else 0
 
     def hparams(w) -> None:  # the converter's keys: TextModel's, then Cohere2MoeModel's
-        w.add_block_count(spec.n_layer + declared)
-        w.add_embedding_length(spec.n_embd)
-        w.add_feed_forward_length(spec.n_ff)
+        moe_keys(w, spec, spec.n_layer + declared)
         w.add_head_count(spec.n_head)
         w.add_head_count_kv(spec.n_head_kv)
-        w.add_rope_freq_base(10000.0)
         w.add_layer_norm_eps(1e-5)
-        w.add_expert_count(spec.n_expert)
-        w.add_expert_used_count(spec.n_expert_used)
-        w.add_key_length(spec.head_dim)
         w.add_value_length(spec.head_dim)
         w.add_logit_scale(spec.logit_scale)
         w.add_sliding_window(spec.n_swa)
         w.add_sliding_window_pattern(list(spec.pattern))
-        w.add_expert_feed_forward_length(spec.n_ff_exp)
         w.add_leading_dense_block_count(spec.n_dense_lead)
         w.add_expert_weights_norm(False)
         if spec.n_expert_shared:

@@ -103,3 +103,17 @@ def add_second_successor(W: dict[str, np.ndarray], n_layer: int, n_embd: int, to
         if key in W:
             W[key][second] += unit[normal] * (3.0 / np.sqrt(n_embd))
     return W
+
+
+def moe_keys(w, spec, n_block: int) -> None:
+    """The keys the MoE converters of hy_v3, mimo2, step35 and cohere2moe write alike (TextModel's and
+    their expert sizes): the block count, the widths, the key length, the expert counts, the RoPE
+    base.  Each writer adds the rest."""
+    w.add_block_count(n_block)
+    w.add_embedding_length(spec.n_embd)
+    w.add_feed_forward_length(spec.n_ff)
+    w.add_key_length(spec.head_dim)
+    w.add_rope_freq_base(10000.0)
+    w.add_expert_count(spec.n_expert)
+    w.add_expert_used_count(spec.n_expert_used)
+    w.add_expert_feed_forward_length(spec.n_ff_exp)

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..bpe import Tokenizer, train_bpe
 from ..gguf_writer import write_gguf
-from .common import apply_norm_noise, embeddings_and_head, ffn_weights, nextn_weights, rng_normal
+from .common import apply_norm_noise, embeddings_and_head, ffn_weights, moe_keys, nextn_weights, rng_normal
 
 ARCH = "hy_v3"
 
@@ -103,18 +103,11 @@ def write_synthetic(path: str | Path, spec: SyntheticSpec = SyntheticSpec(), tok
     declared = spec.n_nextn if (spec.nextn != "none" or spec.nextn_declared) else 0
 
     def hparams(w) -> None:  # the converter's keys: TextModel's, then HYV3Model's
-        w.add_block_count(spec.n_layer + declared)
-        w.add_embedding_length(spec.n_embd)
-        w.add_feed_forward_length(spec.n_ff)
+        moe_keys(w, spec, spec.n_layer + declared)
         w.add_head_count(spec.n_head)
         w.add_head_count_kv(spec.n_head_kv)
-        w.add_rope_freq_base(10000.0)
         w.add_layer_norm_rms_eps(1e-5)
-        w.add_expert_count(spec.n_expert)
-        w.add_expert_used_count(spec.n_expert_used)
-        w.add_key_length(spec.head_dim)
         w.add_value_length(spec.head_dim)
-        w.add_expert_feed_forward_length(spec.n_ff_exp)
         w.add_expert_shared_feed_forward_length(spec.n_ff_exp * spec.n_expert_shared)
         w.add_expert_weights_norm(spec.expert_weights_norm)
         w.add_expert_weights_scale(spec.expert_weights_scale)

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..bpe import Tokenizer, train_bpe
 from ..gguf_writer import write_gguf
-from .common import apply_norm_noise, embeddings_and_head, ffn_weights, nextn_weights, rng_normal
+from .common import apply_norm_noise, embeddings_and_head, ffn_weights, moe_keys, nextn_weights, rng_normal
 
 ARCH = "mimo2"
 
@@ -113,19 +113,12 @@ def write_synthetic(path: str | Path, spec: SyntheticSpec = SyntheticSpec(), tok
     swa = is_swa(spec)[: spec.n_layer + declared]
 
     def hparams(w) -> None:  # the converter's keys: TextModel's, then MimoV2Model's
-        w.add_block_count(spec.n_layer + declared)
-        w.add_embedding_length(spec.n_embd)
-        w.add_feed_forward_length(spec.n_ff)
+        moe_keys(w, spec, spec.n_layer + declared)
         w.add_head_count(spec.n_head)
-        w.add_key_length(spec.head_dim)
-        w.add_rope_freq_base(10000.0)
-        w.add_expert_used_count(spec.n_expert_used)
         w.add_head_count_kv([spec.n_head_kv_swa if s else spec.n_head_kv for s in swa])
         w.add_sliding_window(spec.n_swa)
         w.add_sliding_window_pattern(swa)
         w.add_value_length(spec.v_head_dim)
-        w.add_expert_count(spec.n_expert)
-        w.add_expert_feed_forward_length(spec.n_ff_exp)
         w.add_rope_dimension_count(spec.n_rot)
         w.add_layer_norm_rms_eps(1e-5)
         w.add_float32(f"{ARCH}.attention.value_scale", spec.value_scale)

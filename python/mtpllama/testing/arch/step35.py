@@ -18,7 +18,7 @@ import numpy as np
 
 from ..bpe import Tokenizer, train_bpe
 from ..gguf_writer import write_gguf
-from .common import apply_norm_noise, embeddings_and_head, ffn_weights, nextn_weights, rng_normal
+from .common import apply_norm_noise, embeddings_and_head, ffn_weights, moe_keys, nextn_weights, rng_normal
 
 ARCH = "step35"
 
@@ -117,19 +117,12 @@ def write_synthetic(path: str | Path, spec: SyntheticSpec = SyntheticSpec(), tok
     swa = is_swa(spec)[: spec.n_layer + declared]
 
     def hparams(w) -> None:  # the converter's keys: TextModel's, then Step35Model's
-        w.add_block_count(spec.n_layer + declared)
-        w.add_embedding_length(spec.n_embd)
-        w.add_feed_forward_length(spec.n_ff)
-        w.add_rope_freq_base(10000.0)
-        w.add_key_length(spec.head_dim)
+        moe_keys(w, spec, spec.n_layer + declared)
         w.add_head_count([spec.n_head_swa if s else spec.n_head for s in swa])
         w.add_head_count_kv([spec.n_head_kv_swa if s else spec.n_head_kv for s in swa])
         w.add_sliding_window(spec.n_swa)
         w.add_sliding_window_pattern([bool(s) for s in swa])
         w.add_value_length(spec.head_dim)
-        w.add_expert_count(spec.n_expert)
-        w.add_expert_used_count(spec.n_expert_used)
-        w.add_expert_feed_forward_length(spec.n_ff_exp)
         w.add_expert_shared_feed_forward_length(spec.n_ff_exp * spec.n_expert_shared)
         w.add_expert_weights_scale(1.0)
         w.add_expert_weights_norm(True)
