@@ -105,6 +105,20 @@ def add_second_successor(W: dict[str, np.ndarray], n_layer: int, n_embd: int, to
     return W
 
 
+def chained_nextn_blocks(W: dict[str, np.ndarray], rng: np.random.Generator, spec, emb: np.ndarray,
+                         out: np.ndarray, block, moe: bool, head_norm: str = "nextn.shared_head_norm.weight") -> None:
+    """spec.n_nextn NextN blocks after the trunk (block(n, moe=moe) writes each one's decoder block),
+    each block's head norm stored under head_norm, and the heads spec.broken_heads names flattened:
+    their head norm is zero, so they draft the first vocabulary token (a test can see which head
+    drafted which position)."""
+    for j in range(spec.n_nextn):
+        n = spec.n_layer + j
+        block(n, moe=moe)
+        nextn_weights(W, rng, n, spec.n_embd, spec, emb, out)
+        norm = W.pop(f"blk.{n}.nextn.shared_head_norm.weight")
+        W[f"blk.{n}.{head_norm}"] = np.zeros_like(norm) if j in spec.broken_heads else norm
+
+
 def moe_keys(w, spec, n_block: int) -> None:
     """The keys the MoE converters of hy_v3, mimo2, step35 and cohere2moe write alike (TextModel's and
     their expert sizes): the block count, the widths, the key length, the expert counts, the RoPE

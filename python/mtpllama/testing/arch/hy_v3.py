@@ -7,8 +7,7 @@ the trunk, each a full decoder block whose final norm the converter names
 The weights follow glm4moe's recipe (see that module): the trunk mostly maps a token to a fixed
 successor, and each NextN block's token path predicts the successor of the token it is fed, so
 every head of a chain drafts the token its position wants, as often as the noise lets it.
-``broken_heads`` flattens the logits of the heads it names (their norm weight times 0): such a
-head drafts the first vocabulary token, a test's way to see which head drafted which position.
+``broken_heads`` flattens the heads it names (common.chained_nextn_blocks).
 """
 from __future__ import annotations
 
@@ -19,7 +18,7 @@ import numpy as np
 
 from ..bpe import Tokenizer, train_bpe
 from ..gguf_writer import write_gguf
-from .common import apply_norm_noise, embeddings_and_head, ffn_weights, moe_keys, nextn_weights, rng_normal
+from .common import apply_norm_noise, chained_nextn_blocks, embeddings_and_head, ffn_weights, moe_keys, rng_normal
 
 ARCH = "hy_v3"
 
@@ -44,7 +43,7 @@ class SyntheticSpec:
     expert_weights_scale: float = 1.0
     nextn: str = "tied"              # "tied" (Hy3: the trunk's embeddings and head), "own", "none"
     nextn_declared: bool = True      # with nextn="none": still declare the blocks (a trunk-only file)
-    broken_heads: tuple[int, ...] = ()  # heads whose logits are flat (see the module docstring)
+    broken_heads: tuple[int, ...] = ()  # heads whose logits are flat (common.chained_nextn_blocks)
     n_ctx_train: int = 2048
     noise: float = 1.4               # scale of the layers' contributions: higher = less agreement
     norm_noise: float = 0.0          # > 0: RMS-norm weights times 1 + N(0, norm_noise) (common.apply_norm_noise)
@@ -78,12 +77,7 @@ def synthetic_weights(spec: SyntheticSpec, tok: Tokenizer) -> dict[str, np.ndarr
     for i in range(spec.n_layer):
         block(i, moe=i >= spec.n_dense_lead)
     if spec.nextn != "none":
-        for j in range(spec.n_nextn):
-            n = spec.n_layer + j
-            block(n, moe=True)
-            nextn_weights(W, rng, n, d, spec, emb, out)
-            if j in spec.broken_heads:
-                W[f"blk.{n}.nextn.shared_head_norm.weight"] = np.zeros(d, np.float32)
+        chained_nextn_blocks(W, rng, spec, emb, out, block, moe=True)
     apply_norm_noise(W, spec)
     # the router's selection bias has no suffix in these files (the loader asks for blk.N.exp_probs_b)
     return {(k[:-len(".bias")] if k.endswith("exp_probs_b.bias") else k): v for k, v in W.items()}

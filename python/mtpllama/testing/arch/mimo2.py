@@ -6,8 +6,8 @@ entry per NextN block) whose KV head counts differ (one per block), attention si
 shared experts, and ``nextn_predict_layers`` NextN blocks appended after the trunk (the checkpoints
 ship 3), each with a dense FFN and its final norm stored as ``layer_output_norm``.
 
-The weights follow glm4moe's recipe (see that module); ``broken_heads`` flattens the named heads'
-logits, as in the hy_v3 writer.
+The weights follow glm4moe's recipe (see that module); ``broken_heads`` flattens the named heads
+(common.chained_nextn_blocks).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import numpy as np
 
 from ..bpe import Tokenizer, train_bpe
 from ..gguf_writer import write_gguf
-from .common import apply_norm_noise, embeddings_and_head, ffn_weights, moe_keys, nextn_weights, rng_normal
+from .common import apply_norm_noise, chained_nextn_blocks, embeddings_and_head, ffn_weights, moe_keys, rng_normal
 
 ARCH = "mimo2"
 
@@ -48,7 +48,7 @@ class SyntheticSpec:
     n_ff_exp: int = 32
     nextn: str = "tied"              # "tied" (the checkpoints), "own", "none"
     nextn_declared: bool = True      # with nextn="none": still declare the blocks (a trunk-only file)
-    broken_heads: tuple[int, ...] = ()  # heads whose logits are flat (hy_v3's writer explains)
+    broken_heads: tuple[int, ...] = ()  # heads whose logits are flat (common.chained_nextn_blocks)
     n_ctx_train: int = 2048
     noise: float = 1.4
     norm_noise: float = 0.0
@@ -87,15 +87,8 @@ def synthetic_weights(spec: SyntheticSpec, tok: Tokenizer) -> dict[str, np.ndarr
 
     for i in range(spec.n_layer):
         block(i, moe=i >= spec.n_dense_lead)
-    if spec.nextn != "none":
-        for j in range(spec.n_nextn):
-            n = spec.n_layer + j
-            block(n, moe=False)
-            nextn_weights(W, rng, n, d, spec, emb, out)
-            # the converter maps the block's final_layernorm to layer_output_norm
-            W[f"blk.{n}.layer_output_norm.weight"] = W.pop(f"blk.{n}.nextn.shared_head_norm.weight")
-            if j in spec.broken_heads:
-                W[f"blk.{n}.layer_output_norm.weight"] = np.zeros(d, np.float32)
+    if spec.nextn != "none":  # the converter maps the blocks' final_layernorm to layer_output_norm
+        chained_nextn_blocks(W, rng, spec, emb, out, block, moe=False, head_norm="layer_output_norm.weight")
     apply_norm_noise(W, spec)
     return W
 

@@ -6,8 +6,8 @@ after leading dense blocks, and ``nextn_predict_layers`` NextN blocks appended a
 a full MoE decoder block with its own head (``shared_head.output`` renamed to
 ``nextn.shared_head_head``) and head norm.
 
-The weights follow glm4moe's recipe (see that module); ``broken_heads`` flattens the named heads'
-logits, as in the hy_v3 writer.
+The weights follow glm4moe's recipe (see that module); ``broken_heads`` flattens the named heads
+(common.chained_nextn_blocks).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import numpy as np
 
 from ..bpe import Tokenizer, train_bpe
 from ..gguf_writer import write_gguf
-from .common import apply_norm_noise, embeddings_and_head, ffn_weights, moe_keys, nextn_weights, rng_normal
+from .common import apply_norm_noise, chained_nextn_blocks, embeddings_and_head, ffn_weights, moe_keys, rng_normal
 
 ARCH = "step35"
 
@@ -46,7 +46,7 @@ class SyntheticSpec:
     n_ff_exp: int = 32
     nextn: str = "own"               # "own" (the checkpoints: own head, trunk's embeddings too), "tied", "none"
     nextn_declared: bool = True      # with nextn="none": still declare the blocks (a trunk-only file)
-    broken_heads: tuple[int, ...] = ()  # heads whose logits are flat (hy_v3's writer explains)
+    broken_heads: tuple[int, ...] = ()  # heads whose logits are flat (common.chained_nextn_blocks)
     n_ctx_train: int = 2048
     noise: float = 1.4
     norm_noise: float = 0.0
@@ -91,13 +91,9 @@ def synthetic_weights(spec: SyntheticSpec, tok: Tokenizer) -> dict[str, np.ndarr
     for i in range(spec.n_layer):
         block(i, moe=i >= spec.n_dense_lead)
     if spec.nextn != "none":
-        for j in range(spec.n_nextn):
-            n = spec.n_layer + j
-            block(n, moe=True)
-            nextn_weights(W, rng, n, d, spec, emb, out)
-            W.pop(f"blk.{n}.nextn.embed_tokens.weight", None)  # the checkpoints share the trunk's
-            if j in spec.broken_heads:
-                W[f"blk.{n}.nextn.shared_head_norm.weight"] = np.zeros(d, np.float32)
+        chained_nextn_blocks(W, rng, spec, emb, out, block, moe=True)
+        for j in range(spec.n_nextn):  # the checkpoints share the trunk's embeddings
+            W.pop(f"blk.{spec.n_layer + j}.nextn.embed_tokens.weight", None)
     apply_norm_noise(W, spec)
     return W
 
