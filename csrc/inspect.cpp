@@ -294,6 +294,9 @@ int32_t read_file_facts(const std::string & path, file_facts & out) {
     if (bad.empty()) {
         bad = check_expert_groups(g, out.arch + ".");
     }
+    if (bad.empty() && out.def->check_data) {
+        bad = out.def->check_data(g, path);
+    }
     if (!bad.empty()) {
         return fail(MTPL_ERR_MODEL_LOAD, "invalid GGUF metadata in " + path + ": " + bad);
     }

@@ -254,6 +254,7 @@ int32_t model_load(const mtpl_model_params & p, mtpl_model ** out) {
     std::snprintf(info.name, sizeof(info.name), "%s", facts.name.c_str());
     info.n_vocab = llama_vocab_n_tokens(m->vocab);
     info.n_embd = llama_model_n_embd(m->model);
+    info.n_embd_state = llama_model_n_embd_out(m->model);
     info.n_layer = llama_model_n_layer(m->model);
     const file_facts & nextn = head_path.empty() ? facts : head;
     info.n_layer_nextn = (int32_t) nextn.nextn;

@@ -74,6 +74,8 @@ typedef struct mtpl_model_info {
     char name[128];
     int32_t n_vocab;
     int32_t n_embd;
+    int32_t n_embd_state;           /* floats in a trunk state handed to the MTP head: n_embd, or wider
+                                       (DeepSeek-V4's hyper-connection lanes) */
     int32_t n_layer;                /* trunk layers (without NextN blocks) */
     int32_t n_layer_nextn;          /* nextn_predict_layers declared by the file */
     int32_t n_ctx_train;
@@ -333,9 +335,9 @@ typedef struct mtpl_debug_event {
     int32_t pos;
     int32_t token;
     int32_t call;                   /* index of the graph evaluation (rows of one batch share it) */
-    int64_t h_in;                   /* offset of n_embd floats in the float arena, or -1 */
+    int64_t h_in;                   /* offset of n_embd_state floats in the float arena, or -1 */
     int64_t logits;                 /* offset of n_vocab floats, or -1 */
-    int64_t h_out;                  /* offset of n_embd floats, or -1 */
+    int64_t h_out;                  /* offset of n_embd_state floats, or -1 */
 } mtpl_debug_event;
 
 /* start (1, clearing the log) or stop (0) recording debug events */

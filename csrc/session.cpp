@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "llama-ext.h"
+#include "llama-kv-cache-dsv4.h"
 #include "llama-memory-hybrid.h"
 #include "llama-memory-recurrent.h"
 #include "llama_ops.h"
@@ -88,6 +89,14 @@ bool trunk_forget(mtpl_session * s, int32_t pos) {
     if (s->test_skip_rollback) {  // keep the state of every evaluated position: what omitting the restore does
         if (auto * hybrid = dynamic_cast<llama_memory_hybrid *>(mem)) {
             hybrid->get_mem_recr()->set_rs_idx(0, 0);
+        } else if (auto * dsv4 = dynamic_cast<llama_kv_cache_dsv4 *>(mem)) {  // its compressors' windows
+            int32_t n_seq_id = 1;
+            llama_seq_id seq = 0, * seqs = &seq;
+            llama_ubatch ub{};
+            ub.n_tokens = 1;
+            ub.n_seq_id = &n_seq_id;
+            ub.seq_id = &seqs;
+            dsv4->reset_rs_idx_for_ubatches({ub});
         }
     }
     return true;
@@ -196,7 +205,7 @@ int32_t session_create(mtpl_model * model, const mtpl_session_params & p, mtpl_s
     s->n_ctx = n_ctx;
     s->n_batch = n_batch;
     s->n_vocab = info.n_vocab;
-    s->tr.n_embd = info.n_embd;
+    s->tr.n_embd = info.n_embd_state;
     s->tr.n_vocab = info.n_vocab;
     model->n_sessions++;  // balanced by session_destroy
 
@@ -226,7 +235,7 @@ int32_t session_create(mtpl_model * model, const mtpl_session_params & p, mtpl_s
                                            std::string(model->arch->name) + ": rejected drafts could not be rolled back");
     }
     s->mtp = p.mtp != 0;
-    if (!s->trunk || (s->mtp && !proposer_init(s->prop, model->head ? model->head : model->model, cp, info.n_embd, info.n_vocab, &s->tr))) {
+    if (!s->trunk || (s->mtp && !proposer_init(s->prop, model->head ? model->head : model->model, cp, info.n_embd_state, info.n_vocab, &s->tr))) {
         const std::string why = upstream_error();
         session_destroy(s);
         return fail(MTPL_ERR_MODEL_LOAD, "could not create the llama.cpp context" + (why.empty() ? "" : ": " + why));

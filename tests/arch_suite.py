@@ -43,6 +43,7 @@ class ArchSuite:
     W = None                    # the architecture's writer module (mtpllama.testing.arch); the module's
                                 # FILES: SyntheticSpecs by name, "f32" (the model), "f16", "q8_0", ...
     FUZZ_SEED = 0
+    SAMPLED_N = 6000            # draws a side in the sampled test (fewer where a draw is slow)
 
     def sampled_prompt(self, model) -> list[int]:
         """The prefix the sampled test continues (its first 4 tokens must vary enough)."""
@@ -84,7 +85,7 @@ class ArchSuite:
     @pytest.mark.slow
     def test_sampled_mtp_has_plain_sampling_distribution(self, model):
         """Three drafts a step, verified as the defaults verify (see mla_cases.check_sampled_distribution)."""
-        check_sampled_distribution(model, self.sampled_prompt(model), 6000)
+        check_sampled_distribution(model, self.sampled_prompt(model), self.SAMPLED_N)
 
 
 class HeadsSuite(ArchSuite):

@@ -168,6 +168,35 @@ for _arch in ("hy_v3", "mimo2", "step35", "cohere2moe"):
         "attention.sliding_window_pattern": [0, 1, 2, 3, 2**32 - 1],
     }.items()})
 
+# deepseek4: the attention, indexer, compressor, hyper-connection and routing keys
+BAD_VALUES.update({"deepseek4." + k: v for k, v in {
+    "block_count": [0, 1, 2, 4, 6, 10_000, 2**32 - 1],
+    "nextn_predict_layers": [0, 1, 2, 4, 2**32 - 1],
+    "embedding_length": [0, 1, 63, 65, 2**31],
+    "attention.head_count": [0, 3, 5, 64, 2**32 - 1],
+    "attention.head_count_kv": [0, 2, 4, 2**32 - 1],
+    "attention.key_length": [0, 8, 64, 127, 2**20],
+    "attention.value_length": [0, 8, 64, 127, 2**20],
+    "rope.dimension_count": [0, 1, 7, 64, 256, 2**31],
+    "attention.q_lora_rank": [0, 1, 33, 2**31],
+    "attention.output_group_count": [0, 1, 3, 8, 2**32 - 1],
+    "attention.output_lora_rank": [0, 1, 31, 2**31],
+    "attention.sliding_window": [0, 1, 2**32 - 1],
+    "attention.indexer.head_count": [0, 1, 3, 2**32 - 1],
+    "attention.indexer.key_length": [0, 32, 63, 128, 2**20],
+    "attention.indexer.top_k": [0, 1, 2**32 - 1],
+    "hyper_connection.count": [0, 1, 2, 8, 2**32 - 1],
+    "hyper_connection.sinkhorn_iterations": [0, 1, 2**32 - 1],
+    "hash_layer_count": [0, 2, 4, 5, 2**32 - 1],
+    "expert_count": [0, 1, 7, 9, 100_000],
+    "expert_used_count": [0, 3, 9, 100_000],
+    "expert_feed_forward_length": [0, 16, 33, 2**31],
+    "expert_shared_count": [0, 2, 100],
+    "expert_gating_func": [0, 1, 2, 3, 99],
+    "context_length": [0, 1, 2**32 - 1],
+}.items()})
+
+
 def read_kv_layout(data: bytes):
     """Offsets of the scalar integer KV values in a GGUF file: {key: (offset, struct format)}."""
     off = 4 + 4

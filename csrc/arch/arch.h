@@ -30,6 +30,9 @@ struct arch_def {
     bool recurrent;
     // the attention kind and its shape, for inspect (after check_hparams passed)
     std::string (*attention)(const gguf_context * g) = nullptr;
+    // tensor contents llama.cpp indexes with (after check_hparams passed; path: the file g was read
+    // from): "" when in range, else what is wrong
+    std::string (*check_data)(const gguf_context * g, const std::string & path) = nullptr;
 };
 
 // Block b's FFN weights as a graph that picks the FFN by the router needs them: a router with all

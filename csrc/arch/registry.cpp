@@ -18,6 +18,7 @@ const arch_def * const k_archs[] = {
     &arch_mimo2,
     &arch_step35,
     &arch_cohere2moe,
+    &arch_deepseek4,
 };
 
 } // namespace

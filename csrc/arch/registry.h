@@ -18,5 +18,6 @@ extern const arch_def arch_hy_v3;
 extern const arch_def arch_mimo2;
 extern const arch_def arch_step35;
 extern const arch_def arch_cohere2moe;
+extern const arch_def arch_deepseek4;
 
 } // namespace mtpl

@@ -28,6 +28,9 @@ class ModelInfo:
     name: str
     n_vocab: int
     n_embd: int
+    n_embd_state: int
+    """Floats in a trunk state handed to the MTP head: n_embd, or 4 x n_embd with DeepSeek-V4's
+    hyper-connection lanes."""
     n_layer: int
     """Trunk layers, without NextN blocks."""
     n_layer_nextn: int
@@ -219,7 +222,8 @@ class Model(_Closeable):
         _lib.check(lib.mtpl_model_get_info(self._handle, info))
         self.info = ModelInfo(
             arch=ffi.string(info.arch).decode(), name=ffi.string(info.name).decode(errors="replace"),
-            n_vocab=info.n_vocab, n_embd=info.n_embd, n_layer=info.n_layer, n_layer_nextn=info.n_layer_nextn,
+            n_vocab=info.n_vocab, n_embd=info.n_embd, n_embd_state=info.n_embd_state,
+            n_layer=info.n_layer, n_layer_nextn=info.n_layer_nextn,
             n_ctx_train=info.n_ctx_train, file_has_mtp=bool(info.file_has_mtp), mtp_loaded=bool(info.mtp_loaded),
             n_tensors_file=info.n_tensors_file, n_tensors_nextn_file=info.n_tensors_nextn_file,
             token_eos=info.token_eos, model_bytes=info.model_bytes, nextn_bytes_file=info.nextn_bytes_file,
@@ -623,7 +627,7 @@ class Session(_Closeable):
         lib.mtpl_session_debug_floats(self._ptr(), ffi.NULL, 0, nf)
         fl = np.zeros(max(1, nf[0]), dtype=np.float32)
         _lib.check(lib.mtpl_session_debug_floats(self._ptr(), ffi.cast("float *", fl.ctypes.data), nf[0], nf))
-        d, v = self.model.info.n_embd, self.model.info.n_vocab
+        d, v = self.model.info.n_embd_state, self.model.info.n_vocab
         kinds = {0: "trunk", 1: "mtp", 2: "trunk_forget", 3: "mtp_forget", 4: "reset"}
 
         def cut(off: int, size: int):

@@ -15,6 +15,8 @@ def store(arr: np.ndarray, dtype: str):
     """Convert a weight for writing: (data, raw ggml type or None)."""
     import gguf
 
+    if arr.dtype.kind in "iu":                              # index tables (e.g. token-id routing)
+        return arr, None
     if arr.ndim == 1 or dtype == "f32":
         return arr.astype(np.float32), None
     if dtype == "f16":

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import (bailingmoe3, cohere2moe, deepseek2, deepseek32, glm4moe, glm_dsa, hy_v3, mimo2, nemotron_h_moe, qwen3next,
+from . import (bailingmoe3, cohere2moe, deepseek2, deepseek4, deepseek32, glm4moe, glm_dsa, hy_v3, mimo2, nemotron_h_moe, qwen3next,
                qwen35, qwen35moe, step35)
 
 WRITERS: dict[str, ModuleType] = {
@@ -28,4 +28,5 @@ WRITERS: dict[str, ModuleType] = {
     mimo2.ARCH: mimo2,
     step35.ARCH: step35,
     cohere2moe.ARCH: cohere2moe,
+    deepseek4.ARCH: deepseek4,
 }
