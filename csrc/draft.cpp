@@ -107,7 +107,7 @@ int32_t lowest_past(const proposer & p) {
 
 // Backlog rows below every head's n_past are no longer needed.
 void trim_backlog(proposer & p) {
-    const size_t row = (size_t) p.n_embd;
+    const size_t row = (size_t) p.n_state;
     const int32_t n_rows = (int32_t) (p.backlog.size() / row);
     const int32_t drop = std::clamp(lowest_past(p) - p.bl_start, 0, n_rows);
     if (drop > 0) {
@@ -119,7 +119,7 @@ void trim_backlog(proposer & p) {
 // The trunk position head h's next evaluation starts at: the backlog's first row it lacks, or the
 // head entry when it lacks none.
 int32_t first_row(const proposer & p, const head_lane & h, int32_t n_trunk) {
-    const int32_t bl_end = p.bl_start + (int32_t) (p.backlog.size() / (size_t) p.n_embd);
+    const int32_t bl_end = p.bl_start + (int32_t) (p.backlog.size() / (size_t) p.n_state);
     return p.backlog.empty() ? n_trunk : std::min(std::max(p.bl_start, h.n_past), bl_end);
 }
 
@@ -133,7 +133,7 @@ int32_t head_call(proposer & p, int32_t j, const std::vector<int32_t> & tokens, 
     head_lane & h = p.heads[(size_t) j];
     const bool traced = j == 0;  // the trace (and the references replaying it) follow the first head
     drop_drafts(p, h);
-    const size_t row = (size_t) p.n_embd;
+    const size_t row = (size_t) p.n_state;
     const int32_t first = first_row(p, h, n_trunk);
     const auto state = [&](int32_t pos) {
         return pos > n_trunk ? p.chain.data() + (size_t) (pos - n_trunk) * row
@@ -151,7 +151,7 @@ int32_t head_call(proposer & p, int32_t j, const std::vector<int32_t> & tokens, 
         const int32_t n = std::min(end - pos, p.n_batch);
         llama_batch_ext_clear(h.batch);
         for (int32_t i = 0; i < n; ++i) {
-            batch_add(h.batch, token(pos + i), pos + i - shift, pos + i == end - 1, state(pos + i), p.n_embd);
+            batch_add(h.batch, token(pos + i), pos + i - shift, pos + i == end - 1, state(pos + i), p.n_state);
         }
         n_calls++;
         if (int32_t st = process(h.ctx, h.batch, cancel, "MTP evaluation"); st != MTPL_OK) {
@@ -207,7 +207,7 @@ float top_prob(const float * logits, int32_t n_vocab, int32_t top) {
     return (float) (1.0 / sum_exp_below(logits, n_vocab, logits[top]));
 }
 
-bool proposer_init(proposer & p, llama_model * model, llama_context_params cp, int32_t n_embd, int32_t n_vocab,
+bool proposer_init(proposer & p, llama_model * model, llama_context_params cp, int32_t n_state, int32_t n_vocab,
                    trace * tr) {
     cp.ctx_type = LLAMA_CONTEXT_TYPE_MTP;
     // every MTP call outputs one row (the head entry, or a draft): buffers for one output row,
@@ -226,10 +226,10 @@ bool proposer_init(proposer & p, llama_model * model, llama_context_params cp, i
         llama_set_embeddings_nextn(h.ctx, true, true);
         h.batch = llama_batch_ext_init(h.ctx);
     }
-    p.n_embd = n_embd;
+    p.n_state = n_state;
     p.n_vocab = n_vocab;
     p.n_batch = (int32_t) cp.n_batch;
-    p.h_last.assign((size_t) n_embd, 0.0f);
+    p.h_last.assign((size_t) n_state, 0.0f);
     p.tr = tr;
     proposer_reset(p);
     return true;
@@ -267,7 +267,7 @@ void proposer_observe(proposer & p, llama_context * trunk, int32_t pos0, int32_t
         p.h_valid = false;
         return;
     }
-    const size_t row = (size_t) p.n_embd;
+    const size_t row = (size_t) p.n_state;
     const int32_t lo = lowest_past(p);
     for (int32_t i = 0; i < n_rows; ++i) {
         if (pos0 + i >= lo && p.h_valid) {
@@ -294,11 +294,11 @@ void proposer_truncate(proposer & p, int32_t n_keep, const float * h_last) {
             forget_head(p, h, n_keep);
         }
     }
-    const int32_t n_rows = (int32_t) (p.backlog.size() / (size_t) p.n_embd);
-    p.backlog.resize((size_t) std::clamp(n_keep - p.bl_start, 0, n_rows) * (size_t) p.n_embd);
+    const int32_t n_rows = (int32_t) (p.backlog.size() / (size_t) p.n_state);
+    p.backlog.resize((size_t) std::clamp(n_keep - p.bl_start, 0, n_rows) * (size_t) p.n_state);
     p.h_valid = h_last != nullptr;
     if (p.h_valid) {
-        std::memcpy(p.h_last.data(), h_last, (size_t) p.n_embd * sizeof(float));
+        std::memcpy(p.h_last.data(), h_last, (size_t) p.n_state * sizeof(float));
     }
     p.kept_up = false;
 }
@@ -320,7 +320,7 @@ int32_t proposer_draft(proposer & p, const std::vector<int32_t> & tokens, int32_
         return MTPL_OK;
     }
     const int32_t n_heads = (int32_t) p.heads.size();
-    const size_t row = (size_t) p.n_embd;
+    const size_t row = (size_t) p.n_state;
     int32_t last = 0;
     out.n_behind = n_trunk - first_row(p, p.heads[0], n_trunk);
     auto t0 = clock_type::now();
@@ -397,7 +397,7 @@ int32_t proposer_draft(proposer & p, const std::vector<int32_t> & tokens, int32_
             }
         } else {  // the last head again, on its own output
             llama_batch_ext_clear(from->batch);
-            batch_add(from->batch, tok, from->mtp_next + i, true, h_in, p.n_embd);
+            batch_add(from->batch, tok, from->mtp_next + i, true, h_in, p.n_state);
             out.n_calls++;
             if (int32_t st = process(from->ctx, from->batch, cancel, "MTP draft"); st != MTPL_OK) {
                 drop_drafts(p, *from);

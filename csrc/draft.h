@@ -47,7 +47,7 @@ struct head_lane {
 
 struct proposer {
     std::vector<head_lane> heads;  // heads[i] drafts the i-th token of a step (the last one beyond)
-    int32_t n_embd = 0;
+    int32_t n_state = 0;           // floats in a trunk state (mtpl_model_info.n_embd_state)
     int32_t n_vocab = 0;
     int32_t n_batch = 0;
     int32_t bl_start = 0;       // trunk position of the backlog's first row
@@ -73,7 +73,7 @@ struct draft_outcome {
 };
 
 // Create an MTP context per NextN block of model (cp: the trunk's context parameters).
-bool proposer_init(proposer & p, llama_model * model, llama_context_params cp, int32_t n_embd, int32_t n_vocab,
+bool proposer_init(proposer & p, llama_model * model, llama_context_params cp, int32_t n_state, int32_t n_vocab,
                    trace * tr);
 void proposer_free(proposer & p);
 void proposer_reset(proposer & p);

@@ -9,12 +9,12 @@
 
 namespace mtpl {
 
-void batch_add(llama_batch_ext * b, int32_t token, int32_t pos, bool output, const float * h, int32_t n_embd) {
+void batch_add(llama_batch_ext * b, int32_t token, int32_t pos, bool output, const float * h, int32_t n_state) {
     const int32_t idx = llama_batch_ext_add_token(b, 0, token);
     llama_batch_ext_set_pos(b, idx, &pos);
     llama_batch_ext_set_output_logits(b, idx, output);
     if (h) {
-        llama_batch_ext_set_embd_token(b, idx, llama_embd{h, 1, (size_t) n_embd});
+        llama_batch_ext_set_embd_token(b, idx, llama_embd{h, 1, (size_t) n_state});
     }
 }
 

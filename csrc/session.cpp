@@ -205,7 +205,7 @@ int32_t session_create(mtpl_model * model, const mtpl_session_params & p, mtpl_s
     s->n_ctx = n_ctx;
     s->n_batch = n_batch;
     s->n_vocab = info.n_vocab;
-    s->tr.n_embd = info.n_embd_state;
+    s->tr.n_state = info.n_embd_state;
     s->tr.n_vocab = info.n_vocab;
     model->n_sessions++;  // balanced by session_destroy
 

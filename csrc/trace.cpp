@@ -28,9 +28,9 @@ void trace::row(int32_t kind, int32_t pos, int32_t token, const float * h_in, co
         return;
     }
     mtpl_debug_event e{kind, pos, token, call, -1, -1, -1};
-    e.h_in = copy_floats(floats, h_in, n_embd);
+    e.h_in = copy_floats(floats, h_in, n_state);
     e.logits = copy_floats(floats, logits, n_vocab);
-    e.h_out = copy_floats(floats, h_out, n_embd);
+    e.h_out = copy_floats(floats, h_out, n_state);
     events.push_back(e);
 }
 
