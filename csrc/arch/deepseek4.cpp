@@ -39,18 +39,19 @@ bool float_per_layer(const gguf_context * g, const char * key, uint32_t n_block)
 std::string check_hparams(const gguf_context * g, uint32_t n_block, uint32_t n_nextn) {
     const auto need = [&](const char * key, uint32_t & v) { return get_uint(g, a + key, v); };
     const uint32_t n_layer = n_block - n_nextn;
-    uint32_t n_embd = 0, n_head = 0, n_head_kv = 0, k_len = 0, v_len = 0, n_rot = 0;
+    for (const char * key : {"attention.key_length", "attention.value_length", "rope.dimension_count"}) {
+        if (!uint_or_absent(g, a + key)) return a + key + " must be a non-negative integer scalar";
+    }
+    uint32_t n_embd = 0, n_head = 0, n_head_kv = 0;
     if (!need("embedding_length", n_embd) || n_embd == 0 || n_embd > (1u << 17)) return "embedding_length missing or out of range";
     if (!need("attention.head_count", n_head) || n_head == 0 || n_head > 1024) return "attention.head_count missing or out of [1, 1024]";
     // one K=V head shared by all query heads: the cache holds key_length values per position
     if (!need("attention.head_count_kv", n_head_kv) || n_head_kv != 1) return "attention.head_count_kv must be 1";
-    if (!need("attention.key_length", k_len) || !need("attention.value_length", v_len) || k_len != v_len || k_len == 0 ||
-        k_len > 4096) {
-        return "attention.key_length and value_length must be equal and in [1, 4096]";
-    }
-    if (!need("rope.dimension_count", n_rot) || n_rot % 2 != 0 || n_rot == 0 || n_rot > k_len) {
-        return "rope.dimension_count must be even and in [2, key_length]";
-    }
+    head_dims hd;
+    if (std::string bad = read_head_dims(g, a, n_embd, n_head, hd); !bad.empty()) return bad;
+    if (hd.k != hd.v) return "attention.key_length and value_length must be equal";
+    const uint32_t n_rot = hd.rot;
+    if (n_rot % 2 != 0 || n_rot == 0 || n_rot > hd.k) return "rope.dimension_count must be even and in [2, key_length]";
     uint32_t q_lora = 0, o_groups = 0, o_lora = 0, n_swa = 0;
     if (!need("attention.q_lora_rank", q_lora) || q_lora == 0 || q_lora > 65536) return "attention.q_lora_rank missing or out of [1, 65536]";
     if (!need("attention.output_group_count", o_groups) || o_groups == 0 || n_head % o_groups != 0) {
@@ -136,13 +137,14 @@ const char * const k_nextn_tensors[] = {"nextn.eh_proj.weight", "nextn.enorm.wei
                                         "ffn_down_shexp.weight", nullptr};
 
 std::string attention(const gguf_context * g) {
-    uint32_t n_head = 0, k_len = 0, n_rot = 0, n_swa = 0, i_top = 0;
+    uint32_t n_embd = 0, n_head = 0, n_swa = 0, i_top = 0;
+    get_uint(g, a + "embedding_length", n_embd);
     get_uint(g, a + "attention.head_count", n_head);
-    get_uint(g, a + "attention.key_length", k_len);
-    get_uint(g, a + "rope.dimension_count", n_rot);
+    head_dims hd;
+    read_head_dims(g, a, n_embd, n_head, hd);
     get_uint(g, a + "attention.sliding_window", n_swa);
     get_uint(g, a + "attention.indexer.top_k", i_top);
-    return "one shared K=V head of dim " + std::to_string(k_len) + " (RoPE " + std::to_string(n_rot) + ") for " +
+    return "one shared K=V head of dim " + std::to_string(hd.k) + " (RoPE " + std::to_string(hd.rot) + ") for " +
            std::to_string(n_head) + " query heads, window " + std::to_string(n_swa) +
            ", layers compressed 4x (indexer top-" + std::to_string(i_top) + ") or 128x; 4 hyper-connection lanes";
 }
