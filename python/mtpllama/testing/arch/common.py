@@ -120,7 +120,7 @@ def chained_nextn_blocks(W: dict[str, np.ndarray], rng: np.random.Generator, spe
 
 
 def moe_keys(w, spec, n_block: int) -> None:
-    """The keys the MoE converters of hy_v3, mimo2, step35 and cohere2moe write alike (TextModel's and
+    """The keys the MoE converters of hy_v3, mimo2, step35, cohere2moe and deepseek4 write alike (TextModel's and
     their expert sizes): the block count, the widths, the key length, the expert counts, the RoPE
     base.  Each writer adds the rest."""
     w.add_block_count(n_block)

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..bpe import Tokenizer, train_bpe
 from ..gguf_writer import write_gguf
-from .common import apply_norm_noise, embeddings_and_head, nextn_weights, rng_normal
+from .common import apply_norm_noise, embeddings_and_head, moe_keys, nextn_weights, rng_normal
 
 ARCH = "deepseek4"
 HC = 4                               # hyper-connection lanes: llama.cpp's graph asserts 4
@@ -160,22 +160,15 @@ def _write(path: str | Path, spec: SyntheticSpec, tok: Tokenizer, W: dict[str, n
     from .qwen35moe import replace_keys
 
     def hparams(w) -> None:  # TextModel's keys, then DeepseekV4Model's
-        w.add_block_count(n_block)
-        w.add_embedding_length(spec.n_embd)
-        w.add_feed_forward_length(spec.n_ff)
+        moe_keys(w, spec, n_block)
         w.add_head_count(spec.n_head)
         w.add_head_count_kv(1)
-        w.add_rope_freq_base(10000.0)
         w.add_layer_norm_rms_eps(1e-6)
-        w.add_expert_count(spec.n_expert)
-        w.add_expert_used_count(spec.n_expert_used)
         w.add_uint32(f"{ARCH}.expert_gating_func", SQRT_SOFTPLUS)
-        w.add_key_length(spec.head_dim)
         w.add_value_length(spec.head_dim)
         w.add_rope_dimension_count(spec.n_rot)
         w.add_q_lora_rank(spec.q_lora_rank)
         w.add_sliding_window(spec.n_swa)
-        w.add_expert_feed_forward_length(spec.n_ff_exp)
         w.add_expert_shared_count(spec.n_expert_shared)
         w.add_expert_weights_scale(1.5)
         w.add_expert_weights_norm(True)
