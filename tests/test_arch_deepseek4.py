@@ -98,16 +98,20 @@ def test_converter_files_draft_as_the_whole_file(tmp_path):
     assert max(float(np.abs(a - b).max()) for a, b in zip(drafts["pair"], drafts["whole"])) > 1e-3
 
 
-def test_trunk_only_file(tmp_path):
-    """A trunk-only file that still declares its NextN block (a quant that dropped the tensors): MTP
-    refused with the reason, plain decoding runs (deepseek4's loader probes for the block)."""
-    path = str(W.write_synthetic(tmp_path / "trunk.gguf", Spec(norm_noise=0.3, seed=907, nextn="none")))
+def test_trunk_only_files(tmp_path):
+    """The converter's trunk file (no NextN key) decodes plainly, MTP refused with the reason; one that
+    still declares its dropped block (a quant that removed the tensors only) is refused clearly:
+    llama.cpp's deepseek4 loader reads the block as a trunk layer and cannot load it."""
+    path = str(W.write_synthetic(tmp_path / "trunk.gguf", Spec(norm_noise=0.3, seed=907, nextn="none",
+                                                                 nextn_declared=False)))
     info = mtpllama.inspect(path)
-    assert info.kind == "trunk-only" and not info.has_mtp and "eh_proj" in info.mtp_problem
+    assert info.kind == "trunk-only" and not info.has_mtp
     with pytest.raises(mtpllama.NoMtpHeadError):
-        mtpllama.Model(path, mtp=True)
+        mtpllama.Model(path, mtp=True).session()
     with mtpllama.Model(path, mtp=False, session_defaults=ONE_THREAD) as m:
         assert len(m.generate("def foo(x):", 8).tokens) == 8
+    declared = str(W.write_synthetic(tmp_path / "declared.gguf", Spec(norm_noise=0.3, seed=907, nextn="none")))
+    bad_file_fails_clearly(declared, "declares a NextN block whose tensors are missing")
 
 
 class TestDeepseek4(ArchSuite):

@@ -30,8 +30,9 @@ struct arch_def {
     bool recurrent;
     // the attention kind and its shape, for inspect (after check_hparams passed)
     std::string (*attention)(const gguf_context * g) = nullptr;
-    // tensor contents llama.cpp indexes with (after check_hparams passed; path: the file g was read
-    // from): "" when in range, else what is wrong
+    // what the tensors must satisfy beyond the names the loader asks for, e.g. contents llama.cpp
+    // indexes with (after check_hparams passed; path: the file g was read from): "" when fine,
+    // else what is wrong
     std::string (*check_data)(const gguf_context * g, const std::string & path) = nullptr;
 };
 

@@ -105,12 +105,21 @@ std::string check_hparams(const gguf_context * g, uint32_t n_block, uint32_t n_n
     return "";
 }
 
-// The token-id routing tables of the hash layers (I32 [expert_used_count, n_vocab]): the MoE takes their
-// entries as expert indices, and one at or past expert_count aborts the process in the expert product.
+// A declared NextN block without its tensors: llama.cpp's loader then counts it as a trunk layer and
+// fails on its missing tensors, plain decoding too.  The token-id routing tables of the hash layers
+// (I32 [expert_used_count, n_vocab]): the MoE takes their entries as expert indices, and one at or
+// past expert_count aborts the process in the expert product.
 std::string check_data(const gguf_context * g, const std::string & path) {
-    uint32_t n_hash = 0, n_expert = 0;
+    uint32_t n_hash = 0, n_expert = 0, n_block = 0, n_nextn = 0;
     get_uint(g, a + "hash_layer_count", n_hash);
     get_uint(g, a + "expert_count", n_expert);
+    get_uint(g, a + "block_count", n_block);
+    if (get_uint(g, a + "nextn_predict_layers", n_nextn) && n_nextn > 0 &&
+        gguf_find_tensor(g, ("blk." + std::to_string(n_block - n_nextn) + ".nextn.eh_proj.weight").c_str()) < 0) {
+        return "nextn_predict_layers declares a NextN block whose tensors are missing: llama.cpp's deepseek4 loader "
+               "then reads it as a trunk layer and cannot load the file; remove the key (the converter's trunk file "
+               "has none)";
+    }
     for (uint32_t il = 0; il < n_hash; ++il) {
         const std::string name = "blk." + std::to_string(il) + ".ffn_gate_tid2eid.weight";
         const int64_t id = gguf_find_tensor(g, name.c_str());
