@@ -19,6 +19,7 @@ GLM46 = "GLM-4.6.jinja"
 GLM47_FLASH = "GLM-4.7-Flash.jinja"
 QWEN35 = "Qwen3.5-4B.jinja"
 DSV32 = "deepseek-ai-DeepSeek-V3.2.jinja"
+DSV4 = "deepseek-ai-DeepSeek-V4.jinja"
 QWEN3_CODER = "Qwen3-Coder.jinja"
 
 USER = [{"role": "user", "content": "Hey there!"}]
@@ -35,6 +36,7 @@ DSV32_CALL = ("<" + BAR + "DSML" + BAR + "function_calls>\n"
               "<" + BAR + "DSML" + BAR + "parameter name=\"arg1\" string=\"false\">1</" + BAR + "DSML" + BAR + "parameter>\n"
               "</" + BAR + "DSML" + BAR + "invoke>\n"
               "</" + BAR + "DSML" + BAR + "function_calls>")
+DSV4_CALL = DSV32_CALL.replace("function_calls>", "tool_calls>")  # V4 names the block tool_calls
 QWEN_CALL = "<tool_call>\n<function=special_function>\n<parameter=arg1>\n1\n</parameter>\n</function>\n</tool_call>"
 GLM_CALL = "<tool_call>special_function\n<arg_key>arg1</arg_key>\n<arg_value>1</arg_value>\n</tool_call>"
 
@@ -54,6 +56,11 @@ PARSE_CASES = [
     (DSV32, dict(thinking=True, reasoning_format="deepseek"), "I'm\nthinking</think>" + ASSIST, ASSIST,
      "I'm\nthinking", []),
     (DSV32, dict(thinking=False, reasoning_format="deepseek", tools=[SPECIAL_FUNCTION]), DSV32_CALL, "", "",
+     [("special_function", {"arg1": 1})]),
+    (DSV4, dict(thinking=False, reasoning_format="deepseek"), ASSIST, ASSIST, "", []),
+    (DSV4, dict(thinking=True, reasoning_format="deepseek"), "I'm\nthinking</think>" + ASSIST, ASSIST,
+     "I'm\nthinking", []),
+    (DSV4, dict(thinking=False, reasoning_format="deepseek", tools=[SPECIAL_FUNCTION]), DSV4_CALL, "", "",
      [("special_function", {"arg1": 1})]),
     (QWEN3_CODER, dict(thinking=True, reasoning_format="none"), ASSIST, ASSIST, "", []),
     (QWEN3_CODER, dict(thinking=True, reasoning_format="none", tools=[SPECIAL_FUNCTION]), QWEN_CALL, "", "",
@@ -152,7 +159,7 @@ def test_glm46_tools_and_tool_turns(chat_model):
                                  "<tool_response>\n42\n</tool_response><|assistant|>")
 
 
-@pytest.mark.parametrize("template", [GLM46, GLM47_FLASH, QWEN35, DSV32, QWEN3_CODER])
+@pytest.mark.parametrize("template", [GLM46, GLM47_FLASH, QWEN35, DSV32, DSV4, QWEN3_CODER])
 def test_templates_render_the_messages(chat_model, template):
     m = chat_model(template)
     with m.chat_prompt(SYS_USER) as p:
