@@ -114,6 +114,28 @@ def test_trunk_only_files(tmp_path):
     bad_file_fails_clearly(declared, "declares a NextN block whose tensors are missing")
 
 
+def test_chat_turns(tmp_path, templates_dir):
+    """DeepSeek-V4's own chat template (llama.cpp's models/templates): MTP never changes a greedy reply,
+    and a second turn sent as the whole conversation reuses the first turn's caches (the compressors'
+    windows restored from the checkpoint where the text departs) and replies as a fresh session does."""
+    path = W.write_synthetic(tmp_path / "chat.gguf", FILES["f32"],
+                             chat_template=(templates_dir / "deepseek-ai-DeepSeek-V4.jinja").read_text())
+    turn1 = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi there"}]
+    spec = SpecConfig(3, 0.0, adaptive=False)
+    with mtpllama.Model(str(path), session_defaults=ONE_THREAD) as m:
+        with m.session(mtp=False) as plain, m.session() as s:
+            first_plain = plain.chat(turn1, 24, thinking=False)
+            first = s.chat(turn1, 24, thinking=False, spec=spec)
+            assert first.tokens == first_plain.tokens
+            turn2 = turn1 + [first.message.to_dict(), {"role": "user", "content": "And then?"}]
+            second = s.chat(turn2, 24, thinking=False, spec=spec)
+        with m.session() as fresh:
+            ref = fresh.chat(turn2, 24, thinking=False, spec=spec)
+    st = second.stats
+    assert second.tokens == ref.tokens
+    assert st.cached_tokens > 0 and st.cached_tokens + st.prompt_tokens + st.reevaluated_tokens == second.prompt_tokens
+
+
 class TestDeepseek4(ArchSuite):
     W = W
     FUZZ_SEED = 10
