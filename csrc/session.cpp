@@ -20,11 +20,8 @@ namespace mtpl {
 namespace {
 
 // Recurrent trunks: state snapshots kept per pass, the deepest rollback (and so draft length) a
-// step can take.  Each costs the recurrent layers' state once (Session.memory()["kv"] counts it), and
-// writing them costs every pass time (DeepSeek-V4's compressor windows: 17% of a plain step for 8).
-// A plain session keeps one: a cut deeper than its last token goes back to the prompt's checkpoint.
+// step can take.  Each costs the recurrent layers' state once (Session.memory()["kv"] counts it).
 constexpr int32_t k_rs_depth = 8;
-constexpr int32_t k_rs_depth_plain = 1;
 // Recurrent trunks: a prompt's state is saved this many tokens before its end, where a conversation's
 // next turn usually departs from the cached text (a reply's reasoning block dropped, its end re-rendered).
 constexpr int32_t k_ckpt_back = 64;
@@ -227,7 +224,7 @@ int32_t session_create(mtpl_model * model, const mtpl_session_params & p, mtpl_s
     llama_context_params cp_trunk = cp;
     s->recurrent = model->arch->recurrent;
     if (s->recurrent) {  // plain sessions too: both compute the same graphs, and truncation restores snapshots
-        s->rs_depth = std::min<int32_t>(p.mtp ? k_rs_depth : k_rs_depth_plain, n_batch - 1);  // a verification pass fits one batch
+        s->rs_depth = std::min<int32_t>(k_rs_depth, n_batch - 1);  // a verification pass fits one batch
         cp_trunk.n_rs_seq = (uint32_t) s->rs_depth;
     }
     s->trunk = llama_init_from_model(model->model, cp_trunk);
