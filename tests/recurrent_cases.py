@@ -1,6 +1,6 @@
 """Checks the recurrent architectures' test files share (tests/test_arch_qwen35.py,
-test_arch_nemotron_h_moe.py, test_arch_bailingmoe3.py): greedy MTP == plain, the rollback's
-necessity, truncation, and the NextN block's FFN on output rows only."""
+test_arch_nemotron_h_moe.py, test_arch_bailingmoe3.py, test_arch_deepseek4.py): greedy MTP == plain,
+the rollback's necessity, truncation, chat turns, and the NextN block's FFN on output rows only."""
 from __future__ import annotations
 
 import mtpllama
@@ -80,3 +80,25 @@ def check_mtp_ffn_on_output_rows(path: str, spec) -> None:
     per_row = (big - small) / (256 - 32)
     assert 0 < per_row < ffn_row, (small, big, per_row, ffn_row)
     assert r.tokens == plain.tokens and sum(r.stats.accepted) > 0
+
+
+def check_chat_turns(path: str):
+    """A file carrying its model's chat template: MTP never changes a greedy reply, and a second turn
+    sent as the whole conversation reuses the first turn's caches (the recurrent state restored from
+    the checkpoint where the text departs) and replies as a fresh session does.  Returns the second
+    turn's stats."""
+    turn1 = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi there"}]
+    spec = SpecConfig(3, 0.0, adaptive=False)
+    with mtpllama.Model(str(path), session_defaults=ONE_THREAD) as m:
+        with m.session(mtp=False) as plain, m.session() as s:
+            first_plain = plain.chat(turn1, 24, thinking=False)
+            first = s.chat(turn1, 24, thinking=False, spec=spec)
+            assert first.tokens == first_plain.tokens
+            turn2 = turn1 + [first.message.to_dict(), {"role": "user", "content": "And then?"}]
+            second = s.chat(turn2, 24, thinking=False, spec=spec)
+        with m.session() as fresh:
+            ref = fresh.chat(turn2, 24, thinking=False, spec=spec)
+    st = second.stats
+    assert second.tokens == ref.tokens
+    assert st.cached_tokens > 0 and st.cached_tokens + st.prompt_tokens + st.reevaluated_tokens == second.prompt_tokens
+    return st

@@ -19,7 +19,7 @@ from mtpllama.testing.bpe import train_bpe
 from mtpllama.testing.fixtures import ONE_THREAD, PROMPTS
 from arch_suite import ArchSuite, files, model, plain_outputs  # noqa: F401 (fixtures the suite uses)
 from mla_cases import array, bad_file_fails_clearly, f32, u32
-from recurrent_cases import check_rollback_is_needed
+from recurrent_cases import check_chat_turns, check_rollback_is_needed
 
 W = WRITERS["deepseek4"]
 Spec = W.SyntheticSpec
@@ -115,25 +115,10 @@ def test_trunk_only_files(tmp_path):
 
 
 def test_chat_turns(tmp_path, templates_dir):
-    """DeepSeek-V4's own chat template (llama.cpp's models/templates): MTP never changes a greedy reply,
-    and a second turn sent as the whole conversation reuses the first turn's caches (the compressors'
-    windows restored from the checkpoint where the text departs) and replies as a fresh session does."""
-    path = W.write_synthetic(tmp_path / "chat.gguf", FILES["f32"],
-                             chat_template=(templates_dir / "deepseek-ai-DeepSeek-V4.jinja").read_text())
-    turn1 = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi there"}]
-    spec = SpecConfig(3, 0.0, adaptive=False)
-    with mtpllama.Model(str(path), session_defaults=ONE_THREAD) as m:
-        with m.session(mtp=False) as plain, m.session() as s:
-            first_plain = plain.chat(turn1, 24, thinking=False)
-            first = s.chat(turn1, 24, thinking=False, spec=spec)
-            assert first.tokens == first_plain.tokens
-            turn2 = turn1 + [first.message.to_dict(), {"role": "user", "content": "And then?"}]
-            second = s.chat(turn2, 24, thinking=False, spec=spec)
-        with m.session() as fresh:
-            ref = fresh.chat(turn2, 24, thinking=False, spec=spec)
-    st = second.stats
-    assert second.tokens == ref.tokens
-    assert st.cached_tokens > 0 and st.cached_tokens + st.prompt_tokens + st.reevaluated_tokens == second.prompt_tokens
+    """DeepSeek-V4's own chat template (llama.cpp's models/templates), turns as recurrent_cases checks
+    them: here the compressors' windows come back from the checkpoint."""
+    check_chat_turns(W.write_synthetic(tmp_path / "chat.gguf", FILES["f32"],
+                                       chat_template=(templates_dir / "deepseek-ai-DeepSeek-V4.jinja").read_text()))
 
 
 class TestDeepseek4(ArchSuite):

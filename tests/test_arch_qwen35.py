@@ -24,7 +24,7 @@ from mtpllama.testing.fixtures import ONE_THREAD, PROMPTS
 from mla_cases import (bad_file_fails_clearly, bools, check_sampled_distribution, check_split_halves,
                        decodes_in_a_child, u32)
 from test_batch_invariance import compare
-from recurrent_cases import check_mtp_ffn_on_output_rows, check_rollback_is_needed
+from recurrent_cases import check_chat_turns, check_mtp_ffn_on_output_rows, check_rollback_is_needed
 from test_reference import PROMPT
 
 ARCHS = ["qwen35moe", "qwen35", "qwen3next"]
@@ -432,22 +432,8 @@ def test_chat_turns_on_a_recurrent_trunk(tmp_path, templates_dir):
     changes a greedy reply, and a second turn sent as the whole conversation (the first reply's
     empty reasoning block no longer rendered: the text departs near the first prompt's end) reuses
     the first turn's caches from the checkpoint and replies as a fresh session does."""
-    W = WRITERS["qwen35moe"]
-    path = W.write_synthetic(tmp_path / "chat.gguf", files_for("qwen35moe")["own"],
-                             chat_template=(templates_dir / "Qwen3.5-4B.jinja").read_text())
-    turn1 = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi there"}]
-    spec = SpecConfig(3, 0.0, adaptive=False)
-    with mtpllama.Model(str(path), session_defaults=ONE_THREAD) as m:
-        with m.session(mtp=False) as plain, m.session() as s:
-            first_plain = plain.chat(turn1, 24, thinking=False)
-            first = s.chat(turn1, 24, thinking=False, spec=spec)
-            assert first.tokens == first_plain.tokens
-            turn2 = turn1 + [first.message.to_dict(), {"role": "user", "content": "And then?"}]
-            second = s.chat(turn2, 24, thinking=False, spec=spec)
-        with m.session() as fresh:
-            ref = fresh.chat(turn2, 24, thinking=False, spec=spec)
-    st = second.stats
-    assert second.tokens == ref.tokens
-    assert st.cached_tokens > 0 and st.cached_tokens + st.prompt_tokens + st.reevaluated_tokens == second.prompt_tokens
+    path = WRITERS["qwen35moe"].write_synthetic(tmp_path / "chat.gguf", files_for("qwen35moe")["own"],
+                                                chat_template=(templates_dir / "Qwen3.5-4B.jinja").read_text())
+    st = check_chat_turns(path)
     # not the whole first turn again: from the checkpoint 64 tokens before the first prompt's end
     assert st.reevaluated_tokens <= 64 < st.cached_tokens + st.reevaluated_tokens, st
