@@ -2,6 +2,7 @@
 // the log hook.  Everything that can be checked here is checked before llama.cpp
 // sees it, because upstream aborts the process on many failed asserts.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -17,6 +18,7 @@
 #include "ggml-backend.h"
 #include "ggml-cpu.h"
 #include "inspect.h"
+#include "group.h"
 #include "session.h"
 #include "util.h"
 #include "verify.h"
@@ -107,7 +109,15 @@ int32_t with_session(mtpl_session * s, F && f) {
             return mtpl::fail(MTPL_ERR_BUSY, "this session is already in use by another thread; "
                                              "use one session per thread");
         }
-        return f();
+        if (!s->group) {
+            return f();
+        }
+        // a group's sessions evaluate in one context: one at a time, each pass aborting on its own cancel
+        std::lock_guard<std::mutex> lock(s->group->mu);
+        s->shared->watch = &s->cancel;
+        const int32_t st = f();
+        s->shared->watch = nullptr;
+        return st;
     });
 }
 
@@ -126,7 +136,14 @@ void clear_upstream_error() { t_upstream_error.clear(); }
 
 // Every backend that offers a batch-invariant mode (the CPU's is linked in; CUDA's, patches/0020, is
 // found through its registry when the build has it).
+namespace {
+std::atomic<int> g_invariant_rows{0};
+}
+
+int batch_invariant_rows() { return g_invariant_rows.load(); }
+
 void set_batch_invariant(int max_rows) {
+    g_invariant_rows.store(max_rows);
     ggml_cpu_set_batch_invariant(max_rows);
     for (size_t i = 0; i < ggml_backend_reg_count(); ++i) {
         ggml_backend_reg_t reg = ggml_backend_reg_get(i);
@@ -493,11 +510,125 @@ int32_t mtpl_session_free(mtpl_session * session) {
         if (!session) {
             return MTPL_OK;
         }
+        if (session->group) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "this session belongs to a group: free the group");
+        }
         bool expected = false;
         if (!session->busy.compare_exchange_strong(expected, true)) {
             return mtpl::fail(MTPL_ERR_BUSY, "cannot free a session while another thread uses it");
         }
         mtpl::session_destroy(session);
+        return MTPL_OK;
+    });
+}
+
+int32_t mtpl_group_new(mtpl_model * model, const mtpl_group_params * params, mtpl_group ** out) {
+    return guarded([&]() -> int32_t {
+        if (!model || !params || !out) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "model, params and out must not be NULL");
+        }
+        *out = nullptr;
+        return mtpl::group_create(model, *params, out);
+    });
+}
+
+int32_t mtpl_group_free(mtpl_group * group) {
+    return guarded([&]() -> int32_t {
+        if (!group) {
+            return MTPL_OK;
+        }
+        std::vector<mtpl_session *> held;
+        for (mtpl_session * s : group->sessions) {
+            bool expected = false;
+            if (!s->busy.compare_exchange_strong(expected, true)) {
+                for (mtpl_session * h : held) {
+                    h->busy.store(false);
+                }
+                return mtpl::fail(MTPL_ERR_BUSY, "cannot free a group while another thread uses one of its sessions");
+            }
+            held.push_back(s);
+        }
+        mtpl::group_destroy(group);
+        return MTPL_OK;
+    });
+}
+
+int32_t mtpl_group_session(mtpl_group * group, int32_t i, mtpl_session ** out) {
+    return guarded([&]() -> int32_t {
+        if (!group || !out) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "group and out must not be NULL");
+        }
+        if (i < 0 || i >= (int32_t) group->sessions.size()) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "session index " + std::to_string(i) + " is outside [0, " +
+                                                             std::to_string(group->sessions.size()) + ")");
+        }
+        *out = group->sessions[(size_t) i];
+        return MTPL_OK;
+    });
+}
+
+int32_t mtpl_group_step(mtpl_group * group, int32_t n, mtpl_session * const * sessions, const int32_t * n_max,
+                        int32_t * out_tokens, int32_t cap, mtpl_step_result * results, int32_t * statuses) {
+    return guarded([&]() -> int32_t {
+        if (!group || n < 0 || (n > 0 && (!sessions || !n_max || !out_tokens || !results || !statuses))) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "bad arguments to mtpl_group_step");
+        }
+        if (n > (int32_t) group->sessions.size()) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "more sessions than the group has");
+        }
+        if (cap < MTPL_MAX_DRAFT + 2) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "cap must be >= MTPL_MAX_DRAFT + 2");
+        }
+        for (int32_t i = 0; i < n; ++i) {
+            if (!sessions[i] || sessions[i]->group != group) {
+                return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "session " + std::to_string(i) + " is not one of this group's");
+            }
+            if (n_max[i] < 1) {
+                return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "n_max must be >= 1");
+            }
+            for (int32_t j = 0; j < i; ++j) {
+                if (sessions[j] == sessions[i]) {
+                    return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "a session is named twice");
+                }
+            }
+        }
+        // hold every session, then the context
+        int32_t held = 0;
+        for (; held < n; ++held) {
+            bool expected = false;
+            if (!sessions[held]->busy.compare_exchange_strong(expected, true)) {
+                break;
+            }
+        }
+        if (held < n) {
+            for (int32_t i = 0; i < held; ++i) {
+                sessions[i]->busy.store(false);
+            }
+            return mtpl::fail(MTPL_ERR_BUSY, "a session of this step is in use by another thread");
+        }
+        int32_t st;
+        try {
+            std::lock_guard<std::mutex> lock(group->mu);
+            st = mtpl::group_step(group, n, sessions, n_max, out_tokens, cap, results, statuses);
+        } catch (...) {
+            for (int32_t i = 0; i < n; ++i) {
+                sessions[i]->busy.store(false);
+            }
+            throw;
+        }
+        for (int32_t i = 0; i < n; ++i) {
+            sessions[i]->busy.store(false);
+        }
+        return st;
+    });
+}
+
+int32_t mtpl_group_get_stats(const mtpl_group * group, mtpl_group_stats * out) {
+    return guarded([&]() -> int32_t {
+        if (!group || !out) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "group and out must not be NULL");
+        }
+        *out = group->stats;
         return MTPL_OK;
     });
 }

@@ -261,7 +261,7 @@ void proposer_reset(proposer & p) {
     p.kept_up = false;
 }
 
-void proposer_observe(proposer & p, llama_context * trunk, int32_t pos0, int32_t n_rows, bool with_states) {
+void proposer_observe(proposer & p, llama_context * trunk, int32_t row0, int32_t pos0, int32_t n_rows, bool with_states) {
     if (!with_states) {  // a gap: these positions' states are unknown, and so is the next one's input
         p.backlog.clear();
         p.h_valid = false;
@@ -276,7 +276,7 @@ void proposer_observe(proposer & p, llama_context * trunk, int32_t pos0, int32_t
             }
             p.backlog.insert(p.backlog.end(), p.h_last.begin(), p.h_last.end());
         }
-        std::memcpy(p.h_last.data(), llama_get_embeddings_nextn_ith(trunk, i), row * sizeof(float));
+        std::memcpy(p.h_last.data(), llama_get_embeddings_nextn_ith(trunk, row0 + i), row * sizeof(float));
         p.h_valid = true;
     }
 }

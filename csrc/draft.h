@@ -77,10 +77,10 @@ bool proposer_init(proposer & p, llama_model * model, llama_context_params cp, i
                    trace * tr);
 void proposer_free(proposer & p);
 void proposer_reset(proposer & p);
-// The trunk's last pass evaluated rows [0, n_rows) from position pos0: their states join the
+// The trunk's last pass evaluated rows [row0, row0 + n_rows) from position pos0: their states join the
 // backlog (where the MTP cache lacks the position) and the last becomes h_last.  with_states false:
 // the pass left its states out, and those positions are skipped.
-void proposer_observe(proposer & p, llama_context * trunk, int32_t pos0, int32_t n_rows, bool with_states);
+void proposer_observe(proposer & p, llama_context * trunk, int32_t row0, int32_t pos0, int32_t n_rows, bool with_states);
 // Drop MTP cache entries from position pos on.
 void proposer_forget(proposer & p, int32_t pos);
 // The trunk's context was cut to n_keep tokens and its last row re-evaluated (state h_last; nullptr:

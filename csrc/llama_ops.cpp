@@ -9,8 +9,9 @@
 
 namespace mtpl {
 
-void batch_add(llama_batch_ext * b, int32_t token, int32_t pos, bool output, const float * h, int32_t n_state) {
-    const int32_t idx = llama_batch_ext_add_token(b, 0, token);
+void batch_add(llama_batch_ext * b, int32_t token, int32_t pos, bool output, const float * h, int32_t n_state,
+               int32_t seq) {
+    const int32_t idx = llama_batch_ext_add_token(b, seq, token);
     llama_batch_ext_set_pos(b, idx, &pos);
     llama_batch_ext_set_output_logits(b, idx, output);
     if (h) {

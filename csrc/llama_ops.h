@@ -8,8 +8,9 @@
 
 namespace mtpl {
 
-// Add one token to a batch; h (n_state floats) is the MTP input state, or null.
-void batch_add(llama_batch_ext * b, int32_t token, int32_t pos, bool output, const float * h, int32_t n_state);
+// Add one token of sequence seq to a batch; h (n_state floats) is the MTP input state, or null.
+void batch_add(llama_batch_ext * b, int32_t token, int32_t pos, bool output, const float * h, int32_t n_state,
+               int32_t seq = 0);
 // Evaluate a batch.  A failure returns its status with a message naming `what`: MTPL_ERR_CANCELLED
 // (cancel was requested: the request is consumed), MTPL_ERR_CONTEXT_FULL or MTPL_ERR_DECODE.  The
 // caller drops what the failed call may have left in the cache.

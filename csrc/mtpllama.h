@@ -11,6 +11,7 @@
 
 typedef struct mtpl_model mtpl_model;
 typedef struct mtpl_session mtpl_session;
+typedef struct mtpl_group mtpl_group;
 
 enum mtpl_status {
     MTPL_OK = 0,
@@ -287,6 +288,46 @@ int32_t mtpl_session_reset_stats(mtpl_session * session);
 /* ask the running (or next) feed/step of this session to stop soon (thread-safe): that call returns
    MTPL_ERR_CANCELLED within one graph evaluation and leaves the session consistent */
 int32_t mtpl_session_cancel(mtpl_session * session);
+
+/* --- several sequences: a group's sessions share one trunk context (a KV stream each) and verify
+   their drafts in one trunk pass per step ------------------------------------------------------- */
+
+enum { MTPL_MAX_GROUP = 64 };
+
+typedef struct mtpl_group_params {
+    mtpl_session_params session;    /* each sequence's: n_ctx (per sequence), n_batch, n_threads, mtp */
+    int32_t n_seq;                  /* sequences, 1..MTPL_MAX_GROUP */
+    int32_t exact;                  /* 1: every row of a group pass is computed as a lone row (the batch-invariant
+                                       kernels cover n_seq * (MTPL_MAX_DRAFT + 1) rows during group passes), so a
+                                       sequence's output does not depend on the others'; 0: batches of more than
+                                       MTPL_MAX_DRAFT + 1 rows take llama.cpp's batched kernels */
+} mtpl_group_params;
+
+typedef struct mtpl_group_stats {
+    int64_t n_passes;               /* trunk passes of mtpl_group_step */
+    int64_t n_seq_steps;            /* session steps they verified */
+    int64_t n_rows;                 /* rows they evaluated (pending tokens and drafts) */
+    int64_t n_pad_rows;             /* rows added so that every sequence has as many (llama.cpp evaluates a
+                                       multi-stream batch in one graph only then) */
+    int64_t n_ubatches;             /* graph evaluations those passes took */
+    double t_pass_s;                /* seconds in those passes */
+} mtpl_group_stats;
+
+/* a group of params->n_seq sessions on one trunk context; fails for architectures with recurrent
+   trunk state (not supported in groups yet) */
+int32_t mtpl_group_new(mtpl_model * model, const mtpl_group_params * params, mtpl_group ** out);
+/* free the group and its sessions (MTPL_ERR_BUSY while one of them is in use) */
+int32_t mtpl_group_free(mtpl_group * group);
+/* session i of the group (owned by the group: mtpl_session_free refuses it).  Every mtpl_session_*
+   call works on it, one sequence at a time; calls on the group's sessions take turns. */
+int32_t mtpl_group_session(mtpl_group * group, int32_t i, mtpl_session ** out);
+/* one step of n distinct sessions of the group: each drafts, then one trunk pass verifies every
+   session's drafts.  Session i's tokens go to out_tokens + i * cap (cap >= MTPL_MAX_DRAFT + 2), its
+   result to results[i] and its status to statuses[i] (as mtpl_session_step would return it).
+   Returns MTPL_OK, or the first failing session's status (its message is the last error). */
+int32_t mtpl_group_step(mtpl_group * group, int32_t n, mtpl_session * const * sessions, const int32_t * n_max,
+                        int32_t * out_tokens, int32_t cap, mtpl_step_result * results, int32_t * statuses);
+int32_t mtpl_group_get_stats(const mtpl_group * group, mtpl_group_stats * out);
 
 /* --- chat: llama.cpp's own chat code (common/chat.cpp), run as llama-server runs it ------------ */
 

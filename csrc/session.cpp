@@ -27,47 +27,56 @@ constexpr int32_t k_rs_depth = 8;
 constexpr int32_t k_ckpt_back = 64;
 
 bool abort_requested(void * data) {
-    return static_cast<mtpl_session *>(data)->cancel.load();
+    const auto * sh = static_cast<const trunk_shared *>(data);
+    return sh->watch && sh->watch->load();
 }
 
 bool is_eog(const mtpl_session * s, int32_t tok) {
     return llama_vocab_is_eog(s->model->vocab, tok);
 }
 
-// Whether the trunk's passes report their states for the MTP head (no-op in a plain session).
-void set_states(mtpl_session * s, bool on) {
-    if (s->mtp && on != s->states) {
-        llama_set_embeddings_nextn(s->trunk, on, false);
-        s->states = on;
+
+} // namespace
+
+void pass_failed(mtpl_session * s) {
+    // a recurrent state may have been overwritten part-way, and no snapshot predates the pass
+    if (!llama_memory_seq_rm(llama_get_memory(s->trunk), s->seq, s->n_past, -1) || s->recurrent) {
+        s->trunk_stale = true;
+    }
+    s->tr.forget(MTPL_DEBUG_TRUNK_FORGET, s->n_past);
+    s->last_row = -1;
+}
+
+void pass_done(mtpl_session * s, int32_t row0, int32_t pos0, int32_t n, bool all_logits) {
+    s->stats.n_trunk_calls++;
+    s->rs_rows = n;
+    s->last_row = row0 + n - 1;
+    s->last_pass = s->shared->passes;
+    s->tr.next_call();
+    for (int32_t i = 0; i < n && s->tr.on; ++i) {
+        const bool out = all_logits || i == n - 1;
+        s->tr.row(MTPL_DEBUG_TRUNK_ROW, pos0 + i, s->tokens[pos0 + i], nullptr,
+                  out ? llama_get_logits_ith(s->trunk, row0 + i) : nullptr,
+                  s->states ? llama_get_embeddings_nextn_ith(s->trunk, row0 + i) : nullptr);
     }
 }
+
+namespace {
 
 // Evaluate tokens[pos0, pos0 + n) in the trunk; logits for all rows if all_logits, else for the
 // last row only.  On failure the trunk forgets what the call may have left.
 int32_t eval_trunk(mtpl_session * s, int32_t pos0, int32_t n, bool all_logits) {
     llama_batch_ext_clear(s->trunk_batch);
     for (int32_t i = 0; i < n; ++i) {
-        batch_add(s->trunk_batch, s->tokens[pos0 + i], pos0 + i, all_logits || i == n - 1, nullptr, 0);
+        batch_add(s->trunk_batch, s->tokens[pos0 + i], pos0 + i, all_logits || i == n - 1, nullptr, 0, s->seq);
     }
-    s->stats.n_trunk_calls++;
+    s->shared->passes++;
     if (int32_t st = process(s->trunk, s->trunk_batch, s->cancel, "trunk evaluation"); st != MTPL_OK) {
-        // a recurrent state may have been overwritten part-way, and no snapshot predates the pass
-        if (!llama_memory_seq_rm(llama_get_memory(s->trunk), 0, s->n_past, -1) || s->recurrent) {
-            s->trunk_stale = true;
-        }
-        s->tr.forget(MTPL_DEBUG_TRUNK_FORGET, s->n_past);
-        s->last_row = -1;
+        s->stats.n_trunk_calls++;
+        pass_failed(s);
         return st;
     }
-    s->rs_rows = n;
-    s->last_row = n - 1;
-    s->tr.next_call();
-    for (int32_t i = 0; i < n && s->tr.on; ++i) {
-        const bool out = all_logits || i == n - 1;
-        s->tr.row(MTPL_DEBUG_TRUNK_ROW, pos0 + i, s->tokens[pos0 + i], nullptr,
-                  out ? llama_get_logits_ith(s->trunk, i) : nullptr,
-                  s->states ? llama_get_embeddings_nextn_ith(s->trunk, i) : nullptr);
-    }
+    pass_done(s, 0, pos0, n, all_logits);
     return MTPL_OK;
 }
 
@@ -75,8 +84,8 @@ int32_t eval_trunk(mtpl_session * s, int32_t pos0, int32_t n, bool all_logits) {
 // (at the next pass).  False when the state could not be restored.
 bool trunk_forget(mtpl_session * s, int32_t pos) {
     llama_memory_t mem = llama_get_memory(s->trunk);
-    const bool rolls_back = llama_memory_seq_pos_max(mem, 0) >= pos;
-    const bool ok = llama_memory_seq_rm(mem, 0, pos, -1);
+    const bool rolls_back = llama_memory_seq_pos_max(mem, s->seq) >= pos;
+    const bool ok = llama_memory_seq_rm(mem, s->seq, pos, -1);
     s->tr.forget(MTPL_DEBUG_TRUNK_FORGET, pos);
     if (!s->recurrent || !rolls_back) {
         return ok;
@@ -88,10 +97,10 @@ bool trunk_forget(mtpl_session * s, int32_t pos) {
     s->rs_rows = 0;  // one restore is pending; llama.cpp cannot stack a second before the next pass
     if (s->test_skip_rollback) {  // keep the state of every evaluated position: what omitting the restore does
         if (auto * hybrid = dynamic_cast<llama_memory_hybrid *>(mem)) {
-            hybrid->get_mem_recr()->set_rs_idx(0, 0);
+            hybrid->get_mem_recr()->set_rs_idx(s->seq, 0);
         } else if (auto * dsv4 = dynamic_cast<llama_kv_cache_dsv4 *>(mem)) {  // its compressors' windows
             int32_t n_seq_id = 1;
-            llama_seq_id seq = 0, * seqs = &seq;
+            llama_seq_id seq = s->seq, * seqs = &seq;
             llama_ubatch ub{};
             ub.n_tokens = 1;
             ub.n_seq_id = &n_seq_id;
@@ -105,9 +114,9 @@ bool trunk_forget(mtpl_session * s, int32_t pos) {
 // Recurrent trunks: save the recurrent state of the positions evaluated so far (no restore pending:
 // called right after a prompt pass).
 void save_checkpoint(mtpl_session * s) {
-    const size_t size = llama_state_seq_get_size_ext(s->trunk, 0, LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY);
+    const size_t size = llama_state_seq_get_size_ext(s->trunk, s->seq, LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY);
     s->ckpt.resize(size);
-    const bool ok = size > 0 && llama_state_seq_get_data_ext(s->trunk, s->ckpt.data(), size, 0,
+    const bool ok = size > 0 && llama_state_seq_get_data_ext(s->trunk, s->ckpt.data(), size, s->seq,
                                                              LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY) == size;
     s->ckpt_pos = ok ? s->n_past : -1;
 }
@@ -118,9 +127,9 @@ bool restore_checkpoint(mtpl_session * s) {
     if (s->ckpt_pos < 1 || s->ckpt_pos > s->n_past) {
         return false;
     }
-    if (llama_state_seq_set_data_ext(s->trunk, s->ckpt.data(), s->ckpt.size(), 0, LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY) !=
+    if (llama_state_seq_set_data_ext(s->trunk, s->ckpt.data(), s->ckpt.size(), s->seq, LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY) !=
             s->ckpt.size() ||
-        !llama_memory_seq_rm(llama_get_memory(s->trunk), 0, s->ckpt_pos, -1)) {  // the attention layers' entries
+        !llama_memory_seq_rm(llama_get_memory(s->trunk), s->seq, s->ckpt_pos, -1)) {  // the attention layers' entries
         s->ckpt_pos = -1;
         s->trunk_stale = true;  // the read may have cleared the state part-way
         return false;
@@ -132,11 +141,20 @@ bool restore_checkpoint(mtpl_session * s) {
     return true;
 }
 
+// Empty this session's part of the trunk cache (a group's context holds other sessions' too).
+void clear_trunk(mtpl_session * s) {
+    if (s->group) {
+        llama_memory_seq_rm(llama_get_memory(s->trunk), s->seq, -1, -1);
+    } else {
+        llama_memory_clear(llama_get_memory(s->trunk), true);
+    }
+}
+
 // Recurrent trunks after a failed pass: evaluate tokens[0, n_past) again from an empty cache, the
 // pending token kept.
 int32_t rebuild_trunk(mtpl_session * s) {
     const int32_t n_keep = s->n_past;
-    llama_memory_clear(llama_get_memory(s->trunk), true);
+    clear_trunk(s);
     s->tr.forget(MTPL_DEBUG_TRUNK_FORGET, 0);
     if (s->mtp) {
         proposer_reset(s->prop);
@@ -154,7 +172,7 @@ int32_t rebuild_trunk(mtpl_session * s) {
             return st;
         }
         if (s->mtp) {
-            proposer_observe(s->prop, s->trunk, s->n_past, m, s->states);
+            proposer_observe(s->prop, s->trunk, 0, s->n_past, m, s->states);
         }
         s->n_past += m;
     }
@@ -176,7 +194,18 @@ int32_t choose_next(mtpl_session * s, const float * logits, size_t n_context) {
 
 } // namespace
 
-int32_t session_create(mtpl_model * model, const mtpl_session_params & p, mtpl_session ** out) {
+void set_states(mtpl_session * s, bool on) {
+    if (!s->mtp) {
+        return;
+    }
+    s->states = on;
+    if (on != s->shared->states) {
+        llama_set_embeddings_nextn(s->trunk, on, false);
+        s->shared->states = on;
+    }
+}
+
+int32_t context_params(const mtpl_model * model, const mtpl_session_params & p, llama_context_params & cp) {
     const mtpl_model_info & info = model->info;
     if (p.mtp && !info.mtp_loaded) {
         return fail(MTPL_ERR_NO_MTP_HEAD, info.file_has_mtp
@@ -199,17 +228,7 @@ int32_t session_create(mtpl_model * model, const mtpl_session_params & p, mtpl_s
         return fail(MTPL_ERR_INVALID_ARGUMENT, "n_batch must be at least 8");
     }
     const int32_t n_threads = p.n_threads > 0 ? p.n_threads : (int32_t) std::max(1u, std::thread::hardware_concurrency());
-
-    auto * s = new mtpl_session();
-    s->model = model;
-    s->n_ctx = n_ctx;
-    s->n_batch = n_batch;
-    s->n_vocab = info.n_vocab;
-    s->tr.n_state = info.n_embd_state;
-    s->tr.n_vocab = info.n_vocab;
-    model->n_sessions++;  // balanced by session_destroy
-
-    llama_context_params cp = llama_context_default_params();
+    cp = llama_context_default_params();
     cp.n_ctx = (uint32_t) n_ctx;
     cp.n_batch = (uint32_t) n_batch;
     cp.n_ubatch = (uint32_t) n_batch;
@@ -218,13 +237,54 @@ int32_t session_create(mtpl_model * model, const mtpl_session_params & p, mtpl_s
     cp.n_threads_batch = n_threads;
     cp.no_perf = true;
     cp.abort_callback = abort_requested;
-    cp.abort_callback_data = s;
+    return MTPL_OK;
+}
 
+namespace {
+
+// The session's own part: the MTP contexts, the controller, the trace (its trunk context is set).
+int32_t session_init(mtpl_session * s, const mtpl_session_params & p, const llama_context_params & cp) {
+    mtpl_model * model = s->model;
+    const mtpl_model_info & info = model->info;
+    s->n_ctx = (int32_t) cp.n_ctx;
+    s->n_batch = (int32_t) cp.n_batch;
+    s->n_vocab = info.n_vocab;
+    s->tr.n_state = info.n_embd_state;
+    s->tr.n_vocab = info.n_vocab;
+    s->mtp = p.mtp != 0;
+    llama_context_params cp_mtp = cp;
+    cp_mtp.abort_callback_data = &s->own_shared;  // MTP calls abort on this session's cancel
+    s->own_shared.watch = &s->cancel;
+    if (s->mtp && !proposer_init(s->prop, model->head ? model->head : model->model, cp_mtp, info.n_embd_state,
+                                 info.n_vocab, &s->tr)) {
+        const std::string why = upstream_error();
+        return fail(MTPL_ERR_MODEL_LOAD, "could not create the llama.cpp context" + (why.empty() ? "" : ": " + why));
+    }
+    if (s->mtp) {
+        // the trunk reports its state for every position: the MTP block pairs each with a token
+        set_states(s, true);
+        s->ctl.reset(controller_new());
+        s->dense.assign((size_t) info.n_vocab, 0.0f);
+    }
+    return MTPL_OK;
+}
+
+} // namespace
+
+int32_t session_create(mtpl_model * model, const mtpl_session_params & p, mtpl_session ** out) {
+    llama_context_params cp;
+    if (int32_t st = context_params(model, p, cp); st != MTPL_OK) {
+        return st;
+    }
+    auto * s = new mtpl_session();
+    s->model = model;
+    model->n_sessions++;  // balanced by session_destroy
     clear_upstream_error();
     llama_context_params cp_trunk = cp;
+    cp_trunk.abort_callback_data = &s->own_shared;
     s->recurrent = model->arch->recurrent;
     if (s->recurrent) {  // plain sessions too: both compute the same graphs, and truncation restores snapshots
-        s->rs_depth = std::min<int32_t>(k_rs_depth, n_batch - 1);  // a verification pass fits one batch
+        s->rs_depth = std::min<int32_t>(k_rs_depth, (int32_t) cp.n_batch - 1);  // a verification pass fits one batch
         cp_trunk.n_rs_seq = (uint32_t) s->rs_depth;
     }
     s->trunk = llama_init_from_model(model->model, cp_trunk);
@@ -234,33 +294,54 @@ int32_t session_create(mtpl_model * model, const mtpl_session_params & p, mtpl_s
         return fail(MTPL_ERR_INTERNAL, "llama.cpp keeps no recurrent-state snapshots for " +
                                            std::string(model->arch->name) + ": rejected drafts could not be rolled back");
     }
-    s->mtp = p.mtp != 0;
-    if (!s->trunk || (s->mtp && !proposer_init(s->prop, model->head ? model->head : model->model, cp, info.n_embd_state, info.n_vocab, &s->tr))) {
+    if (!s->trunk) {
         const std::string why = upstream_error();
         session_destroy(s);
         return fail(MTPL_ERR_MODEL_LOAD, "could not create the llama.cpp context" + (why.empty() ? "" : ": " + why));
     }
     s->trunk_batch = llama_batch_ext_init(s->trunk);
-    if (s->mtp) {
-        // the trunk reports its state for every position: the MTP block pairs each with a token
-        set_states(s, true);
-        s->ctl.reset(controller_new());
-        s->dense.assign((size_t) info.n_vocab, 0.0f);
+    if (int32_t st = session_init(s, p, cp); st != MTPL_OK) {
+        session_destroy(s);
+        return st;
+    }
+    *out = s;
+    return MTPL_OK;
+}
+
+int32_t session_create_in(mtpl_model * model, mtpl_group * group, llama_context * trunk, llama_batch_ext * batch,
+                          trunk_shared * shared, int32_t seq, const mtpl_session_params & p, mtpl_session ** out) {
+    llama_context_params cp;
+    if (int32_t st = context_params(model, p, cp); st != MTPL_OK) {
+        return st;
+    }
+    auto * s = new mtpl_session();
+    s->model = model;
+    model->n_sessions++;
+    s->group = group;
+    s->trunk = trunk;
+    s->trunk_batch = batch;
+    s->shared = shared;
+    s->seq = seq;
+    if (int32_t st = session_init(s, p, cp); st != MTPL_OK) {
+        session_destroy(s);
+        return st;
     }
     *out = s;
     return MTPL_OK;
 }
 
 void session_destroy(mtpl_session * s) {
-    if (s->trunk_batch) llama_batch_ext_free(s->trunk_batch);
     proposer_free(s->prop);
-    if (s->trunk) llama_free(s->trunk);
+    if (!s->group) {
+        if (s->trunk_batch) llama_batch_ext_free(s->trunk_batch);
+        if (s->trunk) llama_free(s->trunk);
+    }
     s->model->n_sessions--;
     delete s;
 }
 
 int32_t session_reset(mtpl_session * s) {
-    llama_memory_clear(llama_get_memory(s->trunk), true);
+    clear_trunk(s);
     if (s->mtp) {
         proposer_reset(s->prop);
         controller_new_text(s->ctl.get());
@@ -319,7 +400,7 @@ int32_t session_feed(mtpl_session * s, const int32_t * tokens, int32_t n) {
             return st;
         }
         if (s->mtp) {
-            proposer_observe(s->prop, s->trunk, s->n_past, m, s->states);
+            proposer_observe(s->prop, s->trunk, 0, s->n_past, m, s->states);
         }
         s->n_past += m;
         if (s->n_past == ckpt_at) {
@@ -334,8 +415,9 @@ int32_t session_feed(mtpl_session * s, const int32_t * tokens, int32_t n) {
     return MTPL_OK;
 }
 
-int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, mtpl_step_result * res) {
+int32_t step_begin(mtpl_session * s, int32_t n_max, int32_t * out, mtpl_step_result * res, bool * pass) {
     *res = mtpl_step_result{0, 0, 0, MTPL_STOP_NONE};
+    *pass = false;
     if (!s->has_pending) {
         return fail(MTPL_ERR_INVALID_ARGUMENT, "nothing to continue from: feed a prompt first");
     }
@@ -347,7 +429,11 @@ int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, mtpl_step_r
             return st;
         }
     }
-    const auto t0 = clock_type::now();
+    mtpl_session::step_state & c = s->cur;
+    c.t0 = clock_type::now();
+    c.n_max = n_max;
+    c.out = out;
+    c.res = res;
     const int32_t pending = s->tokens.back();
 
     // the token chosen after a feed is emitted by the first step
@@ -358,22 +444,22 @@ int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, mtpl_step_r
         s->stats.n_steps++;  // the prompt's trunk pass chose this token
         if (is_eog(s, pending) || res->n_tokens >= n_max) {
             res->stop = is_eog(s, pending) ? MTPL_STOP_EOS : MTPL_STOP_LENGTH;
-            s->stats.t_other_s += seconds_since(t0);
+            s->stats.t_other_s += seconds_since(c.t0);
             return MTPL_OK;
         }
     }
     if (s->n_past + 1 > s->n_ctx) {
         res->stop = MTPL_STOP_CONTEXT;
-        s->stats.t_other_s += seconds_since(t0);
+        s->stats.t_other_s += seconds_since(c.t0);
         return MTPL_OK;
     }
 
     // whether and how deep to draft: the controller's plan, bounded by the token budget and the context
-    step_plan plan{0, {}, false};
+    c.plan = step_plan{0, {}, false};
     if (s->mtp) {
-        plan = controller_plan(s->ctl.get(), s->gen.draft_max, s->gen.adaptive != 0, s->prop.h_valid);
+        c.plan = controller_plan(s->ctl.get(), s->gen.draft_max, s->gen.adaptive != 0, s->prop.h_valid);
     }
-    int32_t k = std::min(plan.k_max, n_max - res->n_tokens - 1);
+    int32_t k = std::min(c.plan.k_max, n_max - res->n_tokens - 1);
     k = std::min(k, s->n_ctx - s->n_past - 1);
     k = std::min(k, s->n_batch - 1);  // the verification batch holds k + 1 tokens
     if (s->recurrent) {
@@ -381,34 +467,42 @@ int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, mtpl_step_r
     }
     k = std::max(k, 0);
 
-    auto t = clock_type::now();
-    draft_outcome drafted;
+    const auto t = clock_type::now();
+    c.drafted = draft_outcome{};
     s->drafts.clear();
     if (s->mtp) {
-        const int32_t st = proposer_draft(s->prop, s->tokens, s->n_past, k, plan.mix, s->gen, s->ctl.get(), s->rng,
-                                          s->cancel, s->drafts, drafted);
-        s->stats.n_mtp_calls += drafted.n_calls;
+        const int32_t st = proposer_draft(s->prop, s->tokens, s->n_past, k, c.plan.mix, s->gen, s->ctl.get(), s->rng,
+                                          s->cancel, s->drafts, c.drafted);
+        s->stats.n_mtp_calls += c.drafted.n_calls;
         if (st != MTPL_OK) {
             return st;
         }
     }
-    const double t_draft = seconds_since(t);
-    const int32_t n_drafts = (int32_t) s->drafts.size();
-
-    // verify [pending, drafts...] in one trunk pass
-    t = clock_type::now();
-    const int32_t pos0 = s->n_past;
+    c.t_draft = seconds_since(t);
+    c.pos0 = s->n_past;
     s->tokens.insert(s->tokens.end(), s->drafts.begin(), s->drafts.end());
-    const int32_t reused0 = llama_perf_context(s->trunk).n_reused;
-    const bool test_gap = s->test_gap_every > 0 && ++s->test_passes % s->test_gap_every == 0;
-    set_states(s, plan.states && !test_gap);
-    if (int32_t st = eval_trunk(s, pos0, n_drafts + 1, true); st != MTPL_OK) {
-        s->tokens.resize((size_t) pos0 + 1);
-        return st;
-    }
+    *pass = true;
+    return MTPL_OK;
+}
+
+bool step_wants_states(const mtpl_session * s) {
+    const bool test_gap = s->test_gap_every > 0 && (s->test_passes + 1) % s->test_gap_every == 0;
+    return s->cur.plan.states && !test_gap;
+}
+
+void step_abandon(mtpl_session * s) {
+    s->tokens.resize((size_t) s->cur.pos0 + 1);
+}
+
+void step_finish(mtpl_session * s, int32_t row0, double t_verify, bool trunk_reused, bool in_group) {
+    const auto t_v = clock_type::now();
+    mtpl_session::step_state & c = s->cur;
+    mtpl_step_result * res = c.res;
+    const int32_t n_drafts = (int32_t) s->drafts.size();
+    const int32_t pos0 = c.pos0;
     s->rows.resize((size_t) n_drafts + 1);
     for (int32_t i = 0; i <= n_drafts; ++i) {
-        s->rows[(size_t) i] = llama_get_logits_ith(s->trunk, i);
+        s->rows[(size_t) i] = llama_get_logits_ith(s->trunk, row0 + i);
     }
     const bool learn_mix = s->mtp && n_drafts > 0 && draft_mix_allowed(s->gen);
     verify_result v = verify(s->rows.data(), s->n_vocab, s->tokens.data(), (size_t) pos0 + 1, n_drafts,
@@ -420,8 +514,7 @@ int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, mtpl_step_r
             break;
         }
     }
-    const double t_verify = seconds_since(t);
-    const bool trunk_reused = llama_perf_context(s->trunk).n_reused > reused0;
+    t_verify += seconds_since(t_v);  // choosing among the rows is verification's time too
     // what each draft distribution mixture would have accepted at the rows verification reached
     const int32_t n_overlap = learn_mix ? std::min(v.n_accepted + 1, n_drafts) : 0;
     for (int32_t i = 0; i < n_overlap; ++i) {
@@ -433,14 +526,15 @@ int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, mtpl_step_r
     const int32_t n_acc = v.n_accepted;
     forget_from(s, pos0 + n_acc + 1);
     if (s->mtp) {
-        proposer_observe(s->prop, s->trunk, pos0, n_acc + 1, s->states);
+        proposer_observe(s->prop, s->trunk, row0, pos0, n_acc + 1, s->states);
     }
     s->n_past = pos0 + n_acc + 1;
-    s->last_row = n_acc;
+    s->last_row = row0 + n_acc;
     s->tokens.resize((size_t) s->n_past);
     s->tokens.push_back(v.next);
     s->pending_emitted = true;
 
+    int32_t * out = c.out;
     for (int32_t i = 0; i < n_acc; ++i) {
         out[res->n_tokens++] = s->drafts[i];
     }
@@ -449,18 +543,22 @@ int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, mtpl_step_r
     res->n_accepted = n_acc;
     if (is_eog(s, v.next)) {
         res->stop = MTPL_STOP_EOS;
-    } else if (res->n_tokens >= n_max) {
+    } else if (res->n_tokens >= c.n_max) {
         res->stop = MTPL_STOP_LENGTH;
     } else if (s->n_past + 1 > s->n_ctx) {
         res->stop = MTPL_STOP_CONTEXT;
     }
 
+    // a step in a group takes its share of the pass; the time between its steps is the others' too
+    const double t_step = in_group ? c.t_draft + t_verify : seconds_since(c.t0);
     if (s->mtp) {  // what the controller learns holds for any k chosen by anyone
-        const double gap = s->last_step_valid ? std::chrono::duration<double>(t0 - s->last_step_end).count() : -1.0;
+        const double gap = s->last_step_valid && !in_group
+                               ? std::chrono::duration<double>(c.t0 - s->last_step_end).count()
+                               : -1.0;
         // a head's catching up apart is upkeep, not a cost of this step's drafts (draft.cpp)
-        controller_update(s->ctl.get(), {n_drafts, n_acc, drafted.n_calls - drafted.n_upkeep, drafted.t_head,
-                                         drafted.t_draft, t_verify, seconds_since(t0) - drafted.t_upkeep, gap,
-                                         drafted.steady, drafted.n_behind, s->overlap, n_overlap, trunk_reused});
+        controller_update(s->ctl.get(), {n_drafts, n_acc, c.drafted.n_calls - c.drafted.n_upkeep, c.drafted.t_head,
+                                         c.drafted.t_draft, t_verify, t_step - c.drafted.t_upkeep, gap,
+                                         c.drafted.steady, c.drafted.n_behind, s->overlap, n_overlap, trunk_reused});
         s->last_step_end = clock_type::now();
         s->last_step_valid = true;
     }
@@ -475,9 +573,28 @@ int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, mtpl_step_r
             st.accepted[i]++;
         }
     }
-    st.t_draft_s += t_draft;
+    st.t_draft_s += c.t_draft;
     st.t_verify_s += t_verify;
-    st.t_other_s += seconds_since(t0) - t_draft - t_verify;
+    st.t_other_s += std::max(0.0, (in_group ? t_step : seconds_since(c.t0)) - c.t_draft - t_verify);
+}
+
+int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, mtpl_step_result * res) {
+    bool pass = false;
+    if (int32_t st = step_begin(s, n_max, out, res, &pass); st != MTPL_OK || !pass) {
+        return st;
+    }
+    // verify [pending, drafts...] in one trunk pass
+    const auto t = clock_type::now();
+    const int32_t reused0 = llama_perf_context(s->trunk).n_reused;
+    const bool states = step_wants_states(s);
+    s->test_passes += s->test_gap_every > 0;
+    set_states(s, states);
+    if (int32_t st = eval_trunk(s, s->cur.pos0, (int32_t) s->drafts.size() + 1, true); st != MTPL_OK) {
+        step_abandon(s);
+        return st;
+    }
+    const double t_verify = seconds_since(t);
+    step_finish(s, 0, t_verify, llama_perf_context(s->trunk).n_reused > reused0, false);
     return MTPL_OK;
 }
 
@@ -488,7 +605,7 @@ int32_t session_truncate(mtpl_session * s, int32_t n_keep) {
     if (n_keep == 0) {
         return session_reset(s);
     }
-    if (n_keep == s->n_past && s->last_row >= 0 && !s->trunk_stale) {
+    if (n_keep == s->n_past && s->last_row >= 0 && s->last_pass == s->shared->passes && !s->trunk_stale) {
         // only the pending token goes: the trunk's last pass still holds the kept end's logits and state
         s->tokens.resize((size_t) n_keep);
         if (s->mtp) {

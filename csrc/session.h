@@ -14,13 +14,30 @@
 #include "model.h"
 #include "sampler.h"
 #include "trace.h"
+#include "util.h"
+
+struct mtpl_group;
+
+namespace mtpl {
+// What the sessions that evaluate in one trunk context share: a lone session's own, or a group's.
+struct trunk_shared {
+    bool states = false;                // the context's passes report their states (llama_set_embeddings_nextn)
+    int64_t passes = 0;                 // passes evaluated: a session's rows are readable while none followed
+    std::atomic<bool> * watch = nullptr;  // the cancel flag the running pass aborts on (null: none)
+};
+}
 
 struct mtpl_session {
     mtpl_model * model = nullptr;
-    llama_context * trunk = nullptr;
+    llama_context * trunk = nullptr;    // a group's sessions share its context, one KV stream each
     llama_batch_ext * trunk_batch = nullptr;
+    mtpl_group * group = nullptr;       // the group owning trunk and trunk_batch (null: this session owns them)
+    int32_t seq = 0;                    // this session's sequence in trunk
+    mtpl::trunk_shared own_shared;
+    mtpl::trunk_shared * shared = &own_shared;
+    int64_t last_pass = -1;             // the pass (shared->passes) that holds last_row
     bool mtp = false;                   // the session drafts: prop and ctl are set up
-    bool states = false;                // the trunk reports its states for the MTP head (llama_set_embeddings_nextn)
+    bool states = false;                // this session's last trunk pass reported its states for the MTP head
     mtpl::proposer prop;
     mtpl::controller_ptr ctl;
     int32_t n_ctx = 0;
@@ -45,6 +62,18 @@ struct mtpl_session {
     std::chrono::steady_clock::time_point last_step_end{};  // for the controller's between-steps time
     bool last_step_valid = false;
 
+    // a step between its drafting and its verification (session_step, or a group's step)
+    struct step_state {
+        mtpl::clock_type::time_point t0;
+        mtpl::step_plan plan{0, {}, false};
+        mtpl::draft_outcome drafted;
+        double t_draft = 0.0;
+        int32_t pos0 = 0;
+        int32_t n_max = 0;
+        int32_t * out = nullptr;
+        mtpl_step_result * res = nullptr;
+    } cur;
+
     mtpl::trace tr;
     std::atomic<bool> busy{false};
     std::atomic<bool> cancel{false};
@@ -55,7 +84,8 @@ struct mtpl_session {
     // Recurrent trunks (arch->recurrent): llama.cpp keeps a snapshot of the state after each of the
     // last rs_depth positions of a pass; dropping r <= rs_depth of them restores the r-th once, at
     // the next pass.  rs_rows: positions of the last pass whose snapshots are still unused.
-    int32_t last_row = -1;              // the trunk's output row for position n_past - 1 (-1: none held)
+    int32_t last_row = -1;              // the trunk's output row for position n_past - 1 (-1: none held; valid
+                                        // while last_pass is the context's last)
     bool recurrent = false;
     int32_t rs_depth = 0;
     int32_t rs_rows = 0;
@@ -71,6 +101,23 @@ namespace mtpl {
 
 int32_t session_create(mtpl_model * model, const mtpl_session_params & p, mtpl_session ** out);
 void session_destroy(mtpl_session * s);
+// A session on a group's trunk context (group.cpp), sequence seq, n_ctx tokens.
+int32_t session_create_in(mtpl_model * model, mtpl_group * group, llama_context * trunk, llama_batch_ext * batch,
+                          trunk_shared * shared, int32_t seq, const mtpl_session_params & p, mtpl_session ** out);
+// A step in three parts, for a group's steps: begin (emit the pending token, plan, draft; false in
+// *pass when the step ended without a trunk pass), the pass (the caller's: rows [pending, drafts...]
+// of s->tokens from s->cur.pos0, all output), finish (verify rows from row0, keep, roll back).
+int32_t step_begin(mtpl_session * s, int32_t n_max, int32_t * out, mtpl_step_result * res, bool * pass);
+void step_abandon(mtpl_session * s);  // the pass failed: drop the drafts
+void step_finish(mtpl_session * s, int32_t row0, double t_verify, bool trunk_reused, bool in_group);
+bool step_wants_states(const mtpl_session * s);
+// bookkeeping after a trunk pass that held rows [row0, row0 + n) of this session from position pos0
+void pass_done(mtpl_session * s, int32_t row0, int32_t pos0, int32_t n, bool all_logits);
+void pass_failed(mtpl_session * s);
+// n_ctx, n_batch, n_threads resolved and checked, into a context's parameters
+int32_t context_params(const mtpl_model * model, const mtpl_session_params & p, llama_context_params & cp);
+void set_states(mtpl_session * s, bool on);
+
 int32_t session_reset(mtpl_session * s);
 int32_t session_feed(mtpl_session * s, const int32_t * tokens, int32_t n);
 int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, mtpl_step_result * res);

@@ -19,6 +19,9 @@ std::string upstream_error();
 void clear_upstream_error();
 // Install our log hook and initialise the llama.cpp backend once per process.
 void ensure_backend();
+// Rows up to which every backend computes a batch's rows as lone rows (0: off); api.cpp.
+void set_batch_invariant(int max_rows);
+int batch_invariant_rows();
 
 using clock_type = std::chrono::steady_clock;
 

@@ -32,6 +32,7 @@ from .errors import (
 from .chat import ChatDelta, ChatMessage, ChatPrompt, ChatResult, ChatStream, ToolCall, ToolCallDelta
 from .fileinfo import FileInfo, inspect
 from .split import extract_mtp, extract_trunk
+from .group import Group, GroupStats
 from .model import (Device, GenerationResult, GenerationStats, MemoryUse, Model, ModelInfo, Session, batch_invariant,
                     cuda_graph_counts, devices, huge_pages, rpc_timeout, set_batch_invariant, set_huge_pages,
                     set_rpc_timeout)
@@ -39,7 +40,7 @@ from .model import (Device, GenerationResult, GenerationStats, MemoryUse, Model,
 logging.getLogger("mtpllama").addHandler(logging.NullHandler())
 
 __all__ = [
-    "__version__", "Model", "Session", "ModelInfo", "GenerationResult", "GenerationStats",
+    "__version__", "Model", "Session", "Group", "GroupStats", "ModelInfo", "GenerationResult", "GenerationStats",
     "ModelConfig", "SessionConfig", "SpecConfig", "SamplingConfig",
     "MtpllamaError", "ModelLoadError", "ModelNotFoundError", "NotGGUFError", "UnsupportedArchitectureError",
     "NoMtpHeadError", "ContextOverflowError", "DecodeError", "SessionBusyError", "CancelledError",

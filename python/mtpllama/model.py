@@ -12,6 +12,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 from dataclasses import dataclass, field, replace
 
 from . import _lib
@@ -20,6 +21,9 @@ from .chat import ChatPrompt, ChatResult, ChatStream, build_request
 from .config import (GREEDY, PLAIN, ModelConfig, SamplingConfig, SessionConfig, SpecConfig, mem_available,
                      resolve_use_mmap)
 from .errors import MtpllamaError, SessionBusyError
+
+if TYPE_CHECKING:
+    from .group import Group
 
 
 @dataclass(frozen=True)
@@ -202,6 +206,7 @@ class Model(_Closeable):
                                  rpc_servers=rpc_servers if isinstance(rpc_servers, str) else tuple(rpc_servers))
         self.config = config
         self._sessions: weakref.WeakSet[Session] = weakref.WeakSet()
+        self._groups: weakref.WeakSet = weakref.WeakSet()
         self._default: dict[bool, Session] = {}
         self._pieces: list[bytes] | None = None
         self._lock = threading.Lock()
@@ -246,6 +251,8 @@ class Model(_Closeable):
             return
         for s in list(self._sessions):
             s.close()
+        for g in list(self._groups):
+            g.close()
         self._default.clear()
         _lib.check(lib.mtpl_model_free(self._handle))
         self._handle = ffi.NULL
@@ -320,6 +327,26 @@ class Model(_Closeable):
         elif kwargs:
             raise TypeError("pass either a SessionConfig or keyword arguments")
         return Session(self, config, self.config.mtp if mtp is None else mtp)
+
+    def group(self, n: int, config: SessionConfig | None = None, *, mtp: bool | None = None,
+              exact: bool = True) -> "Group":
+        """n sessions that share one trunk context and verify their drafts in one trunk pass per
+        step (mtpllama.group.Group): drive each from a thread of its own, or use generate_many."""
+        from .group import Group
+
+        return Group(self, n, config, mtp=mtp, exact=exact)
+
+    def generate_many(self, prompts: Sequence[str | Sequence[int]], max_tokens: int | Sequence[int] = 128, *,
+                      spec: SpecConfig | None = None, sampling: SamplingConfig | None = None,
+                      stop: Sequence[str] = (), mtp: bool | None = None, exact: bool = True,
+                      config: SessionConfig | None = None) -> list[GenerationResult]:
+        """Complete several prompts at once, each from a fresh context, with one trunk pass per
+        step for all of them (a temporary Group); results in the prompts' order.  In the exact mode
+        (default) each result equals what generate() returns for that prompt alone."""
+        if not prompts:
+            return []
+        with self.group(len(prompts), config, mtp=mtp, exact=exact) as g:
+            return g.generate_many(prompts, max_tokens, spec=spec, sampling=sampling, stop=stop)
 
     def _default_session(self, mtp: bool) -> "Session":
         s = self._default.get(mtp)
@@ -525,17 +552,21 @@ class Session(_Closeable):
     is already there.  Call reset() to start over.  One thread at a time.
     """
 
-    def __init__(self, model: Model, config: SessionConfig, mtp: bool) -> None:
+    def __init__(self, model: Model, config: SessionConfig, mtp: bool, _group=None, _handle=None) -> None:
         self._handle = ffi.NULL
         self.model = model  # strong reference: the model outlives its sessions
         self.config = config
         self.mtp = bool(mtp)
-        params = ffi.new("mtpl_session_params *", {
-            "n_ctx": config.n_ctx, "n_batch": config.n_batch, "n_threads": config.n_threads, "mtp": int(self.mtp)})
-        out = ffi.new("mtpl_session **")
-        _lib.check(lib.mtpl_session_new(model._ptr(), params, out), "session")
-        self._handle = out[0]
-        model._sessions.add(self)
+        self._group = _group  # a Group's session: the group owns the handle and coordinates its steps
+        if _group is None:
+            params = ffi.new("mtpl_session_params *", {
+                "n_ctx": config.n_ctx, "n_batch": config.n_batch, "n_threads": config.n_threads, "mtp": int(self.mtp)})
+            out = ffi.new("mtpl_session **")
+            _lib.check(lib.mtpl_session_new(model._ptr(), params, out), "session")
+            self._handle = out[0]
+            model._sessions.add(self)
+        else:
+            self._handle = _handle
         n = ffi.new("int32_t *")
         _lib.check(lib.mtpl_session_n_ctx(self._handle, n))
         self.n_ctx = n[0]
@@ -561,9 +592,10 @@ class Session(_Closeable):
         if not self._busy.acquire(blocking=False):
             raise SessionBusyError("cannot close a session while it is generating (finish or close the stream)")
         try:
-            _lib.check(lib.mtpl_session_free(self._handle))
-            self._handle = ffi.NULL
-            self.model._sessions.discard(self)
+            if self._group is None:
+                _lib.check(lib.mtpl_session_free(self._handle))
+                self.model._sessions.discard(self)
+            self._handle = ffi.NULL  # a group's session is freed with its group
         finally:
             self._busy.release()
 
@@ -705,6 +737,9 @@ class Session(_Closeable):
                 yield [], "cancelled"
                 return
             _lib.check(st, "prompt")
+        if self._group is not None:  # the group verifies its sessions' steps together
+            yield from self._group._steps_of(self, max_tokens)
+            return
         out, res, step = self._out, self._result, lib.mtpl_session_step
         remaining = max_tokens
         while remaining > 0:

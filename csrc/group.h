@@ -1,0 +1,34 @@
+// A group: sessions that share one trunk context, one KV stream each, and verify their drafts in
+// one trunk pass per step (continuous batching: each step takes the sessions the caller names).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <mutex>
+#include <vector>
+
+#include "session.h"
+
+struct mtpl_group {
+    mtpl_model * model = nullptr;
+    llama_context * trunk = nullptr;
+    llama_batch_ext * batch = nullptr;
+    mtpl::trunk_shared shared;
+    std::vector<mtpl_session *> sessions;  // sessions[i] is sequence i
+    std::mutex mu;                      // one evaluation in the shared context at a time
+    bool exact = true;
+    int32_t n_batch = 0;                // the trunk context's batch: every session's k + 1 rows
+    std::atomic<bool> never{false};     // a group pass is not cancelled by one session
+    mtpl_group_stats stats{};
+};
+
+namespace mtpl {
+
+int32_t group_create(mtpl_model * model, const mtpl_group_params & p, mtpl_group ** out);
+void group_destroy(mtpl_group * g);
+// One step of sessions ss[0, n) (distinct, of g): each drafts, then one trunk pass verifies them all.
+// Session i writes its tokens to out + i * cap and its result to res[i]; status[i] is its status.
+int32_t group_step(mtpl_group * g, int32_t n, mtpl_session * const * ss, const int32_t * n_max, int32_t * out,
+                   int32_t cap, mtpl_step_result * res, int32_t * status);
+
+} // namespace mtpl

@@ -1,0 +1,216 @@
+"""Several sequences per step: a Group's sessions share one trunk context (a KV stream each) and
+verify their drafts in one trunk pass per step, so the weights are read once for all of them.
+
+Each session is driven as a lone one (generate, stream, chat, in a thread of its own); when its
+generation reaches a step, it waits until every session of the group that is generating has
+reached one, and the last to arrive evaluates the step for all of them (mtpl_group_step: one
+foreign call per step).  A session that is still evaluating its prompt does not hold the others
+up: it joins the steps when its prompt is in.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from . import _lib
+from ._lib import CANCELLED, MAX_DRAFT, STOP_REASONS, _Closeable, ffi, lib
+from .config import SamplingConfig, SessionConfig, SpecConfig
+from .errors import MtpllamaError, SessionBusyError
+
+_CAP = MAX_DRAFT + 2  # tokens a step can emit
+
+
+@dataclass
+class GroupStats:
+    """Counters of a group's shared trunk passes since it was created."""
+
+    passes: int          # trunk passes that verified group steps
+    seq_steps: int       # session steps those passes verified
+    rows: int            # rows evaluated for them (pending tokens and drafts)
+    pad_rows: int        # filler rows, so that every sequence of a pass has as many
+    graphs: int          # graph evaluations the passes took (one per pass when the sequences are consecutive)
+    t_pass: float        # seconds in those passes
+
+    @property
+    def sequences_per_pass(self) -> float:
+        return self.seq_steps / self.passes if self.passes else 0.0
+
+
+class Group(_Closeable):
+    """n sessions on one trunk context (Model.group).  exact=True (the default): every row of a
+    shared pass is computed as it would be alone, so a sequence's output does not depend on which
+    others share its steps; exact=False lets llama.cpp's batched kernels take passes of more than
+    MAX_DRAFT + 1 rows (faster on some weight types, and a sequence's output may then depend on
+    its company in the last bits).  Architectures with a recurrent trunk state are not supported."""
+
+    def __init__(self, model, n: int, config: SessionConfig | None = None, *, mtp: bool | None = None,
+                 exact: bool = True) -> None:
+        from .model import Session
+
+        self._handle = ffi.NULL
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError("n must be an int")
+        self.model = model
+        self.config = config or model.session_defaults
+        self.mtp = model.config.mtp if mtp is None else bool(mtp)
+        self.exact = bool(exact)
+        params = ffi.new("mtpl_group_params *")
+        params.session.n_ctx = self.config.n_ctx
+        params.session.n_batch = self.config.n_batch
+        params.session.n_threads = self.config.n_threads
+        params.session.mtp = int(self.mtp)
+        params.n_seq = n
+        params.exact = int(self.exact)
+        out = ffi.new("mtpl_group **")
+        _lib.check(lib.mtpl_group_new(model._ptr(), params, out), "group")
+        self._handle = out[0]
+        model._groups.add(self)
+        self.sessions: list[Session] = []
+        for i in range(n):
+            h = ffi.new("mtpl_session **")
+            _lib.check(lib.mtpl_group_session(self._handle, i, h))
+            self.sessions.append(Session(model, self.config, self.mtp, _group=self, _handle=h[0]))
+        self._cond = threading.Condition()
+        self._active: set = set()      # sessions in their steps
+        self._waiting: dict = {}       # session -> tokens it may still emit
+        self._results: dict = {}
+        self._firing = False
+        self._hold: set = set()        # sessions about to join: steps wait for them (generate_many)
+
+    def _ptr(self):
+        if self._handle == ffi.NULL:
+            raise MtpllamaError("the group is closed")
+        return self._handle
+
+    @property
+    def closed(self) -> bool:
+        return self._handle == ffi.NULL
+
+    def close(self) -> None:
+        """Free the group and its sessions.  Safe to call twice; raises SessionBusyError while one
+        of them generates."""
+        if self._handle == ffi.NULL:
+            return
+        held = []
+        try:
+            for s in self.sessions:
+                if not s._busy.acquire(blocking=False):
+                    raise SessionBusyError("cannot close a group while one of its sessions is generating")
+                held.append(s)
+            _lib.check(lib.mtpl_group_free(self._handle))
+            self._handle = ffi.NULL
+            for s in self.sessions:
+                s._handle = ffi.NULL
+            self.model._groups.discard(self)
+        finally:
+            for s in held:
+                s._busy.release()
+
+    def stats(self) -> GroupStats:
+        st = ffi.new("mtpl_group_stats *")
+        _lib.check(lib.mtpl_group_get_stats(self._ptr(), st))
+        return GroupStats(st.n_passes, st.n_seq_steps, st.n_rows, st.n_pad_rows, st.n_ubatches, st.t_pass_s)
+
+    # -- generation -------------------------------------------------------------------------
+    def generate_many(self, prompts: Sequence[str | Sequence[int]], max_tokens: int | Sequence[int] = 128, *,
+                      spec: SpecConfig | None = None, sampling: SamplingConfig | None = None,
+                      stop: Sequence[str] = ()) -> list:
+        """Complete each prompt from a fresh context, on sessions 0..len(prompts)-1, all at once:
+        a list of GenerationResult in the prompts' order.  max_tokens: one for all, or one per prompt."""
+        prompts = list(prompts)
+        if len(prompts) > len(self.sessions):
+            raise ValueError(f"{len(prompts)} prompts for a group of {len(self.sessions)} sessions")
+        limits = [max_tokens] * len(prompts) if isinstance(max_tokens, int) else list(max_tokens)
+        if len(limits) != len(prompts):
+            raise ValueError("max_tokens: one int, or one per prompt")
+
+        def run(i: int):
+            s = self.sessions[i]
+            try:
+                s.reset()
+                return s.generate(prompts[i], limits[i], spec=spec, sampling=sampling, stop=stop)
+            finally:
+                self._release(s)
+
+        if not prompts:
+            return []
+        with self._cond:  # the first steps wait until every prompt is in
+            self._hold.update(self.sessions[:len(prompts)])
+        with ThreadPoolExecutor(max_workers=len(prompts), thread_name_prefix="mtpllama-group") as pool:
+            return list(pool.map(run, range(len(prompts))))
+
+    # -- the steps (called from Session._steps, in each session's thread) ------------------------
+    def _release(self, session) -> None:
+        with self._cond:
+            self._hold.discard(session)
+            self._cond.notify_all()
+
+    def _steps_of(self, session, max_tokens: int) -> Iterator[tuple[list[int], str]]:
+        with self._cond:
+            self._active.add(session)
+            self._hold.discard(session)
+        try:
+            remaining = max_tokens
+            while remaining > 0:
+                st, got, stop = self._step(session, remaining)
+                if st == CANCELLED:
+                    yield [], "cancelled"
+                    return
+                if st:
+                    raise st if isinstance(st, BaseException) else MtpllamaError(f"status {st}")
+                remaining -= len(got)
+                yield got, stop
+                if stop != "none":
+                    return
+        finally:
+            with self._cond:
+                self._active.discard(session)
+                self._waiting.pop(session, None)
+                self._cond.notify_all()
+
+    def _step(self, session, remaining: int):
+        cond = self._cond
+        with cond:
+            self._waiting[session] = remaining
+            cond.notify_all()
+            while session not in self._results:
+                if not self._firing and not self._hold and all(a in self._waiting for a in self._active):
+                    batch, self._waiting = self._waiting, {}
+                    self._firing = True
+                    cond.release()
+                    try:
+                        results = self._native_step(batch)
+                    except BaseException as e:  # every session of the step gets the failure
+                        results = {s: (e, [], "none") for s in batch}
+                    finally:
+                        cond.acquire()
+                        self._firing = False
+                    self._results.update(results)
+                    cond.notify_all()
+                else:
+                    cond.wait()
+            return self._results.pop(session)
+
+    def _native_step(self, batch: dict) -> dict:
+        sessions = list(batch)
+        n = len(sessions)
+        handles = ffi.new("mtpl_session *[]", [s._ptr() for s in sessions])
+        n_max = ffi.new("int32_t[]", [batch[s] for s in sessions])
+        out = ffi.new("int32_t[]", n * _CAP)
+        res = ffi.new("mtpl_step_result[]", n)
+        status = ffi.new("int32_t[]", n)
+        rc = lib.mtpl_group_step(self._ptr(), n, handles, n_max, out, _CAP, res, status)
+        if rc and all(status[i] == 0 for i in range(n)):  # the call itself was refused
+            _lib.raise_for(rc, "generate")
+        results = {}
+        for i, s in enumerate(sessions):
+            st = status[i]
+            if st and st != CANCELLED:
+                try:
+                    _lib.raise_for(st, "generate")
+                except MtpllamaError as e:
+                    st = e
+            results[s] = (st, ffi.unpack(out + i * _CAP, res[i].n_tokens), STOP_REASONS[res[i].stop])
+        return results

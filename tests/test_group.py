@@ -1,0 +1,257 @@
+"""Several sequences per step (mtpllama.Group): a group's sessions share one trunk context, a KV
+stream each, and verify every sequence's drafts in one trunk pass.
+
+In the exact mode a sequence's output must not depend on which others share its steps: every
+test here compares a group's outputs (and, where it says so, its trunk logits bit for bit) with
+the same prompts generated alone.  The batched mode's rows differ (the comparison has power).
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import mtpllama
+from mtpllama import InvalidArgumentError, SamplingConfig, SessionConfig, SpecConfig
+from mtpllama._lib import ffi, lib
+from mtpllama.testing import SyntheticSpec, write_synthetic
+from mtpllama.testing.fixtures import PROMPTS
+
+CFG = SessionConfig(n_threads=1, n_ctx=512)
+FIXED3 = SpecConfig(draft_max=3, draft_p_min=0.0, adaptive=False)
+LENGTHS = [40, 24, 56, 32, 48, 16, 64, 36]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("group")
+    out = {}
+    for dtype in ("f32", "f16", "q8_0", "q4_0"):
+        spec = SyntheticSpec(nextn="own", dtype=dtype, n_embd=128, n_ff=256, n_ff_exp=64, head_dim=32,
+                             norm_noise=0.3, seed=41)
+        out[dtype] = str(write_synthetic(d / f"{dtype}.gguf", spec))
+    spec = SyntheticSpec(nextn="own", dtype="q4_k", n_embd=256, n_ff=512, n_ff_exp=256, head_dim=32,
+                         norm_noise=0.3, seed=41)
+    out["q4_k"] = str(write_synthetic(d / "q4_k.gguf", spec))
+    return out
+
+
+def alone(model, prompts, lengths, spec, mtp=True, sampling=None):
+    with model.session(CFG, mtp=mtp) as s:
+        out = []
+        for p, n in zip(prompts, lengths):
+            s.reset()
+            out.append(s.generate(p, n, spec=spec if mtp else None, sampling=sampling).tokens)
+        return out
+
+
+@pytest.mark.parametrize("spec", [SpecConfig(), FIXED3], ids=["defaults", "k3"])
+def test_one_to_eight_sequences_equal_alone(files, spec):
+    """1..8 sequences of different lengths (they leave the steps one by one): each sequence's greedy
+    output equals its plain output alone, and its MTP output alone."""
+    with mtpllama.Model(files["q8_0"]) as m:
+        prompts = PROMPTS[:8]
+        plain = alone(m, prompts, LENGTHS, None, mtp=False)
+        assert alone(m, prompts, LENGTHS, spec) == plain
+        for n in range(1, 9):
+            with m.group(n, CFG) as g:
+                got = [r.tokens for r in g.generate_many(prompts[:n], LENGTHS[:n], spec=spec)]
+                st = g.stats()
+            assert got == plain[:n], n
+            assert st.passes > 0 and st.seq_steps >= st.passes
+            if n > 1:
+                assert st.passes <= 0.8 * st.seq_steps, st  # the steps were shared
+
+
+def trunk_logits(session) -> dict:
+    """{(pos, token): logits} of the rows the trunk output in the recorded generation."""
+    return {(e["pos"], e["token"]): e["logits"] for e in session.debug_events()
+            if e["kind"] == "trunk" and e["logits"] is not None}
+
+
+def group_rows(model, prompts, lengths, exact: bool):
+    """Trunk logits of each sequence generated in one group (k=3 drafts, 8 sequences: 32-row passes)."""
+    with model.group(len(prompts), CFG, exact=exact) as g:
+        for s in g.sessions:
+            s.debug_record()
+        g.generate_many(prompts, lengths, spec=FIXED3)
+        return [trunk_logits(s) for s in g.sessions]
+
+
+def lone_rows(model, prompts, lengths):
+    with model.session(CFG, mtp=False) as s:
+        out = []
+        for p, n in zip(prompts, lengths):
+            s.reset()
+            s.debug_record()
+            s.generate(p, n)
+            out.append(trunk_logits(s))
+        return out
+
+
+def compare_rows(grouped, lone) -> tuple[int, int]:
+    same = diff = 0
+    for g, l in zip(grouped, lone):
+        for key, logits in g.items():
+            if key in l:
+                if np.array_equal(logits, l[key]):
+                    same += 1
+                else:
+                    diff += 1
+    return same, diff
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16", "q8_0", "q4_0", "q4_k"])
+def test_exact_group_rows_equal_lone_rows(files, dtype):
+    """Exact mode: every trunk row of a shared pass (up to 8 x 4 rows) has the bits of plain
+    decoding's lone row at that position, for each weight type."""
+    with mtpllama.Model(files[dtype]) as m:
+        prompts, lengths = PROMPTS[:8], [32] * 8
+        same, diff = compare_rows(group_rows(m, prompts, lengths, exact=True), lone_rows(m, prompts, lengths))
+    assert same >= 100 and diff == 0, (same, diff)
+
+
+def test_batched_mode_rows_differ(files):
+    """The comparison has power: in the batched mode, passes of more than MAX_DRAFT + 1 rows take
+    llama.cpp's batched f32 kernels, whose rows differ from lone rows in the last bits."""
+    with mtpllama.Model(files["f32"]) as m:
+        prompts, lengths = PROMPTS[:8], [32] * 8
+        same, diff = compare_rows(group_rows(m, prompts, lengths, exact=False), lone_rows(m, prompts, lengths))
+    assert diff > 0, (same, diff)
+
+
+def test_sequences_join_and_leave(files):
+    """Continuous batching: sequences start while another is mid-generation (their prompts are
+    evaluated between its steps) and end at different times; each output equals alone."""
+    with mtpllama.Model(files["q8_0"]) as m:
+        prompts = PROMPTS[8:16]
+        lengths = [160] + LENGTHS[1:]
+        expect = alone(m, prompts, lengths, FIXED3)
+        got: dict[int, list[int]] = {}
+        joined = [threading.Event() for _ in range(8)]
+        with m.group(8, CFG) as g:
+            def first():
+                toks = []
+                for n, _piece in enumerate(g.sessions[0].stream(prompts[0], lengths[0], spec=FIXED3)):
+                    if n % 3 == 0 and n // 3 < 8:
+                        joined[n // 3].set()  # the next sequence joins now
+                        time.sleep(0.005)
+                got[0] = g.sessions[0].tokens
+
+            def run(i):
+                joined[i].wait(30)
+                got[i] = g.sessions[i].generate(prompts[i], lengths[i], spec=FIXED3).tokens
+
+            threads = [threading.Thread(target=first)] + [threading.Thread(target=run, args=(i,)) for i in range(1, 8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            st = g.stats()
+    assert [got[i] for i in range(1, 8)] == expect[1:]
+    assert got[0][-len(expect[0]):] == expect[0]  # the context ends with the generated tokens
+    assert st.sequences_per_pass > 1.5, st
+
+
+def test_sampled_sequences_equal_alone(files):
+    """Seeded sampling: each session draws from its own generator, so a sampled sequence in a
+    group equals the same request alone, token for token."""
+    with mtpllama.Model(files["q8_0"]) as m:
+        prompts = PROMPTS[:4]
+        sampling = [SamplingConfig(temperature=0.9, seed=100 + i) for i in range(4)]
+        expect = []
+        with m.session(CFG) as s:
+            for p, smp in zip(prompts, sampling):
+                s.reset()
+                expect.append(s.generate(p, 40, spec=FIXED3, sampling=smp).tokens)
+        got = {}
+        with m.group(4, CFG) as g:
+            def run(i):
+                got[i] = g.sessions[i].generate(prompts[i], 40, spec=FIXED3, sampling=sampling[i]).tokens
+
+            threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+    assert [got[i] for i in range(4)] == expect
+
+
+def test_cancelling_one_sequence_leaves_the_others(files):
+    """A cancelled session stops at its next step ('cancelled'); the others go on and finish as
+    they would alone; the cancelled session generates again afterwards."""
+    with mtpllama.Model(files["q8_0"]) as m:
+        prompts = PROMPTS[:4]
+        expect = alone(m, prompts, [200] * 4, FIXED3)
+        with m.group(4, CFG) as g:
+            results = {}
+
+            def gen(i):
+                results[i] = g.sessions[i].generate(prompts[i], 200, spec=FIXED3)
+
+            threads = [threading.Thread(target=gen, args=(i,)) for i in range(4)]
+            for t in threads:
+                t.start()
+            time.sleep(0.05)
+            g.sessions[0].cancel()
+            for t in threads:
+                t.join()
+            assert results[0].stop_reason == "cancelled"
+            assert len(results[0].tokens) < len(expect[0])
+            assert [results[i].tokens for i in (1, 2, 3)] == expect[1:]
+            g.sessions[0].reset()
+            assert g.sessions[0].generate(prompts[0], 200, spec=FIXED3).tokens == expect[0]
+
+
+def test_prefix_reuse_in_a_group(files):
+    """A group's session keeps its context between requests: a request that extends the last one
+    evaluates only its new tokens, and the output equals a fresh context's."""
+    with mtpllama.Model(files["q8_0"]) as m:
+        first = m.tokenize(PROMPTS[3])
+        with m.session(CFG) as s:
+            r1 = s.generate(first, 20, spec=FIXED3)
+            s.reset()
+            second = first + r1.tokens + m.tokenize(" and")
+            expect = s.generate(second, 20, spec=FIXED3).tokens
+        with m.group(2, CFG) as g:
+            s = g.sessions[1]
+            assert s.generate(first, 20, spec=FIXED3, reuse_prefix=True).tokens == r1.tokens
+            r2 = s.generate(second, 20, spec=FIXED3, reuse_prefix=True)
+            assert r2.tokens == expect
+            assert r2.stats.cached_tokens >= len(first) + len(r1.tokens) - 2
+
+
+def test_group_refusals(files, tmp_path):
+    """Bad sizes, a recurrent architecture, a session freed on its own, a session of another group:
+    clear errors, nothing crashes; closing the model closes its groups."""
+    from mtpllama.testing.arch import qwen35
+
+    m = mtpllama.Model(files["f32"])
+    for n in (0, -1, 65):
+        with pytest.raises(InvalidArgumentError, match="n_seq"):
+            m.group(n, CFG)
+    with pytest.raises(TypeError):
+        m.group(2.0, CFG)
+    g1, g2 = m.group(2, CFG), m.group(1, CFG)
+    assert lib.mtpl_session_free(g1.sessions[0]._ptr()) == lib.MTPL_ERR_INVALID_ARGUMENT
+    assert "free the group" in ffi.string(lib.mtpl_last_error()).decode()
+    g1.sessions[0].generate("x", 4)  # still usable
+    handles = ffi.new("mtpl_session *[]", [g1.sessions[0]._ptr(), g2.sessions[0]._ptr()])
+    n_max = ffi.new("int32_t[]", [4, 4])
+    out = ffi.new("int32_t[]", 2 * (lib.MTPL_MAX_DRAFT + 2))
+    res, status = ffi.new("mtpl_step_result[]", 2), ffi.new("int32_t[]", 2)
+    assert lib.mtpl_group_step(g1._ptr(), 2, handles, n_max, out, lib.MTPL_MAX_DRAFT + 2, res, status) == \
+        lib.MTPL_ERR_INVALID_ARGUMENT
+    twice = ffi.new("mtpl_session *[]", [g1.sessions[0]._ptr(), g1.sessions[0]._ptr()])
+    assert lib.mtpl_group_step(g1._ptr(), 2, twice, n_max, out, lib.MTPL_MAX_DRAFT + 2, res, status) == \
+        lib.MTPL_ERR_INVALID_ARGUMENT
+    with pytest.raises(ValueError):
+        g2.generate_many(["a", "b"], 4)
+    m.close()
+    assert g1.closed and g2.closed and g1.sessions[1].closed
+    path = qwen35.write_synthetic(tmp_path / "qwen35.gguf")
+    with mtpllama.Model(path) as q:
+        with pytest.raises(InvalidArgumentError, match="recurrent"):
+            q.group(2, CFG)
