@@ -268,6 +268,7 @@ int32_t model_load(const mtpl_model_params & p, mtpl_model ** out) {
     info.nextn_bytes_file = nextn.nextn_bytes;
     info.n_params = (int64_t) llama_model_n_params(m->model) + (m->head ? (int64_t) llama_model_n_params(m->head) : 0);
     info.mtp_separate = m->head ? 1 : 0;
+    info.recurrent = m->arch->recurrent ? 1 : 0;
     if (p.mtp) {
         const llama_model * hm = m->head ? m->head : m->model;
         const int il = (int) hm->hparams.n_layer_all - 1;

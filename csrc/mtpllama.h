@@ -90,6 +90,7 @@ typedef struct mtpl_model_info {
     int64_t n_params;               /* parameters loaded */
     int32_t mtp_separate;           /* the NextN block came from mtp_path */
     char mtp_device[64];            /* the device the NextN block runs on ("" when it is not loaded) */
+    int32_t recurrent;              /* the trunk keeps a recurrent state (rejected drafts restore snapshots) */
 } mtpl_model_info;
 
 typedef struct mtpl_session_params {

@@ -133,7 +133,6 @@ def test_sequences_join_and_leave(files):
         joined = [threading.Event() for _ in range(8)]
         with m.group(8, CFG) as g:
             def first():
-                toks = []
                 for n, _piece in enumerate(g.sessions[0].stream(prompts[0], lengths[0], spec=FIXED3)):
                     if n % 3 == 0 and n // 3 < 8:
                         joined[n // 3].set()  # the next sequence joins now

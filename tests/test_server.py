@@ -135,7 +135,7 @@ def reference(chat_files):
 
 # --- the OpenAI API ---------------------------------------------------------------------------------
 def test_health_and_models(server, client):
-    assert server.call("GET", "/health", key=None) == (200, {"status": "ok"})
+    assert server.call("GET", "/health", key=None) == (200, {"status": "ok", "batching": "exact"})
     ids = [m.id for m in client.models.list()]
     assert ids == ["glm-test"]
 

@@ -82,7 +82,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
                  n_threads=a.threads, mtp=not a.no_mtp, mtp_path=None if a.no_mtp else a.mtp_path, spec=spec,
                  n_gpu_layers=a.n_gpu_layers, tensor_overrides=_overrides(a.override_tensor), use_mmap=a.use_mmap,
                  mtp_device=None if a.no_mtp else a.mtp_device, rpc_servers=_rpc(a.rpc), max_queue=a.queue_size,
-                 alias=a.alias, log_level="debug" if a.verbose else "info", step_delay=a.debug_step_delay)
+                 alias=a.alias, log_level="debug" if a.verbose else "info", step_delay=a.debug_step_delay,
+                 batching=a.batching)
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
@@ -239,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--host", default="127.0.0.1")
     v.add_argument("--port", type=int, default=8080)
     v.add_argument("-np", "--parallel", type=int, default=1, help="sessions: requests generated at once")
+    v.add_argument("--batching", choices=["exact", "batched", "off"], default=None,
+                   help="exact (default): requests generating at once share one trunk pass per step, each reply "
+                        "as if alone; batched: the same with llama.cpp's batched kernels for big passes; off: a "
+                        "trunk pass per request (the default for recurrent trunks, which groups do not support)")
     v.add_argument("--queue-size", type=int, default=16,
                    help="requests that may wait for a session; more are refused with 503")
     v.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $MTPLLAMA_API_KEY, if set)")

@@ -54,6 +54,8 @@ class ModelInfo:
     mtp_separate: bool = False
     """The NextN block came from ModelConfig.mtp_path (its counts above are that file's)."""
     mtp_device: str = ""
+    recurrent: bool = False
+    """The trunk keeps a recurrent state (delta-net, Mamba-2, ...): groups do not support it yet."""
     """The device the NextN block runs on ("CPU", "CUDA0", ...; "" when it is not loaded)."""
 
 
@@ -233,7 +235,7 @@ class Model(_Closeable):
             n_tensors_file=info.n_tensors_file, n_tensors_nextn_file=info.n_tensors_nextn_file,
             token_eos=info.token_eos, model_bytes=info.model_bytes, nextn_bytes_file=info.nextn_bytes_file,
             n_params=info.n_params, use_mmap=use_mmap, mtp_separate=bool(info.mtp_separate),
-            mtp_device=ffi.string(info.mtp_device).decode())
+            mtp_device=ffi.string(info.mtp_device).decode(), recurrent=bool(info.recurrent))
 
     # -- lifetime ---------------------------------------------------------------
     def _ptr(self):

@@ -20,9 +20,12 @@ def serve(model_path: str, *, host: str = "127.0.0.1", port: int = 8080, paralle
           n_ctx: int = 0, n_threads: int = 0, mtp: bool = True, mtp_path: str | None = None, spec=None,
           n_gpu_layers: int = 0, tensor_overrides: tuple[str, ...] = (), use_mmap: bool | None = None,
           mtp_device: str | None = None, rpc_servers: tuple[str, ...] = (),
-          max_queue: int = 16, alias: str | None = None, log_level: str = "info", step_delay: float = 0.0) -> int:
+          max_queue: int = 16, alias: str | None = None, log_level: str = "info", step_delay: float = 0.0,
+          batching: str | None = None) -> int:
     """Serve model_path until SIGINT or SIGTERM: requests in flight are cancelled at their next step
-    boundary, the sessions and the model are freed, and the function returns 0."""
+    boundary, the sessions and the model are freed, and the function returns 0.  batching: see
+    engine.BATCHING; None is "exact", or "off" for a recurrent trunk (groups do not support it yet;
+    the server says so on stderr and in /health)."""
     try:
         import uvicorn
         from .app import ServerConfig, create_app
@@ -35,13 +38,19 @@ def serve(model_path: str, *, host: str = "127.0.0.1", port: int = 8080, paralle
 
     if parallel < 1:
         raise ValueError("--parallel must be >= 1")
-    threads = n_threads or max(1, (os.cpu_count() or 1) // parallel)
     model = Model(model_path, mtp=mtp, mtp_path=mtp_path, n_gpu_layers=n_gpu_layers,
                   tensor_overrides=tensor_overrides, use_mmap=use_mmap, mtp_device=mtp_device,
                   rpc_servers=rpc_servers)
     try:
+        if batching is None:
+            batching = "off" if model.info.recurrent else "exact"
+            if batching == "off" and parallel > 1:
+                print(f"mtpllama serve: {model.info.arch} has a recurrent trunk, which groups do not support yet: "
+                      "each request gets trunk passes of its own (--batching off)", file=sys.stderr)
+        # a group evaluates in one context with every core; separate sessions share the cores
+        threads = n_threads or max(1, (os.cpu_count() or 1) // (1 if batching != "off" else parallel))
         pool = SessionPool(model, parallel, session_config=SessionConfig(n_ctx=n_ctx, n_threads=threads),
-                           spec=spec, mtp=mtp, max_queue=max_queue, step_delay=step_delay)
+                           spec=spec, mtp=mtp, max_queue=max_queue, step_delay=step_delay, batching=batching)
     except BaseException:
         model.close()
         raise

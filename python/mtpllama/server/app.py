@@ -108,7 +108,7 @@ def create_app(engine, config: ServerConfig) -> Starlette:
 
     # -- routes ----------------------------------------------------------------------------
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "ok", "batching": engine.batching})
 
     async def get_metrics(request: Request) -> Response:
         try:

@@ -1,11 +1,11 @@
 """What the HTTP layer asks of the engine: prepare a request (render, tokenize, check its length),
 submit it, read its events, cancel it, count it.
 
-SessionPool is the engine today: N sessions on one model, each served by a worker thread, one
-request per session at a time; a request goes to the idle session whose cache shares the longest
-prefix with its prompt (prompt-prefix reuse across requests), or waits in a bounded queue.  A
-batched engine (many sequences in one trunk pass) can replace it behind the same methods: prepare_*,
-submit, snapshot, begin_shutdown, close, and the Job it hands out.
+SessionPool is the engine: N sessions on one model, each served by a worker thread, one request
+per session at a time; a request goes to the idle session whose cache shares the longest prefix
+with its prompt (prompt-prefix reuse across requests), or waits in a bounded queue.  With batching
+"exact" or "batched" the N sessions are a Group's (mtpllama.group): the requests generating at a
+time verify their drafts in one trunk pass per step, each still driven by its own worker thread.
 """
 from __future__ import annotations
 
@@ -23,6 +23,12 @@ from ..errors import (ChatTemplateError, ContextOverflowError, InvalidArgumentEr
 from ..model import Model, Session
 from .metrics import Metrics
 from .protocol import ApiError, ChatRequest, CompletionRequest
+
+
+BATCHING = ("off", "exact", "batched")
+"""off: a session per request, each with its own trunk passes; exact: one trunk pass per step for
+every request generating, each row computed as alone (replies do not depend on the others);
+batched: the same, with llama.cpp's batched kernels for passes of more than MAX_DRAFT + 1 rows."""
 
 
 @dataclass
@@ -108,9 +114,11 @@ class SessionPool:
 
     def __init__(self, model: Model, n_sessions: int = 1, *, session_config: SessionConfig | None = None,
                  spec: SpecConfig | None = None, mtp: bool | None = None, max_queue: int = 16,
-                 step_delay: float = 0.0) -> None:
+                 step_delay: float = 0.0, batching: str = "off") -> None:
         if n_sessions < 1:
             raise ValueError("n_sessions must be >= 1")
+        if batching not in BATCHING:
+            raise ValueError(f"batching must be one of {', '.join(BATCHING)}, got {batching!r}")
         if max_queue < 0:
             raise ValueError("max_queue must be >= 0")
         self.model = model
@@ -123,14 +131,20 @@ class SessionPool:
         self._running: set[Job] = set()
         self._closing = False
         self._workers: list[_Worker] = []
+        self.batching = batching
+        self.group = None
         use_mtp = model.config.mtp if mtp is None else mtp
-        try:
-            for _ in range(n_sessions):
-                self._workers.append(_Worker(model.session(session_config, mtp=use_mtp)))
-        except BaseException:
-            for w in self._workers:
-                w.session.close()
-            raise
+        if batching != "off":
+            self.group = model.group(n_sessions, session_config, mtp=use_mtp, exact=batching == "exact")
+            self._workers = [_Worker(s) for s in self.group.sessions]
+        else:
+            try:
+                for _ in range(n_sessions):
+                    self._workers.append(_Worker(model.session(session_config, mtp=use_mtp)))
+            except BaseException:
+                for w in self._workers:
+                    w.session.close()
+                raise
         self.n_ctx = self._workers[0].session.n_ctx
         self._idle: list[_Worker] = list(self._workers)
         for i, w in enumerate(self._workers):
@@ -306,8 +320,11 @@ class SessionPool:
     # -- observing and stopping ------------------------------------------------------------------------
     def snapshot(self) -> dict:
         with self._lock:
-            return {"sessions": len(self._workers), "busy": len(self._workers) - len(self._idle),
-                    "queue": len(self._pending), "max_queue": self.max_queue}
+            snap = {"sessions": len(self._workers), "busy": len(self._workers) - len(self._idle),
+                    "queue": len(self._pending), "max_queue": self.max_queue, "batching": self.batching}
+        if self.group is not None and not self.group.closed:
+            snap["group"] = self.group.stats()
+        return snap
 
     def begin_shutdown(self) -> None:
         """Refuse new requests and cancel the running and waiting ones (thread-safe)."""
@@ -333,5 +350,11 @@ class SessionPool:
         for w in self._workers:
             if w.thread is not None:
                 w.thread.join(timeout=30)
-            if w.thread is None or not w.thread.is_alive():
+        alive = [w for w in self._workers if w.thread is not None and w.thread.is_alive()]
+        if self.group is not None:
+            if not alive:
+                self.group.close()
+            return
+        for w in self._workers:
+            if w not in alive:
                 w.session.close()

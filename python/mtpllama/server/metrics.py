@@ -107,4 +107,15 @@ class Metrics:
         metric("sessions_busy", "gauge", "Sessions generating now.", [("", pool["busy"])])
         metric("queue_depth", "gauge", "Requests waiting for a session.", [("", pool["queue"])])
         metric("queue_capacity", "gauge", "Requests that may wait before new ones are refused.", [("", pool["max_queue"])])
+        g = pool.get("group")
+        if g is not None:
+            metric("group_passes_total", "counter", "Shared trunk passes (one per step for every request generating).",
+                   [("", g.passes)])
+            metric("group_sequence_steps_total", "counter", "Request steps those passes verified.", [("", g.seq_steps)])
+            metric("group_rows_total", "counter", "Rows those passes evaluated, filler rows apart.", [("", g.rows)])
+            metric("group_pad_rows_total", "counter", "Filler rows (every sequence of a pass gets as many rows).",
+                   [("", g.pad_rows)])
+            metric("group_pass_seconds_total", "counter", "Seconds in shared trunk passes.", [("", g.t_pass)])
+            metric("sequences_per_pass", "gauge", "Requests verified per shared trunk pass, over the server's life.",
+                   [("", g.sequences_per_pass)])
         return "\n".join(out) + "\n"
