@@ -12,7 +12,7 @@ or ``$MTPLLAMA_CACHE_DIR/upstream-tools-build``); nothing here is ever committed
 Configuration: Release, GGML_NATIVE=ON, static libraries, no curl/OpenSSL, ccache as the
 compiler launcher when installed, and position-independent code (as the package's build
 of the same sources: it changes nothing measurable on x86-64 and lets ccache share objects).
-Only two targets are built:
+Three targets are built:
 
 * ``llama-speculative-simple`` (examples/speculative-simple): the upstream speculative loop,
   ``--spec-type draft-mtp --spec-draft-n-max N --spec-draft-p-min P``; it prints
@@ -20,6 +20,8 @@ Only two targets are built:
   acceptance (``#acc rate/pos``).
 * ``llama-completion`` (tools/completion): plain decoding; its perf report prints
   ``eval time = MS ms / N runs (... tokens per second)`` (single-token decodes only).
+* ``llama-server`` (tools/server), without its web UI: ``--parallel N --spec-type draft-mtp``, the
+  serving benchmark's reference (benchmarks/serve_bench.py).
 
 Prints ``KEY=VALUE`` lines: UPSTREAM_DIR, UPSTREAM_COMMIT, PATCHES_HASH, BUILD_DIR, SPECULATIVE,
 COMPLETION, BUILD_SECONDS (this call) and LAST_REAL_BUILD_SECONDS (the last build that compiled).
@@ -39,7 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "cmake"))
 from fetch_upstream import cache_root  # noqa: E402  (one definition of the cache location)
 
-TARGETS = {"SPECULATIVE": "llama-speculative-simple", "COMPLETION": "llama-completion"}
+TARGETS = {"SPECULATIVE": "llama-speculative-simple", "COMPLETION": "llama-completion", "SERVER": "llama-server"}
 
 
 def log(msg: str) -> None:
@@ -88,7 +90,9 @@ def configure(src: Path, build_dir: Path, logf) -> None:
         "LLAMA_BUILD_TESTS": "OFF",
         "LLAMA_BUILD_EXAMPLES": "ON",
         "LLAMA_BUILD_TOOLS": "ON",
-        "LLAMA_BUILD_SERVER": "OFF",
+        "LLAMA_BUILD_SERVER": "ON",
+        "LLAMA_BUILD_UI": "OFF",
+        "LLAMA_USE_PREBUILT_UI": "OFF",
         "LLAMA_BUILD_APP": "OFF",
         "LLAMA_BUILD_COMMON": "ON",
         "GGML_BACKEND_DL": "OFF",
@@ -111,6 +115,10 @@ def build(force_configure: bool = False, jobs: int | None = None, build_dir: Pat
     build_dir.mkdir(parents=True, exist_ok=True)
     # a different tree (new pin or patch set) needs a fresh configure: the cache records its source dir
     stamp = build_dir / ".mtpllama-source"
+    # the configuration's own stamp: a changed target set configures again (keeping the objects)
+    conf_stamp = build_dir / ".mtpllama-targets"
+    if not conf_stamp.exists() or conf_stamp.read_text().strip() != " ".join(TARGETS.values()):
+        force_configure = True
     logf = None if verbose else open(build_dir / "build.log", "w")
     if force_configure or not (build_dir / "build.ninja").exists() or \
             not stamp.exists() or stamp.read_text().strip() != str(src):
@@ -121,6 +129,7 @@ def build(force_configure: bool = False, jobs: int | None = None, build_dir: Pat
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
         configure(src, build_dir, logf)
         stamp.write_text(str(src) + "\n")
+        conf_stamp.write_text(" ".join(TARGETS.values()) + "\n")
     cmd = ["cmake", "--build", str(build_dir), "--target", *TARGETS.values()]
     if jobs:
         cmd += ["-j", str(jobs)]

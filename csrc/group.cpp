@@ -42,6 +42,61 @@ int64_t count_ubatches(const std::vector<int32_t> & seqs, std::vector<int32_t> r
     }
 }
 
+// The fitted pass cost t = a + b * rows (group.h); false while the passes seen do not determine it.
+bool pass_cost(const mtpl_group * g, double & a, double & b) {
+    if (g->fit_w < 8.0) {
+        return false;
+    }
+    const double mr = g->fit_r / g->fit_w, mt = g->fit_t / g->fit_w;
+    const double var = g->fit_rr / g->fit_w - mr * mr;
+    if (var < 0.25) {
+        return false;
+    }
+    b = (g->fit_rt / g->fit_w - mr * mt) / var;
+    a = mt - b * mr;
+    return b > 0.0 && a >= 0.0;
+}
+
+// A session's acceptance rate at draft position j this generation, optimistic while it has few
+// drafts there (a position the cap keeps out of reach would otherwise never be tried)
+double position_rate(const mtpl_session * s, int32_t j) {
+    return (s->stats.accepted[j] + 1.0) / (s->stats.drafted[j] + 1.0);
+}
+
+// The most drafts per session this step: r - 1 for the r that maximises the expected tokens per
+// second of a pass where n sessions draft min(draft_max, r - 1) each (their drafting, one after
+// another, included) and verify r rows each.  MTPL_MAX_DRAFT while the costs are not known.
+int32_t draft_cap(const mtpl_group * g, int32_t n, mtpl_session * const * ss) {
+    double a = 0.0, b = 0.0;
+    if (n < 2 || !pass_cost(g, a, b) || g->head_n < 4.0) {
+        return MTPL_MAX_DRAFT;
+    }
+    const double h = g->head_s / g->head_n;                             // the first draft's seconds
+    const double e = g->more_n > 1.0 ? g->more_s / g->more_n : h;      // each further one's
+    int32_t k_most = 0;
+    for (int32_t i = 0; i < n; ++i) {
+        k_most = std::max(k_most, ss[i]->mtp ? ss[i]->gen.draft_max : 0);
+    }
+    int32_t best_k = k_most;
+    double best = -1.0;
+    for (int32_t k = 0; k <= k_most; ++k) {
+        double tokens = 0.0, seconds = a + b * n * (k + 1);
+        for (int32_t i = 0; i < n; ++i) {
+            const int32_t m = ss[i]->mtp ? std::min(k, ss[i]->gen.draft_max) : 0;
+            tokens += 1.0;
+            for (int32_t j = 0; j < m; ++j) {
+                tokens += position_rate(ss[i], j);
+            }
+            seconds += m > 0 ? h + e * (m - 1) : 0.0;
+        }
+        if (tokens / seconds > best) {
+            best = tokens / seconds;
+            best_k = k;
+        }
+    }
+    return best_k;
+}
+
 } // namespace
 
 int32_t group_create(mtpl_model * model, const mtpl_group_params & p, mtpl_group ** out) {
@@ -111,11 +166,21 @@ int32_t group_step(mtpl_group * g, int32_t n, mtpl_session * const * ss, const i
     };
     // each session drafts; those that need a pass join it, in sequence order (llama.cpp takes a
     // multi-stream batch in one graph only when its sequences are consecutive and equally long)
+    // The drafts a session may make: as many as the rows all sequences of the pass can get (below)
+    // pay for, by the fitted costs and each session's acceptance so far.
+    const int32_t k_cap = draft_cap(g, n, ss);
     std::vector<int32_t> order;
     std::vector<uint8_t> in_pass((size_t) n, 0);
     for (int32_t i = 0; i < n; ++i) {
         bool pass = false;
-        status[i] = step_begin(ss[i], n_max[i], out + (size_t) i * (size_t) cap, &res[i], &pass);
+        status[i] = step_begin(ss[i], n_max[i], out + (size_t) i * (size_t) cap, &res[i], &pass, k_cap);
+        if (status[i] == MTPL_OK && pass && !ss[i]->drafts.empty()) {
+            const draft_outcome & d = ss[i]->cur.drafted;
+            g->head_s = 0.97 * g->head_s + d.t_head;
+            g->head_n = 0.97 * g->head_n + 1.0;
+            g->more_s = 0.97 * g->more_s + d.t_draft;
+            g->more_n = 0.97 * g->more_n + (double) (ss[i]->drafts.size() - 1);
+        }
         if (status[i] != MTPL_OK) {
             failed(i, status[i]);
         } else if (pass) {
@@ -127,6 +192,40 @@ int32_t group_step(mtpl_group * g, int32_t n, mtpl_session * const * ss, const i
         return first_failure;
     }
     std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return ss[a]->seq < ss[b]->seq; });
+    // Every sequence of the pass gets as many rows (fillers pad the shorter).  Where the fitted pass
+    // cost says that fewer rows for all give more expected tokens per second, the longest drafts are
+    // cut: a draft dropped before verification changes nothing but the speed.
+    double fa = 0.0, fb = 0.0;
+    if (order.size() > 1 && pass_cost(g, fa, fb)) {
+        int32_t longest = 0;
+        for (int32_t i : order) {
+            longest = std::max(longest, (int32_t) ss[i]->drafts.size() + 1);
+        }
+        int32_t best_r = longest;
+        double best = -1.0;
+        for (int32_t r = 1; r <= longest; ++r) {
+            double tokens = 0.0;
+            for (int32_t i : order) {
+                tokens += 1.0;
+                for (int32_t j = 0; j < std::min((int32_t) ss[i]->drafts.size(), r - 1); ++j) {
+                    tokens += position_rate(ss[i], j);
+                }
+            }
+            const double score = tokens / (fa + fb * (double) order.size() * r);
+            if (score > best) {
+                best = score;
+                best_r = r;
+            }
+        }
+        for (int32_t i : order) {
+            mtpl_session * s = ss[i];
+            if ((int32_t) s->drafts.size() + 1 > best_r) {
+                s->drafts.resize((size_t) best_r - 1);
+                s->tokens.resize((size_t) s->cur.pos0 + (size_t) best_r);
+                g->stats.n_cut_drafts++;
+            }
+        }
+    }
     int32_t rows_max = 0, rows_real = 0;
     bool states = false;
     for (int32_t i : order) {
@@ -192,13 +291,33 @@ int32_t group_step(mtpl_group * g, int32_t n, mtpl_session * const * ss, const i
     g->stats.n_seq_steps += (int64_t) order.size();
     g->stats.n_rows += n_rows - n_pad;
     g->stats.n_pad_rows += n_pad;
+    // the pass's cost per row (b) and per pass (a); rows_real / n_rows apportion it until the fit holds
+    const double decay = 0.97;
+    g->fit_w = decay * g->fit_w + 1.0;
+    g->fit_r = decay * g->fit_r + n_rows;
+    g->fit_t = decay * g->fit_t + t_pass;
+    g->fit_rr = decay * g->fit_rr + (double) n_rows * n_rows;
+    g->fit_rt = decay * g->fit_rt + n_rows * t_pass;
+    double a = 0.0, b = 0.0;
+    if (!pass_cost(g, a, b)) {  // no usable fit yet: every row costs the same
+        a = 0.0;
+        b = t_pass / n_rows;
+    }
+    const double scale = t_pass / (a + b * n_rows);  // the shares add up to this pass's time
+    const int32_t n_long = (int32_t) std::count_if(order.begin(), order.end(), [&](int32_t i) {
+        return (int32_t) ss[i]->drafts.size() + 1 == rows_max;
+    });
     for (int32_t i : order) {
         mtpl_session * s = ss[i];
         const int32_t rows = (int32_t) s->drafts.size() + 1;
         pass_done(s, row0[(size_t) i], s->cur.pos0, rows, true);
-        // each session's share of the pass: its rows' part (what its draft length adds to it)
-        step_finish(s, row0[(size_t) i], t_pass * rows / rows_real, reused, true);
+        // its share: the pass's fixed part split evenly, its rows, and (the longest) the filler rows
+        // the others got because of its length: what drafting one more costs the group
+        const double pad = rows == rows_max ? (double) n_pad / n_long : 0.0;
+        const double share = scale * (a / (double) order.size() + b * (rows + pad));
+        step_finish(s, row0[(size_t) i], share, reused, true);
     }
+    (void) rows_real;
     return first_failure;
 }
 

@@ -20,6 +20,11 @@ struct mtpl_group {
     int32_t n_batch = 0;                // the trunk context's batch: every session's k + 1 rows
     std::atomic<bool> never{false};     // a group pass is not cancelled by one session
     mtpl_group_stats stats{};
+    // a pass's seconds against its rows, t = a + b * rows, fitted over recent passes: a session's
+    // share of a pass is a / (sessions) + b * (its rows), and the filler rows its length caused
+    double fit_w = 0.0, fit_r = 0.0, fit_t = 0.0, fit_rr = 0.0, fit_rt = 0.0;
+    // recent drafting (decayed sums): first draft (the head call) and each further one, seconds and count
+    double head_s = 0.0, head_n = 0.0, more_s = 0.0, more_n = 0.0;
 };
 
 namespace mtpl {

@@ -7,7 +7,16 @@
 #include "rpc.h"
 #include "util.h"
 
+// OpenMP 5's omp_pause_resource_all (libgomp since GCC 9), weak: absent in a build without OpenMP
+extern "C" int omp_pause_resource_all(int kind) __attribute__((weak));
+
 namespace mtpl {
+
+void release_worker_threads() {
+    if (omp_pause_resource_all) {
+        omp_pause_resource_all(1 /* omp_pause_soft */);
+    }
+}
 
 void batch_add(llama_batch_ext * b, int32_t token, int32_t pos, bool output, const float * h, int32_t n_state,
                int32_t seq) {

@@ -10,6 +10,7 @@
 #include "inspect.h"
 #include "llama-model.h"
 #include "model.h"
+#include "llama_ops.h"
 #include "rpc.h"
 #include "util.h"
 
@@ -274,6 +275,7 @@ int32_t model_load(const mtpl_model_params & p, mtpl_model ** out) {
         const int il = (int) hm->hparams.n_layer_all - 1;
         std::snprintf(info.mtp_device, sizeof(info.mtp_device), "%s", ggml_backend_dev_name(hm->dev_layer(il)));
     }
+    release_worker_threads();  // loading (repacking weights) made this thread a team: it may never compute
     *out = m;
     return MTPL_OK;
 }

@@ -415,7 +415,8 @@ int32_t session_feed(mtpl_session * s, const int32_t * tokens, int32_t n) {
     return MTPL_OK;
 }
 
-int32_t step_begin(mtpl_session * s, int32_t n_max, int32_t * out, mtpl_step_result * res, bool * pass) {
+int32_t step_begin(mtpl_session * s, int32_t n_max, int32_t * out, mtpl_step_result * res, bool * pass,
+                   int32_t k_cap) {
     *res = mtpl_step_result{0, 0, 0, MTPL_STOP_NONE};
     *pass = false;
     if (!s->has_pending) {
@@ -459,7 +460,7 @@ int32_t step_begin(mtpl_session * s, int32_t n_max, int32_t * out, mtpl_step_res
     if (s->mtp) {
         c.plan = controller_plan(s->ctl.get(), s->gen.draft_max, s->gen.adaptive != 0, s->prop.h_valid);
     }
-    int32_t k = std::min(c.plan.k_max, n_max - res->n_tokens - 1);
+    int32_t k = std::min({c.plan.k_max, n_max - res->n_tokens - 1, k_cap});
     k = std::min(k, s->n_ctx - s->n_past - 1);
     k = std::min(k, s->n_batch - 1);  // the verification batch holds k + 1 tokens
     if (s->recurrent) {

@@ -106,8 +106,9 @@ int32_t session_create_in(mtpl_model * model, mtpl_group * group, llama_context 
                           trunk_shared * shared, int32_t seq, const mtpl_session_params & p, mtpl_session ** out);
 // A step in three parts, for a group's steps: begin (emit the pending token, plan, draft; false in
 // *pass when the step ended without a trunk pass), the pass (the caller's: rows [pending, drafts...]
-// of s->tokens from s->cur.pos0, all output), finish (verify rows from row0, keep, roll back).
-int32_t step_begin(mtpl_session * s, int32_t n_max, int32_t * out, mtpl_step_result * res, bool * pass);
+// of s->tokens from s->cur.pos0, all output; k_cap bounds the drafts), finish (verify rows from row0, keep, roll back).
+int32_t step_begin(mtpl_session * s, int32_t n_max, int32_t * out, mtpl_step_result * res, bool * pass,
+                   int32_t k_cap = MTPL_MAX_DRAFT);
 void step_abandon(mtpl_session * s);  // the pass failed: drop the drafts
 void step_finish(mtpl_session * s, int32_t row0, double t_verify, bool trunk_reused, bool in_group);
 bool step_wants_states(const mtpl_session * s);

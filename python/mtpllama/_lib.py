@@ -93,9 +93,11 @@ def last_error() -> str:
     return ffi.string(lib.mtpl_last_error()).decode("utf-8", "replace")
 
 
-def raise_for(status: int, context: str = "") -> NoReturn:
+def raise_for(status: int, context: str = "", message: str | None = None) -> NoReturn:
+    """Raise the exception of status; message: the native error text when the call ran in another
+    thread (the engine keeps the last error per thread)."""
     cls = _STATUS_CLASSES.get(status, MtpllamaError)
-    msg = last_error() or f"native call failed with status {status}"
+    msg = (last_error() if message is None else message) or f"native call failed with status {status}"
     raise cls(f"{context}: {msg}" if context else msg)
 
 

@@ -3,12 +3,18 @@ verify their drafts in one trunk pass per step, so the weights are read once for
 
 Each session is driven as a lone one (generate, stream, chat, in a thread of its own); when its
 generation reaches a step, it waits until every session of the group that is generating has
-reached one, and the last to arrive evaluates the step for all of them (mtpl_group_step: one
-foreign call per step).  A session that is still evaluating its prompt does not hold the others
-up: it joins the steps when its prompt is in.
+reached one, and the step is evaluated for all of them (mtpl_group_step: one foreign call per
+step).  A session that is still evaluating its prompt does not hold the others up: it joins the
+steps when its prompt is in.
+
+Every evaluation of a group (prompts, truncations, steps) runs on the group's engine thread: ggml's
+CPU threads are an OpenMP team per calling thread, and libgomp lets idle team threads spin only
+briefly once the teams together hold more threads than there are cores, so evaluations from many
+threads each wake their team from sleep (here 26 instead of 36 tokens/s for one stream).
 """
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +38,7 @@ class GroupStats:
     pad_rows: int        # filler rows, so that every sequence of a pass has as many
     graphs: int          # graph evaluations the passes took (one per pass when the sequences are consecutive)
     t_pass: float        # seconds in those passes
+    cut: int = 0         # session steps whose drafts were cut to the pass's row count (costlier than they gain)
 
     @property
     def sequences_per_pass(self) -> float:
@@ -78,6 +85,9 @@ class Group(_Closeable):
         self._results: dict = {}
         self._firing = False
         self._hold: set = set()        # sessions about to join: steps wait for them (generate_many)
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self._engine = threading.Thread(target=self._serve_calls, name="mtpllama-group-engine", daemon=True)
+        self._engine.start()
 
     def _ptr(self):
         if self._handle == ffi.NULL:
@@ -101,6 +111,7 @@ class Group(_Closeable):
                 held.append(s)
             _lib.check(lib.mtpl_group_free(self._handle))
             self._handle = ffi.NULL
+            self._calls.put(None)
             for s in self.sessions:
                 s._handle = ffi.NULL
             self.model._groups.discard(self)
@@ -111,7 +122,8 @@ class Group(_Closeable):
     def stats(self) -> GroupStats:
         st = ffi.new("mtpl_group_stats *")
         _lib.check(lib.mtpl_group_get_stats(self._ptr(), st))
-        return GroupStats(st.n_passes, st.n_seq_steps, st.n_rows, st.n_pad_rows, st.n_ubatches, st.t_pass_s)
+        return GroupStats(st.n_passes, st.n_seq_steps, st.n_rows, st.n_pad_rows, st.n_ubatches, st.t_pass_s,
+                          st.n_cut_drafts)
 
     # -- generation -------------------------------------------------------------------------
     def generate_many(self, prompts: Sequence[str | Sequence[int]], max_tokens: int | Sequence[int] = 128, *,
@@ -140,6 +152,39 @@ class Group(_Closeable):
             self._hold.update(self.sessions[:len(prompts)])
         with ThreadPoolExecutor(max_workers=len(prompts), thread_name_prefix="mtpllama-group") as pool:
             return list(pool.map(run, range(len(prompts))))
+
+    # -- the engine thread ------------------------------------------------------------------------
+    def _serve_calls(self) -> None:
+        while True:
+            item = self._calls.get()
+            if item is None:
+                return
+            fn, box, done = item
+            try:
+                box.append((True, fn()))
+            except BaseException as e:  # raised again in the caller
+                box.append((False, e))
+            done.set()
+
+    def _on_engine(self, fn):
+        """fn(), evaluated on the engine thread."""
+        if threading.current_thread() is self._engine:
+            return fn()
+        box: list = []
+        done = threading.Event()
+        self._calls.put((fn, box, done))
+        done.wait()
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value
+
+    def _call(self, fn, *args) -> tuple[int, str]:
+        """(status, native error text) of fn(*args), evaluated on the engine thread."""
+        def run():
+            st = fn(*args)
+            return st, _lib.last_error() if st else ""
+        return self._on_engine(run)
 
     # -- the steps (called from Session._steps, in each session's thread) ------------------------
     def _release(self, session) -> None:
@@ -181,7 +226,7 @@ class Group(_Closeable):
                     self._firing = True
                     cond.release()
                     try:
-                        results = self._native_step(batch)
+                        results = self._on_engine(lambda: self._native_step(batch))
                     except BaseException as e:  # every session of the step gets the failure
                         results = {s: (e, [], "none") for s in batch}
                     finally:

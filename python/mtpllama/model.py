@@ -576,6 +576,7 @@ class Session(_Closeable):
         self._result = ffi.new("mtpl_step_result *")
         self._busy = threading.Lock()  # one generation at a time
         self._cached = 0  # prompt tokens of the last generation found in the caches (reuse_prefix)
+        self._native_error = ""  # a group's session: the last native error of its engine thread
 
     def _ptr(self):
         if self._handle == ffi.NULL:
@@ -710,7 +711,7 @@ class Session(_Closeable):
         while n < limit and ctx[n] == tokens[n]:
             n += 1
         self._cached = n
-        st = lib.mtpl_session_truncate(h, n) if n < len(ctx) else 0
+        st = self._native(lib.mtpl_session_truncate, h, n) if n < len(ctx) else 0
         return tokens[n:], st
 
     def _steps(self, tokens: list[int], max_tokens: int, spec: SpecConfig,
@@ -727,18 +728,18 @@ class Session(_Closeable):
             if st == CANCELLED:
                 yield [], "cancelled"
                 return
-            _lib.check(st, "truncate")
+            self._check(st, "truncate")
             # configured again: the generator is reseeded as for a fresh context, whatever the rollback drew
             _lib.check(lib.mtpl_session_configure(h, params), "configure")
         # the prompt goes in chunks so that Ctrl-C (handled between foreign calls) stays responsive
         chunk = self.config.n_batch or 512
         for i in range(0, len(tokens), chunk):
             part = tokens[i:i + chunk]
-            st = lib.mtpl_session_feed(h, ffi.new("int32_t[]", part), len(part))
+            st = self._native(lib.mtpl_session_feed, h, ffi.new("int32_t[]", part), len(part))
             if st == CANCELLED:
                 yield [], "cancelled"
                 return
-            _lib.check(st, "prompt")
+            self._check(st, "prompt")
         if self._group is not None:  # the group verifies its sessions' steps together
             yield from self._group._steps_of(self, max_tokens)
             return
@@ -890,8 +891,19 @@ class Session(_Closeable):
         ctx = len(self.tokens)  # the last emitted token is the context's last
         n_keep = ctx - len(emitted) + keep
         if n_keep < ctx:
-            _lib.check(lib.mtpl_session_truncate(self._ptr(), n_keep), "truncate")
+            self._check(self._native(lib.mtpl_session_truncate, self._ptr(), n_keep), "truncate")
         return keep
+
+    def _native(self, fn, *args) -> int:
+        """A native call that evaluates: a group's session evaluates on the group's engine thread."""
+        if self._group is None:
+            return fn(*args)
+        st, self._native_error = self._group._call(fn, *args)
+        return st
+
+    def _check(self, st: int, context: str) -> None:
+        if st:
+            _lib.raise_for(st, context, self._native_error if self._group is not None else None)
 
 
 def _find_stop(done: str, pending: str, stops: list[str]) -> int | None:
