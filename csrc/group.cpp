@@ -240,8 +240,31 @@ int32_t group_step(mtpl_group * g, int32_t n, mtpl_session * const * ss, const i
     llama_batch_ext_clear(g->batch);
     int32_t n_rows = 0, n_pad = 0;
     std::vector<int32_t> seqs, seq_rows;
+    // a sequence between two of the pass's that is not in it gets filler rows too (after its context,
+    // dropped after the pass): llama.cpp takes consecutive sequences only into one graph
+    std::vector<mtpl_session *> gaps;
+    int32_t next_seq = ss[order.front()]->seq;
+    const auto fill_gaps = [&](int32_t upto) {
+        for (; next_seq < upto; ++next_seq) {
+            mtpl_session * idle = g->sessions[(size_t) next_seq];
+            const int32_t from = idle->n_past;
+            if (from + rows_max > idle->n_ctx) {
+                continue;  // no room: llama.cpp evaluates the pass in more graphs
+            }
+            for (int32_t r = 0; r < rows_max; ++r) {
+                batch_add(g->batch, 0, from + r, false, nullptr, 0, idle->seq);
+            }
+            n_rows += rows_max;
+            n_pad += rows_max;
+            seqs.push_back(idle->seq);
+            seq_rows.push_back(rows_max);
+            gaps.push_back(idle);
+        }
+    };
     for (int32_t i : order) {
         mtpl_session * s = ss[i];
+        fill_gaps(s->seq);
+        next_seq = s->seq + 1;
         const int32_t pos0 = s->cur.pos0;
         const int32_t rows = (int32_t) s->drafts.size() + 1;
         row0[(size_t) i] = n_rows;
@@ -274,6 +297,9 @@ int32_t group_step(mtpl_group * g, int32_t n, mtpl_session * const * ss, const i
     const double t_pass = seconds_since(t0);
     if (raise) {
         set_batch_invariant(bound);
+    }
+    for (mtpl_session * idle : gaps) {
+        llama_memory_seq_rm(llama_get_memory(g->trunk), idle->seq, idle->n_past, -1);
     }
     g->stats.n_passes++;
     g->stats.n_ubatches += count_ubatches(seqs, seq_rows);

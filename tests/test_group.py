@@ -254,3 +254,34 @@ def test_group_refusals(files, tmp_path):
     with mtpllama.Model(path) as q:
         with pytest.raises(InvalidArgumentError, match="recurrent"):
             q.group(2, CFG)
+
+
+def test_idle_sequence_between_two_is_untouched(files):
+    """Sessions 0 and 2 step together while session 1, between them, holds a context: the pass is
+    one graph (session 1 gets filler rows after its context, dropped afterwards), and session 1
+    continues its context afterwards exactly as alone."""
+    with mtpllama.Model(files["q8_0"]) as m:
+        with m.session(CFG) as s:
+            first = s.generate(PROMPTS[5], 12, spec=FIXED3).tokens
+            expect_more = s.generate(" and", 12, spec=FIXED3).tokens  # continues the context
+        expect = alone(m, [PROMPTS[0], PROMPTS[2]], [40, 40], FIXED3)
+        with m.group(3, CFG) as g:
+            assert g.sessions[1].generate(PROMPTS[5], 12, spec=FIXED3).tokens == first
+            before = g.stats()
+            got = {}
+
+            def run(i):
+                got[i] = g.sessions[i].generate(PROMPTS[i], 40, spec=FIXED3).tokens
+
+            threads = [threading.Thread(target=run, args=(i,)) for i in (0, 2)]
+            g._hold.update([g.sessions[0], g.sessions[2]])  # start together (as generate_many does)
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            st = g.stats()
+            assert [got[0], got[2]] == expect
+            assert g.sessions[1].generate(" and", 12, spec=FIXED3).tokens == expect_more
+    shared = st.passes - before.passes
+    assert shared > 0 and st.graphs - before.graphs == shared, (before, st)
+    assert st.pad_rows - before.pad_rows >= shared  # session 1's filler rows

@@ -27,7 +27,7 @@ from starlette.routing import Route
 from . import protocol
 from .protocol import ApiError
 
-POLL_S = 0.25          # how often a waiting non-streaming request checks that its client is still there
+POLL_S = 0.05          # how often a waiting non-streaming request checks that its client is still there
 KEEPALIVE_S = 15.0     # an SSE comment after this long without an event
 
 
@@ -87,14 +87,19 @@ def create_app(engine, config: ServerConfig) -> Starlette:
             raise protocol.bad(f"the request body is not valid JSON: {e}") from e
 
     async def wait_result(job, request: Request):
+        loop = asyncio.get_running_loop()
+        checked = loop.time()
         while True:
             try:
                 kind, value = await asyncio.wait_for(job.events.get(), POLL_S)
             except asyncio.TimeoutError:
+                kind = value = None
+            # every POLL_S, whether events come or not (a reply's deltas come every step)
+            if loop.time() - checked >= POLL_S or kind is None:
+                checked = loop.time()
                 if await request.is_disconnected():
                     job.cancel()
                     raise _ClientGone()
-                continue
             if kind == "done":
                 return value
             if kind == "error":
