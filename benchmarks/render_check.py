@@ -128,6 +128,11 @@ def main() -> int:
                     else:
                         diff.append(conv)
                         print(f"--- {name} / {conv}\nupstream: {up!r}\nours:     {ours!r}", file=sys.stderr)
+                # power: the comparison sees a one-line change (no generation prompt on our side)
+                req = CONVERSATIONS["multi-turn"]
+                with m.chat_prompt(req["messages"], add_generation_prompt=False) as p:
+                    if p.prompt == upstream_render(port, req):
+                        diff.append("power check (a prompt without the generation prompt compared equal)")
             failures += len(diff)
             rows.append((name, arch, same, len(CONVERSATIONS), refused, diff))
         finally:

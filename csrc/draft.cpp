@@ -71,7 +71,7 @@ constexpr int32_t k_joined_rows = 16;
 
 // Drop a head's drafts (its cache entries from mtp_next on).
 void drop_drafts(proposer & p, head_lane & h) {
-    llama_memory_seq_rm(llama_get_memory(h.ctx), 0, h.mtp_next, -1);
+    llama_memory_seq_rm(llama_get_memory(h.ctx), h.seq, h.mtp_next, -1);
     if (&h == &p.heads[0]) {
         p.tr->forget(MTPL_DEBUG_MTP_FORGET, h.n_past);
     }
@@ -87,7 +87,7 @@ void forget_head(proposer & p, head_lane & h, int32_t pos) {
         h.segments.pop_back();
     }
     h.mtp_next = h.segments.empty() ? 0 : std::min(next, from - h.segments.back().shift);
-    llama_memory_seq_rm(llama_get_memory(h.ctx), 0, h.mtp_next, -1);
+    llama_memory_seq_rm(llama_get_memory(h.ctx), h.seq, h.mtp_next, -1);
     h.entry_pos.resize((size_t) h.mtp_next);
     h.entry_tok.resize((size_t) h.mtp_next);
     if (&h == &p.heads[0]) {
@@ -151,7 +151,7 @@ int32_t head_call(proposer & p, int32_t j, const std::vector<int32_t> & tokens, 
         const int32_t n = std::min(end - pos, p.n_batch);
         llama_batch_ext_clear(h.batch);
         for (int32_t i = 0; i < n; ++i) {
-            batch_add(h.batch, token(pos + i), pos + i - shift, pos + i == end - 1, state(pos + i), p.n_state);
+            batch_add(h.batch, token(pos + i), pos + i - shift, pos + i == end - 1, state(pos + i), p.n_state, h.seq);
         }
         n_calls++;
         if (int32_t st = process(h.ctx, h.batch, cancel, "MTP evaluation"); st != MTPL_OK) {
@@ -201,6 +201,42 @@ int32_t keep_up(proposer & p, int32_t j, const std::vector<int32_t> & tokens, in
     return st;
 }
 
+// What draft i (0-based) does, from the head's logits: k_stop (not drafted: its confidence is below
+// the p-min, or the controller ends the step), k_last (drafted, the last of the step) or k_more
+// (drafted, and the head runs again for draft i + 1).  Drafted tokens go to drafts.
+constexpr int32_t k_stop = 0, k_last = 1, k_more = 2;
+
+int32_t decide(proposer & p, int32_t i, const float * logits, const std::vector<int32_t> & tokens, int32_t k,
+               const float * mix, const mtpl_gen_params & g, bool greedy, bool want_conf, const mtpl_gen_params & qg,
+               bool mixed, controller * ctl, rng_type & rng, std::vector<int32_t> & drafts) {
+    int32_t tok;
+    float conf;
+    if (greedy) {
+        tok = argmax(logits, p.n_vocab);
+        conf = want_conf ? top_prob(logits, p.n_vocab, tok) : -1.0f;
+    } else {
+        // the head's distribution after the trunk's transforms, drafts so far in the context
+        draft_dist & q = p.q[(size_t) i];
+        penalty_counts(g, tokens.data(), tokens.size(), drafts.data(), i, p.scratch.counts);
+        build_dist(logits, p.n_vocab, qg, p.scratch.counts, p.scratch.logits, q.base);
+        q.top = q.base.top();
+        q.mix = mixed ? mix[i] : 0.0f;
+        // the confidence is the head's top probability, not the drawn draft's: a keep decision
+        // that looked at the draw would bias the output (rejection sampling assumes x ~ q);
+        // under greedy transforms (penalties) base is one token: the confidence is the softmax's
+        conf = is_greedy(qg) ? top_prob(p.scratch.logits.data(), p.n_vocab, q.top) : q.base.top_prob();
+        tok = -1;
+    }
+    if ((g.draft_p_min > 0.0f && conf < g.draft_p_min) || !controller_keep(ctl, i, conf)) {
+        return k_stop;
+    }
+    if (tok < 0) {
+        tok = draw_draft(p.q[(size_t) i], g, (int64_t) tokens.size() + i, rng);
+    }
+    drafts.push_back(tok);
+    return i + 1 == k || !controller_extend(ctl, i) ? k_last : k_more;
+}
+
 } // namespace
 
 float top_prob(const float * logits, int32_t n_vocab, int32_t top) {
@@ -235,8 +271,42 @@ bool proposer_init(proposer & p, llama_model * model, llama_context_params cp, i
     return true;
 }
 
+void proposer_init_shared(proposer & p, llama_context * ctx, llama_batch_ext * batch, int32_t seq, int32_t n_batch,
+                          int32_t n_state, int32_t n_vocab, trace * tr) {
+    p.heads.assign(1, head_lane{});
+    p.heads[0].ctx = ctx;
+    p.heads[0].batch = batch;
+    p.heads[0].seq = seq;
+    p.heads[0].shared = true;
+    p.n_state = n_state;
+    p.n_vocab = n_vocab;
+    p.n_batch = n_batch;
+    p.h_last.assign((size_t) n_state, 0.0f);
+    p.tr = tr;
+    proposer_reset(p);
+}
+
+llama_context * shared_mtp_context(llama_model * model, llama_context_params cp, int32_t n_seq, int32_t n_batch) {
+    cp.ctx_type = LLAMA_CONTEXT_TYPE_MTP;
+    cp.n_outputs_max = (uint32_t) n_seq;  // a call outputs one row per sequence
+    cp.n_ctx = cp.n_ctx * (uint32_t) n_seq;
+    cp.n_seq_max = (uint32_t) n_seq;
+    cp.kv_unified = false;
+    cp.n_batch = (uint32_t) n_batch;
+    cp.n_ubatch = (uint32_t) n_batch;
+    llama_context * ctx = llama_init_from_model(model, cp);
+    if (ctx) {
+        llama_set_nextn_layer_offset(ctx, 0);
+        llama_set_embeddings_nextn(ctx, true, true);
+    }
+    return ctx;
+}
+
 void proposer_free(proposer & p) {
     for (head_lane & h : p.heads) {
+        if (h.shared) {
+            continue;
+        }
         if (h.batch) llama_batch_ext_free(h.batch);
         if (h.ctx) llama_free(h.ctx);
     }
@@ -245,7 +315,9 @@ void proposer_free(proposer & p) {
 
 void proposer_reset(proposer & p) {
     for (head_lane & h : p.heads) {
-        if (h.ctx) {
+        if (h.ctx && h.shared) {
+            llama_memory_seq_rm(llama_get_memory(h.ctx), h.seq, -1, -1);
+        } else if (h.ctx) {
             llama_memory_clear(llama_get_memory(h.ctx), true);
         }
         h.n_past = 0;
@@ -343,33 +415,13 @@ int32_t proposer_draft(proposer & p, const std::vector<int32_t> & tokens, int32_
     p.chain.resize((size_t) (k + 1) * row);
     head_lane * from = &p.heads[0];  // the head whose output this draft comes from
     for (int32_t i = 0; i < k; ++i) {
-        const float * logits = llama_get_logits_ith(from->ctx, last);
-        int32_t tok;
-        float conf;
-        if (greedy) {
-            tok = argmax(logits, p.n_vocab);
-            conf = want_conf ? top_prob(logits, p.n_vocab, tok) : -1.0f;
-        } else {
-            // the head's distribution after the trunk's transforms, drafts so far in the context
-            draft_dist & q = p.q[(size_t) i];
-            penalty_counts(g, tokens.data(), tokens.size(), drafts.data(), i, p.scratch.counts);
-            build_dist(logits, p.n_vocab, qg, p.scratch.counts, p.scratch.logits, q.base);
-            q.top = q.base.top();
-            q.mix = mixed ? mix[i] : 0.0f;
-            // the confidence is the head's top probability, not the drawn draft's: a keep decision
-            // that looked at the draw would bias the output (rejection sampling assumes x ~ q);
-            // under greedy transforms (penalties) base is one token: the confidence is the softmax's
-            conf = is_greedy(qg) ? top_prob(p.scratch.logits.data(), p.n_vocab, q.top) : q.base.top_prob();
-            tok = -1;
-        }
-        if ((g.draft_p_min > 0.0f && conf < g.draft_p_min) || !controller_keep(ctl, i, conf)) {
+        const int32_t next = decide(p, i, llama_get_logits_ith(from->ctx, last), tokens, k, mix, g, greedy, want_conf,
+                                    qg, mixed, ctl, rng, drafts);
+        if (next == k_stop) {
             break;
         }
-        if (tok < 0) {
-            tok = draw_draft(p.q[(size_t) i], g, (int64_t) tokens.size() + i, rng);
-        }
-        drafts.push_back(tok);
-        if (i + 1 == k || !controller_extend(ctl, i)) {
+        const int32_t tok = drafts.back();
+        if (next == k_last) {
             break;
         }
         t0 = clock_type::now();
@@ -397,7 +449,7 @@ int32_t proposer_draft(proposer & p, const std::vector<int32_t> & tokens, int32_
             }
         } else {  // the last head again, on its own output
             llama_batch_ext_clear(from->batch);
-            batch_add(from->batch, tok, from->mtp_next + i, true, h_in, p.n_state);
+            batch_add(from->batch, tok, from->mtp_next + i, true, h_in, p.n_state, from->seq);
             out.n_calls++;
             if (int32_t st = process(from->ctx, from->batch, cancel, "MTP draft"); st != MTPL_OK) {
                 drop_drafts(p, *from);
@@ -414,6 +466,193 @@ int32_t proposer_draft(proposer & p, const std::vector<int32_t> & tokens, int32_
     }
     p.kept_up = true;
     return MTPL_OK;
+}
+
+void proposer_draft_many(std::vector<draft_job> & jobs, llama_context * ctx, llama_batch_ext * batch, bool exact) {
+    struct lane {
+        size_t job;
+        int32_t idx = -1;       // its output row in the last call
+        int32_t first = 0;      // the head call: its first row's trunk position, and the MTP shift
+        int32_t shift = 0;
+        bool new_segment = false;
+    };
+    std::atomic<bool> never{false};  // a shared call is not cancelled by one session
+    std::vector<lane> live;
+    for (size_t j = 0; j < jobs.size(); ++j) {
+        draft_job & J = jobs[j];
+        proposer & p = *J.p;
+        J.drafts->clear();
+        *J.out = draft_outcome{};
+        J.out->steady = p.kept_up;
+        J.status = MTPL_OK;
+        p.kept_up = false;
+        if (J.k <= 0 || !p.h_valid) {
+            continue;
+        }
+        J.out->n_behind = J.n_trunk - first_row(p, p.heads[0], J.n_trunk);
+        // a long backlog (a prompt's) catches up in a call of its own, so the shared call stays short
+        if (int32_t st = keep_up(p, 0, *J.tokens, J.n_trunk, k_joined_rows, *J.cancel, *J.out); st != MTPL_OK) {
+            J.status = st;
+            continue;
+        }
+        live.push_back({j});
+    }
+    if (live.empty()) {
+        return;
+    }
+    std::sort(live.begin(), live.end(), [&](const lane & a, const lane & b) {
+        return jobs[a.job].p->heads[0].seq < jobs[b.job].p->heads[0].seq;
+    });
+    const auto run = [&](const char * what, int32_t n) {
+        const int bound = batch_invariant_rows();
+        const bool raise = exact && bound > 0 && n > bound;
+        if (raise) {
+            set_batch_invariant(n);
+        }
+        const int32_t st = process(ctx, batch, never, what);
+        if (raise) {
+            set_batch_invariant(bound);
+        }
+        return st;
+    };
+
+    // the head call: each proposer's backlog rows and head entry, filler rows after the head entry
+    // up to the longest (llama.cpp takes consecutive, equally long sequences into one graph)
+    int32_t rows_max = 0;
+    for (const lane & L : live) {
+        const draft_job & J = jobs[L.job];
+        rows_max = std::max(rows_max, J.n_trunk + 1 - first_row(*J.p, J.p->heads[0], J.n_trunk));
+    }
+    llama_batch_ext_clear(batch);
+    int32_t n_rows = 0;
+    for (lane & L : live) {
+        draft_job & J = jobs[L.job];
+        proposer & p = *J.p;
+        head_lane & h = p.heads[0];
+        drop_drafts(p, h);
+        const size_t row = (size_t) p.n_state;
+        L.first = first_row(p, h, J.n_trunk);
+        L.shift = L.first - h.mtp_next;
+        L.new_segment = h.segments.empty() || h.segments.back().shift != L.shift;
+        if (L.new_segment) {
+            h.segments.push_back({L.first, L.shift});
+        }
+        for (int32_t pos = L.first; pos <= J.n_trunk; ++pos) {
+            const float * state = pos == J.n_trunk ? p.h_last.data() : p.backlog.data() + (size_t) (pos - p.bl_start) * row;
+            batch_add(batch, (*J.tokens)[(size_t) pos], pos - L.shift, pos == J.n_trunk, state, p.n_state, h.seq);
+        }
+        n_rows += J.n_trunk + 1 - L.first;
+        L.idx = n_rows - 1;
+        const int32_t pad = rows_max - (J.n_trunk + 1 - L.first);
+        if (J.n_trunk + 1 - L.shift + pad <= J.n_ctx) {
+            for (int32_t r = 0; r < pad; ++r) {
+                batch_add(batch, (*J.tokens)[(size_t) J.n_trunk], J.n_trunk + 1 + r - L.shift, false, p.h_last.data(),
+                          p.n_state, h.seq);
+            }
+            n_rows += pad;
+        }
+    }
+    auto t0 = clock_type::now();
+    int32_t st = run("MTP evaluation", n_rows);
+    double dt = seconds_since(t0);
+    for (lane & L : live) {
+        draft_job & J = jobs[L.job];
+        proposer & p = *J.p;
+        head_lane & h = p.heads[0];
+        J.out->n_calls++;
+        J.out->t_head = dt / (double) live.size();
+        if (st != MTPL_OK) {
+            drop_drafts(p, h);
+            if (L.new_segment) {
+                h.segments.pop_back();
+            }
+            J.status = st;
+            continue;
+        }
+        if (p.tr->on) {
+            p.tr->next_call();
+            for (int32_t pos = L.first; pos <= J.n_trunk; ++pos) {
+                const bool out = pos == J.n_trunk;
+                const int32_t i = L.idx - (J.n_trunk - pos);
+                p.tr->row(MTPL_DEBUG_MTP_ROW, pos, (*J.tokens)[(size_t) pos],
+                          pos == J.n_trunk ? p.h_last.data() : p.backlog.data() + (size_t) (pos - p.bl_start) * p.n_state,
+                          out ? llama_get_logits_ith(ctx, i) : nullptr, out ? llama_get_embeddings_nextn_ith(ctx, i) : nullptr);
+            }
+        }
+        for (int32_t q = L.first; q <= J.n_trunk; ++q) {
+            h.entry_pos.push_back(q);
+            h.entry_tok.push_back((*J.tokens)[(size_t) q]);
+        }
+        h.n_past = J.n_trunk + 1;
+        h.mtp_next = J.n_trunk + 1 - L.shift;
+        h.warm = true;
+        trim_backlog(p);
+        llama_memory_seq_rm(llama_get_memory(ctx), h.seq, h.mtp_next, -1);  // the filler rows
+    }
+    if (st != MTPL_OK) {
+        return;
+    }
+
+    // the drafts, one call per depth for every proposer still drafting
+    for (lane & L : live) {
+        draft_job & J = jobs[L.job];
+        if ((int32_t) J.p->q.size() < J.k) {
+            J.p->q.resize((size_t) J.k);
+        }
+        J.p->chain.resize((size_t) (J.k + 1) * (size_t) J.p->n_state);
+    }
+    for (int32_t i = 0; !live.empty(); ++i) {
+        std::vector<lane> more;
+        for (lane & L : live) {
+            draft_job & J = jobs[L.job];
+            const mtpl_gen_params & g = *J.g;
+            const int32_t next = decide(*J.p, i, llama_get_logits_ith(ctx, L.idx), *J.tokens, J.k, J.mix, g,
+                                        plain_greedy(g), g.adaptive || g.draft_p_min > 0.0f, draft_params(g),
+                                        draft_mix_allowed(g), J.ctl, *J.rng, *J.drafts);
+            J.p->kept_up = true;
+            if (next == k_more) {
+                more.push_back(L);
+            }
+        }
+        if (more.empty()) {
+            break;
+        }
+        llama_batch_ext_clear(batch);
+        int32_t b = 0;
+        for (lane & L : more) {
+            draft_job & J = jobs[L.job];
+            proposer & p = *J.p;
+            head_lane & h = p.heads[0];
+            float * h_in = p.chain.data() + (size_t) (i + 1) * (size_t) p.n_state;
+            std::memcpy(h_in, llama_get_embeddings_nextn_ith(ctx, L.idx), (size_t) p.n_state * sizeof(float));
+            batch_add(batch, J.drafts->back(), h.mtp_next + i, true, h_in, p.n_state, h.seq);
+            L.idx = b++;
+        }
+        t0 = clock_type::now();
+        st = run("MTP draft", b);
+        dt = seconds_since(t0);
+        for (lane & L : more) {
+            draft_job & J = jobs[L.job];
+            proposer & p = *J.p;
+            J.out->n_calls++;
+            J.out->t_draft += dt / (double) more.size();
+            if (st != MTPL_OK) {
+                drop_drafts(p, p.heads[0]);
+                J.status = st;
+                continue;
+            }
+            if (p.tr->on) {
+                p.tr->next_call();
+                p.tr->row(MTPL_DEBUG_MTP_ROW, J.n_trunk + 1 + i, J.drafts->back(),
+                          p.chain.data() + (size_t) (i + 1) * (size_t) p.n_state, llama_get_logits_ith(ctx, L.idx),
+                          llama_get_embeddings_nextn_ith(ctx, L.idx));
+            }
+        }
+        if (st != MTPL_OK) {
+            return;
+        }
+        live = std::move(more);
+    }
 }
 
 } // namespace mtpl

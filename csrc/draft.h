@@ -33,6 +33,8 @@ namespace mtpl {
 struct head_lane {
     llama_context * ctx = nullptr;
     llama_batch_ext * batch = nullptr;
+    int32_t seq = 0;            // this proposer's sequence in ctx
+    bool shared = false;        // ctx and batch are a group's (freed with it)
     int32_t n_past = 0;
     int32_t mtp_next = 0;       // the MTP position the next cache entry takes
     struct segment {
@@ -75,6 +77,11 @@ struct draft_outcome {
 // Create an MTP context per NextN block of model (cp: the trunk's context parameters).
 bool proposer_init(proposer & p, llama_model * model, llama_context_params cp, int32_t n_state, int32_t n_vocab,
                    trace * tr);
+// The same on a group's MTP context (one NextN block): sequence seq of ctx, evaluated in batch.
+void proposer_init_shared(proposer & p, llama_context * ctx, llama_batch_ext * batch, int32_t seq, int32_t n_batch,
+                          int32_t n_state, int32_t n_vocab, trace * tr);
+// An MTP context for a group of n_seq sessions (one KV stream each; cp: a session's parameters).
+llama_context * shared_mtp_context(llama_model * model, llama_context_params cp, int32_t n_seq, int32_t n_batch);
 void proposer_free(proposer & p);
 void proposer_reset(proposer & p);
 // The trunk's last pass evaluated rows [row0, row0 + n_rows) from position pos0: their states join the
@@ -93,6 +100,26 @@ void proposer_truncate(proposer & p, int32_t n_keep, const float * h_last);
 int32_t proposer_draft(proposer & p, const std::vector<int32_t> & tokens, int32_t n_trunk, int32_t k,
                        const float * mix, const mtpl_gen_params & g, controller * ctl, rng_type & rng,
                        std::atomic<bool> & cancel, std::vector<int32_t> & drafts, draft_outcome & out);
+
+// Several proposers on one shared MTP context drafting at once: one MTP call per draft depth for all
+// of them (their head entries and backlogs in the first).  Each job is what proposer_draft takes.
+struct draft_job {
+    proposer * p;
+    const std::vector<int32_t> * tokens;
+    int32_t n_trunk;
+    int32_t n_ctx;              // the session's context (filler rows stay inside it)
+    int32_t k;
+    const float * mix;
+    const mtpl_gen_params * g;
+    controller * ctl;
+    rng_type * rng;
+    std::atomic<bool> * cancel;
+    std::vector<int32_t> * drafts;
+    draft_outcome * out;
+    int32_t status = 0;         // MTPL_OK, or why this job's drafting failed
+};
+// exact: raise the batch-invariant row bound for calls with more rows (every row as a lone row).
+void proposer_draft_many(std::vector<draft_job> & jobs, llama_context * ctx, llama_batch_ext * batch, bool exact);
 
 // softmax(logits)[top] for the arg-max token top
 float top_prob(const float * logits, int32_t n_vocab, int32_t top);

@@ -57,44 +57,49 @@ bool pass_cost(const mtpl_group * g, double & a, double & b) {
     return b > 0.0 && a >= 0.0;
 }
 
-// A session's acceptance rate at draft position j this generation, optimistic while it has few
-// drafts there (a position the cap keeps out of reach would otherwise never be tried)
-double position_rate(const mtpl_session * s, int32_t j) {
-    return (s->stats.accepted[j] + 1.0) / (s->stats.drafted[j] + 1.0);
+constexpr int32_t k_probe_every = 8;  // steps between tries of the best cap's neighbours
+constexpr double k_decay_cap = 0.9;    // weight of a cap's older steps at each new one
+
+// Sessions stepping together, bucketed: 2, 3-4, 5-8, 9-16, 17-32, 33-64.
+int32_t bucket_of(int32_t n) {
+    int32_t b = 0;
+    while (b + 1 < mtpl_group::k_buckets && (1 << (b + 1)) < n) {
+        ++b;
+    }
+    return b;
 }
 
-// The most drafts per session this step: r - 1 for the r that maximises the expected tokens per
-// second of a pass where n sessions draft min(draft_max, r - 1) each (their drafting, one after
-// another, included) and verify r rows each.  MTPL_MAX_DRAFT while the costs are not known.
-int32_t draft_cap(const mtpl_group * g, int32_t n, mtpl_session * const * ss) {
-    double a = 0.0, b = 0.0;
-    if (n < 2 || !pass_cost(g, a, b) || g->head_n < 4.0) {
-        return MTPL_MAX_DRAFT;
-    }
-    const double h = g->head_s / g->head_n;                             // the first draft's seconds
-    const double e = g->more_n > 1.0 ? g->more_s / g->more_n : h;      // each further one's
+// The most drafts a session may make this step, a bandit over caps 0..k_most per bucket of sessions
+// stepping together: each cap tried once, then the one whose steps gave the most tokens per second
+// (all sessions' tokens over the whole step, drafting included), its neighbours tried every
+// k_probe_every steps.  A lone session keeps its own controller's choice.
+int32_t choose_cap(mtpl_group * g, int32_t n, mtpl_session * const * ss) {
     int32_t k_most = 0;
     for (int32_t i = 0; i < n; ++i) {
         k_most = std::max(k_most, ss[i]->mtp ? ss[i]->gen.draft_max : 0);
     }
-    int32_t best_k = k_most;
-    double best = -1.0;
-    for (int32_t k = 0; k <= k_most; ++k) {
-        double tokens = 0.0, seconds = a + b * n * (k + 1);
-        for (int32_t i = 0; i < n; ++i) {
-            const int32_t m = ss[i]->mtp ? std::min(k, ss[i]->gen.draft_max) : 0;
-            tokens += 1.0;
-            for (int32_t j = 0; j < m; ++j) {
-                tokens += position_rate(ss[i], j);
-            }
-            seconds += m > 0 ? h + e * (m - 1) : 0.0;
-        }
-        if (tokens / seconds > best) {
-            best = tokens / seconds;
-            best_k = k;
+    if (n < 2 || k_most == 0) {
+        return MTPL_MAX_DRAFT;
+    }
+    k_most = std::min<int32_t>(k_most, MTPL_MAX_DRAFT);
+    mtpl_group::cap_bucket & b = g->caps[bucket_of(n)];
+    b.steps++;
+    for (int32_t c = 0; c <= k_most; ++c) {
+        if (b.sec[c] <= 0.0) {
+            return c;
         }
     }
-    return best_k;
+    int32_t best = 0;
+    for (int32_t c = 1; c <= k_most; ++c) {
+        if (b.tok[c] / b.sec[c] > b.tok[best] / b.sec[best]) {
+            best = c;
+        }
+    }
+    if (b.steps % k_probe_every == 0) {
+        const int32_t up = (b.steps / k_probe_every) % 2 == 0;
+        return std::clamp(best + (up ? 1 : -1), 0, k_most);
+    }
+    return best;
 }
 
 } // namespace
@@ -134,9 +139,24 @@ int32_t group_create(mtpl_model * model, const mtpl_group_params & p, mtpl_group
         return fail(MTPL_ERR_MODEL_LOAD, "could not create the llama.cpp context" + (why.empty() ? "" : ": " + why));
     }
     g->batch = llama_batch_ext_init(g->trunk);
+    // one MTP context for all: each draft depth is one call for every session drafting that deep
+    llama_model * head = model->head ? model->head : model->model;
+    if (p.session.mtp && llama_model_n_layer_nextn(head) == 1) {
+        llama_context_params cm = cp;
+        cm.abort_callback_data = &g->shared;
+        g->mtp = shared_mtp_context(head, cm, p.n_seq, g->n_batch);
+        if (!g->mtp) {
+            const std::string why = upstream_error();
+            group_destroy(g);
+            return fail(MTPL_ERR_MODEL_LOAD, "could not create the MTP context" + (why.empty() ? "" : ": " + why));
+        }
+        g->mtp_batch = llama_batch_ext_init(g->mtp);
+    }
     for (int32_t i = 0; i < p.n_seq; ++i) {
         mtpl_session * s = nullptr;
-        if (int32_t st = session_create_in(model, g, g->trunk, g->batch, &g->shared, i, p.session, &s); st != MTPL_OK) {
+        if (int32_t st = session_create_in(model, g, g->trunk, g->batch, &g->shared, i, p.session, g->mtp, g->mtp_batch,
+                                           &s);
+            st != MTPL_OK) {
             group_destroy(g);
             return st;
         }
@@ -150,6 +170,8 @@ void group_destroy(mtpl_group * g) {
     for (mtpl_session * s : g->sessions) {
         session_destroy(s);
     }
+    if (g->mtp_batch) llama_batch_ext_free(g->mtp_batch);
+    if (g->mtp) llama_free(g->mtp);
     if (g->batch) llama_batch_ext_free(g->batch);
     if (g->trunk) llama_free(g->trunk);
     delete g;
@@ -168,64 +190,52 @@ int32_t group_step(mtpl_group * g, int32_t n, mtpl_session * const * ss, const i
     // multi-stream batch in one graph only when its sequences are consecutive and equally long)
     // The drafts a session may make: as many as the rows all sequences of the pass can get (below)
     // pay for, by the fitted costs and each session's acceptance so far.
-    const int32_t k_cap = draft_cap(g, n, ss);
+    const auto t_step = clock_type::now();
+    const int32_t k_cap = choose_cap(g, n, ss);
+    for (int32_t i = 0; i < n; ++i) {
+        g->stats.n_capped += ss[i]->mtp && k_cap < ss[i]->gen.draft_max;
+    }
     std::vector<int32_t> order;
     std::vector<uint8_t> in_pass((size_t) n, 0);
+    const bool together = g->mtp != nullptr;  // else each session drafts in step_begin
+    std::vector<draft_job> jobs;
+    std::vector<int32_t> job_of((size_t) n, -1);
     for (int32_t i = 0; i < n; ++i) {
         bool pass = false;
-        status[i] = step_begin(ss[i], n_max[i], out + (size_t) i * (size_t) cap, &res[i], &pass, k_cap);
-        if (status[i] == MTPL_OK && pass && !ss[i]->drafts.empty()) {
-            const draft_outcome & d = ss[i]->cur.drafted;
-            g->head_s = 0.97 * g->head_s + d.t_head;
-            g->head_n = 0.97 * g->head_n + 1.0;
-            g->more_s = 0.97 * g->more_s + d.t_draft;
-            g->more_n = 0.97 * g->more_n + (double) (ss[i]->drafts.size() - 1);
+        status[i] = step_begin(ss[i], n_max[i], out + (size_t) i * (size_t) cap, &res[i], &pass, k_cap, !together);
+        if (together && status[i] == MTPL_OK && pass) {
+            mtpl_session * s = ss[i];
+            job_of[(size_t) i] = (int32_t) jobs.size();
+            jobs.push_back({&s->prop, &s->tokens, s->n_past, s->n_ctx, s->mtp ? s->cur.k : 0, s->cur.plan.mix, &s->gen,
+                            s->ctl.get(), &s->rng, &s->cancel, &s->drafts, &s->cur.drafted});
         }
+        in_pass[(size_t) i] = status[i] == MTPL_OK && pass;
+    }
+    if (together && !jobs.empty()) {
+        proposer_draft_many(jobs, g->mtp, g->mtp_batch, g->exact);
+    }
+    for (int32_t i = 0; i < n; ++i) {
+        if (together && job_of[(size_t) i] >= 0) {
+            const draft_job & J = jobs[(size_t) job_of[(size_t) i]];
+            if (J.status != MTPL_OK) {
+                ss[i]->stats.n_mtp_calls += J.out->n_calls;
+                status[i] = J.status;
+                in_pass[(size_t) i] = 0;
+            } else {
+                step_drafted(ss[i], J.out->t_head + J.out->t_draft + J.out->t_upkeep);
+            }
+        }
+        const bool pass = in_pass[(size_t) i] != 0;
         if (status[i] != MTPL_OK) {
             failed(i, status[i]);
         } else if (pass) {
             order.push_back(i);
-            in_pass[(size_t) i] = 1;
         }
     }
     if (order.empty()) {
         return first_failure;
     }
     std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return ss[a]->seq < ss[b]->seq; });
-    // Every sequence of the pass gets as many rows (fillers pad the shorter).  Where the fitted pass
-    // cost says that fewer rows for all give more expected tokens per second, the longest drafts are
-    // cut: a draft dropped before verification changes nothing but the speed.
-    double fa = 0.0, fb = 0.0;
-    if (order.size() > 1 && pass_cost(g, fa, fb)) {
-        int32_t longest = 0;
-        for (int32_t i : order) {
-            longest = std::max(longest, (int32_t) ss[i]->drafts.size() + 1);
-        }
-        int32_t best_r = longest;
-        double best = -1.0;
-        for (int32_t r = 1; r <= longest; ++r) {
-            double tokens = 0.0;
-            for (int32_t i : order) {
-                tokens += 1.0;
-                for (int32_t j = 0; j < std::min((int32_t) ss[i]->drafts.size(), r - 1); ++j) {
-                    tokens += position_rate(ss[i], j);
-                }
-            }
-            const double score = tokens / (fa + fb * (double) order.size() * r);
-            if (score > best) {
-                best = score;
-                best_r = r;
-            }
-        }
-        for (int32_t i : order) {
-            mtpl_session * s = ss[i];
-            if ((int32_t) s->drafts.size() + 1 > best_r) {
-                s->drafts.resize((size_t) best_r - 1);
-                s->tokens.resize((size_t) s->cur.pos0 + (size_t) best_r);
-                g->stats.n_cut_drafts++;
-            }
-        }
-    }
     int32_t rows_max = 0, rows_real = 0;
     bool states = false;
     for (int32_t i : order) {
@@ -344,6 +354,15 @@ int32_t group_step(mtpl_group * g, int32_t n, mtpl_session * const * ss, const i
         step_finish(s, row0[(size_t) i], share, reused, true);
     }
     (void) rows_real;
+    if (k_cap < MTPL_MAX_DRAFT) {  // what this cap gave: every session's tokens over the whole step
+        int64_t tokens = 0;
+        for (int32_t i = 0; i < n; ++i) {
+            tokens += status[i] == MTPL_OK ? res[i].n_tokens : 0;
+        }
+        mtpl_group::cap_bucket & b = g->caps[bucket_of(n)];
+        b.tok[k_cap] = k_decay_cap * b.tok[k_cap] + (double) tokens;
+        b.sec[k_cap] = k_decay_cap * b.sec[k_cap] + seconds_since(t_step);
+    }
     return first_failure;
 }
 

@@ -13,6 +13,8 @@ struct mtpl_group {
     mtpl_model * model = nullptr;
     llama_context * trunk = nullptr;
     llama_batch_ext * batch = nullptr;
+    llama_context * mtp = nullptr;      // the sessions' MTP context (a file with one NextN block; else each its own)
+    llama_batch_ext * mtp_batch = nullptr;
     mtpl::trunk_shared shared;
     std::vector<mtpl_session *> sessions;  // sessions[i] is sequence i
     std::mutex mu;                      // one evaluation in the shared context at a time
@@ -23,8 +25,14 @@ struct mtpl_group {
     // a pass's seconds against its rows, t = a + b * rows, fitted over recent passes: a session's
     // share of a pass is a / (sessions) + b * (its rows), and the filler rows its length caused
     double fit_w = 0.0, fit_r = 0.0, fit_t = 0.0, fit_rr = 0.0, fit_rt = 0.0;
-    // recent drafting (decayed sums): first draft (the head call) and each further one, seconds and count
-    double head_s = 0.0, head_n = 0.0, more_s = 0.0, more_n = 0.0;
+    // the draft cap's bandit (group.cpp choose_cap): per bucket of sessions stepping together, the
+    // decayed tokens and seconds of the steps taken under each cap
+    static constexpr int32_t k_buckets = 6;
+    struct cap_bucket {
+        int64_t steps = 0;
+        double tok[MTPL_MAX_DRAFT + 1] = {};
+        double sec[MTPL_MAX_DRAFT + 1] = {};
+    } caps[k_buckets];
 };
 
 namespace mtpl {

@@ -311,7 +311,8 @@ typedef struct mtpl_group_stats {
     int64_t n_pad_rows;             /* rows added so that every sequence has as many (llama.cpp evaluates a
                                        multi-stream batch in one graph only then) */
     int64_t n_ubatches;             /* graph evaluations those passes took */
-    int64_t n_cut_drafts;           /* session steps whose drafts were cut to the pass's row count */
+    int64_t n_capped;               /* session steps whose draft length the group capped below their draft_max
+                                       (the cap that gives the most tokens per second for so many sessions) */
     double t_pass_s;                /* seconds in those passes */
 } mtpl_group_stats;
 

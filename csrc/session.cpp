@@ -243,7 +243,8 @@ int32_t context_params(const mtpl_model * model, const mtpl_session_params & p, 
 namespace {
 
 // The session's own part: the MTP contexts, the controller, the trace (its trunk context is set).
-int32_t session_init(mtpl_session * s, const mtpl_session_params & p, const llama_context_params & cp) {
+int32_t session_init(mtpl_session * s, const mtpl_session_params & p, const llama_context_params & cp,
+                     llama_context * mtp_ctx = nullptr, llama_batch_ext * mtp_batch = nullptr) {
     mtpl_model * model = s->model;
     const mtpl_model_info & info = model->info;
     s->n_ctx = (int32_t) cp.n_ctx;
@@ -255,8 +256,11 @@ int32_t session_init(mtpl_session * s, const mtpl_session_params & p, const llam
     llama_context_params cp_mtp = cp;
     cp_mtp.abort_callback_data = &s->own_shared;  // MTP calls abort on this session's cancel
     s->own_shared.watch = &s->cancel;
-    if (s->mtp && !proposer_init(s->prop, model->head ? model->head : model->model, cp_mtp, info.n_embd_state,
-                                 info.n_vocab, &s->tr)) {
+    if (s->mtp && mtp_ctx) {
+        proposer_init_shared(s->prop, mtp_ctx, mtp_batch, s->seq, (int32_t) cp.n_batch, info.n_embd_state, info.n_vocab,
+                             &s->tr);
+    } else if (s->mtp && !proposer_init(s->prop, model->head ? model->head : model->model, cp_mtp, info.n_embd_state,
+                                        info.n_vocab, &s->tr)) {
         const std::string why = upstream_error();
         return fail(MTPL_ERR_MODEL_LOAD, "could not create the llama.cpp context" + (why.empty() ? "" : ": " + why));
     }
@@ -309,7 +313,8 @@ int32_t session_create(mtpl_model * model, const mtpl_session_params & p, mtpl_s
 }
 
 int32_t session_create_in(mtpl_model * model, mtpl_group * group, llama_context * trunk, llama_batch_ext * batch,
-                          trunk_shared * shared, int32_t seq, const mtpl_session_params & p, mtpl_session ** out) {
+                          trunk_shared * shared, int32_t seq, const mtpl_session_params & p, llama_context * mtp_ctx,
+                          llama_batch_ext * mtp_batch, mtpl_session ** out) {
     llama_context_params cp;
     if (int32_t st = context_params(model, p, cp); st != MTPL_OK) {
         return st;
@@ -322,7 +327,7 @@ int32_t session_create_in(mtpl_model * model, mtpl_group * group, llama_context 
     s->trunk_batch = batch;
     s->shared = shared;
     s->seq = seq;
-    if (int32_t st = session_init(s, p, cp); st != MTPL_OK) {
+    if (int32_t st = session_init(s, p, cp, mtp_ctx, mtp_batch); st != MTPL_OK) {
         session_destroy(s);
         return st;
     }
@@ -416,7 +421,7 @@ int32_t session_feed(mtpl_session * s, const int32_t * tokens, int32_t n) {
 }
 
 int32_t step_begin(mtpl_session * s, int32_t n_max, int32_t * out, mtpl_step_result * res, bool * pass,
-                   int32_t k_cap) {
+                   int32_t k_cap, bool draft_here) {
     *res = mtpl_step_result{0, 0, 0, MTPL_STOP_NONE};
     *pass = false;
     if (!s->has_pending) {
@@ -469,21 +474,32 @@ int32_t step_begin(mtpl_session * s, int32_t n_max, int32_t * out, mtpl_step_res
     k = std::max(k, 0);
 
     const auto t = clock_type::now();
+    c.k = k;
     c.drafted = draft_outcome{};
     s->drafts.clear();
+    *pass = true;
+    if (!draft_here) {  // the group drafts for its sessions together, then step_drafted
+        return MTPL_OK;
+    }
     if (s->mtp) {
         const int32_t st = proposer_draft(s->prop, s->tokens, s->n_past, k, c.plan.mix, s->gen, s->ctl.get(), s->rng,
                                           s->cancel, s->drafts, c.drafted);
-        s->stats.n_mtp_calls += c.drafted.n_calls;
         if (st != MTPL_OK) {
+            s->stats.n_mtp_calls += c.drafted.n_calls;
+            *pass = false;
             return st;
         }
     }
-    c.t_draft = seconds_since(t);
+    step_drafted(s, seconds_since(t));
+    return MTPL_OK;
+}
+
+void step_drafted(mtpl_session * s, double t_draft) {
+    mtpl_session::step_state & c = s->cur;
+    s->stats.n_mtp_calls += c.drafted.n_calls;
+    c.t_draft = t_draft;
     c.pos0 = s->n_past;
     s->tokens.insert(s->tokens.end(), s->drafts.begin(), s->drafts.end());
-    *pass = true;
-    return MTPL_OK;
 }
 
 bool step_wants_states(const mtpl_session * s) {

@@ -67,6 +67,7 @@ struct mtpl_session {
         mtpl::clock_type::time_point t0;
         mtpl::step_plan plan{0, {}, false};
         mtpl::draft_outcome drafted;
+        int32_t k = 0;                  // drafts planned
         double t_draft = 0.0;
         int32_t pos0 = 0;
         int32_t n_max = 0;
@@ -101,14 +102,19 @@ namespace mtpl {
 
 int32_t session_create(mtpl_model * model, const mtpl_session_params & p, mtpl_session ** out);
 void session_destroy(mtpl_session * s);
-// A session on a group's trunk context (group.cpp), sequence seq, n_ctx tokens.
+// A session on a group's trunk context (group.cpp), sequence seq, n_ctx tokens; mtp_ctx: the group's
+// MTP context (one NextN block) or null (the session makes its own).
 int32_t session_create_in(mtpl_model * model, mtpl_group * group, llama_context * trunk, llama_batch_ext * batch,
-                          trunk_shared * shared, int32_t seq, const mtpl_session_params & p, mtpl_session ** out);
+                          trunk_shared * shared, int32_t seq, const mtpl_session_params & p, llama_context * mtp_ctx,
+                          llama_batch_ext * mtp_batch, mtpl_session ** out);
 // A step in three parts, for a group's steps: begin (emit the pending token, plan, draft; false in
 // *pass when the step ended without a trunk pass), the pass (the caller's: rows [pending, drafts...]
 // of s->tokens from s->cur.pos0, all output; k_cap bounds the drafts), finish (verify rows from row0, keep, roll back).
 int32_t step_begin(mtpl_session * s, int32_t n_max, int32_t * out, mtpl_step_result * res, bool * pass,
-                   int32_t k_cap = MTPL_MAX_DRAFT);
+                   int32_t k_cap = MTPL_MAX_DRAFT, bool draft_here = true);
+// draft_here false: step_begin planned s->cur.k drafts and made none; the caller drafted them into
+// s->drafts and s->cur.drafted (t_draft seconds, this session's share): the step goes on
+void step_drafted(mtpl_session * s, double t_draft);
 void step_abandon(mtpl_session * s);  // the pass failed: drop the drafts
 void step_finish(mtpl_session * s, int32_t row0, double t_verify, bool trunk_reused, bool in_group);
 bool step_wants_states(const mtpl_session * s);

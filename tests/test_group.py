@@ -155,8 +155,10 @@ def test_sequences_join_and_leave(files):
 
 
 def test_sampled_sequences_equal_alone(files):
-    """Seeded sampling: each session draws from its own generator, so a sampled sequence in a
-    group equals the same request alone, token for token."""
+    """Seeded sampling with coupled verification (keyed by seed and position: the output does not
+    depend on draft lengths, which the group caps): a sampled sequence in a group equals the same
+    request alone, token for token."""
+    coupled = SpecConfig(draft_max=3, draft_p_min=0.0, adaptive=False, verify="coupled")
     with mtpllama.Model(files["q8_0"]) as m:
         prompts = PROMPTS[:4]
         sampling = [SamplingConfig(temperature=0.9, seed=100 + i) for i in range(4)]
@@ -164,18 +166,21 @@ def test_sampled_sequences_equal_alone(files):
         with m.session(CFG) as s:
             for p, smp in zip(prompts, sampling):
                 s.reset()
-                expect.append(s.generate(p, 40, spec=FIXED3, sampling=smp).tokens)
+                expect.append(s.generate(p, 40, spec=coupled, sampling=smp).tokens)
         got = {}
         with m.group(4, CFG) as g:
             def run(i):
-                got[i] = g.sessions[i].generate(prompts[i], 40, spec=FIXED3, sampling=sampling[i]).tokens
+                got[i] = g.sessions[i].generate(prompts[i], 40, spec=coupled, sampling=sampling[i]).tokens
 
             threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+            g._hold.update(g.sessions)
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
+            st = g.stats()
     assert [got[i] for i in range(4)] == expect
+    assert st.capped > 0  # the group chose other draft lengths than the sessions asked for
 
 
 def test_cancelling_one_sequence_leaves_the_others(files):

@@ -38,7 +38,7 @@ class GroupStats:
     pad_rows: int        # filler rows, so that every sequence of a pass has as many
     graphs: int          # graph evaluations the passes took (one per pass when the sequences are consecutive)
     t_pass: float        # seconds in those passes
-    cut: int = 0         # session steps whose drafts were cut to the pass's row count (costlier than they gain)
+    capped: int = 0      # session steps whose draft length the group capped below their draft_max
 
     @property
     def sequences_per_pass(self) -> float:
@@ -123,7 +123,7 @@ class Group(_Closeable):
         st = ffi.new("mtpl_group_stats *")
         _lib.check(lib.mtpl_group_get_stats(self._ptr(), st))
         return GroupStats(st.n_passes, st.n_seq_steps, st.n_rows, st.n_pad_rows, st.n_ubatches, st.t_pass_s,
-                          st.n_cut_drafts)
+                          st.n_capped)
 
     # -- generation -------------------------------------------------------------------------
     def generate_many(self, prompts: Sequence[str | Sequence[int]], max_tokens: int | Sequence[int] = 128, *,
