@@ -70,33 +70,40 @@ int32_t bucket_of(int32_t n) {
 }
 
 // The most drafts a session may make this step, a bandit over caps 0..k_most per bucket of sessions
-// stepping together: each cap tried once, then the one whose steps gave the most tokens per second
-// (all sessions' tokens over the whole step, drafting included), its neighbours tried every
+// stepping together, rewarded with the tokens per second of whole steps (every session's tokens,
+// drafting included): caps 0 and 1 first, then one more while the highest tried is the best (a
+// long cap tried blindly costs a pass of many rows for every session), the best's neighbours every
 // k_probe_every steps.  A lone session keeps its own controller's choice.
 int32_t choose_cap(mtpl_group * g, int32_t n, mtpl_session * const * ss) {
     int32_t k_most = 0;
     for (int32_t i = 0; i < n; ++i) {
         k_most = std::max(k_most, ss[i]->mtp ? ss[i]->gen.draft_max : 0);
     }
-    if (n < 2 || k_most == 0) {
+    if (n < 2 || k_most == 0 || !g->cap) {
         return MTPL_MAX_DRAFT;
     }
     k_most = std::min<int32_t>(k_most, MTPL_MAX_DRAFT);
     mtpl_group::cap_bucket & b = g->caps[bucket_of(n)];
     b.steps++;
-    for (int32_t c = 0; c <= k_most; ++c) {
-        if (b.sec[c] <= 0.0) {
-            return c;
-        }
+    const auto tried = [&](int32_t c) { return b.sec[c] > 0.0; };
+    const auto rate = [&](int32_t c) { return b.tok[c] / b.sec[c]; };
+    if (!tried(0)) {
+        return 0;
+    }
+    if (!tried(1)) {
+        return 1;
     }
     int32_t best = 0;
     for (int32_t c = 1; c <= k_most; ++c) {
-        if (b.tok[c] / b.sec[c] > b.tok[best] / b.sec[best]) {
+        if (tried(c) && rate(c) > rate(best)) {
             best = c;
         }
     }
+    if (best < k_most && !tried(best + 1)) {
+        return best + 1;  // the climb goes on while the last step up paid
+    }
     if (b.steps % k_probe_every == 0) {
-        const int32_t up = (b.steps / k_probe_every) % 2 == 0;
+        const bool up = (b.steps / k_probe_every) % 2 == 0;
         return std::clamp(best + (up ? 1 : -1), 0, k_most);
     }
     return best;
@@ -121,6 +128,7 @@ int32_t group_create(mtpl_model * model, const mtpl_group_params & p, mtpl_group
     auto * g = new mtpl_group();
     g->model = model;
     g->exact = p.exact != 0;
+    g->cap = p.no_cap == 0;
     // one KV stream per sequence (n_ctx each), and a batch that holds every sequence's k + 1 rows
     const int32_t n_ctx = (int32_t) cp.n_ctx;
     g->n_batch = std::max((int32_t) cp.n_batch, std::min(p.n_seq * (MTPL_MAX_DRAFT + 1), n_ctx * p.n_seq));

@@ -19,6 +19,7 @@ struct mtpl_group {
     std::vector<mtpl_session *> sessions;  // sessions[i] is sequence i
     std::mutex mu;                      // one evaluation in the shared context at a time
     bool exact = true;
+    bool cap = true;                    // the group caps the sessions' drafts (choose_cap)
     int32_t n_batch = 0;                // the trunk context's batch: every session's k + 1 rows
     std::atomic<bool> never{false};     // a group pass is not cancelled by one session
     mtpl_group_stats stats{};

@@ -302,6 +302,9 @@ typedef struct mtpl_group_params {
                                        kernels cover n_seq * (MTPL_MAX_DRAFT + 1) rows during group passes), so a
                                        sequence's output does not depend on the others'; 0: batches of more than
                                        MTPL_MAX_DRAFT + 1 rows take llama.cpp's batched kernels */
+    int32_t no_cap;                 /* 1: every session drafts as its own settings say; 0: the group caps the drafts
+                                       per step at the length that gives the most tokens per second for so many
+                                       sessions (learned as it goes) */
 } mtpl_group_params;
 
 typedef struct mtpl_group_stats {

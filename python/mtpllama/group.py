@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from .config import SamplingConfig, SessionConfig, SpecConfig
 from .errors import MtpllamaError, SessionBusyError
 
 _CAP = MAX_DRAFT + 2  # tokens a step can emit
+_STRAGGLE = 0.05      # seconds a step waits for sessions in their steps that have not come yet
 
 
 @dataclass
@@ -50,10 +52,13 @@ class Group(_Closeable):
     shared pass is computed as it would be alone, so a sequence's output does not depend on which
     others share its steps; exact=False lets llama.cpp's batched kernels take passes of more than
     MAX_DRAFT + 1 rows (faster on some weight types, and a sequence's output may then depend on
-    its company in the last bits).  Architectures with a recurrent trunk state are not supported."""
+    its company in the last bits).  cap_drafts=True (the default): the group caps its sessions' draft
+    lengths per step at what gives the most tokens per second for so many sessions (learned as it
+    goes; a lone session is not capped); False: each drafts as its SpecConfig says.  Architectures
+    with a recurrent trunk state are not supported."""
 
     def __init__(self, model, n: int, config: SessionConfig | None = None, *, mtp: bool | None = None,
-                 exact: bool = True) -> None:
+                 exact: bool = True, cap_drafts: bool = True) -> None:
         from .model import Session
 
         self._handle = ffi.NULL
@@ -70,6 +75,7 @@ class Group(_Closeable):
         params.session.mtp = int(self.mtp)
         params.n_seq = n
         params.exact = int(self.exact)
+        params.no_cap = int(not cap_drafts)
         out = ffi.new("mtpl_group **")
         _lib.check(lib.mtpl_group_new(model._ptr(), params, out), "group")
         self._handle = out[0]
@@ -84,9 +90,12 @@ class Group(_Closeable):
         self._waiting: dict = {}       # session -> tokens it may still emit
         self._results: dict = {}
         self._firing = False
+        self._since = 0.0              # when the first session of the next step came
         self._hold: set = set()        # sessions about to join: steps wait for them (generate_many)
         self._calls: queue.SimpleQueue = queue.SimpleQueue()
-        self._engine = threading.Thread(target=self._serve_calls, name="mtpllama-group-engine", daemon=True)
+        # the thread holds the queue, not the group: a group nobody closes is still collected (and closed)
+        self._engine = threading.Thread(target=_serve_calls, args=(self._calls,), name="mtpllama-group-engine",
+                                        daemon=True)
         self._engine.start()
 
     def _ptr(self):
@@ -127,22 +136,28 @@ class Group(_Closeable):
 
     # -- generation -------------------------------------------------------------------------
     def generate_many(self, prompts: Sequence[str | Sequence[int]], max_tokens: int | Sequence[int] = 128, *,
-                      spec: SpecConfig | None = None, sampling: SamplingConfig | None = None,
+                      spec: SpecConfig | None = None,
+                      sampling: SamplingConfig | Sequence[SamplingConfig] | None = None,
                       stop: Sequence[str] = ()) -> list:
         """Complete each prompt from a fresh context, on sessions 0..len(prompts)-1, all at once:
-        a list of GenerationResult in the prompts' order.  max_tokens: one for all, or one per prompt."""
+        a list of GenerationResult in the prompts' order.  max_tokens and sampling: one for all, or
+        one per prompt (e.g. a seed each)."""
         prompts = list(prompts)
         if len(prompts) > len(self.sessions):
             raise ValueError(f"{len(prompts)} prompts for a group of {len(self.sessions)} sessions")
         limits = [max_tokens] * len(prompts) if isinstance(max_tokens, int) else list(max_tokens)
         if len(limits) != len(prompts):
             raise ValueError("max_tokens: one int, or one per prompt")
+        samplings = [sampling] * len(prompts) if sampling is None or isinstance(sampling, SamplingConfig) \
+            else list(sampling)
+        if len(samplings) != len(prompts):
+            raise ValueError("sampling: one SamplingConfig, or one per prompt")
 
         def run(i: int):
             s = self.sessions[i]
             try:
                 s.reset()
-                return s.generate(prompts[i], limits[i], spec=spec, sampling=sampling, stop=stop)
+                return s.generate(prompts[i], limits[i], spec=spec, sampling=samplings[i], stop=stop)
             finally:
                 self._release(s)
 
@@ -154,18 +169,6 @@ class Group(_Closeable):
             return list(pool.map(run, range(len(prompts))))
 
     # -- the engine thread ------------------------------------------------------------------------
-    def _serve_calls(self) -> None:
-        while True:
-            item = self._calls.get()
-            if item is None:
-                return
-            fn, box, done = item
-            try:
-                box.append((True, fn()))
-            except BaseException as e:  # raised again in the caller
-                box.append((False, e))
-            done.set()
-
     def _on_engine(self, fn):
         """fn(), evaluated on the engine thread."""
         if threading.current_thread() is self._engine:
@@ -218,10 +221,16 @@ class Group(_Closeable):
     def _step(self, session, remaining: int):
         cond = self._cond
         with cond:
+            if not self._waiting:
+                self._since = time.monotonic()
             self._waiting[session] = remaining
             cond.notify_all()
             while session not in self._results:
-                if not self._firing and not self._hold and all(a in self._waiting for a in self._active):
+                # every session in its steps has come, or the first came _STRAGGLE seconds ago (a
+                # stream its reader left unread must not hold the others up)
+                waited = time.monotonic() - self._since
+                ready = not self._hold and all(a in self._waiting for a in self._active)
+                if not self._firing and (ready or waited > _STRAGGLE):
                     batch, self._waiting = self._waiting, {}
                     self._firing = True
                     cond.release()
@@ -232,10 +241,12 @@ class Group(_Closeable):
                     finally:
                         cond.acquire()
                         self._firing = False
+                        if self._waiting:
+                            self._since = time.monotonic()
                     self._results.update(results)
                     cond.notify_all()
                 else:
-                    cond.wait()
+                    cond.wait(None if self._firing else max(0.001, _STRAGGLE - waited))
             return self._results.pop(session)
 
     def _native_step(self, batch: dict) -> dict:
@@ -259,3 +270,18 @@ class Group(_Closeable):
                     st = e
             results[s] = (st, ffi.unpack(out + i * _CAP, res[i].n_tokens), STOP_REASONS[res[i].stop])
         return results
+
+
+def _serve_calls(calls: queue.SimpleQueue) -> None:
+    """A group's engine thread: run the calls handed to it until None arrives."""
+    while True:
+        item = calls.get()
+        if item is None:
+            return
+        fn, box, done = item
+        try:
+            box.append((True, fn()))
+        except BaseException as e:  # raised again in the caller
+            box.append((False, e))
+        done.set()
+        item = fn = box = done = None  # nothing here keeps the group alive between calls

@@ -331,15 +331,16 @@ class Model(_Closeable):
         return Session(self, config, self.config.mtp if mtp is None else mtp)
 
     def group(self, n: int, config: SessionConfig | None = None, *, mtp: bool | None = None,
-              exact: bool = True) -> "Group":
+              exact: bool = True, cap_drafts: bool = True) -> "Group":
         """n sessions that share one trunk context and verify their drafts in one trunk pass per
         step (mtpllama.group.Group): drive each from a thread of its own, or use generate_many."""
         from .group import Group
 
-        return Group(self, n, config, mtp=mtp, exact=exact)
+        return Group(self, n, config, mtp=mtp, exact=exact, cap_drafts=cap_drafts)
 
     def generate_many(self, prompts: Sequence[str | Sequence[int]], max_tokens: int | Sequence[int] = 128, *,
-                      spec: SpecConfig | None = None, sampling: SamplingConfig | None = None,
+                      spec: SpecConfig | None = None,
+                      sampling: SamplingConfig | Sequence[SamplingConfig] | None = None,
                       stop: Sequence[str] = (), mtp: bool | None = None, exact: bool = True,
                       config: SessionConfig | None = None) -> list[GenerationResult]:
         """Complete several prompts at once, each from a fresh context, with one trunk pass per

@@ -2,7 +2,7 @@
 Starlette and uvicorn).
 
     protocol.py  request checks and response shapes (no framework, no engine)
-    engine.py    the engine behind the routes: a pool of sessions today (SessionPool)
+    engine.py    the engine behind the routes: a pool of sessions, a group's by default (SessionPool)
     metrics.py   counters and their Prometheus text
     app.py       the Starlette routes
     serve()      load the model, start the pool, run uvicorn until SIGINT/SIGTERM

@@ -1,4 +1,4 @@
-"""The HTTP layer (Starlette): OpenAI-compatible routes over an engine (engine.SessionPool today).
+"""The HTTP layer (Starlette): OpenAI-compatible routes over an engine (engine.SessionPool).
 
     GET  /health                  no key needed
     GET  /metrics                 Prometheus text
