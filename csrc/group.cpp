@@ -57,7 +57,8 @@ bool pass_cost(const mtpl_group * g, double & a, double & b) {
     return b > 0.0 && a >= 0.0;
 }
 
-constexpr int32_t k_probe_every = 8;  // steps between tries of the best cap's neighbours
+constexpr int32_t k_probe_every = 8;  // steps between tries of the best cap's neighbours, at first
+constexpr int32_t k_probe_most = 128; // ... and at most, while they keep losing
 constexpr double k_decay_cap = 0.9;    // weight of a cap's older steps at each new one
 
 // Sessions stepping together, bucketed: 2, 3-4, 5-8, 9-16, 17-32, 33-64.
@@ -73,7 +74,8 @@ int32_t bucket_of(int32_t n) {
 // stepping together, rewarded with the tokens per second of whole steps (every session's tokens,
 // drafting included): caps 0 and 1 first, then one more while the highest tried is the best (a
 // long cap tried blindly costs a pass of many rows for every session), the best's neighbours every
-// k_probe_every steps.  A lone session keeps its own controller's choice.
+// k_probe_every steps, twice as seldom each time they lose again.  A lone session keeps its own
+// controller's choice.
 int32_t choose_cap(mtpl_group * g, int32_t n, mtpl_session * const * ss) {
     int32_t k_most = 0;
     for (int32_t i = 0; i < n; ++i) {
@@ -102,9 +104,20 @@ int32_t choose_cap(mtpl_group * g, int32_t n, mtpl_session * const * ss) {
     if (best < k_most && !tried(best + 1)) {
         return best + 1;  // the climb goes on while the last step up paid
     }
-    if (b.steps % k_probe_every == 0) {
-        const bool up = (b.steps / k_probe_every) % 2 == 0;
-        return std::clamp(best + (up ? 1 : -1), 0, k_most);
+    if (b.probed >= 0) {  // a neighbour that lost again is tried half as often
+        b.interval = b.probed == best ? k_probe_every : std::min(2 * b.interval, k_probe_most);
+        b.probed = -1;
+    }
+    if (b.interval == 0) {
+        b.interval = k_probe_every;
+        b.next_probe = b.steps + b.interval;
+    }
+    if (b.steps >= b.next_probe) {
+        b.next_probe = b.steps + b.interval;
+        const bool up = (b.steps / k_probe_every) % 2 == 0 || best == 0;
+        const int32_t c = std::clamp(best + (up ? 1 : -1), 0, k_most);
+        b.probed = c == best ? -1 : c;
+        return c;
     }
     return best;
 }

@@ -31,6 +31,9 @@ struct mtpl_group {
     static constexpr int32_t k_buckets = 6;
     struct cap_bucket {
         int64_t steps = 0;
+        int64_t next_probe = 0;     // the step of the next try of the best cap's neighbours
+        int32_t interval = 0;       // steps between such tries (doubles while they lose)
+        int32_t probed = -1;        // the cap the last try took
         double tok[MTPL_MAX_DRAFT + 1] = {};
         double sec[MTPL_MAX_DRAFT + 1] = {};
     } caps[k_buckets];
