@@ -330,3 +330,45 @@ def test_model_without_template(model_files, tmp_path):
         assert status == 200 and r["usage"]["completion_tokens"] == 4
     finally:
         assert s.stop() == 0, s.output()
+
+
+# --- the same replies whatever drafts -----------------------------------------------------------------
+QWEN35 = "Qwen3.5-4B.jinja"
+
+
+def _reply(client, model_id: str, stream: bool, thinking: bool) -> tuple[str, str]:
+    """(content, reasoning) of a greedy chat reply, whole or put together from its stream."""
+    kwargs = dict(model=model_id, messages=MESSAGES, max_tokens=24, temperature=0,
+                  extra_body={"chat_template_kwargs": {"enable_thinking": thinking}})
+    if not stream:
+        msg = client.chat.completions.create(**kwargs).choices[0].message
+        return msg.content or "", getattr(msg, "reasoning_content", None) or ""
+    content, reasoning = [], []
+    for c in client.chat.completions.create(stream=True, **kwargs):
+        if c.choices:
+            content.append(c.choices[0].delta.content or "")
+            reasoning.append(getattr(c.choices[0].delta, "reasoning_content", None) or "")
+    return "".join(content), "".join(reasoning)
+
+
+@pytest.mark.parametrize("template", [GLM46, QWEN35])
+def test_replies_are_the_same_with_mtp_on_and_off(chat_files, chat_model, tmp_path, template):
+    """GLM-4.6's and Qwen3.5's templates, reasoning on and off, whole and streamed: a server drafting
+    3 tokens a step and one that does not draft give the same greedy reply, the library's."""
+    openai = pytest.importorskip("openai")
+    path = chat_files(template)
+    servers = [Server(path, tmp_path / f"{name}.log", "--parallel", "2", "--api-key", KEY, *flags)
+               for name, flags in (("mtp", ["--draft-max", "3", "--no-adaptive"]), ("plain", ["--no-mtp"]))]
+    try:
+        clients = [openai.OpenAI(base_url=f"http://127.0.0.1:{s.port}/v1", api_key=KEY, max_retries=0, timeout=60)
+                   for s in servers]
+        ref_model = chat_model(template)
+        for thinking in (True, False):
+            ref = ref_model.chat(MESSAGES, 24, mtp=False, thinking=thinking)
+            expect = (ref.message.content, ref.message.reasoning_content)
+            for stream in (False, True):
+                got = [_reply(c, Path(path).name, stream, thinking) for c in clients]
+                assert got == [expect, expect], (thinking, stream)
+    finally:
+        for s in servers:
+            assert s.stop() == 0, s.output()
