@@ -372,3 +372,77 @@ def test_replies_are_the_same_with_mtp_on_and_off(chat_files, chat_model, tmp_pa
     finally:
         for s in servers:
             assert s.stop() == 0, s.output()
+
+
+GLM_CALL_PIECES = ["<tool_call>", "special_function\n", "<arg_key>", "arg1", "</arg_key>\n", "<arg_value>", "1",
+                   "</arg_value>\n", "</tool_call>"]
+SPECIAL_FUNCTION = {"type": "function", "function": {
+    "name": "special_function", "description": "I'm special",
+    "parameters": {"type": "object", "properties": {"arg1": {"type": "integer"}}, "required": ["arg1"]}}}
+CALL_MESSAGES = [{"role": "user", "content": "Call it"}]
+
+
+def _tool_call_file(tmp_path, templates_dir) -> str:
+    """A GLM-4.6 file whose greedy reply to CALL_MESSAGES (tools: special_function, thinking off) is
+    GLM's tool call: the call's pieces are tokens of their own (user-defined), each the output head's
+    strong favourite after the one before, the first after the prompt's last token, end of text after
+    the last."""
+    import dataclasses
+
+    import numpy as np
+
+    from mtpllama.testing import synthetic_weights, train_bpe, write_synthetic
+    from mtpllama.testing.fixtures import SPECS
+
+    base = train_bpe(n_merges=SPECS["glm46"].n_merges)
+    new = [p for p in GLM_CALL_PIECES if p not in base.tokens]
+    tok = dataclasses.replace(base, tokens=base.tokens + new, token_types=base.token_types + [4] * len(new))
+    template = (templates_dir / GLM46).read_text()
+    path = tmp_path / "tool_call.gguf"
+    write_synthetic(path, SPECS["glm46"], tok, chat_template=template)  # to tokenize the prompt
+    with mtpllama.Model(str(path)) as m:
+        with m.chat_prompt(CALL_MESSAGES, tools=[SPECIAL_FUNCTION], thinking=False) as p:
+            last = m.tokenize(p.prompt, add_special=True, parse_special=True)[-1]
+    W = synthetic_weights(SPECS["glm46"], tok)
+    emb = W["token_embd.weight"]
+    unit = emb / np.sqrt((emb ** 2).mean(axis=1, keepdims=True))
+    chain = [last] + [tok.tokens.index(p) for p in GLM_CALL_PIECES] + [tok.eos_id]
+    d = emb.shape[1]
+    for a, b in zip(chain, chain[1:]):
+        W["output.weight"][b] = unit[a] * (8.0 / np.sqrt(d))
+    write_synthetic(path, SPECS["glm46"], tok, weights=W, chat_template=template)
+    return str(path)
+
+
+def test_tool_call_end_to_end(tmp_path, templates_dir):
+    """A model that calls a tool: the server (MTP on and off) returns the call parsed as upstream
+    parses GLM's format, with finish_reason tool_calls, as Model.chat does; streamed, the call's
+    deltas put together give the same call."""
+    openai = pytest.importorskip("openai")
+    path = _tool_call_file(tmp_path, templates_dir)
+    with mtpllama.Model(path) as m:
+        ref = m.chat(CALL_MESSAGES, 64, tools=[SPECIAL_FUNCTION], thinking=False, mtp=False)
+    assert [(c.name, json.loads(c.arguments)) for c in ref.message.tool_calls] == [("special_function", {"arg1": 1})]
+    assert ref.finish_reason == "tool_calls"
+    servers = [Server(path, tmp_path / f"{name}.log", "--parallel", "2", "--api-key", KEY, *flags)
+               for name, flags in (("mtp", ["--draft-max", "3", "--no-adaptive"]), ("plain", ["--no-mtp"]))]
+    try:
+        for s in servers:
+            client = openai.OpenAI(base_url=f"http://127.0.0.1:{s.port}/v1", api_key=KEY, max_retries=0, timeout=60)
+            kwargs = dict(model=Path(path).name, messages=CALL_MESSAGES, tools=[SPECIAL_FUNCTION], max_tokens=64,
+                          temperature=0, extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+            r = client.chat.completions.create(**kwargs)
+            calls = r.choices[0].message.tool_calls
+            assert r.choices[0].finish_reason == "tool_calls"
+            assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == \
+                [("special_function", {"arg1": 1})]
+            parts: dict[int, list[str]] = {}
+            for c in client.chat.completions.create(stream=True, **kwargs):
+                for tc in (c.choices[0].delta.tool_calls or []) if c.choices else []:
+                    got = parts.setdefault(tc.index, ["", ""])
+                    got[0] += tc.function.name or ""
+                    got[1] += tc.function.arguments or ""
+            assert [(n, json.loads(a)) for n, a in parts.values()] == [("special_function", {"arg1": 1})]
+    finally:
+        for s in servers:
+            assert s.stop() == 0, s.output()
