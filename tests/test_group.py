@@ -16,7 +16,6 @@ import pytest
 import mtpllama
 from mtpllama import InvalidArgumentError, SamplingConfig, SessionConfig, SpecConfig
 from mtpllama._lib import ffi, lib
-from mtpllama.testing import SyntheticSpec, write_synthetic
 from mtpllama.testing.fixtures import PROMPTS
 
 CFG = SessionConfig(n_threads=1, n_ctx=512)
@@ -26,16 +25,10 @@ LENGTHS = [40, 24, 56, 32, 48, 16, 64, 36]
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("group")
-    out = {}
-    for dtype in ("f32", "f16", "q8_0", "q4_0"):
-        spec = SyntheticSpec(nextn="own", dtype=dtype, n_embd=128, n_ff=256, n_ff_exp=64, head_dim=32,
-                             norm_noise=0.3, seed=41)
-        out[dtype] = str(write_synthetic(d / f"{dtype}.gguf", spec))
-    spec = SyntheticSpec(nextn="own", dtype="q4_k", n_embd=256, n_ff=512, n_ff_exp=256, head_dim=32,
-                         norm_noise=0.3, seed=41)
-    out["q4_k"] = str(write_synthetic(d / "q4_k.gguf", spec))
-    return out
+    """One small file per weight type: test_batch_invariance's."""
+    from test_batch_invariance import write_files
+
+    return write_files(tmp_path_factory.mktemp("group"))
 
 
 def alone(model, prompts, lengths, spec, mtp=True, sampling=None):

@@ -7,8 +7,6 @@ import json
 import logging
 import os
 import sys
-import time
-from pathlib import Path
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
