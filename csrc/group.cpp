@@ -207,10 +207,9 @@ int32_t group_step(mtpl_group * g, int32_t n, mtpl_session * const * ss, const i
             first_failure = st;
         }
     };
-    // each session drafts; those that need a pass join it, in sequence order (llama.cpp takes a
-    // multi-stream batch in one graph only when its sequences are consecutive and equally long)
-    // The drafts a session may make: as many as the rows all sequences of the pass can get (below)
-    // pay for, by the fitted costs and each session's acceptance so far.
+    // each session drafts (at most k_cap: choose_cap), all together where they share an MTP context;
+    // those that need a pass join it, in sequence order (llama.cpp takes a multi-stream batch in one
+    // graph only when its sequences are consecutive and equally long)
     const auto t_step = clock_type::now();
     const int32_t k_cap = choose_cap(g, n, ss);
     for (int32_t i = 0; i < n; ++i) {
@@ -257,12 +256,11 @@ int32_t group_step(mtpl_group * g, int32_t n, mtpl_session * const * ss, const i
         return first_failure;
     }
     std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return ss[a]->seq < ss[b]->seq; });
-    int32_t rows_max = 0, rows_real = 0;
+    int32_t rows_max = 0;
     bool states = false;
     for (int32_t i : order) {
         const int32_t rows = (int32_t) ss[i]->drafts.size() + 1;
         rows_max = std::max(rows_max, rows);
-        rows_real += rows;
         states = states || step_wants_states(ss[i]);
     }
     // the batch: each session's [pending, drafts...], then filler rows up to rows_max where its context
@@ -348,7 +346,7 @@ int32_t group_step(mtpl_group * g, int32_t n, mtpl_session * const * ss, const i
     g->stats.n_seq_steps += (int64_t) order.size();
     g->stats.n_rows += n_rows - n_pad;
     g->stats.n_pad_rows += n_pad;
-    // the pass's cost per row (b) and per pass (a); rows_real / n_rows apportion it until the fit holds
+    // the pass's cost per row (b) and per pass (a); until the fit holds every row costs the same
     const double decay = 0.97;
     g->fit_w = decay * g->fit_w + 1.0;
     g->fit_r = decay * g->fit_r + n_rows;
@@ -374,7 +372,6 @@ int32_t group_step(mtpl_group * g, int32_t n, mtpl_session * const * ss, const i
         const double share = scale * (a / (double) order.size() + b * (rows + pad));
         step_finish(s, row0[(size_t) i], share, reused, true);
     }
-    (void) rows_real;
     if (k_cap < MTPL_MAX_DRAFT) {  // what this cap gave: every session's tokens over the whole step
         int64_t tokens = 0;
         for (int32_t i = 0; i < n; ++i) {
