@@ -18,6 +18,7 @@
 #include "ggml-backend.h"
 #include "ggml-cpu.h"
 #include "inspect.h"
+#include "llama_ops.h"
 #include "group.h"
 #include "session.h"
 #include "util.h"
@@ -213,6 +214,11 @@ int32_t mtpl_controller_simulate(const mtpl_controller_sim * sim, int32_t * out_
         mtpl::controller_simulate(*sim, out_drafts, *out_tokens, *out_seconds);
         return MTPL_OK;
     });
+}
+
+int32_t mtpl_release_threads(void) {
+    mtpl::release_worker_threads();
+    return MTPL_OK;
 }
 
 int32_t mtpl_set_batch_invariant(int32_t enabled) {

@@ -190,6 +190,11 @@ int32_t mtpl_set_log(mtpl_log_fn fn, void * user_data, int32_t min_level);
    with the same kernels as a lone row (CPU: patches/0003; CUDA: 0020), so greedy MTP output equals
    plain greedy output bit for bit.  0 turns it off: verification may then use faster batched kernels, whose last bits differ,
    and a near-tie may decide differently than plain decoding would.  Set it before decoding. */
+/* release the calling thread's CPU worker threads (its OpenMP team; recreated by its next evaluation).
+   libgomp lets idle teams spin only briefly once they hold more threads than there are cores, so a
+   team left behind by a thread that has finished generating slows down every other thread that
+   generates; mtpllama calls this when a generation ends.  A no-op without OpenMP. */
+int32_t mtpl_release_threads(void);
 int32_t mtpl_set_batch_invariant(int32_t enabled);
 int32_t mtpl_get_batch_invariant(void);
 

@@ -308,3 +308,27 @@ def test_gaps_survive_rollbacks_into_older_segments(glm45):
             assert sum(r.stats.drafted) > 0
             _checked_mtp_entries(s)
             ctx = s.tokens
+
+
+def test_a_finished_generation_releases_its_worker_threads(model_files):
+    """A thread that has finished generating gives its CPU worker threads (its OpenMP team) back, so
+    that they do not compete with another thread's: the process has as many threads after a
+    2-thread generation as before it."""
+    import os
+
+    import mtpllama
+
+    def n_threads() -> int:
+        return len(os.listdir("/proc/self/task"))
+
+    with mtpllama.Model(model_files["glm45"]) as m, m.session(mtpllama.SessionConfig(n_threads=2)) as s:
+        before = n_threads()
+        s.generate("def foo(x):", 8)
+        assert n_threads() == before
+        for piece in s.stream("import os", 8):
+            during = n_threads()  # the team is there while the generation runs
+            break
+        assert during > before
+        s.reset()
+        s.generate("import os", 4)
+        assert n_threads() == before

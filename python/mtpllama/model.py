@@ -835,6 +835,8 @@ class Session(_Closeable):
             yield from self._run_locked(prompt, max_tokens, spec, sampling, stop, reuse)
         finally:
             self._busy.release()
+            if self._group is None:  # a group evaluates on its engine thread, whose team stays
+                lib.mtpl_release_threads()
 
     def _run_locked(self, prompt, max_tokens, spec, sampling, stop, reuse) -> Iterator[tuple[str, list[int], str]]:
         tokens, spec = self._prepare(prompt, max_tokens, spec)
