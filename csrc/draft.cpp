@@ -504,16 +504,8 @@ void proposer_draft_many(std::vector<draft_job> & jobs, llama_context * ctx, lla
         return jobs[a.job].p->heads[0].seq < jobs[b.job].p->heads[0].seq;
     });
     const auto run = [&](const char * what, int32_t n) {
-        const int bound = batch_invariant_rows();
-        const bool raise = exact && bound > 0 && n > bound;
-        if (raise) {
-            set_batch_invariant(n);
-        }
-        const int32_t st = process(ctx, batch, never, what);
-        if (raise) {
-            set_batch_invariant(bound);
-        }
-        return st;
+        invariant_rows_scope scope(exact, n);
+        return process(ctx, batch, never, what);
     };
 
     // the head call: each proposer's backlog rows and head entry, filler rows after the head entry

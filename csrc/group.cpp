@@ -312,21 +312,17 @@ int32_t group_step(mtpl_group * g, int32_t n, mtpl_session * const * ss, const i
         s->test_passes += s->test_gap_every > 0;
         set_states(s, states);
     }
-    // exact: the whole pass computes rows as lone rows, however many sequences share it
-    const int bound = batch_invariant_rows();
-    const bool raise = g->exact && bound > 0 && n_rows > bound;
-    if (raise) {
-        set_batch_invariant(n_rows);
-    }
     const int32_t reused0 = llama_perf_context(g->trunk).n_reused;
     g->shared.passes++;
     g->shared.watch = nullptr;
     const auto t0 = clock_type::now();
-    const int32_t st = process(g->trunk, g->batch, g->never, "trunk evaluation");
-    const double t_pass = seconds_since(t0);
-    if (raise) {
-        set_batch_invariant(bound);
+    int32_t st;
+    {
+        // exact: the whole pass computes rows as lone rows, however many sequences share it
+        invariant_rows_scope scope(g->exact, n_rows);
+        st = process(g->trunk, g->batch, g->never, "trunk evaluation");
     }
+    const double t_pass = seconds_since(t0);
     for (mtpl_session * idle : gaps) {
         llama_memory_seq_rm(llama_get_memory(g->trunk), idle->seq, idle->n_past, -1);
     }

@@ -22,6 +22,22 @@ void ensure_backend();
 // Rows up to which every backend computes a batch's rows as lone rows (0: off); api.cpp.
 void set_batch_invariant(int max_rows);
 int batch_invariant_rows();
+// While it lives, batches of up to rows rows are computed as lone rows too (when on is true and
+// the mode is on at all): a group's shared passes in its exact mode.
+struct invariant_rows_scope {
+    int bound;
+    bool raised;
+    invariant_rows_scope(bool on, int rows) : bound(batch_invariant_rows()), raised(on && bound > 0 && rows > bound) {
+        if (raised) {
+            set_batch_invariant(rows);
+        }
+    }
+    ~invariant_rows_scope() {
+        if (raised) {
+            set_batch_invariant(bound);
+        }
+    }
+};
 
 using clock_type = std::chrono::steady_clock;
 
