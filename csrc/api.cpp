@@ -858,6 +858,17 @@ int32_t mtpl_test_states_gap_every(mtpl_session * session, int32_t every) {
     return MTPL_OK;
 }
 
+int32_t mtpl_test_group_cap_rates(mtpl_group * group, int32_t n_seq, const double * tokens_per_s, int32_t n_caps) {
+    if (!group || !tokens_per_s || n_seq < 2 || n_seq > MTPL_MAX_GROUP || n_caps < 1 || n_caps > MTPL_MAX_DRAFT + 1) {
+        return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "group or rates NULL, n_seq outside [2, " +
+                                                         std::to_string(MTPL_MAX_GROUP) + "] or n_caps outside [1, " +
+                                                         std::to_string(MTPL_MAX_DRAFT + 1) + "]");
+    }
+    std::lock_guard<std::mutex> lock(group->mu);
+    mtpl::group_seed_caps(group, n_seq, tokens_per_s, n_caps);
+    return MTPL_OK;
+}
+
 int32_t mtpl_test_mtp_entries(const mtpl_session * session, int32_t head, int32_t * trunk_pos, int32_t * tokens,
                               int32_t cap, int32_t * n_out) {
     if (!session || !n_out || cap < 0 || (cap > 0 && (!trunk_pos || !tokens))) {

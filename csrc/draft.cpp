@@ -351,6 +351,11 @@ void proposer_observe(proposer & p, llama_context * trunk, int32_t row0, int32_t
         std::memcpy(p.h_last.data(), llama_get_embeddings_nextn_ith(trunk, row0 + i), row * sizeof(float));
         p.h_valid = true;
     }
+    const int32_t n_bl = (int32_t) (p.backlog.size() / row);
+    if (p.window > 0 && n_bl > p.window) {  // the older rows become a gap (first_row starts past it)
+        p.backlog.erase(p.backlog.begin(), p.backlog.begin() + (ptrdiff_t) ((size_t) (n_bl - p.window) * row));
+        p.bl_start += n_bl - p.window;
+    }
 }
 
 void proposer_forget(proposer & p, int32_t pos) {

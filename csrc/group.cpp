@@ -122,7 +122,43 @@ int32_t choose_cap(mtpl_group * g, int32_t n, mtpl_session * const * ss) {
     return best;
 }
 
+// Rows a capped-off session's head keeps: a probe of a higher cap drafts from recent context.
+constexpr int32_t k_head_window = 16;
+
 } // namespace
+
+int32_t group_head_window(const mtpl_group * g, int32_t n) {
+    if (n < 2 || !g->cap) {
+        return 0;
+    }
+    const mtpl_group::cap_bucket & b = g->caps[bucket_of(n)];
+    if (!(b.sec[0] > 0.0) || !(b.sec[1] > 0.0)) {
+        return 0;
+    }
+    const double r0 = b.tok[0] / b.sec[0];
+    for (int32_t c = 1; c <= MTPL_MAX_DRAFT; ++c) {
+        if (b.sec[c] > 0.0 && b.tok[c] / b.sec[c] > r0) {
+            return 0;
+        }
+    }
+    return k_head_window;
+}
+
+void group_seed_caps(mtpl_group * g, int32_t n, const double * rate, int32_t n_caps) {
+    mtpl_group::cap_bucket & b = g->caps[bucket_of(n)];
+    for (int32_t c = 0; c < n_caps; ++c) {
+        b.tok[c] = rate[c];
+        b.sec[c] = 1.0;
+    }
+}
+
+int32_t group_prompt_window(const mtpl_group * g, const mtpl_session * fed) {
+    int32_t active = 1;  // fed, and the sessions that took part in the last few passes
+    for (const mtpl_session * s : g->sessions) {
+        active += s != fed && s->last_pass >= g->shared.passes - 8;
+    }
+    return group_head_window(g, std::max(active, (int32_t) std::lround(g->n_mean)));
+}
 
 int32_t group_create(mtpl_model * model, const mtpl_group_params & p, mtpl_group ** out) {
     if (p.n_seq < 1 || p.n_seq > MTPL_MAX_GROUP) {
@@ -212,8 +248,11 @@ int32_t group_step(mtpl_group * g, int32_t n, mtpl_session * const * ss, const i
     // graph only when its sequences are consecutive and equally long)
     const auto t_step = clock_type::now();
     const int32_t k_cap = choose_cap(g, n, ss);
+    const int32_t window = group_head_window(g, n);
+    g->n_mean = g->n_mean > 0.0 ? 0.9 * g->n_mean + 0.1 * n : n;
     for (int32_t i = 0; i < n; ++i) {
         g->stats.n_capped += ss[i]->mtp && k_cap < ss[i]->gen.draft_max;
+        ss[i]->prop.window = window;
     }
     std::vector<int32_t> order;
     std::vector<uint8_t> in_pass((size_t) n, 0);

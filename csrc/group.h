@@ -23,6 +23,7 @@ struct mtpl_group {
     int32_t n_batch = 0;                // the trunk context's batch: every session's k + 1 rows
     std::atomic<bool> never{false};     // a group pass is not cancelled by one session
     mtpl_group_stats stats{};
+    double n_mean = 0.0;                // sessions per step, a mean aged by x0.9 per step
     // a pass's seconds against its rows, t = a + b * rows, fitted over recent passes: a session's
     // share of a pass is a / (sessions) + b * (its rows), and the filler rows its length caused
     double fit_w = 0.0, fit_r = 0.0, fit_t = 0.0, fit_rr = 0.0, fit_rt = 0.0;
@@ -45,6 +46,14 @@ int32_t group_create(mtpl_model * model, const mtpl_group_params & p, mtpl_group
 void group_destroy(mtpl_group * g);
 // One step of sessions ss[0, n) (distinct, of g): each drafts, then one trunk pass verifies them all.
 // Session i writes its tokens to out + i * cap and its result to res[i]; status[i] is its status.
+// The MTP backlog window (draft.h proposer::window) of n sessions stepping together: > 0 where the
+// draft cap's bandit found that drafting does not pay for so many, else 0.
+int32_t group_head_window(const mtpl_group * g, int32_t n);
+// ... for a prompt fed to session fed of g: as many sessions as usually step together, or as are
+// generating now with it, whichever is more
+int32_t group_prompt_window(const mtpl_group * g, const mtpl_session * fed);
+// Tests: the cap bandit of n sessions as if cap c had run a second at rate[c] for c < n_caps.
+void group_seed_caps(mtpl_group * g, int32_t n, const double * rate, int32_t n_caps);
 int32_t group_step(mtpl_group * g, int32_t n, mtpl_session * const * ss, const int32_t * n_max, int32_t * out,
                    int32_t cap, mtpl_step_result * res, int32_t * status);
 

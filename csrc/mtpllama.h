@@ -447,6 +447,9 @@ int32_t mtpl_test_skip_rollback(mtpl_session * session, int32_t skip);
    whatever the controller says, and the step after it cannot draft: a gap in the MTP cache
    (a plain step far from drafting does this where it pays).  0: as the controller says. */
 int32_t mtpl_test_states_gap_every(mtpl_session * session, int32_t every);
+/* Seed the group's draft cap bandit (group.cpp) for steps of n_seq sessions: as if caps 0 to
+   n_caps - 1 had each been measured for a second at tokens_per_s[c] (later steps add to it). */
+int32_t mtpl_test_group_cap_rates(mtpl_group * group, int32_t n_seq, const double * tokens_per_s, int32_t n_caps);
 /* NextN block `head`'s MTP cache entries in MTP position order: the trunk position and token each
    pairs (the session's bookkeeping, for tests).  Writes min(*n_out, cap) of them; *n_out: how many
    there are. */

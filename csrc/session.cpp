@@ -12,6 +12,7 @@
 #include "llama-kv-cache-dsv4.h"
 #include "llama-memory-hybrid.h"
 #include "llama-memory-recurrent.h"
+#include "group.h"
 #include "llama_ops.h"
 #include "util.h"
 #include "verify.h"
@@ -47,17 +48,17 @@ void pass_failed(mtpl_session * s) {
     s->last_row = -1;
 }
 
-void pass_done(mtpl_session * s, int32_t row0, int32_t pos0, int32_t n, bool all_logits) {
+void pass_done(mtpl_session * s, int32_t row0, int32_t pos0, int32_t n, bool all_logits, int32_t out_from) {
     s->stats.n_trunk_calls++;
     s->rs_rows = n;
     s->last_row = row0 + n - 1;
     s->last_pass = s->shared->passes;
     s->tr.next_call();
     for (int32_t i = 0; i < n && s->tr.on; ++i) {
-        const bool out = all_logits || i == n - 1;
+        const bool out = all_logits || i == n - 1 || (out_from >= 0 && i >= out_from);
         s->tr.row(MTPL_DEBUG_TRUNK_ROW, pos0 + i, s->tokens[pos0 + i], nullptr,
                   out ? llama_get_logits_ith(s->trunk, row0 + i) : nullptr,
-                  s->states ? llama_get_embeddings_nextn_ith(s->trunk, row0 + i) : nullptr);
+                  s->states && (out || !s->shared->masked) ? llama_get_embeddings_nextn_ith(s->trunk, row0 + i) : nullptr);
     }
 }
 
@@ -65,10 +66,11 @@ namespace {
 
 // Evaluate tokens[pos0, pos0 + n) in the trunk; logits for all rows if all_logits, else for the
 // last row only.  On failure the trunk forgets what the call may have left.
-int32_t eval_trunk(mtpl_session * s, int32_t pos0, int32_t n, bool all_logits) {
+int32_t eval_trunk(mtpl_session * s, int32_t pos0, int32_t n, bool all_logits, int32_t out_from = -1) {
     llama_batch_ext_clear(s->trunk_batch);
     for (int32_t i = 0; i < n; ++i) {
-        batch_add(s->trunk_batch, s->tokens[pos0 + i], pos0 + i, all_logits || i == n - 1, nullptr, 0, s->seq);
+        const bool out = all_logits || i == n - 1 || (out_from >= 0 && i >= out_from);
+        batch_add(s->trunk_batch, s->tokens[pos0 + i], pos0 + i, out, nullptr, 0, s->seq);
     }
     s->shared->passes++;
     if (int32_t st = process(s->trunk, s->trunk_batch, s->cancel, "trunk evaluation"); st != MTPL_OK) {
@@ -76,7 +78,7 @@ int32_t eval_trunk(mtpl_session * s, int32_t pos0, int32_t n, bool all_logits) {
         pass_failed(s);
         return st;
     }
-    pass_done(s, 0, pos0, n, all_logits);
+    pass_done(s, 0, pos0, n, all_logits, out_from);
     return MTPL_OK;
 }
 
@@ -194,14 +196,16 @@ int32_t choose_next(mtpl_session * s, const float * logits, size_t n_context) {
 
 } // namespace
 
-void set_states(mtpl_session * s, bool on) {
+void set_states(mtpl_session * s, bool on, bool masked) {
     if (!s->mtp) {
         return;
     }
     s->states = on;
-    if (on != s->shared->states) {
-        llama_set_embeddings_nextn(s->trunk, on, false);
+    masked = on && masked;
+    if (on != s->shared->states || masked != s->shared->masked) {
+        llama_set_embeddings_nextn(s->trunk, on, masked);
         s->shared->states = on;
+        s->shared->masked = masked;
     }
 }
 
@@ -388,24 +392,35 @@ int32_t session_feed(mtpl_session * s, const int32_t * tokens, int32_t n) {
     }
     s->tokens.insert(s->tokens.end(), tokens, tokens + n);
     s->has_pending = false;
-    set_states(s, true);  // the head drafts best knowing the whole prompt
+    // the head drafts best knowing the whole prompt; in a group where drafting does not pay, the
+    // states of its window of last rows are enough (the others would cost the last layer's work)
+    const int32_t n_total = (int32_t) s->tokens.size();
+    if (s->mtp && s->group) {
+        s->prop.window = group_prompt_window(s->group, s);
+    }
+    const int32_t states_from = s->prop.window > 0 ? n_total - s->prop.window : 0;
     // recurrent trunks: a pass ends k_ckpt_back tokens before the prompt's end (the next request of a
     // conversation shares the context up to about there) and the state is saved there
-    const int32_t n_total = (int32_t) s->tokens.size();
     const int32_t ckpt_at = s->recurrent ? std::max(s->n_past + 1, n_total - k_ckpt_back) : -1;
     while (s->n_past < n_total) {
         int32_t m = std::min(n_total - s->n_past, s->n_batch);
         if (s->n_past < ckpt_at && s->n_past + m > ckpt_at) {
             m = ckpt_at - s->n_past;
         }
-        if (int32_t st = eval_trunk(s, s->n_past, m, false); st != MTPL_OK) {
+        // rows before states_from: masked states, the pass's outputs from there on (and its last row)
+        const int32_t out_from = std::clamp(states_from - s->n_past, 0, m - 1);
+        set_states(s, true, out_from > 0);
+        if (int32_t st = eval_trunk(s, s->n_past, m, false, out_from > 0 ? out_from : -1); st != MTPL_OK) {
             // keep what was evaluated; drop the rest so the context stays consistent
             s->tokens.resize((size_t) s->n_past);
             s->stats.t_prefill_s += seconds_since(t0);
             return st;
         }
         if (s->mtp) {
-            proposer_observe(s->prop, s->trunk, 0, s->n_past, m, s->states);
+            if (out_from > 0) {
+                proposer_observe(s->prop, s->trunk, 0, s->n_past, out_from, false);
+            }
+            proposer_observe(s->prop, s->trunk, out_from, s->n_past + out_from, m - out_from, true);
         }
         s->n_past += m;
         if (s->n_past == ckpt_at) {

@@ -22,6 +22,7 @@ namespace mtpl {
 // What the sessions that evaluate in one trunk context share: a lone session's own, or a group's.
 struct trunk_shared {
     bool states = false;                // the context's passes report their states (llama_set_embeddings_nextn)
+    bool masked = false;                // ... of their output rows only
     int64_t passes = 0;                 // passes evaluated: a session's rows are readable while none followed
     std::atomic<bool> * watch = nullptr;  // the cancel flag the running pass aborts on (null: none)
 };
@@ -119,11 +120,11 @@ void step_abandon(mtpl_session * s);  // the pass failed: drop the drafts
 void step_finish(mtpl_session * s, int32_t row0, double t_verify, bool trunk_reused, bool in_group);
 bool step_wants_states(const mtpl_session * s);
 // bookkeeping after a trunk pass that held rows [row0, row0 + n) of this session from position pos0
-void pass_done(mtpl_session * s, int32_t row0, int32_t pos0, int32_t n, bool all_logits);
+void pass_done(mtpl_session * s, int32_t row0, int32_t pos0, int32_t n, bool all_logits, int32_t out_from = -1);
 void pass_failed(mtpl_session * s);
 // n_ctx, n_batch, n_threads resolved and checked, into a context's parameters
 int32_t context_params(const mtpl_model * model, const mtpl_session_params & p, llama_context_params & cp);
-void set_states(mtpl_session * s, bool on);
+void set_states(mtpl_session * s, bool on, bool masked = false);
 
 int32_t session_reset(mtpl_session * s);
 int32_t session_feed(mtpl_session * s, const int32_t * tokens, int32_t n);

@@ -203,6 +203,45 @@ def test_cancelling_one_sequence_leaves_the_others(files):
             assert g.sessions[0].generate(prompts[0], 200, spec=FIXED3).tokens == expect[0]
 
 
+@pytest.mark.parametrize("drafting_pays", [True, False])
+def test_a_group_where_drafting_does_not_pay_keeps_a_window_of_states(files, drafting_pays):
+    """Where the group's draft cap found that drafting does not pay for so many sessions, a prompt's
+    trunk states are computed for its last rows only (every other row's would cost the trunk's last
+    layer), and between probes the MTP head keeps a window of recent states instead of catching up.
+    Output stays plain output either way; where drafting pays, the head knows the whole prompt."""
+    from mtpllama.testing import hooks
+
+    with mtpllama.Model(files["q8_0"]) as m:
+        prompts = [m.tokenize(" ".join([PROMPTS[i]] * 16)) for i in range(4)]
+        plain = alone(m, prompts, [40] * 4, None, mtp=False)
+        with m.group(4, CFG) as g:
+            for n in (2, 4):  # cap 0 against cap 1, for the buckets a group filling up to 4 steps in
+                hooks.group_cap_rates(g, n, [50.0, 100.0] if drafting_pays else [100.0, 50.0])
+            for s in g.sessions:
+                s.debug_record()
+            for _ in range(2):  # the second round's prompts know how many sessions step together
+                got = g.generate_many(prompts, 40, spec=FIXED3)
+                assert [r.tokens for r in got] == plain
+            capped = g.stats().capped
+            for s, p, r in zip(g.sessions, prompts, got):
+                n_prompt = len(p)
+                last_call = {}
+                for e in s.debug_events():
+                    if e["kind"] == "trunk" and e["pos"] < n_prompt:
+                        last_call[e["pos"]] = e
+                with_states = sorted(pos for pos, e in last_call.items() if e["h_out"] is not None)
+                assert n_prompt > 40
+                if drafting_pays:
+                    assert with_states == list(range(n_prompt))
+                    assert hooks.mtp_entries(s)[0][0] == 0  # the head's cache starts at the prompt's start
+                else:
+                    assert with_states == list(range(n_prompt - 16, n_prompt))
+                    entries = [pos for pos, _ in hooks.mtp_entries(s)]
+                    assert entries and min(entries) >= n_prompt - 16, entries
+                    assert sum(r.stats.drafted) > 0  # the cap's probes drafted from the window
+        assert (capped > 100) != drafting_pays, capped
+
+
 def test_prefix_reuse_in_a_group(files):
     """A group's session keeps its context between requests: a request that extends the last one
     evaluates only its new tokens, and the output equals a fresh context's."""

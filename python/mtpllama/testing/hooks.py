@@ -120,3 +120,10 @@ def states_gap_every(session, every: int) -> None:
     """Every every-th verification pass leaves out the states the MTP head drafts from (the
     controller does this on plain steps far from drafting where it pays)."""
     _lib.check(lib.mtpl_test_states_gap_every(session._ptr(), every), "states_gap_every")
+
+
+def group_cap_rates(group, n_seq: int, tokens_per_s: list[float]) -> None:
+    """Seed a group's draft cap bandit for steps of n_seq sessions: cap c as if measured for a second
+    at tokens_per_s[c] (so that tests choose what drafting pays without timing it)."""
+    rates = ffi.new("double[]", [float(x) for x in tokens_per_s])
+    _lib.check(lib.mtpl_test_group_cap_rates(group._ptr(), n_seq, rates, len(tokens_per_s)), "group_cap_rates")
