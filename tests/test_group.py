@@ -242,6 +242,29 @@ def test_a_group_where_drafting_does_not_pay_keeps_a_window_of_states(files, dra
         assert (capped > 100) != drafting_pays, capped
 
 
+def test_an_idle_group_releases_its_worker_threads(files):
+    """A group's engine thread, idle for a moment, gives its CPU worker threads back: two groups (or a
+    group and a session) used one after the other in one process do not leave more spinning threads
+    than there are cores, which throttled the next one's evaluations."""
+    import os
+
+    from mtpllama import group as group_mod
+
+    def n_threads() -> int:
+        return len(os.listdir("/proc/self/task"))
+
+    cfg = SessionConfig(n_threads=2, n_ctx=512)
+    with mtpllama.Model(files["q8_0"]) as m, m.group(2, cfg) as g:
+        idle = n_threads()  # the engine thread is there, its workers not yet
+        g.generate_many(PROMPTS[:2], 8)
+        assert n_threads() > idle  # the team, right after the steps
+        deadline = time.monotonic() + 20 * group_mod._IDLE
+        while n_threads() > idle and time.monotonic() < deadline:
+            time.sleep(group_mod._IDLE / 4)
+        assert n_threads() == idle
+        assert [r.tokens for r in g.generate_many(PROMPTS[:2], 8)] == alone(m, PROMPTS[:2], [8, 8], SpecConfig())
+
+
 def test_prefix_reuse_in_a_group(files):
     """A group's session keeps its context between requests: a request that extends the last one
     evaluates only its new tokens, and the output equals a fresh context's."""

@@ -28,6 +28,7 @@ from .errors import MtpllamaError, SessionBusyError
 
 _CAP = MAX_DRAFT + 2  # tokens a step can emit
 _STRAGGLE = 0.05      # seconds a step waits for sessions in their steps that have not come yet
+_IDLE = 0.2           # seconds without calls after which the engine thread releases its CPU workers
 
 
 @dataclass
@@ -273,9 +274,18 @@ class Group(_Closeable):
 
 
 def _serve_calls(calls: queue.SimpleQueue) -> None:
-    """A group's engine thread: run the calls handed to it until None arrives."""
+    """A group's engine thread: run the calls handed to it until None arrives.  Idle for _IDLE
+    seconds, it gives its CPU worker threads back (as a lone session's thread does after a
+    generation): another thread's evaluations, another group's included, then run unthrottled."""
+    busy = False
     while True:
-        item = calls.get()
+        try:
+            item = calls.get(timeout=_IDLE) if busy else calls.get()
+        except queue.Empty:
+            lib.mtpl_release_threads()
+            busy = False
+            continue
+        busy = True
         if item is None:
             return
         fn, box, done = item
