@@ -88,6 +88,8 @@ constexpr int64_t k_probe_max = 512;
 constexpr double k_probe_budget = 0.005;  // a probe's expected loss, as a share of the time between probes
 constexpr double k_states_share = 0.03;   // plain passes may leave the states out where that saves this share
 constexpr double k_want_decay = 0.9;      // the share of steps that want to draft: a mean aged by this per step
+constexpr double k_idle_want = 0.05;      // idle (controller_idle) below this share of steps that want to draft
+constexpr int64_t k_idle_steps = 32;      // ... and after this many steps
 constexpr double k_min_overlap_rows = 8;  // a position chooses its own mixture after this many rows
 constexpr int32_t k_mix_start = 1;        // ... before that, the first position's is this one of k_mix_grid
 constexpr double k_mix_forget = 0.3;      // a position's acceptance counts are kept at this weight when its mixture changes
@@ -606,6 +608,10 @@ void controller_update(controller * c, const step_record & r) {
         c->decode.add(r.t_draft / (r.n_mtp_calls - 1), c->steps);
     }
     c->other.add(std::max(1e-9, r.t_step - r.t_head - r.t_draft - r.t_verify + std::max(0.0, r.t_gap)), c->steps);
+}
+
+bool controller_idle(const controller * c) {
+    return c->adaptive && c->k_max > 0 && c->steps >= k_idle_steps && c->want < k_idle_want;
 }
 
 void controller_report(const controller * c_in, int32_t draft_max, mtpl_stats & out) {

@@ -70,6 +70,10 @@ struct step_record {
 };
 void controller_update(controller * c, const step_record & r);
 
+// Drafting has stopped paying: an adaptive controller whose recent steps (nearly) all chose to run
+// plain.  The head then keeps a window of recent states, not the whole context (draft.h).
+bool controller_idle(const controller * c);
+
 // the controller's estimates, into the est_* fields of out (draft lengths up to draft_max)
 void controller_report(const controller * c, int32_t draft_max, mtpl_stats & out);
 

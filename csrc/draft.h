@@ -47,6 +47,10 @@ struct head_lane {
     bool warm = false;          // it has evaluated a batch (a context's first one costs far more)
 };
 
+// Rows of states a head keeps while drafting does not pay (proposer::window): a probe drafts from
+// recent context.
+constexpr int32_t k_idle_window = 16;
+
 struct proposer {
     std::vector<head_lane> heads;  // heads[i] drafts the i-th token of a step (the last one beyond)
     int32_t n_state = 0;           // floats in a trunk state (mtpl_model_info.n_embd_state)

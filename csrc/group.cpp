@@ -122,26 +122,28 @@ int32_t choose_cap(mtpl_group * g, int32_t n, mtpl_session * const * ss) {
     return best;
 }
 
-// Rows a capped-off session's head keeps: a probe of a higher cap drafts from recent context.
-constexpr int32_t k_head_window = 16;
-
 } // namespace
 
 int32_t group_head_window(const mtpl_group * g, int32_t n) {
     if (n < 2 || !g->cap) {
         return 0;
     }
-    const mtpl_group::cap_bucket & b = g->caps[bucket_of(n)];
-    if (!(b.sec[0] > 0.0) || !(b.sec[1] > 0.0)) {
-        return 0;
-    }
-    const double r0 = b.tok[0] / b.sec[0];
-    for (int32_t c = 1; c <= MTPL_MAX_DRAFT; ++c) {
-        if (b.sec[c] > 0.0 && b.tok[c] / b.sec[c] > r0) {
-            return 0;
+    // a bucket not yet measured takes the verdict of the nearest smaller one where drafting did not
+    // pay: with more sessions a pass is more compute-bound, and drafting pays less still
+    for (int32_t i = bucket_of(n); i >= 0; --i) {
+        const mtpl_group::cap_bucket & b = g->caps[i];
+        if (!(b.sec[0] > 0.0) || !(b.sec[1] > 0.0)) {
+            continue;
         }
+        const double r0 = b.tok[0] / b.sec[0];
+        for (int32_t c = 1; c <= MTPL_MAX_DRAFT; ++c) {
+            if (b.sec[c] > 0.0 && b.tok[c] / b.sec[c] > r0) {
+                return 0;
+            }
+        }
+        return k_idle_window;
     }
-    return k_head_window;
+    return 0;
 }
 
 void group_seed_caps(mtpl_group * g, int32_t n, const double * rate, int32_t n_caps) {
@@ -252,7 +254,7 @@ int32_t group_step(mtpl_group * g, int32_t n, mtpl_session * const * ss, const i
     g->n_mean = g->n_mean > 0.0 ? 0.9 * g->n_mean + 0.1 * n : n;
     for (int32_t i = 0; i < n; ++i) {
         g->stats.n_capped += ss[i]->mtp && k_cap < ss[i]->gen.draft_max;
-        ss[i]->prop.window = window;
+        ss[i]->prop.window = ss[i]->mtp && controller_idle(ss[i]->ctl.get()) ? k_idle_window : window;
     }
     std::vector<int32_t> order;
     std::vector<uint8_t> in_pass((size_t) n, 0);

@@ -395,8 +395,9 @@ int32_t session_feed(mtpl_session * s, const int32_t * tokens, int32_t n) {
     // the head drafts best knowing the whole prompt; in a group where drafting does not pay, the
     // states of its window of last rows are enough (the others would cost the last layer's work)
     const int32_t n_total = (int32_t) s->tokens.size();
-    if (s->mtp && s->group) {
-        s->prop.window = group_prompt_window(s->group, s);
+    if (s->mtp) {
+        const bool idle = controller_idle(s->ctl.get());
+        s->prop.window = idle ? k_idle_window : s->group ? group_prompt_window(s->group, s) : 0;
     }
     const int32_t states_from = s->prop.window > 0 ? n_total - s->prop.window : 0;
     // recurrent trunks: a pass ends k_ckpt_back tokens before the prompt's end (the next request of a
@@ -479,6 +480,9 @@ int32_t step_begin(mtpl_session * s, int32_t n_max, int32_t * out, mtpl_step_res
     c.plan = step_plan{0, {}, false};
     if (s->mtp) {
         c.plan = controller_plan(s->ctl.get(), s->gen.draft_max, s->gen.adaptive != 0, s->prop.h_valid);
+        if (!s->group) {  // a group's step sets the window of its sessions
+            s->prop.window = controller_idle(s->ctl.get()) ? k_idle_window : 0;
+        }
     }
     int32_t k = std::min({c.plan.k_max, n_max - res->n_tokens - 1, k_cap});
     k = std::min(k, s->n_ctx - s->n_past - 1);
