@@ -292,6 +292,38 @@ def test_gaps_in_the_mtp_cache_keep_output_and_drafting(glm45):
     assert min(acceptance[2], acceptance[3]) > 0.8 * acceptance[0], acceptance
 
 
+def test_a_head_that_stopped_paying_keeps_a_window_of_states(tmp_path):
+    """Once the adaptive controller has stopped drafting (a head that is nearly always wrong), the
+    next prompt's trunk states are computed for its last 16 rows only, and the MTP cache holds no
+    older position of it: keeping the head ready for a probe costs a window, not the last layer's
+    work on every row.  Output stays plain output; a fixed draft length keeps the whole prompt."""
+    from mtpllama.testing import SyntheticSpec, write_synthetic
+
+    path = write_synthetic(tmp_path / "wrong.gguf", SyntheticSpec(nextn="own", noise=8.0, seed=5))
+    with mtpllama.Model(str(path)) as m, m.session(ONE_THREAD) as s:
+        prompts = [m.tokenize(" ".join([PROMPTS[i]] * 12)) for i in range(3)]
+        for spec, idle in ((SpecConfig(draft_max=3, draft_p_min=0.0, adaptive=False), False), (SpecConfig(), True)):
+            for i, p in enumerate(prompts):
+                s.reset()
+                s.debug_record()
+                n = 160 if i == 0 else 48  # the first text teaches the controller
+                r = s.generate(p, n, spec=spec)
+                assert r.tokens == m.generate(p, n, mtp=False).tokens
+                if i == 0:
+                    continue
+                with_states = sorted({e["pos"] for e in s.debug_events()
+                                      if e["kind"] == "trunk" and e["pos"] < len(p) and e["h_out"] is not None})
+                entries = [pos for pos, _ in _checked_mtp_entries(s)]
+                assert len(p) > 40
+                if idle:
+                    assert with_states == list(range(len(p) - 16, len(p)))
+                    assert all(pos >= len(p) - 16 for pos in entries), entries
+                else:
+                    assert with_states == list(range(len(p)))
+                    assert entries[0] == 0
+            s.debug_record(False)
+
+
 def test_gaps_survive_rollbacks_into_older_segments(glm45):
     """Rolling the context back past gaps (a conversation's next request keeping a shorter prefix)
     cuts the MTP cache within the segment of entries the cut falls in; output stays plain output."""
