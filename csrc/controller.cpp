@@ -49,7 +49,10 @@
 // the head call, the states and graphs it needs) stays near 0.5% of the time; 2 steps after a
 // probe whose first draft was accepted against the odds (estimated below one in two), and as far
 // after a session reset as the same budget says, where drafting could pay at all (not where a
-// verified row costs a full step, whatever the acceptance).
+// verified row costs a full step, whatever the acceptance).  Once under 5% of recent steps want to
+// draft (controller_idle), the head keeps a window of its last 16 states and a new prompt reports
+// states for its last 16 rows only: a probe drafts from recent context, and the head's readiness no
+// longer costs a catch-up over every position or the last layer's work on every prompt row.
 //
 // Sampled decoding.  Rejection sampling is lossless for any draft distribution q; its acceptance
 // at a position is sum_x min(p(x), q(x)).  The verifier computes that overlap for each mixture of
