@@ -20,10 +20,11 @@ namespace mtpl {
 // n_past == n_trunk + 1 means the head entry (pending token, h_last) is already in that cache.
 //
 // Gaps.  A trunk pass may leave its states out (a session that has stopped drafting skips reading
-// them: over RPC each read is a round trip), and a windowed backlog drops its older rows.  Its positions never enter the MTP caches, which go
-// on after the gap at the next free MTP position (llama.cpp wants a sequence's positions
-// consecutive): from there MTP positions run behind trunk positions by a larger shift, and the
-// head sees its older entries as nearer than they were.  That changes only what it drafts.
+// them: over RPC each read is a round trip), and a windowed backlog drops its older rows.  Those
+// positions never enter the MTP caches, which go on after the gap at the next free MTP position
+// (llama.cpp wants a sequence's positions consecutive): from there MTP positions run behind trunk
+// positions by a larger shift, and the head sees its older entries as nearer than they were.
+// That changes only what it drafts.
 //
 // Several heads (a file with n NextN blocks, trained as a chain) draft as llama.cpp chains them:
 // draft i comes from head i, fed the pending token and the drafts before it, each paired with the
@@ -63,7 +64,7 @@ struct proposer {
     std::vector<float> chain;   // the states each call of this step fed its last row (several heads)
     bool kept_up = false;       // the last step called the MTP head (its backlog is one step's rows)
     int32_t window = 0;         // > 0: the backlog keeps its last window rows, older ones leave a gap
-                                // instead of being caught up (a group where drafting does not pay)
+                                // instead of being caught up (drafting does not pay: k_idle_window)
     std::vector<draft_dist> q;  // the distributions this step's drafts were drawn from (sampled decoding)
     sampler_scratch scratch;
     trace * tr = nullptr;

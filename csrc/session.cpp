@@ -392,8 +392,9 @@ int32_t session_feed(mtpl_session * s, const int32_t * tokens, int32_t n) {
     }
     s->tokens.insert(s->tokens.end(), tokens, tokens + n);
     s->has_pending = false;
-    // the head drafts best knowing the whole prompt; in a group where drafting does not pay, the
-    // states of its window of last rows are enough (the others would cost the last layer's work)
+    // the head drafts best knowing the whole prompt; where drafting does not pay (the controller is
+    // idle, or the group's cap is 0), its window of last rows is enough: every other row's state
+    // would cost the last layer's work on it
     const int32_t n_total = (int32_t) s->tokens.size();
     if (s->mtp) {
         const bool idle = controller_idle(s->ctl.get());
