@@ -87,21 +87,14 @@ int32_t choose_cap(mtpl_group * g, int32_t n, mtpl_session * const * ss) {
     k_most = std::min<int32_t>(k_most, MTPL_MAX_DRAFT);
     mtpl_group::cap_bucket & b = g->caps[bucket_of(n)];
     b.steps++;
-    const auto tried = [&](int32_t c) { return b.sec[c] > 0.0; };
-    const auto rate = [&](int32_t c) { return b.tok[c] / b.sec[c]; };
-    if (!tried(0)) {
+    if (!b.tried(0)) {
         return 0;
     }
-    if (!tried(1)) {
+    if (!b.tried(1)) {
         return 1;
     }
-    int32_t best = 0;
-    for (int32_t c = 1; c <= k_most; ++c) {
-        if (tried(c) && rate(c) > rate(best)) {
-            best = c;
-        }
-    }
-    if (best < k_most && !tried(best + 1)) {
+    const int32_t best = b.best(k_most);
+    if (best < k_most && !b.tried(best + 1)) {
         return best + 1;  // the climb goes on while the last step up paid
     }
     if (b.probed >= 0) {  // a neighbour that lost again is tried half as often
@@ -132,16 +125,9 @@ int32_t group_head_window(const mtpl_group * g, int32_t n) {
     // pay: with more sessions a pass is more compute-bound, and drafting pays less still
     for (int32_t i = bucket_of(n); i >= 0; --i) {
         const mtpl_group::cap_bucket & b = g->caps[i];
-        if (!(b.sec[0] > 0.0) || !(b.sec[1] > 0.0)) {
-            continue;
+        if (b.tried(0) && b.tried(1)) {
+            return b.best(MTPL_MAX_DRAFT) == 0 ? k_idle_window : 0;
         }
-        const double r0 = b.tok[0] / b.sec[0];
-        for (int32_t c = 1; c <= MTPL_MAX_DRAFT; ++c) {
-            if (b.sec[c] > 0.0 && b.tok[c] / b.sec[c] > r0) {
-                return 0;
-            }
-        }
-        return k_idle_window;
     }
     return 0;
 }

@@ -37,6 +37,18 @@ struct mtpl_group {
         int32_t probed = -1;        // the cap the last try took
         double tok[MTPL_MAX_DRAFT + 1] = {};
         double sec[MTPL_MAX_DRAFT + 1] = {};
+        bool tried(int32_t c) const { return sec[c] > 0.0; }
+        double rate(int32_t c) const { return tok[c] / sec[c]; }
+        // the tried cap of 0..k_most with the highest rate (0 first: ties keep the shorter cap)
+        int32_t best(int32_t k_most) const {
+            int32_t b = 0;
+            for (int32_t c = 1; c <= k_most; ++c) {
+                if (tried(c) && rate(c) > rate(b)) {
+                    b = c;
+                }
+            }
+            return b;
+        }
     } caps[k_buckets];
 };
 
