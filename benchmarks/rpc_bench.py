@@ -125,7 +125,7 @@ def run_cell(path: Path, endpoints: list[str], mtp_device: str | None, a: argpar
     med = {k: statistics.median(v) for k, v in rates.items()}
     best = max(v for k, v in med.items() if k.startswith("k="))
     return {"mtp_device": placed, "load_s": load_s, "median_tps": med, "min_tps": {k: min(v) for k, v in rates.items()},
-            "acceptance": acc, "defaults_steps": defaults_steps, "lossless": lossless, "defaults_vs_plain": med["defaults"] / med["plain"],
+            "acceptance": acc, "defaults_steps": defaults_steps, "rates": rates, "lossless": lossless, "defaults_vs_plain": med["defaults"] / med["plain"],
             "defaults_vs_plain_paired": statistics.median(d / p for d, p in zip(rates["defaults"], rates["plain"])),
             "best_fixed_vs_plain": best / med["plain"], "defaults_vs_best_fixed": med["defaults"] / best}
 

@@ -40,7 +40,7 @@
 // (Thompson sampling), so a head judged on a few unlucky drafts is tried again, and often where
 // the decision is close.  Otherwise the step is plain and leaves the MTP head alone.  Its trunk
 // pass leaves out the states the head drafts from where that saves more than 3% of a plain pass
-// (their transfer, over RPC a round trip, timed at the start and now and then by leaving them
+// (their transfer, over RPC a read from a worker, timed at the start and now and then by leaving them
 // out; and the catch-up each would cost later) and more than it costs: a next step that wants to
 // draft (as often as recent steps did) must first run plain with the states.  Decisions then
 // weigh drafting against a plain pass without them.  A pass without states leaves a gap in the
