@@ -393,3 +393,38 @@ def test_group_sampling_keeps_the_distribution(model_files):
         biased = grouped(spec_with_verify(fixed, "test_accept_all"), 2 * 10**6, cap=False)[0]
         stat, df, p = two_sample_chi2(plain, biased)
         assert p < 1e-6, f"power: chi2={stat:.1f} df={df} p={p:.2e}"
+
+
+def test_server_request_takes_a_session_next_to_the_busy_ones(files):
+    """The server's pool over a group: a new request goes to an idle session next to the busy ones,
+    not to the one used least recently, where it would leave idle sessions between busy ones (each
+    gets filler rows in every shared pass); a session holding a prefix of the prompt comes first."""
+    import asyncio
+
+    from mtpllama.server.engine import Job, Prepared, SessionPool
+
+    loop = asyncio.new_event_loop()
+    with mtpllama.Model(files["q8_0"]) as m:
+        pool = SessionPool(m, 4, session_config=CFG, batching="exact")
+        try:
+            w = pool._workers
+            with pool._lock:
+                pool._idle.remove(w[0])  # session 0 generates
+                for i, t in ((1, 3.0), (2, 2.0), (3, 1.0)):  # session 3 used least recently
+                    w[i].last_used = t
+                prompt = list(range(10, 40))
+
+                def pick():
+                    got = pool._pick(Job(Prepared(None, prompt), loop))
+                    pool._idle.append(got)
+                    return pool._workers.index(got)
+
+                assert pick() == 1
+                w[1].tokens = w[2].tokens = [7, 8]
+                assert pick() == 1
+                w[3].tokens = prompt[:5]  # session 3 holds 5 tokens of the prompt
+                assert pick() == 3
+        finally:
+            pool.begin_shutdown()
+            pool.close()
+    loop.close()

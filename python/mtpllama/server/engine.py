@@ -210,9 +210,21 @@ class SessionPool:
         return job
 
     def _pick(self, job: Job) -> _Worker:
-        """The idle session whose context shares the longest prefix with the prompt (then the one
-        used least recently); caller holds the lock."""
-        best = max(self._idle, key=lambda w: (_common_prefix(w.tokens, job.prepared.tokens), -w.last_used))
+        """The idle session whose context shares the longest prefix with the prompt, then (in a
+        group) the one that leaves the fewest idle sessions between busy ones, then the one used
+        least recently; caller holds the lock.  In a group an idle session between busy ones gets
+        filler rows in every shared pass (llama.cpp evaluates consecutive sequences only in one
+        graph)."""
+        tokens = job.prepared.tokens
+        busy = [i for i, w in enumerate(self._workers) if w not in self._idle] if self.group is not None else []
+
+        def gaps(w: _Worker) -> int:  # idle sessions between busy ones, were w busy too
+            if not busy:
+                return 0
+            i = self._workers.index(w)
+            return max(busy + [i]) - min(busy + [i]) - len(busy)
+
+        best = max(self._idle, key=lambda w: (_common_prefix(w.tokens, tokens), -gaps(w), -w.last_used))
         self._idle.remove(best)
         return best
 
