@@ -119,7 +119,7 @@ class GenerationStats:
     prompt's cached prefix: the last kept token, whose logits and state the next token needs)."""
     stateless_passes: int = 0
     """Verification passes that left out the trunk states the MTP head drafts from: the adaptive
-    controller had stopped drafting (over RPC each state read is a read from a worker)."""
+    controller had stopped drafting (over RPC the states are read back from a worker)."""
     cached_tokens: int = 0
     """Prompt tokens the session's caches already held (reuse_prefix=True, chat): not evaluated again.
     prompt_tokens counts the rest, the tokens fed."""

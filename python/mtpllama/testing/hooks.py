@@ -63,7 +63,7 @@ class SimCosts:
     """Seconds of a simulated step's parts: the trunk pass over k drafts (verify[k], k = 0..k_max),
     the head call, each further MTP decode, the rest of the step, the catch-up per position the
     MTP cache missed during plain steps, and what a trunk pass adds when it reports the states the
-    head drafts from (over RPC: a read from a worker)."""
+    head drafts from (over RPC: reading them back from a worker)."""
 
     verify: tuple[float, ...]
     head: float
