@@ -735,6 +735,17 @@ int32_t mtpl_session_truncate(mtpl_session * session, int32_t n_keep) {
     });
 }
 
+int32_t mtpl_session_adopt_prefix(mtpl_session * session, const int32_t * tokens, int32_t n_tokens,
+                                  int32_t * n_kept) {
+    return with_session(session, [&]() -> int32_t {
+        if (!n_kept || n_tokens < 0 || (n_tokens > 0 && !tokens)) {
+            return mtpl::fail(MTPL_ERR_INVALID_ARGUMENT, "bad arguments to mtpl_session_adopt_prefix");
+        }
+        *n_kept = 0;
+        return session->group ? mtpl::group_adopt_prefix(session->group, session, tokens, n_tokens, n_kept) : MTPL_OK;
+    });
+}
+
 int32_t mtpl_session_tokens(const mtpl_session * session, int32_t * out, int32_t cap, int32_t * n_out) {
     return guarded([&]() -> int32_t {
         if (!session || !n_out || cap < 0 || (cap > 0 && !out)) {

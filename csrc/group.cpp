@@ -60,6 +60,11 @@ bool pass_cost(const mtpl_group * g, double & a, double & b) {
 constexpr int32_t k_probe_every = 8;  // steps between tries of the best cap's neighbours, at first
 constexpr int32_t k_probe_most = 128; // ... and at most, while they keep losing
 constexpr double k_decay_cap = 0.9;    // weight of a cap's older steps at each new one
+// a session adopts another's cache entries (group_adopt_prefix) where that saves evaluating at least
+// this many tokens, and one per k_adopt_per entries copied (copying an entry costs far less than
+// evaluating its token, and the copy takes the other session's whole sequence)
+constexpr int32_t k_adopt_min = 4;
+constexpr int32_t k_adopt_per = 256;
 
 // Sessions stepping together, bucketed: 2, 3-4, 5-8, 9-16, 17-32, 33-64.
 int32_t bucket_of(int32_t n) {
@@ -116,6 +121,52 @@ int32_t choose_cap(mtpl_group * g, int32_t n, mtpl_session * const * ss) {
 }
 
 } // namespace
+
+namespace {
+// tokens a and b share from the start, at most n
+int32_t shared_prefix(const std::vector<int32_t> & a, const int32_t * b, int32_t n) {
+    int32_t i = 0;
+    const int32_t lim = std::min(n, (int32_t) a.size());
+    while (i < lim && a[(size_t) i] == b[i]) {
+        ++i;
+    }
+    return i;
+}
+} // namespace
+
+int32_t group_adopt_prefix(mtpl_group * g, mtpl_session * s, const int32_t * tokens, int32_t n_tokens,
+                           int32_t * n_kept) {
+    *n_kept = 0;
+    // a sliding window's cache drops entries its last position no longer sees, and a shorter prefix needs them
+    if (n_tokens < 2 || llama_model_n_swa(s->model->model) > 0) {
+        return MTPL_OK;
+    }
+    // as mtpl_session_truncate keeps a prefix: never a context's last token (it may be a chosen next
+    // token never emitted), nor the prompt's last (it is fed for its logits)
+    const int32_t own = shared_prefix(s->tokens, tokens, std::min(n_tokens, (int32_t) s->tokens.size()) - 1);
+    const mtpl_session * best = nullptr;
+    int32_t n_best = own;
+    for (const mtpl_session * o : g->sessions) {
+        if (o == s || o->trunk_stale) {
+            continue;
+        }
+        // its cache holds positions [0, n_past): the kept prefix's last one is evaluated again
+        const int32_t lim = std::min({n_tokens, (int32_t) o->tokens.size(), o->n_past + 1}) - 1;
+        const int32_t n = shared_prefix(o->tokens, tokens, std::max(lim, 0));
+        if (n > n_best) {
+            best = o;
+            n_best = n;
+        }
+    }
+    if (!best || n_best - own < k_adopt_min || (int64_t) (n_best - own) * k_adopt_per < best->n_past) {
+        return MTPL_OK;
+    }
+    const int32_t st = session_adopt(s, best, tokens, n_best);
+    if (st == MTPL_OK) {
+        *n_kept = n_best;
+    }
+    return st;
+}
 
 int32_t group_head_window(const mtpl_group * g, int32_t n) {
     if (n < 2 || !g->cap) {

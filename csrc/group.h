@@ -64,6 +64,10 @@ int32_t group_head_window(const mtpl_group * g, int32_t n);
 // ... for a prompt fed to session fed of g: as many sessions as usually step together, or as are
 // generating now with it, whichever is more
 int32_t group_prompt_window(const mtpl_group * g, const mtpl_session * fed);
+// mtpl_session_adopt_prefix: s (of g) takes the longest prefix of tokens another session's cache
+// holds, where that is longer than its own by enough to pay for the copy; *n_kept 0: nothing copied.
+int32_t group_adopt_prefix(mtpl_group * g, mtpl_session * s, const int32_t * tokens, int32_t n_tokens,
+                           int32_t * n_kept);
 // Tests: the cap bandit of n sessions as if cap c had run a second at rate[c] for c < n_caps.
 void group_seed_caps(mtpl_group * g, int32_t n, const double * rate, int32_t n_caps);
 int32_t group_step(mtpl_group * g, int32_t n, mtpl_session * const * ss, const int32_t * n_max, int32_t * out,

@@ -278,6 +278,14 @@ int32_t mtpl_session_step(mtpl_session * session, int32_t n_max, int32_t * out_t
                           mtpl_step_result * result);
 /* keep only the first n_keep tokens of the context (both KV caches roll back) */
 int32_t mtpl_session_truncate(mtpl_session * session, int32_t n_keep);
+/* A group's session about to take tokens as its whole context: where another session of the group
+   holds a longer prefix of tokens in its cache than this one (by enough to outweigh copying that
+   session's cache entries), copy them into this session's sequence and keep that prefix, as
+   mtpl_session_truncate would keep its own.  *n_kept: the prefix now held (at most n_tokens - 1;
+   feed tokens[*n_kept:] next), or 0 where nothing was copied and the context is as it was.  A lone
+   session, and files with sliding-window attention, copy nothing. */
+int32_t mtpl_session_adopt_prefix(mtpl_session * session, const int32_t * tokens, int32_t n_tokens,
+                                  int32_t * n_kept);
 /* tokens in the context, including the chosen-but-unevaluated next token */
 int32_t mtpl_session_tokens(const mtpl_session * session, int32_t * out, int32_t cap, int32_t * n_out);
 int32_t mtpl_session_n_ctx(const mtpl_session * session, int32_t * out);

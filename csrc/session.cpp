@@ -635,6 +635,41 @@ int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, mtpl_step_r
     return MTPL_OK;
 }
 
+namespace {
+
+// Keep positions [0, n_keep - 1) in the trunk cache and evaluate the last kept token again, alone:
+// its logits choose the next token, its state is the MTP head's next input.
+int32_t refeed_last_kept(mtpl_session * s, int32_t n_keep) {
+    s->n_past = std::min(s->n_past, n_keep - 1);
+    s->tokens.resize((size_t) n_keep);
+    s->has_pending = false;
+    if (!trunk_forget(s, s->n_past) && s->recurrent) {
+        if (int32_t st = rebuild_trunk(s); st != MTPL_OK) {
+            return st;
+        }
+    }
+    s->stats.n_reevaluated += n_keep - s->n_past;
+    set_states(s, true);
+    while (s->n_past < n_keep) {  // one token, or from a checkpoint on
+        const int32_t m = std::min(n_keep - s->n_past, s->n_batch);
+        if (int32_t st = eval_trunk(s, s->n_past, m, false); st != MTPL_OK) {
+            s->tokens.resize((size_t) s->n_past);
+            return st;
+        }
+        s->n_past += m;
+    }
+    if (s->mtp) {
+        proposer_truncate(s->prop, n_keep, llama_get_embeddings_nextn_ith(s->trunk, s->last_row));
+    }
+    s->tokens.push_back(choose_next(s, llama_get_logits_ith(s->trunk, -1), s->tokens.size()));
+    s->has_pending = true;
+    s->pending_emitted = false;
+    s->last_step_valid = false;
+    return MTPL_OK;
+}
+
+} // namespace
+
 int32_t session_truncate(mtpl_session * s, int32_t n_keep) {
     if (n_keep == (int32_t) s->tokens.size()) {
         return MTPL_OK;
@@ -673,34 +708,25 @@ int32_t session_truncate(mtpl_session * s, int32_t n_keep) {
         s->stats.n_reevaluated += n_keep;
         return st;
     }
-    // Keep positions [0, n_keep - 1) in the trunk cache and evaluate the last kept token again,
-    // alone: its logits choose the next token, its state is the MTP head's next input.
-    s->n_past = std::min(s->n_past, n_keep - 1);
-    s->tokens.resize((size_t) n_keep);
-    s->has_pending = false;
-    if (!trunk_forget(s, s->n_past) && s->recurrent) {
-        if (int32_t st = rebuild_trunk(s); st != MTPL_OK) {
-            return st;
-        }
+    return refeed_last_kept(s, n_keep);
+}
+
+int32_t session_adopt(mtpl_session * s, const mtpl_session * src, const int32_t * tokens, int32_t n_keep) {
+    // src's whole sequence (its cache holds positions [0, src->n_past)) read into this one's stream;
+    // the head's cache starts again after a gap (draft.h): the copy changes only what it drafts
+    const size_t size = llama_state_seq_get_size(s->trunk, src->seq);
+    std::vector<uint8_t> buf(size);
+    if (size == 0 || llama_state_seq_get_data(s->trunk, buf.data(), size, src->seq) != size) {
+        return fail(MTPL_ERR_INTERNAL, "could not read another session's cache entries");
     }
-    s->stats.n_reevaluated += n_keep - s->n_past;
-    set_states(s, true);
-    while (s->n_past < n_keep) {  // one token, or from a checkpoint on
-        const int32_t m = std::min(n_keep - s->n_past, s->n_batch);
-        if (int32_t st = eval_trunk(s, s->n_past, m, false); st != MTPL_OK) {
-            s->tokens.resize((size_t) s->n_past);
-            return st;
-        }
-        s->n_past += m;
+    session_reset(s);
+    if (llama_state_seq_set_data(s->trunk, buf.data(), size, s->seq) != size) {
+        clear_trunk(s);
+        return fail(MTPL_ERR_INTERNAL, "could not copy another session's cache entries");
     }
-    if (s->mtp) {
-        proposer_truncate(s->prop, n_keep, llama_get_embeddings_nextn_ith(s->trunk, s->last_row));
-    }
-    s->tokens.push_back(choose_next(s, llama_get_logits_ith(s->trunk, -1), s->tokens.size()));
-    s->has_pending = true;
-    s->pending_emitted = false;
-    s->last_step_valid = false;
-    return MTPL_OK;
+    s->tokens.assign(tokens, tokens + n_keep);
+    s->n_past = src->n_past;
+    return refeed_last_kept(s, n_keep);
 }
 
 namespace {

@@ -130,6 +130,9 @@ int32_t session_reset(mtpl_session * s);
 int32_t session_feed(mtpl_session * s, const int32_t * tokens, int32_t n);
 int32_t session_step(mtpl_session * s, int32_t n_max, int32_t * out, mtpl_step_result * res);
 int32_t session_truncate(mtpl_session * s, int32_t n_keep);
+// Copy src's trunk cache entries (a session of the same group) into s's sequence and keep tokens[0,
+// n_keep) as s's context (n_keep - 1 <= src->n_past; src's context starts with them).
+int32_t session_adopt(mtpl_session * s, const mtpl_session * src, const int32_t * tokens, int32_t n_keep);
 void session_stats(const mtpl_session * s, mtpl_stats & out);
 void session_reset_stats(mtpl_session * s);
 void session_memory(const mtpl_session * s, int64_t * weights, int64_t * kv, int64_t * compute);

@@ -283,6 +283,62 @@ def test_prefix_reuse_in_a_group(files):
             assert r2.stats.cached_tokens >= len(first) + len(r1.tokens) - 2
 
 
+@pytest.mark.parametrize("mtp", [True, False], ids=["mtp", "plain"])
+def test_a_session_takes_a_prefix_from_another_sessions_cache(files, mtp):
+    """A session whose own cache lacks the prompt copies the longest prefix another session of its
+    group holds, evaluates only the rest, and generates what a fresh context would."""
+    spec = FIXED3 if mtp else None
+    with mtpllama.Model(files["q8_0"]) as m:
+        first = m.tokenize(PROMPTS[3])
+        with m.session(CFG, mtp=mtp) as s:
+            r1 = s.generate(first, 20, spec=spec)
+            s.reset()
+            second = first + r1.tokens + m.tokenize(" and")
+            expect = s.generate(second, 20, spec=spec).tokens
+        with m.group(3, CFG, mtp=mtp) as g:
+            a, b, c = g.sessions
+            assert a.generate(first, 20, spec=spec, reuse_prefix=True).tokens == r1.tokens
+            r2 = b.generate(second, 20, spec=spec, reuse_prefix=True)
+            assert r2.tokens == expect
+            assert r2.stats.cached_tokens >= len(first) + len(r1.tokens) - 2
+            assert r2.stats.prompt_tokens <= 3
+            # a prompt that shares only a few tokens with any cache is evaluated whole
+            r3 = c.generate(first[:3] + m.tokenize(" zebra"), 8, spec=spec, reuse_prefix=True)
+            assert r3.stats.cached_tokens == 0
+
+
+def test_a_session_takes_a_prefix_from_a_busy_session(files):
+    """The other session may be generating: its cache entries up to its last step are copied (the
+    copy runs between the group's passes), and the output equals a fresh context's."""
+    with mtpllama.Model(files["q8_0"]) as m:
+        first = m.tokenize(PROMPTS[1])
+        with m.session(CFG) as s:
+            cont = s.generate(first, 8, spec=FIXED3).tokens  # what the busy session holds soon
+            prompt = first + cont[:6] + m.tokenize(" so")
+            s.reset()
+            expect = s.generate(prompt, 16, spec=FIXED3).tokens
+        with m.group(2, CFG) as g:
+            a, b = g.sessions
+            seen: list[int] = []
+            started = threading.Event()
+
+            def run_a():
+                for piece in a.stream(first, 200, spec=FIXED3, reuse_prefix=True):
+                    seen.append(len(piece))
+                    if len(seen) >= 8:
+                        started.set()
+
+            t = threading.Thread(target=run_a)
+            t.start()
+            assert started.wait(60)
+            r = b.generate(prompt, 16, spec=FIXED3, reuse_prefix=True)
+            busy = t.is_alive()
+            t.join()
+        assert busy
+        assert r.tokens == expect
+        assert r.stats.cached_tokens >= len(first) + 6 - 2
+
+
 def test_group_refusals(files, tmp_path):
     """Bad sizes, a recurrent architecture, a session freed on its own, a session of another group:
     clear errors, nothing crashes; closing the model closes its groups."""
@@ -398,7 +454,9 @@ def test_group_sampling_keeps_the_distribution(model_files):
 def test_server_request_takes_a_session_next_to_the_busy_ones(files):
     """The server's pool over a group: a new request goes to an idle session next to the busy ones,
     not to the one used least recently, where it would leave idle sessions between busy ones (each
-    gets filler rows in every shared pass); a session holding a prefix of the prompt comes first."""
+    gets filler rows in every shared pass); a session holding a prefix of the prompt comes first,
+    unless it leaves a gap and a session next to the busy ones holds nothing another does not (it
+    copies the prefix)."""
     import asyncio
 
     from mtpllama.server.engine import Job, Prepared, SessionPool
@@ -415,15 +473,21 @@ def test_server_request_takes_a_session_next_to_the_busy_ones(files):
                 prompt = list(range(10, 40))
 
                 def pick():
+                    held = [x.tokens for x in w]
                     got = pool._pick(Job(Prepared(None, prompt), loop))
+                    assert got.tokens == prompt
                     pool._idle.append(got)
+                    for x, t in zip(w, held):
+                        x.tokens = t
                     return pool._workers.index(got)
 
                 assert pick() == 1
                 w[1].tokens = w[2].tokens = [7, 8]
                 assert pick() == 1
-                w[3].tokens = prompt[:5]  # session 3 holds 5 tokens of the prompt
-                assert pick() == 3
+                w[3].tokens = prompt[:5]  # session 3 holds 5 tokens of the prompt, two idle ones away
+                assert pick() == 1        # session 2 holds what session 1 does
+                w[1].tokens = [7, 8, 9, 6]
+                assert pick() == 3        # session 1 alone holds its tokens
         finally:
             pool.begin_shutdown()
             pool.close()

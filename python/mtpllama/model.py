@@ -706,7 +706,14 @@ class Session(_Closeable):
     def _keep_prefix(self, h, tokens: list[int]) -> tuple[list[int], int]:
         """Roll the context back to the longest prefix it shares with tokens; (the tokens still to
         feed, the truncate status).  The context's last token is never kept (it may be a chosen next
-        token that was never emitted), nor the prompt's last (the prompt is fed for its logits)."""
+        token that was never emitted), nor the prompt's last (the prompt is fed for its logits).  A
+        group's session first takes a longer prefix from another session's cache where one holds it."""
+        if self._group is not None and tokens:
+            kept = ffi.new("int32_t *")
+            st = self._native(lib.mtpl_session_adopt_prefix, h, ffi.new("int32_t[]", tokens), len(tokens), kept)
+            if st or kept[0]:
+                self._cached = kept[0]
+                return tokens[kept[0]:], st
         ctx = self.tokens
         n, limit = 0, min(len(ctx), len(tokens)) - 1
         while n < limit and ctx[n] == tokens[n]:

@@ -214,7 +214,9 @@ class SessionPool:
         group) the one that leaves the fewest idle sessions between busy ones, then the one used
         least recently; caller holds the lock.  In a group an idle session between busy ones gets
         filler rows in every shared pass (llama.cpp evaluates consecutive sequences only in one
-        graph)."""
+        graph), and a session copies a prefix another one holds (mtpl_session_adopt_prefix): where
+        the first choice leaves such a gap, an idle session that leaves none takes the request if
+        every token it holds is held by another session too."""
         tokens = job.prepared.tokens
         busy = [i for i, w in enumerate(self._workers) if w not in self._idle] if self.group is not None else []
 
@@ -225,7 +227,15 @@ class SessionPool:
             return max(busy + [i]) - min(busy + [i]) - len(busy)
 
         best = max(self._idle, key=lambda w: (_common_prefix(w.tokens, tokens), -gaps(w), -w.last_used))
+        if self.group is not None and gaps(best) > 0:
+            def spare(w: _Worker) -> bool:  # nothing it holds is lost when its context is replaced
+                held = max((_common_prefix(o.tokens, w.tokens) for o in self._workers if o is not w), default=0)
+                return held >= len(w.tokens) - 1
+            fits = [w for w in self._idle if gaps(w) == 0 and spare(w)]
+            if fits:
+                best = max(fits, key=lambda w: (_common_prefix(w.tokens, tokens), -w.last_used))
         self._idle.remove(best)
+        best.tokens = list(tokens)  # what its context starts with from now on
         return best
 
     def _start(self, w: _Worker, job: Job) -> None:
@@ -266,6 +276,7 @@ class SessionPool:
             if p.prompt is not None:
                 p.prompt.close()
             job.emit("error", ApiError(499, "cancelled", type="cancelled"))
+            w.tokens = w.session.tokens  # _pick assumed the job's prompt
             return
         wait = time.monotonic() - job.t_submit
         job._attach(w.session)
