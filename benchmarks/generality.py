@@ -243,10 +243,15 @@ def summarise(case: Case) -> dict:
     }
 
 
-def first_position_acceptance(b: Bench, spec: SpecConfig, t: float, seeds: int, n: int, skip: int) -> tuple[float, int]:
+def first_position_acceptance(b: Bench, spec: SpecConfig, t: float, seeds: int, n: int,
+                              skip: int) -> tuple[float, int, dict]:
     """First-position acceptance over `seeds` generations of n tokens, each in a new session, counted
-    over the steps after the first `skip`, and the first drafts behind it."""
+    over the steps after the first `skip`, the first drafts behind it, and (where the mixture is
+    learnt: GenerationStats.first_paired) each verifier's acceptance chance on those same rows."""
     acc = drafted = 0
+    paired = [0.0] * mtpllama._lib.N_MIX
+    drawn = 0.0
+    n_paired = 0
     for seed in range(seeds):
         with b.model.session() as s:
             it = s._run(PROMPTS[list(PROMPTS)[seed % 3]], n, spec,
@@ -260,7 +265,17 @@ def first_position_acceptance(b: Bench, spec: SpecConfig, t: float, seeds: int, 
             made = (st.drafted[0] if st.drafted else 0) - (before.drafted[0] if before and before.drafted else 0)
             acc += first
             drafted += made
-    return (acc / drafted if drafted else float("nan")), drafted
+            base = before or st.__class__()
+            paired = [p + x - (base.first_paired[j] if base.first_paired else 0.0)
+                      for j, (p, x) in enumerate(zip(paired, st.first_paired))]
+            drawn += st.first_paired_drawn - base.first_paired_drawn
+            n_paired += st.first_paired_drafts - base.first_paired_drafts
+    pair = {}
+    if n_paired:
+        pair = {"paired exact": paired[-1] / n_paired, "paired rejection": paired[0] / n_paired,
+                "paired defaults": drawn / n_paired, "paired drafts": n_paired}
+        pair["paired defaults - max"] = pair["paired defaults"] - max(pair["paired exact"], pair["paired rejection"])
+    return (acc / drafted if drafted else float("nan")), drafted, pair
 
 
 def acceptance_rows(b: Bench, name: str, a) -> list[dict]:
@@ -269,7 +284,9 @@ def acceptance_rows(b: Bench, name: str, a) -> list[dict]:
         row = {"file": name, "T": t, "seeds": a.seeds, "tokens": a.accept_tokens}
         for label, spec in (("exact", SpecConfig(3, 0.0, adaptive=False, verify="exact")),
                             ("rejection", SpecConfig(3, 0.0, adaptive=False)), ("defaults", SpecConfig())):
-            row[label], row[f"{label} drafts"] = first_position_acceptance(b, spec, t, a.seeds, a.accept_tokens, 32)
+            row[label], row[f"{label} drafts"], pair = first_position_acceptance(b, spec, t, a.seeds, a.accept_tokens, 32)
+            if label == "defaults":
+                row.update(pair)
         row["defaults - max"] = row["defaults"] - max(row["exact"], row["rejection"])
         rows.append(row)
         print(f"[generality] acceptance {name} T={t}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()
@@ -327,6 +344,18 @@ def markdown(summaries: list[dict], accept: list[dict], docs: list[dict]) -> str
                          f"{r['rejection']:.3f} | {r['defaults']:.3f}"
                          f"{' (%d)' % r['defaults drafts'] if 'defaults drafts' in r else ''} | "
                          f"{r['defaults - max']:+.3f} |")
+        paired = [r for r in accept if "paired defaults" in r]
+        if paired:
+            lines += ["", "The same, paired: on the rows where the defaults' first drafts were verified, each "
+                          "verifier's acceptance chance (exact-match: the trunk's probability of the head's arg-max; "
+                          "rejection: the overlap of the trunk's and the head's distributions; the defaults: that of "
+                          "the mixture drawn from), so that all three see the same contexts:", "",
+                      "| file | T | run | first drafts | exact | rejection | defaults | defaults - max |",
+                      "|---|---|---|---|---|---|---|---|"]
+            for r in paired:
+                lines.append(f"| {r['file']} | {r['T']} | {r.get('run', 1)} | {r['paired drafts']} | "
+                             f"{r['paired exact']:.3f} | {r['paired rejection']:.3f} | {r['paired defaults']:.3f} | "
+                             f"{r['paired defaults - max']:+.3f} |")
     return "\n".join(lines)
 
 

@@ -32,7 +32,7 @@ void controller_new_text(controller * c);
 
 // The mixtures of a draft distribution the controller chooses from: q = mix * [x = the head's
 // arg-max] + (1 - mix) * the head's distribution after the sampling transforms.
-constexpr int32_t k_n_mix = 5;
+constexpr int32_t k_n_mix = MTPL_N_MIX;
 constexpr float k_mix_grid[k_n_mix] = {0.0f, 0.5f, 0.8f, 0.95f, 1.0f};
 
 struct step_plan {

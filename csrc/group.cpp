@@ -65,6 +65,7 @@ constexpr double k_decay_cap = 0.9;    // weight of a cap's older steps at each 
 // evaluating its token, and the copy takes the other session's whole sequence)
 constexpr int32_t k_adopt_min = 4;
 constexpr int32_t k_adopt_per = 256;
+constexpr size_t k_adopt_max_bytes = size_t(1) << 30;  // the copy passes through a host buffer this large at most
 
 // Sessions stepping together, bucketed: 2, 3-4, 5-8, 9-16, 17-32, 33-64.
 int32_t bucket_of(int32_t n) {
@@ -158,7 +159,8 @@ int32_t group_adopt_prefix(mtpl_group * g, mtpl_session * s, const int32_t * tok
             n_best = n;
         }
     }
-    if (!best || n_best - own < k_adopt_min || (int64_t) (n_best - own) * k_adopt_per < best->n_past) {
+    if (!best || n_best - own < k_adopt_min || (int64_t) (n_best - own) * k_adopt_per < best->n_past ||
+        llama_state_seq_get_size(g->trunk, best->seq) > k_adopt_max_bytes) {
         return MTPL_OK;
     }
     const int32_t st = session_adopt(s, best, tokens, n_best);

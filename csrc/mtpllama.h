@@ -56,6 +56,11 @@ typedef void (*mtpl_log_fn)(int32_t level, const char * text, void * user_data);
 enum { MTPL_MAX_DRAFT = 16 };
 /* Buckets of the MTP head's confidence in which the controller counts acceptance. */
 enum { MTPL_CONF_BUCKETS = 12 };
+/* sampled decoding: the draft distribution mixtures the controller chooses from, q = m * [the head's
+   arg-max] + (1 - m) * the head's distribution, m from 0 (index 0: rejection sampling from the head's
+   distribution at the sampling temperature) to 1 (index MTPL_N_MIX - 1: its arg-max, which accepts
+   as often as exact-match verification) */
+enum { MTPL_N_MIX = 5 };
 
 typedef struct mtpl_model_params {
     const char * path;
@@ -172,6 +177,12 @@ typedef struct mtpl_stats {
                                        architecture with recurrent state) */
     int64_t n_stateless_passes;     /* verification passes that left out the states the MTP head drafts from
                                        (the adaptive controller had stopped drafting) */
+    /* rejection sampling with the mixture learnt (draft_temperature < 0), over the verified first
+       drafts (n_first_paired of them): the summed chance that each mixture would have accepted
+       there, on the same rows, and that of the mixture the draft came from */
+    double first_paired[MTPL_N_MIX];
+    double first_paired_drawn;
+    int64_t n_first_paired;
 } mtpl_stats;
 
 

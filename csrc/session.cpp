@@ -558,6 +558,16 @@ void step_finish(mtpl_session * s, int32_t row0, double t_verify, bool trunk_reu
         const draft_dist & q = s->prop.q[(size_t) i];
         mix_overlaps(s->reached_p[(size_t) i], q.base, q.top, k_mix_grid, k_n_mix, s->dense, s->overlap[i]);
     }
+    if (n_overlap > 0) {  // paired: every mixture's acceptance chance on the rows this step verified
+        const draft_dist & q = s->prop.q[0];
+        double drawn = 0.0;
+        mix_overlaps(s->reached_p[0], q.base, q.top, &q.mix, 1, s->dense, &drawn);
+        for (int32_t j = 0; j < k_n_mix; ++j) {
+            s->stats.first_paired[j] += s->overlap[0][j];
+        }
+        s->stats.first_paired_drawn += drawn;
+        s->stats.n_first_paired++;
+    }
 
     // keep rows 0..n_accepted (pending + accepted drafts); the next token is the new pending one
     const int32_t n_acc = v.n_accepted;

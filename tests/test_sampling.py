@@ -254,3 +254,29 @@ def test_adaptive_mixture_leans_toward_the_arg_max_for_an_unsure_head(unsure_wid
         _, st = run(own_s, SpecConfig(), runs=1)  # the same controller, now choosing
     assert argmax > own + 0.03, (own, argmax)  # the file is what it is meant to be
     assert st.draft_mix[0] >= 0.8, st.draft_mix
+
+
+def test_paired_first_draft_acceptance(unsure_wide):
+    """GenerationStats.first_paired: over exactly the verified first drafts, each mixture's chance of
+    acceptance on the rows verified.  The mixture drawn from predicts the accepted count (4 sigma),
+    and on this right-but-unsure head the arg-max end beats the head's own distribution on the same
+    rows, as exact-match beats rejection sampling in separate runs."""
+    from mtpllama.testing.fixtures import PROMPTS
+
+    acc = drafted = n = 0
+    paired, drawn = None, 0.0
+    with unsure_wide.session() as s:
+        for i in range(12):
+            s.reset()
+            st = s.generate(PROMPTS[i % len(PROMPTS)], 64, spec=SpecConfig(3, 0.0, adaptive=False),
+                            sampling=SamplingConfig(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, seed=i)).stats
+            acc += st.accepted[0] if st.accepted else 0
+            drafted += st.drafted[0] if st.drafted else 0
+            n += st.first_paired_drafts
+            drawn += st.first_paired_drawn
+            paired = st.first_paired if paired is None else [a + b for a, b in zip(paired, st.first_paired)]
+    assert n == drafted > 100
+    assert abs(drawn - paired[0]) < 1e-6 * n  # a fixed rejection step draws from the head's distribution
+    assert abs(acc - drawn) <= 4 * drawn ** 0.5 + 1, (acc, drawn, n)
+    assert paired[-1] > paired[0] + 0.03 * n, paired
+    assert all(0.0 <= x <= n for x in paired)

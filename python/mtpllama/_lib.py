@@ -78,6 +78,7 @@ def enum_names(enum: str, prefix: str) -> dict[int, str]:
 
 MAX_DRAFT: int = lib.MTPL_MAX_DRAFT
 CONF_BUCKETS: int = lib.MTPL_CONF_BUCKETS
+N_MIX: int = lib.MTPL_N_MIX
 OK: int = lib.MTPL_OK
 BUFFER_TOO_SMALL: int = lib.MTPL_ERR_BUFFER_TOO_SMALL
 CANCELLED: int = lib.MTPL_ERR_CANCELLED

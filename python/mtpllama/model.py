@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from dataclasses import dataclass, field, replace
 
 from . import _lib
-from ._lib import _Closeable, CANCELLED, CONF_BUCKETS, MAX_DRAFT, STOP_REASONS, VERIFY_MODES_ALL, ffi, lib
+from ._lib import _Closeable, CANCELLED, CONF_BUCKETS, MAX_DRAFT, N_MIX, STOP_REASONS, VERIFY_MODES_ALL, ffi, lib
 from .chat import ChatPrompt, ChatResult, ChatStream, build_request
 from .config import (GREEDY, PLAIN, ModelConfig, SamplingConfig, SessionConfig, SpecConfig, mem_available,
                      resolve_use_mmap)
@@ -120,6 +120,15 @@ class GenerationStats:
     stateless_passes: int = 0
     """Verification passes that left out the trunk states the MTP head drafts from: the adaptive
     controller had stopped drafting (over RPC the states are read back from a worker)."""
+    first_paired: list[float] = field(default_factory=list)
+    """Rejection sampling with the learnt draft mixture: over the verified first drafts (first_paired_drafts),
+    the summed chance that each mixture would have accepted on the same rows; index 0 drafts from the
+    head's distribution (rejection sampling at the sampling temperature), the last its arg-max (as
+    often accepted as exact-match verification).  Divided by first_paired_drafts: each one's
+    first-position acceptance, paired with the others on one generation."""
+    first_paired_drawn: float = 0.0
+    """... and the summed chance of the mixtures the first drafts were drawn from."""
+    first_paired_drafts: int = 0
     cached_tokens: int = 0
     """Prompt tokens the session's caches already held (reuse_prefix=True, chat): not evaluated again.
     prompt_tokens counts the rest, the tokens fed."""
@@ -167,7 +176,9 @@ class GenerationStats:
             draft_mix=[float(st.draft_mix[i]) for i in range(n)],
             trunk_graphs_reused=int(st.n_trunk_graphs_reused),
             mtp_graphs_reused=int(st.n_mtp_graphs_reused),
-            reevaluated_tokens=int(st.n_reevaluated), stateless_passes=int(st.n_stateless_passes))
+            reevaluated_tokens=int(st.n_reevaluated), stateless_passes=int(st.n_stateless_passes),
+            first_paired=[float(st.first_paired[j]) for j in range(N_MIX)],
+            first_paired_drawn=float(st.first_paired_drawn), first_paired_drafts=int(st.n_first_paired))
 
 
 @dataclass
