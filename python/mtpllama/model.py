@@ -129,6 +129,7 @@ class GenerationStats:
     first_paired_drawn: float = 0.0
     """... and the summed chance of the mixtures the first drafts were drawn from."""
     first_paired_drafts: int = 0
+    """The verified first drafts those sums are over."""
     cached_tokens: int = 0
     """Prompt tokens the session's caches already held (reuse_prefix=True, chat): not evaluated again.
     prompt_tokens counts the rest, the tokens fed."""
