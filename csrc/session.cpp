@@ -560,10 +560,15 @@ void step_finish(mtpl_session * s, int32_t row0, double t_verify, bool trunk_reu
     }
     if (n_overlap > 0) {  // paired: every mixture's acceptance chance on the rows this step verified
         const draft_dist & q = s->prop.q[0];
-        double drawn = 0.0;
-        mix_overlaps(s->reached_p[0], q.base, q.top, &q.mix, 1, s->dense, &drawn);
+        double drawn = -1.0;
         for (int32_t j = 0; j < k_n_mix; ++j) {
             s->stats.first_paired[j] += s->overlap[0][j];
+            if (q.mix == k_mix_grid[j]) {  // the controller draws with the grid's mixtures
+                drawn = s->overlap[0][j];
+            }
+        }
+        if (drawn < 0.0) {
+            mix_overlaps(s->reached_p[0], q.base, q.top, &q.mix, 1, s->dense, &drawn);
         }
         s->stats.first_paired_drawn += drawn;
         s->stats.n_first_paired++;
